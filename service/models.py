@@ -1,0 +1,184 @@
+"""Database tables (SQLModel). Nothing SQLite-only: the same models run on PostgreSQL.
+
+The data flows one way: message rows -> feedback/ranking rows -> training
+snapshots -> adapter versions. Every assistant reply records the adapter
+version that produced it (``adapter_version_id``; null = base model).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Role(str, Enum):
+    user = "user"
+    operator = "operator"
+
+
+class Rating(str, Enum):
+    up = "up"
+    down = "down"
+
+
+# The reason vocabulary. Harm reasons feed the harm model (learning/data.py).
+NEGATIVE_REASONS = ("harmful", "offensive", "inaccurate", "unhelpful", "too_long", "too_short", "refused", "off_topic", "rude")
+POSITIVE_REASONS = ("helpful", "accurate", "concise", "detailed", "well_formatted", "friendly", "creative")
+REASONS = NEGATIVE_REASONS + POSITIVE_REASONS
+HARM_REASONS = ("harmful", "offensive", "rude")
+
+
+class RunStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class AdapterStatus(str, Enum):
+    candidate = "candidate"  # published, not yet judged
+    promoted = "promoted"  # passed the gate (may or may not be the active one)
+    rejected = "rejected"  # failed the gate; kept for inspection
+    retired = "retired"  # rolled back past / reset by the user
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, unique=True, max_length=64)
+    password_hash: str = Field(max_length=255)
+    role: Role = Field(default=Role.user)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Conversation(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    title: str = Field(default="New chat", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Message(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.id", index=True)
+    user_id: int = Field(foreign_key="user.id", index=True)  # owner, denormalized for access checks
+    role: str = Field(max_length=16)  # system | user | assistant
+    content: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    parent_id: int | None = Field(default=None, foreign_key="message.id", index=True)
+    # Sibling replies to one user turn share a group (the user message id) and differ by index.
+    alternative_group: int | None = Field(default=None, index=True)
+    alternative_index: int = Field(default=0)
+    # Which policy produced an assistant reply. adapter_version_id null = base model.
+    adapter_version_id: int | None = Field(default=None, foreign_key="adapterversion.id")
+    adapter_label: str | None = Field(default=None, max_length=64)
+    policy: str | None = Field(default=None, max_length=32)  # user | global | base | explore:<what>
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    finish_reason: str | None = Field(default=None, max_length=16)  # stop | length | cancelled | error
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    completed_at: datetime | None = None
+
+
+class Feedback(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("user_id", "message_id", name="uq_feedback_user_message"),)
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    rating: Rating
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    source: str = Field(default="human", max_length=32)  # human | judge:<name>
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Ranking(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("user_id", "alternative_group", name="uq_ranking_user_group"),)
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    alternative_group: int = Field(index=True)  # the user message id
+    message_ids: list[int] = Field(sa_column=Column(JSON, nullable=False))  # best .. worst
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AdapterVersion(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("user_id", "version", name="uq_adapter_user_version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int | None = Field(default=None, foreign_key="user.id", index=True)  # null = global adapter
+    version: int
+    status: AdapterStatus = Field(default=AdapterStatus.candidate)
+    path: str = Field(max_length=1024)  # relative to the adapter store root
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    training_run_id: int | None = Field(default=None, foreign_key="trainingrun.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ActiveAdapter(SQLModel, table=True):
+    """Which version serves a scope ("global" or "user:<id>"). Flipped last when publishing."""
+
+    scope: str = Field(primary_key=True, max_length=64)
+    adapter_version_id: int | None = Field(default=None, foreign_key="adapterversion.id")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class TrainingRun(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    status: RunStatus = Field(default=RunStatus.queued, index=True)
+    trigger: str = Field(default="manual", max_length=32)  # manual | schedule | cli
+    user_ids: list[int] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    requested_by: int | None = Field(default=None, foreign_key="user.id")
+    progress: float = 0.0
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    worker_id: str | None = Field(default=None, max_length=128)
+    heartbeat_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TrainingResult(SQLModel, table=True):
+    """One per user (or the global adapter, user_id null) trained in a run."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="trainingrun.id", index=True)
+    user_id: int | None = Field(default=None, foreign_key="user.id")
+    status: RunStatus = Field(default=RunStatus.queued)
+    adapter_version_id: int | None = Field(default=None, foreign_key="adapterversion.id")
+    promoted: bool = False
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class TrainingSnapshot(SQLModel, table=True):
+    """Provenance: exactly which feedback a run trained on."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, foreign_key="trainingrun.id", index=True)
+    sha256: str = Field(max_length=64)
+    feedback_ids: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    ranking_ids: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    stats: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Schedule(SQLModel, table=True):
+    id: int = Field(default=1, primary_key=True)
+    cron: str = Field(default="0 2 * * *", max_length=64)
+    enabled: bool = True
+    last_fired_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)

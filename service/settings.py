@@ -1,0 +1,111 @@
+"""Service settings: one pydantic-settings object, env prefix ``ASSISTANT_``.
+
+Every field is documented here and in the README. The learning job reads the
+same object (``learning`` may import ``service.settings``) so there is one
+place where an operator looks.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SECRET = "dev-secret-change-me"
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class SettingsError(RuntimeError):
+    """A setting is invalid; the message says how to fix it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ASSISTANT_", env_file=None, extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Field(Path("./data"), description="Directory for the SQLite database, the converted model and the adapter store.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/assistant.db. PostgreSQL: postgresql+psycopg://user:pass@host/db")
+    model: str = Field(EMBEDDED_MODEL, description="Base model: the embedded SmolLM2-135M-Instruct, a local directory, or a Hugging Face id already in the local cache.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for serving.")
+    device: str = Field("cpu", description="torch device for serving and training (cpu, cuda, cuda:0).")
+
+    # --- web ---------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address of `assistant serve`.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of `assistant serve`.")
+    allowed_origins: str = Field("", description="Comma-separated origins allowed for cookies on the WebSocket and for CORS; default the server's own origin.")
+    secret_key: str = Field(DEFAULT_SECRET, description="Signs session tokens. Must be set (32+ chars) unless dev_mode.")
+    dev_mode: bool = Field(False, description="Allows the default secret key; `make run` turns it on for local use.")
+    admin_password: str | None = Field(None, description="Creates or updates the operator account `admin` at start.")
+    token_ttl_minutes: int = Field(60 * 24 * 7, ge=1, description="Lifetime of access tokens and session cookies.")
+
+    # --- limits ------------------------------------------------------------
+    max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted HTTP request body (413 above).")
+    max_message_chars: int = Field(8000, ge=1, description="Longest user message (422 above).")
+    max_alternatives: int = Field(4, ge=1, le=8, description="Most alternative replies per user turn.")
+    default_max_new_tokens: int = Field(256, ge=1, description="Reply length when the client does not say.")
+    max_new_tokens_limit: int = Field(1024, ge=1, description="Largest max_new_tokens a client may ask for (422 above).")
+    max_input_tokens: int = Field(2048, ge=64, description="Prompt budget: older turns are dropped to fit.")
+    max_concurrent_per_user: int = Field(4, ge=1, description="Generations one user may have running at once (429 above).")
+    default_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature when the client does not say.")
+    default_top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling when the client does not say.")
+
+    # --- engine ------------------------------------------------------------
+    engine: Literal["batched", "naive"] = Field("batched", description="Generation engine: continuous batching with per-row adapters, or one request at a time.")
+    max_batch_size: int = Field(16, ge=1, description="Most requests in one forward pass.")
+    max_queue: int = Field(64, ge=1, description="Waiting requests before new ones get 429 / an error frame.")
+    adapter_cache_size: int = Field(32, ge=1, description="Adapters kept resident in the engine (LRU; in-use ones are pinned).")
+    adapter_poll_seconds: float = Field(2.0, gt=0, description="How often a server process checks the database for promoted/rolled-back adapters.")
+
+    # --- learning (the worker reads these) ----------------------------------
+    schedule_cron: str = Field("0 2 * * *", description="Nightly training schedule (cron, local time); editable from the admin API.")
+    schedule_enabled: bool = Field(True, description="Whether the nightly schedule fires.")
+    exploration_share: float = Field(0.1, ge=0.0, le=1.0, description="Chance that one alternative comes from another policy (0 turns it off).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        problems = []
+        if not self.dev_mode and self.secret_key == DEFAULT_SECRET:
+            problems.append(
+                "ASSISTANT_SECRET_KEY is the built-in default; set it to a random string "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(48))') or set ASSISTANT_DEV_MODE=1 for local use"
+            )
+        elif not self.dev_mode and len(self.secret_key) < 32:
+            problems.append("ASSISTANT_SECRET_KEY must be at least 32 characters outside dev mode")
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            problems.append("ASSISTANT_DEFAULT_MAX_NEW_TOKENS must not exceed ASSISTANT_MAX_NEW_TOKENS_LIMIT")
+        if problems:
+            raise SettingsError("invalid settings:\n  - " + "\n  - ".join(problems))
+        return self
+
+    # --- derived -------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'assistant.db').resolve()}"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def origins(self) -> list[str]:
+        if self.allowed_origins.strip():
+            return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+        hosts = {self.host, "127.0.0.1", "localhost"} if self.host in ("127.0.0.1", "localhost", "0.0.0.0") else {self.host}
+        return sorted(f"http://{h}:{self.port}" for h in hosts if h != "0.0.0.0")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
