@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SECRET = "dev-secret-change-me"
+DEFAULT_SECRET = "dev-secret-change-me-dev-secret-change-me"
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 

@@ -1,0 +1,268 @@
+"""A chat turn, shared by the WebSocket and OpenAI-compatible routes.
+
+Routes validate and call ``ChatService``; it stores the rows (off the event
+loop), resolves which adapter serves the user, renders the prompt with the chat
+template, enqueues on the engine and relays the engine's events, storing the
+finished reply with the adapter version that produced it. No route calls the
+model itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from anyio import to_thread
+from sqlalchemy.engine import Engine as DBEngine
+from sqlmodel import Session
+
+from service import crud
+from service.adapter_store import Resolved, active_version, ref_for, label_of, resolve_for_user
+from service.engine.base import EndEvent, Engine, GenerationRequest, QueueFull, RequestStream, SamplingParams, TokenEvent
+from service.metrics import Metrics
+from service.models import Message
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ChatError(Exception):
+    """A client-facing error with a code (bad_frame, not_found, too_many, busy, too_large)."""
+
+    def __init__(self, code: str, detail: str, http_status: int = 400) -> None:
+        super().__init__(detail)
+        self.code, self.detail, self.http_status = code, detail, http_status
+
+
+@dataclass
+class PlannedReply:
+    """One assistant reply about to be generated: its stored row and what produces it."""
+
+    message: Message
+    prompt_ids: list[int]
+    params: SamplingParams
+    resolved: Resolved
+
+
+@dataclass
+class Turn:
+    conversation_id: int
+    user_message_id: int
+    replies: list[PlannedReply]
+
+
+class ChatService:
+    def __init__(self, settings: Settings, db: DBEngine, engine: Engine, metrics: Metrics) -> None:
+        self.settings, self.db, self.engine, self.metrics = settings, db, engine, metrics
+        self._active: dict[int, int] = defaultdict(int)  # user id -> running generations
+        self._requests: dict[int, tuple[int, str]] = {}  # message id -> (user id, engine request id)
+        self._rng = random.Random()
+
+    # --- validation ---------------------------------------------------------------
+    def sampling(self, *, max_new_tokens: int | None, temperature: float | None, top_p: float | None = None, seed: int | None = None) -> SamplingParams:
+        s = self.settings
+        n = s.default_max_new_tokens if max_new_tokens is None else max_new_tokens
+        if n > s.max_new_tokens_limit:
+            raise ChatError("too_large", f"max_new_tokens {n} is over the limit of {s.max_new_tokens_limit}", 422)
+        return SamplingParams(
+            max_new_tokens=n,
+            temperature=s.default_temperature if temperature is None else temperature,
+            top_p=s.default_top_p if top_p is None else top_p,
+            seed=seed,
+        )
+
+    def check_content(self, content: str) -> None:
+        if not content.strip():
+            raise ChatError("bad_frame", "content must not be empty", 422)
+        if len(content) > self.settings.max_message_chars:
+            raise ChatError("too_large", f"message is {len(content)} characters; the limit is {self.settings.max_message_chars}", 413)
+
+    def reserve(self, user_id: int, n: int) -> None:
+        if self._active[user_id] + n > self.settings.max_concurrent_per_user:
+            raise ChatError(
+                "too_many",
+                f"at most {self.settings.max_concurrent_per_user} generations at once per user; wait for one to finish",
+                429,
+            )
+        self._active[user_id] += n
+
+    def release(self, user_id: int, n: int = 1) -> None:
+        self._active[user_id] = max(0, self._active[user_id] - n)
+
+    # --- prompt -------------------------------------------------------------------
+    def render_prompt(self, messages: list[dict]) -> list[int]:
+        """Chat-template token ids, dropping the oldest turns to fit ``max_input_tokens``."""
+        tok = self.engine.tokenizer
+        budget = self.settings.max_input_tokens
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        turns = messages[len(system):]
+        while True:
+            ids = tok.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=True)
+            if not isinstance(ids, list):
+                ids = ids["input_ids"]
+            if len(ids) <= budget or len(turns) <= 1:
+                break
+            turns = turns[1:]
+        if len(ids) > budget:  # one message alone is too long: keep its end, and the generation prompt
+            ids = ids[-budget:]
+        return list(ids)
+
+    def _history(self, session: Session, leaf: Message) -> list[dict]:
+        return [{"role": m.role, "content": m.content} for m in crud.thread(session, leaf=leaf) if m.content or m.role != "assistant"]
+
+    # --- policies -----------------------------------------------------------------
+    def _explore(self, session: Session, user_id: int, main: Resolved, params: SamplingParams) -> tuple[Resolved, SamplingParams]:
+        """Another policy for one alternative, so rankings double as live A/B tests."""
+        options: list[tuple[Resolved, SamplingParams]] = []
+        glob = active_version(session, None)
+        if main.policy == "user" and glob is not None:
+            options.append((Resolved(ref_for(self.settings, glob), "explore:global", label_of(glob), glob.id), params))
+        if main.policy != "base":
+            options.append((Resolved(None, "explore:base", None, None), params))
+        hot = SamplingParams(params.max_new_tokens, min(2.0, max(params.temperature, 0.7) * 1.5), params.top_p, params.seed)
+        options.append((Resolved(main.adapter, "explore:temperature", main.label, main.version_id), hot))
+        return self._rng.choice(options)
+
+    # --- turns --------------------------------------------------------------------
+    def _plan_turn(self, *, user_id: int, conversation_id: int | None, content: str, alternatives: int,
+                   params: SamplingParams, parent_id: int | None) -> Turn:
+        with Session(self.db, expire_on_commit=False) as session:
+            if conversation_id is None:
+                conv = crud.create_conversation(session, user_id=user_id, title=content.strip().splitlines()[0][:60])
+            else:
+                conv = crud.get_conversation(session, user_id=user_id, conversation_id=conversation_id)
+                if conv is None:
+                    raise ChatError("not_found", f"conversation {conversation_id} not found", 404)
+            if parent_id is not None:
+                parent = crud.get_message(session, user_id=user_id, message_id=parent_id)
+                if parent is None or parent.conversation_id != conv.id:
+                    raise ChatError("not_found", f"message {parent_id} not found in this conversation", 404)
+            else:
+                parent = crud.default_parent(session, conversation_id=conv.id)
+            user_msg = crud.add_message(session, conversation_id=conv.id, user_id=user_id, role="user", content=content,
+                                        parent_id=parent.id if parent else None)
+            prompt_ids = self.render_prompt(self._history(session, user_msg))
+            main = resolve_for_user(self.settings, session, user_id)
+            replies = []
+            explore_at = alternatives - 1 if alternatives > 1 and self._rng.random() < self.settings.exploration_share else -1
+            for k in range(alternatives):
+                resolved, p = (main, params) if k != explore_at else self._explore(session, user_id, main, params)
+                replies.append(self._plan_reply(session, user_id, conv.id, user_msg, k, prompt_ids, p, resolved))
+            return Turn(conv.id, user_msg.id, replies)
+
+    def _plan_reply(self, session: Session, user_id: int, conversation_id: int, user_msg: Message, index: int,
+                    prompt_ids: list[int], params: SamplingParams, resolved: Resolved) -> PlannedReply:
+        msg = crud.add_message(
+            session, conversation_id=conversation_id, user_id=user_id, role="assistant", content="",
+            parent_id=user_msg.id, alternative_group=user_msg.id, alternative_index=index,
+            adapter_version_id=resolved.version_id, adapter_label=resolved.label, policy=resolved.policy,
+            temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
+            prompt_tokens=len(prompt_ids),
+        )
+        return PlannedReply(msg, prompt_ids, params, resolved)
+
+    def _plan_regenerate(self, *, user_id: int, message_id: int, params: SamplingParams) -> Turn:
+        with Session(self.db, expire_on_commit=False) as session:
+            msg = crud.get_message(session, user_id=user_id, message_id=message_id)
+            if msg is None or msg.role != "assistant" or msg.parent_id is None:
+                raise ChatError("not_found", f"assistant message {message_id} not found", 404)
+            user_msg = session.get(Message, msg.parent_id)
+            prompt_ids = self.render_prompt(self._history(session, user_msg))
+            resolved = resolve_for_user(self.settings, session, user_id)
+            index = crud.next_alternative_index(session, group=user_msg.id)
+            reply = self._plan_reply(session, user_id, msg.conversation_id, user_msg, index, prompt_ids, params, resolved)
+            return Turn(msg.conversation_id, user_msg.id, [reply])
+
+    async def start_turn(self, *, user_id: int, conversation_id: int | None, content: str, alternatives: int = 1,
+                         params: SamplingParams, parent_id: int | None = None) -> Turn:
+        self.check_content(content)
+        if not 1 <= alternatives <= self.settings.max_alternatives:
+            raise ChatError("bad_frame", f"alternatives must be between 1 and {self.settings.max_alternatives}", 422)
+        return await to_thread.run_sync(lambda: self._plan_turn(
+            user_id=user_id, conversation_id=conversation_id, content=content, alternatives=alternatives,
+            params=params, parent_id=parent_id))
+
+    async def start_regenerate(self, *, user_id: int, message_id: int, params: SamplingParams) -> Turn:
+        return await to_thread.run_sync(lambda: self._plan_regenerate(user_id=user_id, message_id=message_id, params=params))
+
+    async def add_plain_conversation(self, *, user_id: int, messages: list[dict], params: SamplingParams) -> Turn:
+        """For the OpenAI route: store the given history as a new conversation, plan one reply."""
+        def work() -> Turn:
+            with Session(self.db, expire_on_commit=False) as session:
+                last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
+                conv = crud.create_conversation(session, user_id=user_id, title=last_user.strip()[:60] or "API chat")
+                parent = None
+                for m in messages:
+                    parent = crud.add_message(session, conversation_id=conv.id, user_id=user_id, role=m["role"],
+                                              content=m["content"], parent_id=parent.id if parent else None)
+                prompt_ids = self.render_prompt([{"role": m["role"], "content": m["content"]} for m in messages])
+                resolved = resolve_for_user(self.settings, session, user_id)
+                reply = self._plan_reply(session, user_id, conv.id, parent, 0, prompt_ids, params, resolved)
+                return Turn(conv.id, parent.id, [reply])
+
+        for m in messages:
+            if len(m["content"]) > self.settings.max_message_chars:
+                raise ChatError("too_large", f"a message is over {self.settings.max_message_chars} characters", 413)
+        return await to_thread.run_sync(work)
+
+    # --- generation -----------------------------------------------------------------
+    def submit(self, user_id: int, reply: PlannedReply) -> RequestStream:
+        """Enqueue a planned reply; on a full queue the empty row is removed and ChatError(busy) raised."""
+        req_id = f"m{reply.message.id}-{uuid.uuid4().hex[:8]}"
+        stream = RequestStream(asyncio.get_running_loop())
+        req = GenerationRequest(req_id, reply.prompt_ids, reply.params, reply.resolved.adapter, stream=stream)
+        try:
+            self.engine.submit(req)
+        except QueueFull as exc:
+            self._drop_row(reply.message.id)
+            raise ChatError("busy", "the server is busy; try again in a few seconds", 429) from exc
+        self._requests[reply.message.id] = (user_id, req_id)
+        return stream
+
+    def _drop_row(self, message_id: int) -> None:
+        with Session(self.db) as session:
+            msg = session.get(Message, message_id)
+            if msg is not None:
+                session.delete(msg)
+                session.commit()
+
+    def cancel(self, *, user_id: int, message_id: int) -> bool:
+        entry = self._requests.get(message_id)
+        if entry is None or entry[0] != user_id:
+            return False
+        self.engine.cancel(entry[1])
+        return True
+
+    async def relay(self, user_id: int, reply: PlannedReply, stream: RequestStream) -> AsyncIterator[TokenEvent | EndEvent]:
+        """Yield the engine's events; store the finished reply before yielding the end event."""
+        started = time.perf_counter()
+        first = None
+        parts: list[str] = []
+        try:
+            async for ev in stream:
+                if isinstance(ev, TokenEvent):
+                    if first is None:
+                        first = time.perf_counter()
+                        self.metrics.ttft.observe(first - started)
+                    parts.append(ev.text)
+                    self.metrics.tokens.inc()
+                    yield ev
+                else:
+                    await to_thread.run_sync(lambda: self._store(reply.message.id, "".join(parts), ev))
+                    self.metrics.latency.observe(time.perf_counter() - started)
+                    self.metrics.generations.labels(finish_reason=ev.finish_reason).inc()
+                    yield ev
+        finally:
+            self._requests.pop(reply.message.id, None)
+            self.release(user_id)
+
+    def _store(self, message_id: int, content: str, ev: EndEvent) -> None:
+        with Session(self.db) as session:
+            crud.finish_message(session, message_id=message_id, content=content, finish_reason=ev.finish_reason,
+                                prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens)

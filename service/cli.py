@@ -1,0 +1,128 @@
+"""The ``assistant`` command line.
+
+    assistant serve [--host H] [--port P] [--no-worker]   the whole product
+    assistant worker                                      the learning worker (scheduler + queue)
+    assistant train [--user NAME] [--now]                 one training run in the foreground
+    assistant provision                                   convert the embedded model once
+    assistant bench serve [...]                           engine benchmark vs the naive baseline
+
+``serve`` starts the learning worker as a separate process (never inside the
+web server's lifespan) unless ``--no-worker``. This module is the only place in
+``service`` that reaches into ``learning``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from service.settings import Settings, SettingsError
+
+logger = logging.getLogger("assistant")
+
+
+def _settings(**overrides) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        sys.exit(f"assistant: {exc}")
+
+
+def cmd_provision(args: argparse.Namespace) -> None:
+    from service.model_loading import ModelNotFound, resolve_model_path
+
+    settings = _settings()
+    try:
+        path = resolve_model_path(settings)
+    except ModelNotFound as exc:
+        sys.exit(f"assistant: {exc}")
+    print(f"model ready at {path}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(host=args.host, port=args.port)
+    worker = None
+    if not args.no_worker:
+        env = dict(os.environ, ASSISTANT_HOST=settings.host, ASSISTANT_PORT=str(settings.port))
+        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
+        logger.info("started the learning worker (pid %s)", worker.pid)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", ws_max_size=1 << 20)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from learning.worker import run_worker
+
+    run_worker(_settings())
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from learning.worker import train_foreground
+
+    train_foreground(_settings(), user=args.user, now=args.now)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from service.bench import main_bench
+
+    main_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="assistant", description="A chat assistant that learns from its users.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the web service (and the learning worker)")
+    s.add_argument("--host", default=None, help="bind address (ASSISTANT_HOST)")
+    s.add_argument("--port", type=int, default=None, help="port (ASSISTANT_PORT)")
+    s.add_argument("--no-worker", action="store_true", help="do not start the learning worker process")
+    s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="run the learning worker: nightly schedule + queued runs")
+    w.set_defaults(func=cmd_worker)
+
+    t = sub.add_parser("train", help="run one training run in the foreground")
+    t.add_argument("--user", default=None, help="train only this username (default: everyone with feedback)")
+    t.add_argument("--now", action="store_true", help="run immediately instead of waiting for a worker")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("provision", help="convert the embedded model to safetensors under the data dir")
+    pr.set_defaults(func=cmd_provision)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bs = bsub.add_parser("serve", help="batched multi-adapter engine vs sequential generate with adapter swaps")
+    bs.add_argument("--users", type=int, default=16, help="concurrent requests, one user each")
+    bs.add_argument("--adapters", type=int, default=16, help="distinct random LoRA adapters among the users")
+    bs.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request")
+    bs.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both sides use this dtype")
+    bs.add_argument("--out", default=None, help="JSON output path (default <data_dir>/bench/serve.json)")
+    bs.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

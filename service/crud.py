@@ -1,0 +1,277 @@
+"""One function per database operation, keyword-only arguments.
+
+Every function that takes an object id also takes the caller's ``user_id`` and
+returns None for objects the caller does not own, so routes answer 404 for both
+"missing" and "someone else's" and never leak existence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from service.adapter_store import label_of
+from service.auth import hash_password
+from service.models import (
+    AdapterVersion,
+    Conversation,
+    Feedback,
+    Message,
+    Ranking,
+    Rating,
+    Role,
+    User,
+    utcnow,
+)
+
+
+class Conflict(Exception):
+    pass
+
+
+# --- users ------------------------------------------------------------------------
+
+def get_user_by_username(session: Session, *, username: str) -> User | None:
+    return session.exec(select(User).where(User.username == username)).first()
+
+
+def create_user(session: Session, *, username: str, password: str, role: Role = Role.user) -> User:
+    user = User(username=username, password_hash=hash_password(password), role=role)
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(f"username {username!r} is taken") from exc
+    session.refresh(user)
+    return user
+
+
+def ensure_admin(session: Session, *, password: str) -> User:
+    """Create or update the operator account ``admin`` (ASSISTANT_ADMIN_PASSWORD)."""
+    user = get_user_by_username(session, username="admin")
+    if user is None:
+        return create_user(session, username="admin", password=password, role=Role.operator)
+    user.password_hash = hash_password(password)
+    user.role = Role.operator
+    session.add(user)
+    session.commit()
+    return user
+
+
+def list_users(session: Session) -> Sequence[User]:
+    return session.exec(select(User).order_by(User.id)).all()
+
+
+# --- conversations ------------------------------------------------------------------
+
+def create_conversation(session: Session, *, user_id: int, title: str) -> Conversation:
+    conv = Conversation(user_id=user_id, title=title[:200] or "New chat")
+    session.add(conv)
+    session.commit()
+    session.refresh(conv)
+    return conv
+
+
+def get_conversation(session: Session, *, user_id: int, conversation_id: int) -> Conversation | None:
+    conv = session.get(Conversation, conversation_id)
+    return conv if conv is not None and conv.user_id == user_id else None
+
+
+def list_conversations(session: Session, *, user_id: int) -> Sequence[Conversation]:
+    stmt = select(Conversation).where(Conversation.user_id == user_id).order_by(col(Conversation.updated_at).desc())
+    return session.exec(stmt).all()
+
+
+def rename_conversation(session: Session, *, conv: Conversation, title: str) -> Conversation:
+    conv.title = title
+    conv.updated_at = utcnow()
+    session.add(conv)
+    session.commit()
+    return conv
+
+
+def delete_conversation(session: Session, *, conv: Conversation) -> None:
+    """Delete a conversation with its messages, their feedback and rankings."""
+    msg_ids = list(session.exec(select(Message.id).where(Message.conversation_id == conv.id)).all())
+    if msg_ids:
+        session.execute(sa_delete(Feedback).where(col(Feedback.message_id).in_(msg_ids)))
+        session.execute(sa_delete(Ranking).where(col(Ranking.alternative_group).in_(msg_ids)))
+        session.execute(Message.__table__.update().where(Message.conversation_id == conv.id).values(parent_id=None))
+        session.execute(sa_delete(Message).where(Message.conversation_id == conv.id))
+    session.delete(conv)
+    session.commit()
+
+
+# --- messages -----------------------------------------------------------------------
+
+def get_message(session: Session, *, user_id: int, message_id: int) -> Message | None:
+    msg = session.get(Message, message_id)
+    return msg if msg is not None and msg.user_id == user_id else None
+
+
+def list_messages(session: Session, *, conversation_id: int) -> Sequence[Message]:
+    stmt = select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
+    return session.exec(stmt).all()
+
+
+def add_message(session: Session, **fields) -> Message:
+    msg = Message(**fields)
+    session.add(msg)
+    conv = session.get(Conversation, msg.conversation_id)
+    if conv is not None:
+        conv.updated_at = utcnow()
+        session.add(conv)
+    session.commit()
+    session.refresh(msg)
+    return msg
+
+
+def finish_message(
+    session: Session,
+    *,
+    message_id: int,
+    content: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> None:
+    msg = session.get(Message, message_id)
+    if msg is None:  # the conversation was deleted while generating
+        return
+    msg.content = content
+    msg.finish_reason = finish_reason
+    msg.prompt_tokens = prompt_tokens
+    msg.completion_tokens = completion_tokens
+    msg.completed_at = utcnow()
+    session.add(msg)
+    session.commit()
+
+
+def siblings(session: Session, *, group: int) -> Sequence[Message]:
+    stmt = select(Message).where(Message.alternative_group == group, Message.role == "assistant")
+    return session.exec(stmt.order_by(Message.alternative_index)).all()
+
+
+def next_alternative_index(session: Session, *, group: int) -> int:
+    current = session.exec(select(func.max(Message.alternative_index)).where(Message.alternative_group == group)).one()
+    return 0 if current is None else int(current) + 1
+
+
+def thread(session: Session, *, leaf: Message) -> list[Message]:
+    """The messages from the root to ``leaf`` following parent links."""
+    chain: list[Message] = []
+    cur: Message | None = leaf
+    seen: set[int] = set()
+    while cur is not None and cur.id not in seen:
+        seen.add(cur.id)
+        chain.append(cur)
+        cur = session.get(Message, cur.parent_id) if cur.parent_id is not None else None
+    return list(reversed(chain))
+
+
+def default_parent(session: Session, *, conversation_id: int) -> Message | None:
+    """Where a new user turn attaches: the ranked-best (else first) reply of the latest turn."""
+    last_user = session.exec(
+        select(Message)
+        .where(Message.conversation_id == conversation_id, Message.role == "user")
+        .order_by(col(Message.id).desc())
+    ).first()
+    if last_user is None:
+        return None
+    replies = list(siblings(session, group=last_user.id))
+    if not replies:
+        return last_user
+    ranking = session.exec(select(Ranking).where(Ranking.alternative_group == last_user.id)).first()
+    if ranking is not None and ranking.message_ids:
+        best = next((m for m in replies if m.id == ranking.message_ids[0]), None)
+        if best is not None:
+            return best
+    return replies[0]
+
+
+def adapter_labels(session: Session, *, ids: set[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    rows = session.exec(select(AdapterVersion).where(col(AdapterVersion.id).in_(ids))).all()
+    return {r.id: label_of(r) for r in rows}
+
+
+# --- feedback -----------------------------------------------------------------------
+
+def upsert_feedback(
+    session: Session,
+    *,
+    user_id: int,
+    message_id: int,
+    rating: Rating,
+    reasons: list[str],
+    comment: str | None,
+    source: str = "human",
+) -> Feedback:
+    """One row per user and message: a later rating replaces the earlier one."""
+    for attempt in range(2):
+        fb = session.exec(select(Feedback).where(Feedback.user_id == user_id, Feedback.message_id == message_id)).first()
+        if fb is None:
+            fb = Feedback(user_id=user_id, message_id=message_id, rating=rating, reasons=reasons, comment=comment, source=source)
+        else:
+            fb.rating, fb.reasons, fb.comment, fb.source, fb.updated_at = rating, list(reasons), comment, source, utcnow()
+        session.add(fb)
+        try:
+            session.commit()
+        except IntegrityError:  # a concurrent first rating won the insert: update it instead
+            session.rollback()
+            if attempt == 1:
+                raise
+            continue
+        session.refresh(fb)
+        return fb
+    raise AssertionError("unreachable")
+
+
+def feedback_for(session: Session, *, user_id: int, message_ids: list[int]) -> dict[int, Feedback]:
+    if not message_ids:
+        return {}
+    rows = session.exec(
+        select(Feedback).where(Feedback.user_id == user_id, col(Feedback.message_id).in_(message_ids))
+    ).all()
+    return {f.message_id: f for f in rows}
+
+
+def list_feedback(session: Session, *, user_id: int) -> Sequence[Feedback]:
+    return session.exec(select(Feedback).where(Feedback.user_id == user_id).order_by(Feedback.id)).all()
+
+
+def delete_feedback(session: Session, *, user_id: int) -> int:
+    n = session.execute(sa_delete(Feedback).where(Feedback.user_id == user_id)).rowcount
+    m = session.execute(sa_delete(Ranking).where(Ranking.user_id == user_id)).rowcount
+    session.commit()
+    return int(n or 0) + int(m or 0)
+
+
+def upsert_ranking(session: Session, *, user_id: int, group: int, message_ids: list[int]) -> Ranking:
+    for attempt in range(2):
+        row = session.exec(select(Ranking).where(Ranking.user_id == user_id, Ranking.alternative_group == group)).first()
+        if row is None:
+            row = Ranking(user_id=user_id, alternative_group=group, message_ids=message_ids)
+        else:
+            row.message_ids, row.updated_at = list(message_ids), utcnow()
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            if attempt == 1:
+                raise
+            continue
+        session.refresh(row)
+        return row
+    raise AssertionError("unreachable")
+
+
+def list_rankings(session: Session, *, user_id: int) -> Sequence[Ranking]:
+    return session.exec(select(Ranking).where(Ranking.user_id == user_id).order_by(Ranking.id)).all()

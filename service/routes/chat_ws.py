@@ -1,0 +1,201 @@
+"""Streaming chat over the WebSocket ``/api/chat``.
+
+Auth: the session cookie, accepted only when the ``Origin`` header is one of
+the allowed origins (else close 1008), or a first frame ``{"type":"auth"}``.
+Each reply is pumped by its own task; the receive loop stays free for
+``cancel`` frames. Closing the socket cancels its generations, whose partial
+replies are still stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+from sqlmodel import Session
+from starlette.websockets import WebSocketState
+
+from service.auth import COOKIE_NAME, decode_token
+from service.chat import ChatError, ChatService, PlannedReply, Turn
+from service.engine.base import EndEvent
+from service.models import User
+from service.schemas import AuthFrame, CancelFrame, ChatFrame, RegenerateFrame
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+MAX_FRAME_BYTES = 64 * 1024
+AUTH_TIMEOUT_S = 10.0
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, chat: ChatService, user: User) -> None:
+        self.ws, self.chat, self.user = ws, chat, user
+        self.tasks: dict[int, asyncio.Task] = {}
+        self.lock = asyncio.Lock()
+        self.open = True
+
+    async def send(self, frame: dict) -> None:
+        if not self.open:
+            return
+        async with self.lock:
+            try:
+                await self.ws.send_json(frame)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                self.open = False
+
+    async def error(self, code: str, detail: str) -> None:
+        await self.send({"type": "error", "code": code, "detail": detail})
+
+    async def start(self, turn: Turn) -> None:
+        """Submit every planned reply; a reply the engine refuses gets an error frame."""
+        for k, reply in enumerate(turn.replies):
+            try:
+                stream = self.chat.submit(self.user.id, reply)
+            except ChatError as exc:
+                for rest in turn.replies[k:]:
+                    self.chat.release(self.user.id)
+                    if rest is not reply:
+                        self.chat._drop_row(rest.message.id)
+                await self.error(exc.code, exc.detail)
+                return
+            await self.send({
+                "type": "start", "conversation_id": turn.conversation_id, "user_message_id": turn.user_message_id,
+                "message_id": reply.message.id, "alternative": reply.message.alternative_index,
+                "adapter_version": reply.resolved.label, "policy": reply.resolved.policy,
+            })
+            self.tasks[reply.message.id] = asyncio.create_task(self.pump(reply, stream))
+
+    async def pump(self, reply: PlannedReply, stream) -> None:
+        mid = reply.message.id
+        try:
+            async for ev in self.chat.relay(self.user.id, reply, stream):
+                if isinstance(ev, EndEvent):
+                    frame = {"type": "end", "message_id": mid, "finish_reason": ev.finish_reason,
+                             "adapter_version": reply.resolved.label, "usage": {
+                                 "prompt_tokens": ev.prompt_tokens, "completion_tokens": ev.completion_tokens}}
+                    if ev.error:
+                        frame["detail"] = "generation failed; see the server log"
+                    await self.send(frame)
+                elif ev.text:
+                    await self.send({"type": "token", "message_id": mid, "text": ev.text})
+                if not self.open:  # the client left: stop generating, keep draining so the row is stored
+                    self.chat.cancel(user_id=self.user.id, message_id=mid)
+        finally:
+            self.tasks.pop(mid, None)
+
+    async def handle(self, raw: str) -> None:
+        if len(raw) > MAX_FRAME_BYTES:
+            await self.error("too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes")
+            return
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            await self.error("bad_frame", "frames must be JSON objects")
+            return
+        kind = data.get("type") if isinstance(data, dict) else None
+        try:
+            if kind == "chat":
+                frame = ChatFrame.model_validate(data)
+                params = self.chat.sampling(max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
+                self.chat.check_content(frame.content)
+                if frame.alternatives > self.chat.settings.max_alternatives:
+                    raise ChatError("bad_frame", f"alternatives must be between 1 and {self.chat.settings.max_alternatives}")
+                self.chat.reserve(self.user.id, frame.alternatives)
+                try:
+                    turn = await self.chat.start_turn(
+                        user_id=self.user.id, conversation_id=frame.conversation_id, content=frame.content,
+                        alternatives=frame.alternatives, params=params, parent_id=frame.parent_id)
+                except BaseException:
+                    self.chat.release(self.user.id, frame.alternatives)
+                    raise
+                await self.start(turn)
+            elif kind == "regenerate":
+                frame = RegenerateFrame.model_validate(data)
+                params = self.chat.sampling(max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
+                self.chat.reserve(self.user.id, 1)
+                try:
+                    turn = await self.chat.start_regenerate(user_id=self.user.id, message_id=frame.message_id, params=params)
+                except BaseException:
+                    self.chat.release(self.user.id, 1)
+                    raise
+                await self.start(turn)
+            elif kind == "cancel":
+                frame = CancelFrame.model_validate(data)
+                if not self.chat.cancel(user_id=self.user.id, message_id=frame.message_id):
+                    await self.error("not_found", f"no running generation {frame.message_id}")
+            elif kind == "ping":
+                await self.send({"type": "pong"})
+            else:
+                await self.error("bad_frame", "unknown frame type; expected chat, regenerate, cancel or ping")
+        except ValidationError as exc:
+            errs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            await self.error("bad_frame", errs)
+        except ChatError as exc:
+            await self.error(exc.code, exc.detail)
+
+    async def close(self) -> None:
+        self.open = False
+        for mid in list(self.tasks):
+            self.chat.cancel(user_id=self.user.id, message_id=mid)
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+def _user_for(ws: WebSocket, token: str | None) -> User | None:
+    if not token:
+        return None
+    user_id = decode_token(ws.app.state.settings, token)
+    if user_id is None:
+        return None
+    with Session(ws.app.state.db) as session:
+        return session.get(User, user_id)
+
+
+@router.websocket("/api/chat")
+async def chat_socket(ws: WebSocket) -> None:
+    settings = ws.app.state.settings
+    origin = (ws.headers.get("origin") or "").rstrip("/")
+    cookie = ws.cookies.get(COOKIE_NAME)
+    user = None
+    if cookie:
+        if origin not in settings.origins:
+            logger.warning("websocket with a session cookie from a foreign origin %r refused", origin)
+            await ws.close(code=1008, reason="origin not allowed")
+            return
+        user = await asyncio.to_thread(_user_for, ws, cookie)
+    await ws.accept()
+    if user is None:
+        try:
+            raw = await asyncio.wait_for(ws.receive_text(), timeout=AUTH_TIMEOUT_S)
+            frame = AuthFrame.model_validate_json(raw)
+            user = await asyncio.to_thread(_user_for, ws, frame.token)
+        except (asyncio.TimeoutError, ValidationError, WebSocketDisconnect, ValueError):
+            user = None
+        if user is None:
+            if ws.client_state == WebSocketState.CONNECTED:
+                await ws.send_json({"type": "error", "code": "unauthorized", "detail": "send {\"type\":\"auth\",\"token\":...} first"})
+                await ws.close(code=1008)
+            return
+    conn = Connection(ws, ws.app.state.chat, user)
+    metrics = ws.app.state.metrics
+    metrics.ws_connections.inc()
+    await conn.send({"type": "ready", "user": {"id": user.id, "username": user.username, "role": user.role.value}})
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                break
+            raw = msg.get("text")
+            if raw is None:
+                await conn.error("bad_frame", "send text frames with JSON")
+                continue
+            await conn.handle(raw)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        metrics.ws_connections.dec()
+        await conn.close()

@@ -1,0 +1,122 @@
+"""Conversations, feedback and rankings: thin routes over service.crud."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from service import crud
+from service.auth import CurrentUser, SessionDep
+from service.models import Message
+from service.schemas import (
+    ConversationDetail,
+    ConversationPublic,
+    ConversationUpdate,
+    FeedbackBrief,
+    FeedbackCreate,
+    FeedbackPublic,
+    MessagePublic,
+    RankingCreate,
+    RankingPublic,
+)
+
+router = APIRouter(prefix="/api", tags=["conversations"])
+
+
+def _not_found(what: str, id_: int) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {id_} not found")
+
+
+@router.get("/conversations", response_model=list[ConversationPublic])
+def list_conversations(user: CurrentUser, session: SessionDep) -> list[ConversationPublic]:
+    return [ConversationPublic(id=c.id, title=c.title, updated_at=c.updated_at) for c in crud.list_conversations(session, user_id=user.id)]
+
+
+@router.get("/conversations/{conversation_id}", response_model=ConversationDetail)
+def get_conversation(conversation_id: int, user: CurrentUser, session: SessionDep) -> ConversationDetail:
+    conv = crud.get_conversation(session, user_id=user.id, conversation_id=conversation_id)
+    if conv is None:
+        raise _not_found("conversation", conversation_id)
+    msgs = crud.list_messages(session, conversation_id=conv.id)
+    labels = crud.adapter_labels(session, ids={m.adapter_version_id for m in msgs if m.adapter_version_id})
+    fbs = crud.feedback_for(session, user_id=user.id, message_ids=[m.id for m in msgs])
+    return ConversationDetail(
+        id=conv.id,
+        title=conv.title,
+        messages=[message_public(m, labels, fbs) for m in msgs],
+    )
+
+
+def message_public(m: Message, labels: dict, fbs: dict) -> MessagePublic:
+    fb = fbs.get(m.id)
+    return MessagePublic(
+        id=m.id, role=m.role, content=m.content, parent_id=m.parent_id,
+        adapter_version=labels.get(m.adapter_version_id, m.adapter_label) if m.adapter_version_id else None,
+        feedback=FeedbackBrief(rating=fb.rating, reasons=fb.reasons, comment=fb.comment) if fb else None,
+        alternative_group=m.alternative_group, alternative_index=m.alternative_index,
+        finish_reason=m.finish_reason, created_at=m.created_at,
+    )
+
+
+@router.patch("/conversations/{conversation_id}", response_model=ConversationPublic)
+def rename_conversation(conversation_id: int, body: ConversationUpdate, user: CurrentUser, session: SessionDep) -> ConversationPublic:
+    conv = crud.get_conversation(session, user_id=user.id, conversation_id=conversation_id)
+    if conv is None:
+        raise _not_found("conversation", conversation_id)
+    conv = crud.rename_conversation(session, conv=conv, title=body.title)
+    return ConversationPublic(id=conv.id, title=conv.title, updated_at=conv.updated_at)
+
+
+@router.delete("/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_conversation(conversation_id: int, user: CurrentUser, session: SessionDep) -> Response:
+    conv = crud.get_conversation(session, user_id=user.id, conversation_id=conversation_id)
+    if conv is None:
+        raise _not_found("conversation", conversation_id)
+    crud.delete_conversation(session, conv=conv)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/messages/{message_id}/feedback", response_model=FeedbackPublic)
+def rate_message(message_id: int, body: FeedbackCreate, user: CurrentUser, session: SessionDep, request: Request) -> FeedbackPublic:
+    msg = crud.get_message(session, user_id=user.id, message_id=message_id)
+    if msg is None or msg.role != "assistant":
+        raise _not_found("message", message_id)
+    fb = crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=body.rating, reasons=body.reasons, comment=body.comment)
+    request.app.state.metrics.feedback.labels(rating=fb.rating.value).inc()
+    # the acknowledgement goes out only after the commit above
+    return FeedbackPublic(id=fb.id, message_id=fb.message_id, rating=fb.rating, reasons=fb.reasons, comment=fb.comment, updated_at=fb.updated_at)
+
+
+@router.post("/rankings", status_code=status.HTTP_201_CREATED, response_model=RankingPublic)
+def rank(body: RankingCreate, user: CurrentUser, session: SessionDep, request: Request) -> RankingPublic:
+    msgs = [crud.get_message(session, user_id=user.id, message_id=i) for i in body.message_ids]
+    missing = [i for i, m in zip(body.message_ids, msgs) if m is None or m.role != "assistant"]
+    if missing:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"messages {missing} not found")
+    groups = {m.alternative_group for m in msgs}
+    if len(groups) != 1 or None in groups:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "all message_ids must be alternative replies to one user turn")
+    row = crud.upsert_ranking(session, user_id=user.id, group=groups.pop(), message_ids=body.message_ids)
+    request.app.state.metrics.rankings.inc()
+    return RankingPublic(id=row.id, message_ids=row.message_ids, alternative_group=row.alternative_group)
+
+
+@router.get("/me/feedback/export")
+def export_feedback(user: CurrentUser, session: SessionDep) -> JSONResponse:
+    fbs = crud.list_feedback(session, user_id=user.id)
+    ranks = crud.list_rankings(session, user_id=user.id)
+    body = {
+        "user": {"id": user.id, "username": user.username},
+        "feedback": [
+            {"id": f.id, "message_id": f.message_id, "rating": f.rating.value, "reasons": f.reasons, "comment": f.comment,
+             "created_at": f.created_at.isoformat(), "updated_at": f.updated_at.isoformat()} for f in fbs
+        ],
+        "rankings": [{"id": r.id, "message_ids": r.message_ids, "created_at": r.created_at.isoformat()} for r in ranks],
+    }
+    return JSONResponse(body, headers={"Content-Disposition": 'attachment; filename="my-feedback.json"'})
+
+
+@router.delete("/me/feedback", status_code=status.HTTP_204_NO_CONTENT)
+def delete_my_feedback(user: CurrentUser, session: SessionDep) -> Response:
+    crud.delete_feedback(session, user_id=user.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,159 @@
+"""API schemas, in families (XCreate for input, XPublic for output)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.models import REASONS, Rating
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(pattern=USERNAME_PATTERN, description="3-32 characters: letters, digits, _ . -")
+    password: str = Field(min_length=8, max_length=128)
+
+
+class UserPublic(BaseModel):
+    id: int
+    username: str
+    role: str
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+
+
+class ConversationPublic(BaseModel):
+    id: int
+    title: str
+    updated_at: datetime
+
+
+class ConversationUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(min_length=1, max_length=200)
+
+
+class FeedbackCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rating: Rating
+    reasons: list[str] = Field(default_factory=list, max_length=len(REASONS))
+    comment: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("reasons")
+    @classmethod
+    def _known_reasons(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(REASONS))
+        if unknown:
+            raise ValueError(f"unknown reasons {unknown}; allowed: {list(REASONS)} (GET /api/feedback/reasons)")
+        return list(dict.fromkeys(v))  # dedupe, keep order
+
+
+class FeedbackPublic(BaseModel):
+    id: int
+    message_id: int
+    rating: Rating
+    reasons: list[str]
+    comment: str | None
+    updated_at: datetime
+
+
+class FeedbackBrief(BaseModel):
+    rating: Rating
+    reasons: list[str]
+    comment: str | None
+
+
+class RankingCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message_ids: list[int] = Field(min_length=2, max_length=8, description="best first")
+
+    @field_validator("message_ids")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("message_ids must be distinct")
+        return v
+
+
+class RankingPublic(BaseModel):
+    id: int
+    message_ids: list[int]
+    alternative_group: int
+
+
+class MessagePublic(BaseModel):
+    id: int
+    role: str
+    content: str
+    parent_id: int | None
+    adapter_version: str | None
+    feedback: FeedbackBrief | None
+    alternative_group: int | None
+    alternative_index: int
+    finish_reason: str | None
+    created_at: datetime
+
+
+class ConversationDetail(BaseModel):
+    id: int
+    title: str
+    messages: list[MessagePublic]
+
+
+class ChatFrame(BaseModel):
+    """client → server ``chat`` frame on /api/chat."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["chat"]
+    conversation_id: int | None = None
+    content: str = Field(min_length=1)
+    alternatives: int = Field(default=1, ge=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    parent_id: int | None = None
+
+
+class CancelFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["cancel"]
+    message_id: int
+
+
+class RegenerateFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["regenerate"]
+    message_id: int
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+
+class AuthFrame(BaseModel):
+    type: Literal["auth"]
+    token: str
+
+
+# --- OpenAI-compatible ----------------------------------------------------------
+
+class OAIMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class OAIChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted and ignored
+    model: str | None = None
+    messages: list[OAIMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=1)
+    seed: int | None = None
