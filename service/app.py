@@ -101,11 +101,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if app.state.engine is None:
+        if owns_engine:  # a caller that passes an engine starts and stops it itself
             from service.engine import build_engine
 
             app.state.engine = build_engine(settings)
-        app.state.engine.start()
+            app.state.engine.start()
         app.state.chat = ChatService(settings, db, app.state.engine, metrics)
         logger.info("serving on http://%s:%s", settings.host, settings.port)
         try:

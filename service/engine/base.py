@@ -37,6 +37,7 @@ class SamplingParams:
     temperature: float = 0.7  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks); honoured by BatchedEngine
 
 
 @dataclass

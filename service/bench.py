@@ -1,0 +1,260 @@
+"""``assistant bench serve``: the batched engine against the naive baseline, one run, same dtype.
+
+Scenarios (every request generates exactly ``max_new_tokens`` greedy tokens with EOS
+ignored, so token counts are comparable):
+
+1. naive: the ``users`` requests, each on its own adapter, served one after another by
+   ``NaiveEngine`` (HF forward with ``set_adapter`` per request);
+2. batched, 1 user on one adapter (single-user TTFT and inter-token latency);
+3. batched, ``users`` concurrent requests on ``adapters`` distinct adapters;
+4. batched, the same requests all on one adapter;
+5. batched, 64 concurrent requests on 64 distinct adapters vs all on one (the adapter
+   cache holds 32, so adapters load in the background during the run).
+
+Times are taken in the engine thread when it emits each event (``_TimedStream``), so
+consumer wake-ups do not blur them. TTFT = first token - submit; inter-token latency =
+gaps between a request's successive tokens; aggregate tokens/s = all completion tokens /
+(last end - first submit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from service.engine.base import AdapterRef, EndEvent, GenerationRequest, RequestStream, SamplingParams
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+PROMPTS = [
+    "Write a short poem about the sea.",
+    "Explain what a hash table is.",
+    "Give me three tips for learning a new language.",
+    "What is the capital of France and why is it famous?",
+    "Describe a sunset in two sentences.",
+    "How do plants make food?",
+    "Tell me a joke about computers.",
+    "Summarize the plot of Romeo and Juliet.",
+]
+
+
+def make_random_adapter(base_model, path: Path | str, seed: int, r: int = 8, *, alpha: int | None = None, b_std: float = 0.02) -> Path:
+    """Write a random PEFT LoRA adapter (all linear layers of the decoder) to ``path``.
+
+    lora_A is drawn like PEFT's default init (uniform, +-1/sqrt(in)); lora_B is N(0, b_std)
+    instead of zeros, so the adapter changes the model's outputs while keeping them fluent
+    enough to be a realistic workload. Written with safetensors in PEFT's file layout, so
+    ``PeftModel.from_pretrained`` and the engines both load it.
+    """
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in base_model.named_modules():
+        if name.rsplit(".", 1)[-1] not in LORA_TARGETS or not isinstance(module, torch.nn.Linear):
+            continue
+        bound = 1.0 / module.in_features**0.5
+        a = (torch.rand(r, module.in_features, generator=gen) * 2 - 1) * bound  # (r, in)
+        b = torch.randn(module.out_features, r, generator=gen) * b_std  # (out, r)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()
+    if not tensors:
+        raise ValueError(f"no {LORA_TARGETS} linear layers found in {type(base_model).__name__}")
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    cfg = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, target_modules=list(LORA_TARGETS),
+                     lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    cfg.save_pretrained(str(path))
+    return path
+
+
+class _TimedStream(RequestStream):
+    """A sync stream that stamps every event when the engine thread puts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def put(self, event) -> None:
+        self.times.append(time.perf_counter())
+        super().put(event)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def _run_requests(engine, prompts: list[list[int]], adapters: list[AdapterRef | None], max_new_tokens: int, timeout: float = 600) -> dict:
+    """Submit all requests at once, wait for every end; return throughput and latency numbers."""
+    reqs = []
+    t0 = time.perf_counter()
+    for i, (ids, ad) in enumerate(zip(prompts, adapters)):
+        req = GenerationRequest(
+            request_id=f"bench-{uuid.uuid4().hex[:8]}-{i}", prompt_ids=ids,
+            params=SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True),
+            adapter=ad, stream=_TimedStream(),
+        )
+        engine.submit(req)
+        reqs.append(req)
+    ends: list[EndEvent] = []
+    for req in reqs:
+        end = [ev for ev in req.stream.iter_sync(timeout=timeout) if isinstance(ev, EndEvent)][-1]
+        if end.finish_reason not in ("length", "stop"):
+            raise RuntimeError(f"benchmark request ended with {end.finish_reason}: {end.error}")
+        ends.append(end)
+    t_end = max(r.stream.times[-1] for r in reqs)
+    ttft = [r.stream.times[0] - r.submitted_at for r in reqs]
+    itl = [b - a for r in reqs for a, b in zip(r.stream.times[:-2], r.stream.times[1:-1])]  # token gaps, not the end
+    tokens = sum(e.completion_tokens for e in ends)
+    wall = t_end - t0
+    return {
+        "requests": len(reqs),
+        "tokens": tokens,
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(tokens / wall, 2),
+        "ttft_p50_s": round(_pct(ttft, 50), 4),
+        "ttft_p95_s": round(_pct(ttft, 95), 4),
+        "itl_p50_s": round(_pct(itl, 50), 4),
+        "itl_p95_s": round(_pct(itl, 95), 4),
+    }
+
+
+def run_serve_bench(
+    settings: Settings,
+    users: int = 16,
+    adapters: int = 16,
+    max_new_tokens: int = 64,
+    out_path: Path | str | None = None,
+    *,
+    dtype: str | None = None,
+    many_adapters: int = 64,
+    rank: int = 8,
+    skip_naive: bool = False,
+) -> dict:
+    """Run the serving benchmark and return (and optionally write as JSON) its numbers."""
+    import torch
+
+    from service.engine.batched import BatchedEngine
+    from service.engine.naive import NaiveEngine
+    from service.model_loading import load_base_model, load_tokenizer, torch_dtype
+
+    dtype = dtype or settings.dtype
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype] if dtype else torch_dtype(settings)
+    tokenizer = load_tokenizer(settings)
+    model = load_base_model(settings, dtype=tdtype)
+    n_adapters = max(adapters, many_adapters)
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], add_generation_prompt=True, tokenize=True)
+        for i in range(max(users, many_adapters))
+    ]
+    prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+    result: dict = {
+        "config": {"users": users, "adapters": adapters, "many_adapters": many_adapters, "max_new_tokens": max_new_tokens,
+                   "dtype": dtype, "lora_rank": rank, "torch_threads": torch.get_num_threads(),
+                   "prompt_tokens_mean": round(sum(map(len, prompts[:users])) / users, 1)},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp:
+        t = time.perf_counter()
+        refs = [
+            AdapterRef(key=f"bench-{i}", path=make_random_adapter(model, Path(tmp) / f"a{i}", seed=1000 + i, r=rank))
+            for i in range(n_adapters)
+        ]
+        logger.info("wrote %d random adapters in %.1f s", n_adapters, time.perf_counter() - t)
+
+        # 1. naive baseline: sequential, adapter swapped per request
+        if not skip_naive:
+            naive = NaiveEngine(model, tokenizer, max_queue=max(64, users))
+            naive.start()
+            try:
+                _run_requests(naive, prompts[:1], [refs[-1]], 4)  # warm-up
+                result["naive"] = _run_requests(naive, prompts[:users], [refs[i % adapters] for i in range(users)], max_new_tokens)
+            finally:
+                naive.stop()
+            logger.info("naive: %s", result["naive"])
+            model = load_base_model(settings, dtype=tdtype)  # NaiveEngine wrapped the model with PEFT layers
+
+        engine = BatchedEngine(model, tokenizer, max_batch_size=max(16, users), max_queue=max(64, users, many_adapters),
+                               adapter_cache_size=32, dtype=tdtype)
+        engine.start()
+        try:
+            _run_requests(engine, prompts[:4], refs[-4:], 4)  # warm-up
+            # 2. one user
+            result["batched_1_user"] = _run_requests(engine, prompts[:1], [refs[0]], max_new_tokens)
+            # 3. users x distinct adapters
+            result["batched_distinct"] = _run_requests(engine, prompts[:users], [refs[i % adapters] for i in range(users)], max_new_tokens)
+            # 4. the same requests on one adapter
+            result["batched_one_adapter"] = _run_requests(engine, prompts[:users], [refs[0]] * users, max_new_tokens)
+            # 5. many adapters vs one, through the LRU (capacity 32)
+            if many_adapters:
+                result[f"batched_{many_adapters}_distinct"] = _run_requests(
+                    engine, prompts[:many_adapters], refs[:many_adapters], max_new_tokens
+                )
+                result[f"batched_{many_adapters}_one_adapter"] = _run_requests(
+                    engine, prompts[:many_adapters], [refs[1]] * many_adapters, max_new_tokens
+                )
+            result["engine_stats"] = engine.stats()
+        finally:
+            engine.stop()
+
+    b = result["batched_distinct"]
+    ratios = {
+        "distinct_vs_one_adapter": round(b["tokens_per_s"] / result["batched_one_adapter"]["tokens_per_s"], 3),
+        "ttft_p95_vs_single_user": round(b["ttft_p95_s"] / result["batched_1_user"]["ttft_p50_s"], 2),
+    }
+    if "naive" in result:
+        ratios["batched_vs_naive_tokens_per_s"] = round(b["tokens_per_s"] / result["naive"]["tokens_per_s"], 2)
+    if many_adapters:
+        ratios[f"{many_adapters}_distinct_vs_one_adapter"] = round(
+            result[f"batched_{many_adapters}_distinct"]["tokens_per_s"] / result[f"batched_{many_adapters}_one_adapter"]["tokens_per_s"], 3
+        )
+    result["ratios"] = ratios
+    if out_path is not None:
+        Path(out_path).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``assistant bench serve``."""
+    parser.add_argument("--users", type=int, default=16, help="concurrent requests (default 16)")
+    parser.add_argument("--adapters", type=int, default=16, help="distinct adapters among them (default 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request (default 64)")
+    parser.add_argument("--many-adapters", type=int, default=64, help="size of the many-adapters scenario; 0 skips it")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA rank of the random adapters (default 8)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="weights dtype (default: settings)")
+    parser.add_argument("--skip-naive", action="store_true", help="skip the (slow) naive baseline")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    return parser
+
+
+def main_bench(args: argparse.Namespace, settings: Settings | None = None) -> dict:
+    """Entry point for ``assistant bench serve``: run, print a summary, return the numbers."""
+    from service.settings import get_settings
+
+    settings = settings or get_settings()
+    result = run_serve_bench(
+        settings, users=args.users, adapters=args.adapters, max_new_tokens=args.max_new_tokens, out_path=args.out,
+        dtype=args.dtype, many_adapters=args.many_adapters, rank=args.rank, skip_naive=args.skip_naive,
+    )
+    print(json.dumps(result, indent=2))  # the command's output, not a log line
+    return result
+
+
+if __name__ == "__main__":  # python -m service.bench ...
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    main_bench(add_bench_args(argparse.ArgumentParser(prog="assistant bench serve")).parse_args())

@@ -1,0 +1,122 @@
+"""Browser-test fixtures: a real server in a subprocess and Debian's Chromium via Playwright.
+
+The server is ``assistant serve --no-worker`` on a free port with its own data dir
+(the converted model is shared with the rest of the suite via ``model_data_dir``).
+Playwright drives ``/usr/bin/chromium`` (``playwright install`` cannot download
+browsers here); ``make test`` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("ASSISTANT_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+ADMIN_PASSWORD = "operator-pass-123"
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, data_dir: Path, proc: subprocess.Popen, log: Path) -> None:
+        self.url, self.data_dir, self.proc, self.log = url, data_dir, proc, log
+
+    def db_rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Read the server's SQLite database directly (the source of truth for what was stored)."""
+        import sqlite3
+
+        with sqlite3.connect(self.data_dir / "assistant.db") as con:
+            return con.execute(sql, params).fetchall()
+
+
+@pytest.fixture(scope="session")
+def server(model_data_dir, tmp_path_factory):
+    data = tmp_path_factory.mktemp("browserdata")
+    (data / "models").symlink_to(model_data_dir / "models")
+    port = _free_port()
+    env = dict(
+        os.environ,
+        ASSISTANT_DATA_DIR=str(data),
+        ASSISTANT_DEV_MODE="1",
+        ASSISTANT_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        ASSISTANT_DEFAULT_MAX_NEW_TOKENS="16",
+        ASSISTANT_ENGINE=os.environ.get("ASSISTANT_TEST_ENGINE", "naive"),
+        ASSISTANT_EXPLORATION_SHARE="0",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    log = data / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--no-worker", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the server did not answer /healthz in 120 s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+    yield Server(url, data, proc, log)
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}; install it with `apt-get install -y chromium` (make test does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def context(browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+    ctx.set_default_timeout(20_000)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context):
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    p.js_errors = errors  # tests assert the page threw nothing
+    yield p
