@@ -1,0 +1,51 @@
+"""Storage units on a real SQLite database: one feedback per user and message, deletes, threads."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from service import crud
+from service.db import init_db, make_engine
+from service.models import Feedback, Message, Rating
+
+
+def _db(make_settings):
+    settings = make_settings()
+    engine = make_engine(settings)
+    init_db(engine)
+    return engine
+
+
+def test_sqlite_runs_in_wal_mode(make_settings):
+    engine = _db(make_settings)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+
+
+def test_feedback_upsert_and_conversation_delete(make_settings):
+    engine = _db(make_settings)
+    with Session(engine) as s:
+        u = crud.create_user(s, username="u1", password="password1")
+        conv = crud.create_conversation(s, user_id=u.id, title="t")
+        q = crud.add_message(s, conversation_id=conv.id, user_id=u.id, role="user", content="q")
+        a = crud.add_message(s, conversation_id=conv.id, user_id=u.id, role="assistant", content="a", parent_id=q.id, alternative_group=q.id)
+        crud.upsert_feedback(s, user_id=u.id, message_id=a.id, rating=Rating.down, reasons=["harmful"], comment=None)
+        crud.upsert_feedback(s, user_id=u.id, message_id=a.id, rating=Rating.up, reasons=[], comment="ok")
+        rows = s.exec(select(Feedback)).all()
+        assert len(rows) == 1 and rows[0].rating == Rating.up and rows[0].comment == "ok"
+        assert [m.id for m in crud.thread(s, leaf=a)] == [q.id, a.id]
+        assert crud.default_parent(s, conversation_id=conv.id).id == a.id
+        crud.delete_conversation(s, conv=conv)
+        assert s.exec(select(Message)).all() == [] and s.exec(select(Feedback)).all() == []
+
+
+def test_username_taken(make_settings):
+    import pytest
+
+    engine = _db(make_settings)
+    with Session(engine) as s:
+        crud.create_user(s, username="same", password="password1")
+        with pytest.raises(crud.Conflict):
+            crud.create_user(s, username="same", password="password2")
