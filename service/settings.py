@@ -60,7 +60,6 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, description="Most requests in one forward pass.")
     max_queue: int = Field(64, ge=1, description="Waiting requests before new ones get 429 / an error frame.")
     adapter_cache_size: int = Field(32, ge=1, description="Adapters kept resident in the engine (LRU; in-use ones are pinned).")
-    adapter_poll_seconds: float = Field(2.0, gt=0, description="How often a server process checks the database for promoted/rolled-back adapters.")
 
     # --- learning (the worker reads these) ----------------------------------
     schedule_cron: str = Field("0 2 * * *", description="Nightly training schedule (cron, local time); editable from the admin API.")
