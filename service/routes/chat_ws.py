@@ -142,7 +142,8 @@ class Connection:
         for mid in list(self.tasks):
             self.chat.cancel(user_id=self.user.id, message_id=mid)
         if self.tasks:
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            # shielded: even if this handler is cancelled, the pumps finish and store the partial replies
+            await asyncio.shield(asyncio.gather(*self.tasks.values(), return_exceptions=True))
 
 
 def _user_for(ws: WebSocket, token: str | None) -> User | None:

@@ -7,6 +7,7 @@ the caller's own adapter, like the web chat.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -87,11 +88,17 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Current
             body_["usage"] = usage
         return f"data: {json.dumps(body_)}\n\n"
 
+    relay = chat.relay(user.id, reply, stream)
+
+    async def drain() -> None:
+        async for _ in relay:  # stores the partial reply when the engine ends it
+            pass
+
     async def events():
         done = False
         try:
             yield chunk({"role": "assistant", "content": ""}, None)
-            async for ev in chat.relay(user.id, reply, stream):
+            async for ev in relay:
                 if isinstance(ev, EndEvent):
                     usage = {"prompt_tokens": ev.prompt_tokens, "completion_tokens": ev.completion_tokens,
                              "total_tokens": ev.prompt_tokens + ev.completion_tokens}
@@ -101,7 +108,8 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Current
             done = True
             yield "data: [DONE]\n\n"
         finally:
-            if not done:  # the client went away: free the compute
+            if not done:  # the client went away: free the compute, still store what was generated
                 chat.cancel(user_id=user.id, message_id=reply.message.id)
+                asyncio.get_running_loop().create_task(drain())
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -140,3 +140,37 @@ def test_websocket_requires_auth_and_checks_origin(client):
     with client.websocket_connect("/api/chat", headers={"origin": "http://127.0.0.1:8000"}) as ws:
         assert ws.receive_json()["type"] == "ready"
     client.cookies.clear()
+
+
+def test_one_clients_disconnect_does_not_disturb_another(client):
+    a, b = signup(client, "leaver"), signup(client, "stayer")
+    expected = chat_turn(client, b["token"], "Count from one to five.", max_new_tokens=12, temperature=0)
+    expected_text = next(iter(expected["text"].values()))
+    with client.websocket_connect("/api/chat") as wb:
+        wb.send_json({"type": "auth", "token": b["token"]})
+        wb.receive_json()
+        with client.websocket_connect("/api/chat") as wa:
+            wa.send_json({"type": "auth", "token": a["token"]})
+            wa.receive_json()
+            wa.send_json({"type": "chat", "content": "Write a long poem about the sea.", "max_new_tokens": 200})
+            a_start = wa.receive_json()
+            wb.send_json({"type": "chat", "content": "Count from one to five.", "max_new_tokens": 12, "temperature": 0})
+            wa.receive_json()  # a token arrives, then A leaves mid-stream
+        text, frames = "", []
+        while True:
+            f = wb.receive_json()
+            frames.append(f)
+            if f["type"] == "token":
+                text += f["text"]
+            if f["type"] in ("end", "error"):
+                break
+    assert f["type"] == "end" and f["finish_reason"] in ("stop", "length"), frames
+    assert text == expected_text, "the greedy reply is unchanged by the other client leaving"
+    import time
+    for _ in range(50):
+        conv = client.get(f"/api/conversations/{a_start['conversation_id']}", headers=a["headers"]).json()
+        left = conv["messages"][-1]
+        if left["finish_reason"]:
+            break
+        time.sleep(0.2)
+    assert left["finish_reason"] == "cancelled" and left["content"], "the partial reply of the leaver is stored"
