@@ -27,7 +27,6 @@ CHROMIUM_ARGS = [
 ADMIN_PASSWORD = "operator-pass-123"
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.browser
 
 
 def _free_port() -> int:
@@ -49,7 +48,15 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def server(model_data_dir, tmp_path_factory):
+def server(request, tmp_path_factory):
+    # For iterating on the UI: point at an already running server started with the same
+    # settings as below (ASSISTANT_TEST_SERVER=http://127.0.0.1:8765,/path/to/its/data_dir).
+    external = os.environ.get("ASSISTANT_TEST_SERVER")
+    if external:
+        url, data_dir = external.split(",", 1)
+        yield Server(url.rstrip("/"), Path(data_dir), None, Path(data_dir) / "server.log")
+        return
+    model_data_dir = request.getfixturevalue("model_data_dir")
     data = tmp_path_factory.mktemp("browserdata")
     (data / "models").symlink_to(model_data_dir / "models")
     port = _free_port()

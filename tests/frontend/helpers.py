@@ -8,9 +8,10 @@ from pathlib import Path
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, *, full_page: bool = False) -> None:
+    """Save a screenshot to artifacts/screenshots/ (gitignored) for a person to look at."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
 
 
 _counter = iter(range(1, 10_000))
@@ -41,9 +42,13 @@ def send(page, text: str) -> None:
     page.get_by_test_id("composer-send").click()
 
 
+# Generous: replies are short, but a loaded 2-core CI machine can be slow.
+REPLY_TIMEOUT_MS = 90_000
+
+
 def wait_reply_done(page, locator):
     """Wait until a reply element has a finish reason (the end frame arrived)."""
-    locator.and_(page.locator("[data-finish-reason]:not([data-finish-reason=''])")).wait_for()
+    locator.and_(page.locator("[data-finish-reason]:not([data-finish-reason=''])")).wait_for(timeout=REPLY_TIMEOUT_MS)
     return locator
 
 
