@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from service.bench import main_bench
 
-    main_bench(args)
+    main_bench(args, _settings())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,11 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
     bs = bsub.add_parser("serve", help="batched multi-adapter engine vs sequential generate with adapter swaps")
-    bs.add_argument("--users", type=int, default=16, help="concurrent requests, one user each")
-    bs.add_argument("--adapters", type=int, default=16, help="distinct random LoRA adapters among the users")
-    bs.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request")
-    bs.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="both sides use this dtype")
-    bs.add_argument("--out", default=None, help="JSON output path (default <data_dir>/bench/serve.json)")
+    from service.bench import add_bench_args  # light: torch is imported inside the functions
+
+    add_bench_args(bs)
     bs.set_defaults(func=cmd_bench)
     return p
 

@@ -77,7 +77,8 @@ class Message(SQLModel, table=True):
     alternative_group: int | None = Field(default=None, index=True)
     alternative_index: int = Field(default=0)
     # Which policy produced an assistant reply. adapter_version_id null = base model.
-    adapter_version_id: int | None = Field(default=None, foreign_key="adapterversion.id")
+    # Indexed (migration 0002): replies per adapter version, and PostgreSQL does not index FKs itself.
+    adapter_version_id: int | None = Field(default=None, foreign_key="adapterversion.id", index=True)
     adapter_label: str | None = Field(default=None, max_length=64)
     policy: str | None = Field(default=None, max_length=32)  # user | global | base | explore:<what>
     temperature: float | None = None

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.models import REASONS, Rating
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
+# Row ids are SQL INTEGER: PostgreSQL's is 32-bit, so a larger id is refused (422) before it reaches a query.
+ID_MAX = 2**31 - 1
+DbId = Annotated[int, Field(ge=1, le=ID_MAX)]
+# Stored text may not contain NUL: PostgreSQL text columns cannot hold it.
+NO_NUL = r"^[^\x00]*$"
 
 
 class UserCreate(BaseModel):
@@ -37,14 +42,16 @@ class ConversationPublic(BaseModel):
 
 class ConversationUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    title: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
 
 
 class FeedbackCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rating: Rating
-    reasons: list[str] = Field(default_factory=list, max_length=len(REASONS))
-    comment: str | None = Field(default=None, max_length=2000)
+    # The schema lists the vocabulary; the validator says the fix when a client sends something else.
+    reasons: list[str] = Field(default_factory=list, max_length=len(REASONS),
+                               json_schema_extra={"items": {"type": "string", "enum": list(REASONS)}})
+    comment: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
 
     @field_validator("reasons")
     @classmethod
@@ -72,7 +79,8 @@ class FeedbackBrief(BaseModel):
 
 class RankingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    message_ids: list[int] = Field(min_length=2, max_length=8, description="best first")
+    message_ids: list[DbId] = Field(min_length=2, max_length=8, description="best first",
+                                    json_schema_extra={"uniqueItems": True})
 
     @field_validator("message_ids")
     @classmethod
@@ -112,24 +120,24 @@ class ChatFrame(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["chat"]
-    conversation_id: int | None = None
-    content: str = Field(min_length=1)
+    conversation_id: DbId | None = None
+    content: str = Field(min_length=1, pattern=NO_NUL)
     alternatives: int = Field(default=1, ge=1)
     max_new_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    parent_id: int | None = None
+    parent_id: DbId | None = None
 
 
 class CancelFrame(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["cancel"]
-    message_id: int
+    message_id: DbId
 
 
 class RegenerateFrame(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["regenerate"]
-    message_id: int
+    message_id: DbId
     max_new_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
 
@@ -143,7 +151,7 @@ class AuthFrame(BaseModel):
 
 class OAIMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str = Field(pattern=NO_NUL)
 
 
 class OAIChatRequest(BaseModel):
@@ -156,4 +164,4 @@ class OAIChatRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # torch seeds are 64-bit

@@ -2,12 +2,21 @@
 
 The embedded model is converted once per test session into a shared temp data
 dir (``ASSISTANT_TEST_MODEL_DIR`` may point at an existing one to save ~20 s).
+
+Database tests run on both backends through the ``db_url`` fixture: SQLite
+always, PostgreSQL when ``ASSISTANT_TEST_POSTGRES_URL`` names a server whose
+role may CREATE DATABASE (``.ci/run`` starts one with ``deploy/dev-postgres.sh``;
+locally: ``deploy/dev-postgres.sh start`` and
+``export ASSISTANT_TEST_POSTGRES_URL=$(deploy/dev-postgres.sh url)``).
+Each PostgreSQL test gets a database of its own, dropped afterwards.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +42,10 @@ def model_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_settings(tmp_path, model_data_dir):
-    """Settings with a fresh data dir (own database) that reuses the converted model."""
+    """Settings with a fresh data dir (own database) that reuses the converted model.
+
+    ``make_settings(database_url=db_url)`` puts the database elsewhere (see ``db_url``).
+    """
 
     def make(**overrides) -> Settings:
         data = tmp_path / f"data{len(list(tmp_path.iterdir()))}"
@@ -51,8 +63,61 @@ def shared_engine(model_data_dir):
     """One started engine for the API tests (loading the model once)."""
     from service.engine import build_engine
 
-    settings = Settings(data_dir=model_data_dir, dev_mode=True, engine=os.environ.get("ASSISTANT_TEST_ENGINE", "naive"))
+    settings = Settings(data_dir=model_data_dir, dev_mode=True, engine=os.environ.get("ASSISTANT_TEST_ENGINE", "batched"))
     engine = build_engine(settings)
     engine.start()
     yield engine
     engine.stop()
+
+
+POSTGRES_URL_ENV = "ASSISTANT_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """The PostgreSQL server for tests; skips when none is configured (CI always configures one)."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        pytest.skip(f"{POSTGRES_URL_ENV} is unset: start one with `deploy/dev-postgres.sh start` "
+                    f"and export {POSTGRES_URL_ENV}=$(deploy/dev-postgres.sh url)")
+    return url
+
+
+@pytest.fixture
+def make_postgres_database(postgres_admin_url) -> Iterator[Callable[[], str]]:
+    """Creates empty PostgreSQL databases (``test_<hex>``) and returns their URLs; drops them after the test."""
+    from sqlalchemy import create_engine, make_url, text
+    from sqlalchemy.pool import NullPool
+
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"test_{uuid.uuid4().hex[:16]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as conn:
+        for name in made:  # FORCE: the app under test may still hold pooled connections
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_db_url(request, tmp_path_factory) -> Callable[[], str]:
+    """Makes URLs of empty databases on one backend per parametrization (SQLite files, or PostgreSQL databases)."""
+    if request.param == "sqlite":
+        return lambda: f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'db.sqlite'}"
+    return request.getfixturevalue("make_postgres_database")
+
+
+@pytest.fixture
+def db_url(make_db_url) -> str:
+    """An empty database on each backend in turn: pass it as ``make_settings(database_url=db_url)``.
+
+    Calls to ``make_settings`` with the same URL in one test share the database (a restart).
+    """
+    return make_db_url()

@@ -171,9 +171,10 @@ class _LlamaRunner:
             probe = torch.empty(0, dtype=dtype, device=self.device)
             cos, sin = core.rotary_emb(probe, pos)
             self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)  # (P, hd)
+            self.initial_capacity = min(initial_capacity, self.max_positions)
             self.capacity = 0
             self.k_cache = self.v_cache = torch.empty(0)
-            self._grow_cache(min(initial_capacity, self.max_positions))
+            self._grow_cache(self.initial_capacity)
             self.rank = 0  # LoRA buffers are allocated at the first adapter
             self.lora: dict[str, torch.Tensor] = {}
 
@@ -186,6 +187,12 @@ class _LlamaRunner:
             k[:, :, :, : self.capacity] = self.k_cache
             v[:, :, :, : self.capacity] = self.v_cache
         self.k_cache, self.v_cache, self.capacity = k, v, capacity
+
+    def shrink_cache(self) -> None:
+        """Give back a KV cache grown by long requests; only call with no rows running."""
+        if self.capacity > self.initial_capacity:
+            self.capacity = 0
+            self._grow_cache(self.initial_capacity)
 
     def ensure_length(self, n: int) -> None:
         if n > self.capacity:
@@ -652,3 +659,5 @@ class BatchedEngine:
             self.runner.move_row(row.slot, hole)
             row.slot = hole
         self._running = sorted(live, key=lambda r: r.slot)
+        if not self._running:
+            self.runner.shrink_cache()

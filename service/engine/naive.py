@@ -119,7 +119,7 @@ class NaiveEngine:
             tok = sample_next(out.logits[0, -1], p.temperature, p.top_p, gen)
             n += 1
             self.tokens_generated += 1
-            if tok in self._stop_ids:
+            if tok in self._stop_ids and not p.ignore_eos:
                 finish = "stop"
                 break
             text = detok.add(tok)

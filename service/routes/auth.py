@@ -37,7 +37,8 @@ def register(body: UserCreate, session: SessionDep) -> UserPublic:
 def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], response: Response, session: SessionDep, settings: SettingsDep) -> Token:
     if len(form.password) > 128 or len(form.username) > 64:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "username or password too long")
-    user = authenticate(session, form.username, form.password)
+    # A NUL cannot be in a username, and PostgreSQL refuses to compare text containing one.
+    user = None if "\x00" in form.username else authenticate(session, form.username, form.password)
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
     access = create_token(settings, user)

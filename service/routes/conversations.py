@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from service import crud
 from service.auth import CurrentUser, SessionDep
 from service.models import Message
 from service.schemas import (
+    ID_MAX,
     ConversationDetail,
     ConversationPublic,
     ConversationUpdate,
@@ -19,6 +22,9 @@ from service.schemas import (
     RankingCreate,
     RankingPublic,
 )
+
+# Ids beyond SQL INTEGER answer 422 here instead of failing inside PostgreSQL.
+IdPath = Annotated[int, Path(ge=1, le=ID_MAX)]
 
 router = APIRouter(prefix="/api", tags=["conversations"])
 
@@ -33,7 +39,7 @@ def list_conversations(user: CurrentUser, session: SessionDep) -> list[Conversat
 
 
 @router.get("/conversations/{conversation_id}", response_model=ConversationDetail)
-def get_conversation(conversation_id: int, user: CurrentUser, session: SessionDep) -> ConversationDetail:
+def get_conversation(conversation_id: IdPath, user: CurrentUser, session: SessionDep) -> ConversationDetail:
     conv = crud.get_conversation(session, user_id=user.id, conversation_id=conversation_id)
     if conv is None:
         raise _not_found("conversation", conversation_id)
@@ -59,7 +65,7 @@ def message_public(m: Message, labels: dict, fbs: dict) -> MessagePublic:
 
 
 @router.patch("/conversations/{conversation_id}", response_model=ConversationPublic)
-def rename_conversation(conversation_id: int, body: ConversationUpdate, user: CurrentUser, session: SessionDep) -> ConversationPublic:
+def rename_conversation(conversation_id: IdPath, body: ConversationUpdate, user: CurrentUser, session: SessionDep) -> ConversationPublic:
     conv = crud.get_conversation(session, user_id=user.id, conversation_id=conversation_id)
     if conv is None:
         raise _not_found("conversation", conversation_id)
@@ -68,7 +74,7 @@ def rename_conversation(conversation_id: int, body: ConversationUpdate, user: Cu
 
 
 @router.delete("/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_conversation(conversation_id: int, user: CurrentUser, session: SessionDep) -> Response:
+def delete_conversation(conversation_id: IdPath, user: CurrentUser, session: SessionDep) -> Response:
     conv = crud.get_conversation(session, user_id=user.id, conversation_id=conversation_id)
     if conv is None:
         raise _not_found("conversation", conversation_id)
@@ -77,7 +83,7 @@ def delete_conversation(conversation_id: int, user: CurrentUser, session: Sessio
 
 
 @router.post("/messages/{message_id}/feedback", response_model=FeedbackPublic)
-def rate_message(message_id: int, body: FeedbackCreate, user: CurrentUser, session: SessionDep, request: Request) -> FeedbackPublic:
+def rate_message(message_id: IdPath, body: FeedbackCreate, user: CurrentUser, session: SessionDep, request: Request) -> FeedbackPublic:
     msg = crud.get_message(session, user_id=user.id, message_id=message_id)
     if msg is None or msg.role != "assistant":
         raise _not_found("message", message_id)

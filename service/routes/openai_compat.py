@@ -36,7 +36,8 @@ def _http(exc: ChatError) -> HTTPException:
     return HTTPException(exc.http_status, exc.detail)
 
 
-@router.post("/chat/completions")
+# Documents both answers: JSON, or server-sent events when the request says "stream": true.
+@router.post("/chat/completions", responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}})
 async def chat_completions(body: OAIChatRequest, request: Request, user: CurrentUser):
     chat: ChatService = request.app.state.chat
     if body.messages[-1].role != "user":

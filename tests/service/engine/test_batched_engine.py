@@ -1,0 +1,192 @@
+"""BatchedEngine on the real embedded model: greedy equivalence with HF, scheduling, adapters, back-pressure."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from service.bench import _TimedStream
+from service.engine.base import EndEvent, GenerationRequest, QueueFull, SamplingParams, TokenEvent
+from service.engine.batched import BatchedEngine
+
+N = 20  # greedy tokens per equivalence request: short, but long enough for adapters to diverge
+
+
+@contextmanager
+def running(engine: BatchedEngine):
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def request(rid: str, prompt: list[int], adapter=None, n: int = N, **params) -> GenerationRequest:
+    params.setdefault("temperature", 0.0)
+    return GenerationRequest(rid, prompt, SamplingParams(max_new_tokens=n, **params), adapter=adapter, stream=_TimedStream())
+
+
+def collect(req: GenerationRequest) -> tuple[list[int], EndEvent]:
+    events = list(req.stream.iter_sync(timeout=120))
+    return [t for e in events if isinstance(e, TokenEvent) for t in e.token_ids], events[-1]
+
+
+def wait_tokens(req: GenerationRequest, k: int, timeout: float = 60) -> None:
+    """Block until ``req`` has emitted ``k`` events."""
+    deadline = time.monotonic() + timeout
+    while len(req.stream.times) < k:
+        assert time.monotonic() < deadline, "engine produced too few tokens"
+        time.sleep(0.005)
+
+
+def test_greedy_matches_hf_generate_with_mixed_adapters_and_late_joiners(base_model, tokenizer, prompts, adapters, reference):
+    a0, a1, a2 = adapters
+    p0, p1, p2 = prompts
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=4)
+    with running(engine):
+        first = [
+            request("base", p0, None),
+            request("a0", p0, a0),  # the same prompt on three adapters and the base model, one batch
+            request("a1", p0, a1),
+            request("a2-short", p1, a2, n=8),  # leaves early; its row is reused
+        ]
+        for r in first:
+            engine.submit(r)
+        wait_tokens(first[0], 4)
+        late = [request("late-a0", p1, a0), request("late-a1", p2, a1), request("late-base", p2, None, n=12)]
+        for r in late:  # join a batch that is already decoding; the last two wait for free rows
+            engine.submit(r)
+        results = {r.request_id: (r, *collect(r)) for r in first + late}
+        stats = engine.stats()
+
+    outputs = {}
+    for rid, (req, toks, end) in results.items():
+        ref = reference(req.prompt_ids, req.adapter, req.params.max_new_tokens)
+        assert toks == ref, f"{rid}: engine {toks} != HF generate {ref}"
+        assert end.finish_reason == ("length" if len(ref) == req.params.max_new_tokens else "stop")
+        assert end.prompt_tokens == len(req.prompt_ids)
+        outputs[rid] = toks
+    # the adapters really change the output, so a row served with the wrong adapter would fail above
+    assert len({tuple(outputs[k]) for k in ("base", "a0", "a1")}) == 3
+    assert stats["prefill_passes"] >= 2 and stats["mean_decode_batch"] > 1
+    assert sum(stats["finished"].values()) == 7
+
+
+def test_rows_leave_on_limit_and_stop_token_and_waiting_requests_join(base_model, tokenizer, prompts, reference):
+    p0, p1, _ = prompts
+    ref = reference(p0, None, N)
+    # a stop token that first appears at index k of the reference continuation
+    k = next(i for i in range(3, len(ref)) if ref[i] not in ref[:i])
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=2)
+    engine._stop_ids = engine._stop_ids | {ref[k]}
+    with running(engine):
+        stopper = request("stopper", p0, None)
+        limited = request("limited", p1, None, n=5)
+        waiter = request("waiter", p1, None, n=3)
+        for r in (stopper, limited, waiter):
+            engine.submit(r)
+        (s_toks, s_end), (l_toks, l_end), (w_toks, w_end) = collect(stopper), collect(limited), collect(waiter)
+    assert s_end.finish_reason == "stop" and s_toks == ref[:k] and s_end.completion_tokens == k + 1
+    assert l_end.finish_reason == "length" and len(l_toks) == 5 == l_end.completion_tokens
+    assert w_end.finish_reason == "length" and w_toks == l_toks[:3]
+    # the waiter got a row only when one was freed (batch of 2)
+    assert waiter.stream.times[0] >= min(stopper.stream.times[-1], limited.stream.times[-1])
+
+
+def test_cancel_frees_the_row_for_the_next_request(base_model, tokenizer, prompts):
+    p0, p1, _ = prompts
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=1)
+    with running(engine):
+        long = request("long", p0, None, n=500, ignore_eos=True)
+        queued_then_cancelled = request("gone", p1, None)
+        nxt = request("next", p1, None, n=4)
+        for r in (long, queued_then_cancelled, nxt):
+            engine.submit(r)
+        engine.cancel("gone")  # still waiting: ends without a row
+        wait_tokens(long, 3)
+        engine.cancel("long")
+        toks, end = collect(long)
+        g_toks, g_end = collect(queued_then_cancelled)
+        n_toks, n_end = collect(nxt)
+    assert end.finish_reason == "cancelled" and 3 <= end.completion_tokens < 500 and len(toks) == end.completion_tokens
+    assert g_end.finish_reason == "cancelled" and g_toks == [] and g_end.completion_tokens == 0
+    assert n_end.finish_reason == "length" and len(n_toks) == 4
+
+
+def test_queue_full_is_back_pressure(base_model, tokenizer, prompts):
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=1, max_queue=2)
+    reqs = [request(f"q{i}", prompts[0], None, n=2) for i in range(2)]
+    for r in reqs:  # not started: nothing drains the queue
+        engine.submit(r)
+    with pytest.raises(QueueFull):
+        engine.submit(request("q2", prompts[0], None, n=2))
+    assert engine.stats()["queued"] == 2
+    with running(engine):
+        assert [collect(r)[1].finish_reason for r in reqs] == ["length", "length"]
+        engine.submit(request("q3", prompts[0], None, n=2))  # room again
+
+
+def test_pinned_adapter_is_not_evicted_and_new_adapter_waits_for_room(base_model, tokenizer, prompts, adapters, reference):
+    a0, a1, _ = adapters
+    p0, p1, _ = prompts
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=2, adapter_cache_size=1)
+    with running(engine):
+        first = request("first", p0, a0, n=16)
+        engine.submit(first)
+        wait_tokens(first, 2)
+        second = request("second", p1, a1, n=6)  # a1 cannot become resident while a0 is pinned
+        engine.submit(second)
+        (f_toks, f_end), (s_toks, s_end) = collect(first), collect(second)
+        stats = engine.stats()
+        engine.evict_adapter(a1.key)
+        assert engine.adapters.resident_keys() == []
+    assert f_toks == reference(p0, a0, 16)
+    assert s_toks == reference(p1, a1, 6)
+    assert second.stream.times[0] >= first.stream.times[-1]
+    assert stats["adapters"]["evictions"] >= 1 and stats["adapters"]["resident"] == 1
+
+
+def test_missing_adapter_ends_with_error_and_engine_keeps_serving(base_model, tokenizer, prompts, tmp_path):
+    from service.engine.base import AdapterRef
+
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=2)
+    with running(engine):
+        bad = request("bad", prompts[0], AdapterRef("missing", tmp_path / "nope"), n=4)
+        ok = request("ok", prompts[0], None, n=4)
+        engine.submit(bad)
+        engine.submit(ok)
+        _, bad_end = collect(bad)
+        ok_toks, ok_end = collect(ok)
+    assert bad_end.finish_reason == "error" and "adapter_config.json" in bad_end.error
+    assert ok_end.finish_reason == "length" and len(ok_toks) == 4
+
+
+def test_seeded_sampling_is_reproducible_inside_a_batch(base_model, tokenizer, prompts):
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=4)
+    with running(engine):
+        reqs = [request(f"s{i}", prompts[1], None, n=10, temperature=0.9, top_p=0.9, seed=7, ignore_eos=True) for i in range(2)]
+        reqs.append(request("other", prompts[0], None, n=10, temperature=0.9, seed=8, ignore_eos=True))
+        for r in reqs:
+            engine.submit(r)
+        outs = [collect(r)[0] for r in reqs]
+    assert outs[0] == outs[1] and len(outs[0]) == 10
+
+
+def test_bfloat16_serves_adapters(engine_settings, tokenizer, prompts, adapters):
+    from service.model_loading import load_base_model
+
+    model = load_base_model(engine_settings, dtype=torch.bfloat16)
+    engine = BatchedEngine(model, tokenizer, max_batch_size=4, dtype="bfloat16")
+    with running(engine):
+        reqs = [request(f"b{i}", prompts[i % 3], ad, n=6, ignore_eos=True) for i, ad in enumerate([None, *adapters])]
+        for r in reqs:
+            engine.submit(r)
+        ends = [collect(r) for r in reqs]
+    assert engine.runner.k_cache.dtype == torch.bfloat16
+    for toks, end in ends:
+        assert end.finish_reason == "length" and len(toks) == 6
+    text = tokenizer.decode(ends[0][0])
+    assert text.strip(), "bf16 base model produced no text"
