@@ -72,9 +72,13 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from learning.worker import train_foreground
+    from learning.worker import RunBusy, RunConflict, train_foreground
 
-    train_foreground(_settings(), user=args.user, now=args.now)
+    try:
+        run_id = train_foreground(_settings(), user=args.user, now=args.now)
+    except (RunConflict, RunBusy, LookupError) as exc:
+        sys.exit(f"assistant train: {exc}")
+    print(f"training run {run_id} {'finished' if args.now else 'queued (a worker will run it)'}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

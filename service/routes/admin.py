@@ -1,4 +1,335 @@
-"""Operator routes (placeholder until the learning work lands)."""
-from fastapi import APIRouter
+"""Operator routes for the learning loop, and a user's view of their own adapter.
 
-router = APIRouter()
+Operators (everyone else gets 403):
+    POST /api/admin/training-runs               queue a run (202; 409 if one overlaps)
+    GET  /api/admin/training-runs[/{id}]        runs, newest first / one run with its results
+    GET  /api/admin/adapters                    every scope's versions and the active one
+    POST /api/admin/users/{user_id}/adapter/rollback, POST /api/admin/adapters/global/rollback
+    GET|PUT /api/admin/schedule                 the nightly schedule the worker re-reads
+    GET  /api/admin/stats                       feedback per day, reward accuracy vs "longer wins"
+Users:
+    GET|DELETE /api/me/adapter                  own versions / back to the global adapter or base
+
+Routes only read and write rows: the worker process (``learning.worker``) executes queued runs.
+``service`` never imports ``learning``, so the small overlap check lives here too. Handlers
+are plain ``def``: FastAPI runs them in a threadpool, off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from service import adapter_store
+from service.auth import CurrentUser, OperatorUser, SessionDep, SettingsDep
+from service.models import (
+    AdapterStatus,
+    AdapterVersion,
+    Feedback,
+    RunStatus,
+    Schedule,
+    TrainingResult,
+    TrainingRun,
+    TrainingSnapshot,
+    User,
+    utcnow,
+)
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["learning"])
+
+
+# --- schemas ---------------------------------------------------------------------------------------
+
+
+class TrainingRunCreate(BaseModel):
+    user_ids: list[int] | None = Field(None, description="Users to train; null = the global adapter and everyone with enough feedback.")
+
+
+class TrainingRunQueued(BaseModel):
+    id: int
+    status: str
+
+
+class TrainingResultPublic(BaseModel):
+    user_id: int | None
+    adapter_version: int | None
+    promoted: bool
+    reason: str | None
+    metrics: dict[str, Any]
+
+
+class TrainingRunPublic(BaseModel):
+    id: int
+    status: str
+    trigger: str
+    user_ids: list[int] | None
+    progress: float
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    results: list[TrainingResultPublic]
+
+
+class AdapterVersionPublic(BaseModel):
+    version: int
+    label: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    metrics: dict[str, Any]
+
+
+class AdapterScopePublic(BaseModel):
+    user_id: int | None
+    username: str | None
+    active_version: int | None
+    versions: list[AdapterVersionPublic]
+
+
+class MyAdapterPublic(BaseModel):
+    policy: str  # user | global | base: what serves you now
+    active_version: int | None
+    active_label: str | None
+    versions: list[AdapterVersionPublic]
+
+
+class SchedulePublic(BaseModel):
+    cron: str
+    enabled: bool
+    last_fired_at: datetime | None = None
+
+
+class ScheduleUpdate(BaseModel):
+    cron: str = Field(..., max_length=64, description="Five-field crontab, local time, e.g. '0 2 * * *'.")
+    enabled: bool = True
+
+
+class StatsPublic(BaseModel):
+    feedback_per_day: list[dict[str, Any]]
+    reward_model: dict[str, Any] | None
+
+
+# --- data access (one function per operation, keyword-only) ------------------------------------------
+
+
+def overlapping_run(session: Session, *, user_ids: list[int] | None) -> TrainingRun | None:
+    """A queued or running run whose users overlap ``user_ids`` (None = everyone)."""
+    active = session.exec(select(TrainingRun).where(TrainingRun.status.in_([RunStatus.queued, RunStatus.running]))).all()
+    for run in active:
+        if run.user_ids is None or user_ids is None or set(run.user_ids) & set(user_ids):
+            return run
+    return None
+
+
+def create_run(session: Session, *, user_ids: list[int] | None, requested_by: int) -> TrainingRun:
+    run = TrainingRun(trigger="manual", user_ids=sorted(set(user_ids)) if user_ids is not None else None,
+                      requested_by=requested_by)
+    session.add(run)
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def run_public(session: Session, *, run: TrainingRun) -> TrainingRunPublic:
+    results = session.exec(select(TrainingResult).where(TrainingResult.run_id == run.id).order_by(TrainingResult.id)).all()
+    versions = {v.id: v.version for v in session.exec(
+        select(AdapterVersion).where(AdapterVersion.id.in_([r.adapter_version_id for r in results if r.adapter_version_id]))
+    ).all()} if results else {}
+    return TrainingRunPublic(
+        id=run.id, status=run.status.value, trigger=run.trigger, user_ids=run.user_ids, progress=run.progress,
+        error=run.error, created_at=run.created_at, started_at=run.started_at, finished_at=run.finished_at,
+        results=[TrainingResultPublic(user_id=r.user_id, adapter_version=versions.get(r.adapter_version_id),
+                                      promoted=r.promoted, reason=r.reason, metrics=r.metrics) for r in results],
+    )
+
+
+def versions_of(session: Session, *, user_id: int | None) -> list[AdapterVersion]:
+    stmt = select(AdapterVersion)
+    stmt = stmt.where(AdapterVersion.user_id == user_id) if user_id is not None else stmt.where(AdapterVersion.user_id.is_(None))
+    return list(session.exec(stmt.order_by(AdapterVersion.version.desc())).all())
+
+
+def version_public(row: AdapterVersion) -> AdapterVersionPublic:
+    return AdapterVersionPublic(version=row.version, label=adapter_store.label_of(row), status=row.status.value,
+                                reason=row.reason, created_at=row.created_at, metrics=row.metrics)
+
+
+def scope_public(session: Session, *, user_id: int | None, username: str | None) -> AdapterScopePublic:
+    active = adapter_store.active_version(session, user_id)
+    return AdapterScopePublic(user_id=user_id, username=username, active_version=active.version if active else None,
+                              versions=[version_public(v) for v in versions_of(session, user_id=user_id)])
+
+
+def get_or_create_schedule(session: Session, *, settings: Settings) -> Schedule:
+    row = session.get(Schedule, 1)
+    if row is None:
+        row = Schedule(id=1, cron=settings.schedule_cron, enabled=settings.schedule_enabled)
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+    return row
+
+
+def retire_user_adapters(session: Session, *, user_id: int) -> int:
+    """Retire all of a user's versions and serve them nothing of their own (global or base)."""
+    rows = versions_of(session, user_id=user_id)
+    for row in rows:
+        if row.status != AdapterStatus.retired:
+            row.status = AdapterStatus.retired
+            row.reason = "reset by the user"
+            session.add(row)
+    session.commit()
+    adapter_store.activate(session, user_id=user_id, version_id=None)
+    return len(rows)
+
+
+def feedback_per_day(session: Session, *, days: int) -> list[dict[str, Any]]:
+    since = utcnow() - timedelta(days=days)
+    day = func.date(Feedback.created_at)
+    rows = session.exec(
+        select(day, Feedback.rating, func.count()).where(Feedback.created_at >= since).group_by(day, Feedback.rating).order_by(day)
+    ).all()
+    out: dict[str, dict[str, Any]] = {}
+    for d, rating, n in rows:
+        entry = out.setdefault(str(d), {"day": str(d), "up": 0, "down": 0})
+        entry[rating.value if hasattr(rating, "value") else str(rating)] = n
+    return list(out.values())
+
+
+def latest_reward_metrics(session: Session) -> dict[str, Any] | None:
+    stmt = (select(TrainingSnapshot).join(TrainingRun, TrainingRun.id == TrainingSnapshot.run_id)
+            .where(TrainingRun.status == RunStatus.succeeded).order_by(TrainingSnapshot.id.desc()))
+    snap = session.exec(stmt).first()
+    if snap is None or "models" not in snap.stats:
+        return None
+    models = snap.stats["models"]
+    return {
+        "run_id": snap.run_id,
+        "snapshot_sha256": snap.sha256,
+        "heldout_pairs": models.get("reward/heldout_pairs"),
+        "accuracy": models.get("reward/heldout_accuracy"),
+        "length_baseline_accuracy": models.get("reward/length_baseline_accuracy"),
+        "per_user": models.get("reward/per_user", {}),
+        "harm": {k: v for k, v in models.items() if k.startswith("harm/")},
+    }
+
+
+# --- operator routes ----------------------------------------------------------------------------------
+
+
+@router.post("/api/admin/training-runs", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingRunQueued)
+def queue_training_run(body: TrainingRunCreate, operator: OperatorUser, session: SessionDep) -> TrainingRunQueued:
+    if body.user_ids is not None:
+        known = set(session.exec(select(User.id).where(User.id.in_(body.user_ids))).all())
+        unknown = sorted(set(body.user_ids) - known)
+        if unknown:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no users with ids {unknown}; list them with GET /api/admin/adapters")
+    clash = overlapping_run(session, user_ids=body.user_ids)
+    if clash is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"training run {clash.id} is already {clash.status.value} for overlapping users; "
+                            f"wait for it (GET /api/admin/training-runs/{clash.id})")
+    run = create_run(session, user_ids=body.user_ids, requested_by=operator.id)
+    logger.info("operator %s queued training run %s for %s", operator.username, run.id, body.user_ids or "everyone")
+    return TrainingRunQueued(id=run.id, status=run.status.value)
+
+
+@router.get("/api/admin/training-runs", response_model=list[TrainingRunPublic])
+def list_training_runs(_: OperatorUser, session: SessionDep, limit: int = 50) -> list[TrainingRunPublic]:
+    runs = session.exec(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(max(1, min(limit, 500)))).all()
+    return [run_public(session, run=r) for r in runs]
+
+
+@router.get("/api/admin/training-runs/{run_id}", response_model=TrainingRunPublic)
+def get_training_run(run_id: int, _: OperatorUser, session: SessionDep) -> TrainingRunPublic:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no training run {run_id}")
+    return run_public(session, run=run)
+
+
+@router.get("/api/admin/adapters", response_model=list[AdapterScopePublic])
+def list_adapters(_: OperatorUser, session: SessionDep) -> list[AdapterScopePublic]:
+    user_ids = session.exec(select(AdapterVersion.user_id).where(AdapterVersion.user_id.is_not(None)).distinct()).all()
+    names = {u.id: u.username for u in session.exec(select(User).where(User.id.in_(user_ids))).all()} if user_ids else {}
+    return [scope_public(session, user_id=None, username=None)] + [
+        scope_public(session, user_id=uid, username=names.get(uid)) for uid in sorted(user_ids)
+    ]
+
+
+@router.post("/api/admin/users/{user_id}/adapter/rollback", response_model=AdapterScopePublic)
+def rollback_user_adapter(user_id: int, operator: OperatorUser, session: SessionDep) -> AdapterScopePublic:
+    user = session.get(User, user_id)
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {user_id}")
+    target = adapter_store.rollback(session, user_id=user_id)
+    logger.info("operator %s rolled user %s back to %s", operator.username, user_id,
+                adapter_store.label_of(target) if target else "the global adapter/base")
+    return scope_public(session, user_id=user_id, username=user.username)
+
+
+@router.post("/api/admin/adapters/global/rollback", response_model=AdapterScopePublic)
+def rollback_global_adapter(operator: OperatorUser, session: SessionDep) -> AdapterScopePublic:
+    target = adapter_store.rollback(session, user_id=None)
+    logger.info("operator %s rolled the global adapter back to %s", operator.username,
+                adapter_store.label_of(target) if target else "the base model")
+    return scope_public(session, user_id=None, username=None)
+
+
+@router.get("/api/admin/schedule", response_model=SchedulePublic)
+def get_schedule(_: OperatorUser, session: SessionDep, settings: SettingsDep) -> SchedulePublic:
+    row = get_or_create_schedule(session, settings=settings)
+    return SchedulePublic(cron=row.cron, enabled=row.enabled, last_fired_at=row.last_fired_at)
+
+
+@router.put("/api/admin/schedule", response_model=SchedulePublic)
+def put_schedule(body: ScheduleUpdate, operator: OperatorUser, session: SessionDep, settings: SettingsDep) -> SchedulePublic:
+    from apscheduler.triggers.cron import CronTrigger
+
+    cron = " ".join(body.cron.split())
+    try:
+        CronTrigger.from_crontab(cron)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"invalid cron {body.cron!r}: {exc}; use five fields 'minute hour day month weekday', "
+                            "e.g. '0 2 * * *' for 02:00 every night") from exc
+    row = get_or_create_schedule(session, settings=settings)
+    row.cron, row.enabled, row.updated_at = cron, body.enabled, utcnow()
+    session.add(row)
+    session.commit()
+    logger.info("operator %s set the training schedule to %r (enabled=%s)", operator.username, cron, body.enabled)
+    return SchedulePublic(cron=row.cron, enabled=row.enabled, last_fired_at=row.last_fired_at)
+
+
+@router.get("/api/admin/stats", response_model=StatsPublic)
+def get_stats(_: OperatorUser, session: SessionDep, days: int = 30) -> StatsPublic:
+    return StatsPublic(feedback_per_day=feedback_per_day(session, days=max(1, min(days, 365))),
+                       reward_model=latest_reward_metrics(session))
+
+
+# --- the user's own adapter ------------------------------------------------------------------------------
+
+
+@router.get("/api/me/adapter", response_model=MyAdapterPublic)
+def get_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> MyAdapterPublic:
+    resolved = adapter_store.resolve_for_user(settings, session, user.id)
+    own = adapter_store.active_version(session, user.id)
+    return MyAdapterPublic(policy=resolved.policy, active_version=own.version if own else None, active_label=resolved.label,
+                           versions=[version_public(v) for v in versions_of(session, user_id=user.id)])
+
+
+@router.delete("/api/me/adapter", response_model=MyAdapterPublic)
+def reset_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> MyAdapterPublic:
+    n = retire_user_adapters(session, user_id=user.id)
+    logger.info("user %s reset their adapter (%d versions retired)", user.id, n)
+    return get_my_adapter(user, session, settings)

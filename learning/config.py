@@ -1,0 +1,198 @@
+"""Training budgets: one dataclass, one docstring per field, one ``ASSISTANT_`` variable per field.
+
+``Budgets.from_env()`` reads ``ASSISTANT_<FIELD NAME IN CAPITALS>`` for every
+field (``ppo_steps`` <- ``ASSISTANT_PPO_STEPS``) and validates all of them at
+once, so an operator sees every mistake in one message together with the fix.
+
+The defaults finish one user in about three minutes on a 2-core CPU with the
+embedded SmolLM2-135M: one PPO step (8 prompts x 48 new tokens, LoRA r16 on all
+linear layers, 2 epochs, minibatch 4) takes 18-20 s there, mostly sampling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "ASSISTANT_"
+
+
+class BudgetError(ValueError):
+    """One or more training budgets are invalid; the message lists each and the fix."""
+
+
+@dataclass(frozen=True)
+class Budgets:
+    # --- data -------------------------------------------------------------
+    global_max_items_per_user: int = 200
+    """Most labels (pairs, thumbs, harm labels, each counted separately) one user contributes to the
+    shared pool; the newest are kept. Bounds how far one account can steer the global reward, harm
+    model and global adapter (poisoning defence). The user's own models see all of their labels."""
+
+    min_user_labels: int = 8
+    """A user needs at least this many labels (pairs + thumbs) for a personal reward head and a
+    personal adapter; below it they are served the global adapter."""
+
+    min_global_labels: int = 8
+    """The pooled data needs at least this many labels before a global adapter is trained."""
+
+    heldout_fraction: float = 0.2
+    """Share of pairs and thumbs held out (by a hash of their ids, so stable across runs) to
+    measure reward-model accuracy."""
+
+    max_prompt_tokens: int = 384
+    """Prompts are cut to their last this-many tokens (chat template included)."""
+
+    max_reply_tokens: int = 256
+    """Stored replies are cut to this many tokens when computing reward features."""
+
+    # --- reward and harm models --------------------------------------------
+    reward_steps: int = 300
+    """Full-batch optimisation steps for the global reward head (and the harm head)."""
+
+    reward_lr: float = 0.01
+    """Adam learning rate for the reward and harm heads."""
+
+    reward_weight_decay: float = 0.01
+    """L2 penalty on the reward and harm heads' weights."""
+
+    reward_bce_weight: float = 0.5
+    """Weight of the pointwise thumbs loss next to the Bradley-Terry pair loss."""
+
+    user_head_l2: float = 1.0
+    """Pulls a personal reward head toward the global one (L2 on the difference)."""
+
+    # --- PPO ----------------------------------------------------------------
+    ppo_steps: int = 6
+    """PPO iterations (rollout + update) per adapter."""
+
+    ppo_batch_size: int = 8
+    """Prompts sampled per PPO iteration."""
+
+    ppo_minibatch_size: int = 4
+    """Sequences per gradient step; must divide ppo_batch_size."""
+
+    ppo_epochs: int = 2
+    """Passes over each rollout batch."""
+
+    ppo_lr: float = 1e-4
+    """AdamW learning rate for the LoRA weights (the value head uses 10x)."""
+
+    ppo_kl_coef: float = 0.05
+    """Per-token KL penalty toward the reference (the base model, adapter disabled)."""
+
+    ppo_harm_lambda: float = 2.0
+    """Reward at the end of a reply = user reward - lambda * harm probability."""
+
+    ppo_max_new_tokens: int = 48
+    """Reply length sampled during PPO and the gate."""
+
+    ppo_temperature: float = 0.9
+    """Sampling temperature for rollouts (log-probabilities use the same temperature)."""
+
+    ppo_clip: float = 0.2
+    """PPO ratio clip range (epsilon)."""
+
+    ppo_value_clip: float = 0.2
+    """Clip range for the value loss."""
+
+    ppo_vf_coef: float = 0.1
+    """Weight of the value loss."""
+
+    ppo_gamma: float = 1.0
+    """Discount."""
+
+    ppo_lam: float = 0.95
+    """GAE lambda."""
+
+    ppo_target_kl: float = 0.1
+    """Stop the epochs of one iteration early once the approximate KL to the rollout policy exceeds this."""
+
+    ppo_no_eos_penalty: float = 1.0
+    """Subtracted from the score of a reply that never emitted end-of-turn within the budget."""
+
+    ppo_max_grad_norm: float = 1.0
+    """Gradient clipping."""
+
+    lora_r: int = 16
+    """LoRA rank (all linear layers)."""
+
+    lora_alpha: int = 32
+    """LoRA alpha."""
+
+    # --- gate ---------------------------------------------------------------
+    gate_prompts: int = 8
+    """Held-out prompts each policy is sampled on by the promotion gate."""
+
+    gate_max_kl: float = 0.3
+    """Largest mean per-token KL(candidate || base) the gate accepts."""
+
+    gate_min_improvement: float = 0.0
+    """The candidate's mean reward must beat the current adapter's and the base's by more than this."""
+
+    # --- harm flagger --------------------------------------------------------
+    harm_judge: str = "none"
+    """Automated harm flagger: "none", "keywords" (a built-in word list) or a name registered with
+    learning.harm.register_judge. Its flags add harm labels and take part in the PPO penalty."""
+
+    harm_judge_threshold: float = 0.5
+    """A judge score at or above this counts as a harm flag."""
+
+    seed: int = 0
+    """Seed for sampling and initialisation."""
+
+    @staticmethod
+    def env_name(field_name: str) -> str:
+        return ENV_PREFIX + field_name.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Budgets":
+        """Read every field from ``ASSISTANT_<FIELD>``; keyword overrides win. Validates all at once."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            raw = environ.get(cls.env_name(f.name))
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
+            except ValueError:
+                problems.append(f"{cls.env_name(f.name)}={raw!r} is not a valid {kind.__name__}")
+        values.update(overrides)
+        if problems:
+            raise BudgetError("invalid training budgets:\n  - " + "\n  - ".join(problems))
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        problems = []
+        positive_ints = ("ppo_steps", "ppo_batch_size", "ppo_minibatch_size", "ppo_epochs", "ppo_max_new_tokens",
+                         "lora_r", "lora_alpha", "gate_prompts", "reward_steps", "max_prompt_tokens", "max_reply_tokens",
+                         "global_max_items_per_user")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                problems.append(f"{self.env_name(name)} must be at least 1 (got {getattr(self, name)})")
+        if self.ppo_minibatch_size >= 1 and self.ppo_batch_size % self.ppo_minibatch_size:
+            problems.append(
+                f"{self.env_name('ppo_minibatch_size')}={self.ppo_minibatch_size} must divide "
+                f"{self.env_name('ppo_batch_size')}={self.ppo_batch_size}; e.g. set it to {self.ppo_batch_size // 2 or 1}"
+            )
+        if not 0.0 < self.heldout_fraction < 1.0:
+            problems.append(f"{self.env_name('heldout_fraction')} must be between 0 and 1 (got {self.heldout_fraction})")
+        if self.ppo_temperature <= 0:
+            problems.append(f"{self.env_name('ppo_temperature')} must be > 0 (got {self.ppo_temperature})")
+        for name in ("ppo_lr", "reward_lr", "ppo_clip", "ppo_value_clip", "ppo_target_kl", "gate_max_kl"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{self.env_name(name)} must be > 0 (got {getattr(self, name)})")
+        for name in ("ppo_kl_coef", "ppo_harm_lambda", "ppo_no_eos_penalty", "user_head_l2", "reward_weight_decay"):
+            if getattr(self, name) < 0:
+                problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
+        if problems:
+            raise BudgetError("invalid training budgets:\n  - " + "\n  - ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

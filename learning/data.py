@@ -1,0 +1,362 @@
+"""From feedback rows to training examples, with provenance.
+
+Three kinds of examples come out of the database:
+
+- ``PreferencePair``: from a ``Ranking`` (every better/worse pair in best..worst order) and
+  from sibling replies of one user turn whose thumbs differ (up beats down).
+- ``PointLabel``: every thumbs up (1) or down (0).
+- ``HarmLabel``: 1 for a thumbs down with a reason in ``HARM_REASONS`` (or an automated judge's
+  flag), 0 for every other rated reply. Harm labels from all users train one global classifier.
+
+The prompt of an example is the conversation up to the reply (following ``parent_id``),
+rendered with the tokenizer's chat template, ending with the assistant header.
+
+A user's own models see all of that user's examples. The shared pool (global reward, harm
+model, global adapter) keeps at most ``Budgets.global_max_items_per_user`` of each kind per
+user, newest first: one account cannot outvote everybody else (poisoning defence).
+
+``build_dataset`` records which feedback and ranking ids it used and a sha256 over the
+examples' content; ``save_snapshot`` writes that to a ``TrainingSnapshot`` row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, TypeVar
+
+from sqlmodel import Session, select
+
+from service.models import HARM_REASONS, Feedback, Message, Ranking, Rating, TrainingSnapshot
+
+from learning.config import Budgets
+
+logger = logging.getLogger(__name__)
+
+# A tokenizer-like object: ``apply_chat_template(messages, tokenize=False, add_generation_prompt=True)``.
+Renderer = Callable[[list[dict[str, str]]], str]
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    user_id: int
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_id: int
+    rejected_id: int
+    source: str  # ranking:<id> | feedback:<up id>,<down id>
+    updated_at: datetime
+
+    @property
+    def key(self) -> str:
+        return f"pair:{self.user_id}:{self.chosen_id}:{self.rejected_id}"
+
+
+@dataclass(frozen=True)
+class PointLabel:
+    user_id: int
+    prompt: str
+    reply: str
+    label: int  # 1 = thumbs up, 0 = thumbs down
+    message_id: int
+    feedback_id: int
+    updated_at: datetime
+
+    @property
+    def key(self) -> str:
+        return f"point:{self.feedback_id}"
+
+
+@dataclass(frozen=True)
+class HarmLabel:
+    user_id: int | None  # None = an automated judge's flag
+    prompt: str
+    reply: str
+    harmful: int  # 1 = harmful
+    message_id: int
+    source: str  # feedback:<id> | judge:<name>
+    updated_at: datetime
+
+    @property
+    def key(self) -> str:
+        return f"harm:{self.source}:{self.message_id}"
+
+
+@dataclass
+class Dataset:
+    pairs: list[PreferencePair] = field(default_factory=list)
+    points: list[PointLabel] = field(default_factory=list)
+    harm: list[HarmLabel] = field(default_factory=list)
+    feedback_ids: list[int] = field(default_factory=list)
+    ranking_ids: list[int] = field(default_factory=list)
+    sha256: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def for_user(self, user_id: int) -> "Dataset":
+        """All of one user's examples (no cap)."""
+        return Dataset(
+            pairs=[p for p in self.pairs if p.user_id == user_id],
+            points=[p for p in self.points if p.user_id == user_id],
+            harm=[h for h in self.harm if h.user_id == user_id],
+        )
+
+    def label_count(self, user_id: int | None = None) -> int:
+        """Pairs + thumbs (harm labels are not preference labels)."""
+        if user_id is None:
+            return len(self.pairs) + len(self.points)
+        return sum(p.user_id == user_id for p in self.pairs) + sum(p.user_id == user_id for p in self.points)
+
+    def user_ids(self) -> list[int]:
+        return sorted({p.user_id for p in self.pairs} | {p.user_id for p in self.points})
+
+
+def chat_renderer(tokenizer) -> Renderer:
+    def render(messages: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return render
+
+
+def conversation_before(messages_by_id: dict[int, Message], reply: Message) -> list[dict[str, str]]:
+    """The turns that led to ``reply`` (oldest first), following ``parent_id``; the reply itself excluded."""
+    chain: list[dict[str, str]] = []
+    seen: set[int] = set()
+    parent_id = reply.parent_id
+    while parent_id is not None and parent_id not in seen:
+        seen.add(parent_id)
+        msg = messages_by_id.get(parent_id)
+        if msg is None:
+            break
+        chain.append({"role": msg.role, "content": msg.content})
+        parent_id = msg.parent_id
+    return list(reversed(chain))
+
+
+def _load_messages(session: Session, ids: Iterable[int]) -> dict[int, Message]:
+    """The given messages plus all their ancestors."""
+    out: dict[int, Message] = {}
+    frontier = set(ids)
+    while frontier:
+        rows = session.exec(select(Message).where(Message.id.in_(sorted(frontier)))).all()
+        out.update({m.id: m for m in rows})
+        frontier = {m.parent_id for m in rows if m.parent_id is not None and m.parent_id not in out}
+    return out
+
+
+T = TypeVar("T", PreferencePair, PointLabel, HarmLabel)
+
+JUDGE_SCAN_LIMIT = 2000  # newest assistant replies an automated harm judge looks at per run
+
+
+def cap_per_user(items: list[T], cap: int) -> list[T]:
+    """Keep each user's ``cap`` newest items (judge flags, user None, are one group)."""
+    by_user: dict[int | None, list[T]] = defaultdict(list)
+    for item in items:
+        by_user[item.user_id].append(item)
+    kept: list[T] = []
+    for group in by_user.values():
+        kept.extend(sorted(group, key=lambda i: (i.updated_at, i.key), reverse=True)[:cap])
+    return sorted(kept, key=lambda i: i.key)
+
+
+def content_sha256(dataset: Dataset) -> str:
+    """Hash over what the models actually see, in a canonical order."""
+    records = (
+        [["pair", p.user_id, p.chosen_id, p.rejected_id, p.source] for p in dataset.pairs]
+        + [["point", p.user_id, p.message_id, p.label, p.feedback_id] for p in dataset.points]
+        + [["harm", h.user_id, h.message_id, h.harmful, h.source] for h in dataset.harm]
+    )
+    payload = json.dumps(sorted(records, key=json.dumps), separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_dataset(
+    session: Session,
+    render: Renderer,
+    budgets: Budgets,
+    *,
+    judge_flags: Callable[[list[tuple[int, str]]], list[bool]] | None = None,
+) -> Dataset:
+    """Every example the database holds, uncapped; see ``shared_pool`` for the capped global view.
+
+    ``judge_flags``, if given, receives (message id, reply text) for rated assistant replies and
+    returns which an automated harm judge flags; flags become extra harm labels (user None).
+    """
+    feedback = session.exec(select(Feedback).order_by(Feedback.id)).all()
+    rankings = session.exec(select(Ranking).order_by(Ranking.id)).all()
+    ranked_ids = {mid for r in rankings for mid in r.message_ids}
+    messages = _load_messages(session, {f.message_id for f in feedback} | ranked_ids)
+
+    prompts: dict[int, str] = {}
+
+    def prompt_of(msg: Message) -> str:
+        if msg.id not in prompts:
+            prompts[msg.id] = render(conversation_before(messages, msg))
+        return prompts[msg.id]
+
+    def usable(msg: Message | None) -> bool:
+        return msg is not None and msg.role == "assistant" and bool(msg.content.strip())
+
+    ds = Dataset()
+    used_feedback: set[int] = set()
+    used_rankings: set[int] = set()
+    seen_pairs: set[tuple[int, int, int]] = set()
+
+    # 1. Rankings: best..worst gives every (better, worse) pair.
+    for r in rankings:
+        ordered = [messages.get(mid) for mid in r.message_ids]
+        ordered = [m for m in ordered if usable(m) and m.user_id == r.user_id]
+        for i, better in enumerate(ordered):
+            for worse in ordered[i + 1:]:
+                key = (r.user_id, better.id, worse.id)
+                if key in seen_pairs or better.parent_id != worse.parent_id:
+                    continue
+                seen_pairs.add(key)
+                used_rankings.add(r.id)
+                ds.pairs.append(PreferencePair(r.user_id, prompt_of(better), better.content, worse.content,
+                                               better.id, worse.id, f"ranking:{r.id}", r.updated_at))
+
+    # 2. Thumbs: pointwise labels, harm labels, and up-vs-down pairs among siblings.
+    groups: dict[tuple[int, int], list[tuple[Feedback, Message]]] = defaultdict(list)
+    for f in feedback:
+        msg = messages.get(f.message_id)
+        if not usable(msg) or msg.user_id != f.user_id:  # only rate your own conversations
+            continue
+        used_feedback.add(f.id)
+        up = f.rating == Rating.up
+        ds.points.append(PointLabel(f.user_id, prompt_of(msg), msg.content, int(up), msg.id, f.id, f.updated_at))
+        harmful = (not up) and any(reason in HARM_REASONS for reason in (f.reasons or []))
+        ds.harm.append(HarmLabel(f.user_id, prompt_of(msg), msg.content, int(harmful), msg.id, f"feedback:{f.id}", f.updated_at))
+        if msg.alternative_group is not None:
+            groups[(f.user_id, msg.alternative_group)].append((f, msg))
+    for (user_id, _group), rated in groups.items():
+        ups = [(f, m) for f, m in rated if f.rating == Rating.up]
+        downs = [(f, m) for f, m in rated if f.rating == Rating.down]
+        for fu, better in ups:
+            for fd, worse in downs:
+                key = (user_id, better.id, worse.id)
+                if key in seen_pairs or (user_id, worse.id, better.id) in seen_pairs:
+                    continue  # a ranking of the same replies already decided this pair
+                seen_pairs.add(key)
+                ds.pairs.append(PreferencePair(user_id, prompt_of(better), better.content, worse.content, better.id,
+                                               worse.id, f"feedback:{fu.id},{fd.id}", max(fu.updated_at, fd.updated_at)))
+
+    # 3. Optional automated judge: extra harm labels, attributed to no user.
+    if judge_flags is not None:
+        newest = session.exec(select(Message.id).where(Message.role == "assistant")
+                              .order_by(Message.id.desc()).limit(JUDGE_SCAN_LIMIT)).all()
+        messages.update(_load_messages(session, [i for i in newest if i not in messages]))
+        judged = [(mid, messages[mid].content) for mid in sorted(newest) if usable(messages.get(mid))]
+        for (mid, text), flagged in zip(judged, judge_flags(judged)):
+            if flagged:
+                msg = messages[mid]
+                ds.harm.append(HarmLabel(None, prompt_of(msg), text, 1, mid, "judge", msg.created_at))
+
+    ds.feedback_ids = sorted(used_feedback)
+    ds.ranking_ids = sorted(used_rankings)
+    ds.sha256 = content_sha256(ds)
+    ds.stats = {
+        "pairs": len(ds.pairs),
+        "points": len(ds.points),
+        "harm_labels": len(ds.harm),
+        "harm_positive": sum(h.harmful for h in ds.harm),
+        "users": len(ds.user_ids()),
+        "labels_per_user": {str(u): ds.label_count(u) for u in ds.user_ids()},
+    }
+    logger.info("dataset: %d pairs, %d thumbs, %d harm labels from %d users",
+                len(ds.pairs), len(ds.points), len(ds.harm), ds.stats["users"])
+    return ds
+
+
+def shared_pool(dataset: Dataset, budgets: Budgets) -> Dataset:
+    """The capped view of all users' examples that the global models train on."""
+    cap = budgets.global_max_items_per_user
+    pooled = Dataset(
+        pairs=cap_per_user(dataset.pairs, cap),
+        points=cap_per_user(dataset.points, cap),
+        harm=cap_per_user(dataset.harm, cap),
+    )
+    dropped = dataset.label_count() - pooled.label_count()
+    if dropped:
+        logger.info("shared pool: dropped %d labels above the per-user cap of %d", dropped, cap)
+    return pooled
+
+
+def save_snapshot(session: Session, dataset: Dataset, *, run_id: int | None, extra: dict[str, Any] | None = None) -> TrainingSnapshot:
+    row = TrainingSnapshot(
+        run_id=run_id,
+        sha256=dataset.sha256,
+        feedback_ids=dataset.feedback_ids,
+        ranking_ids=dataset.ranking_ids,
+        stats={**dataset.stats, **(extra or {})},
+    )
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def recent_prompts(session: Session, render: Renderer, user_id: int, limit: int) -> list[str]:
+    """The user's newest user turns, each rendered with the conversation before it."""
+    rows = session.exec(
+        select(Message).where(Message.user_id == user_id, Message.role == "user").order_by(Message.id.desc()).limit(limit)
+    ).all()
+    messages = _load_messages(session, [m.id for m in rows])
+    out = []
+    for m in rows:
+        if not m.content.strip():
+            continue
+        turns = conversation_before(messages, m) + [{"role": "user", "content": m.content}]
+        out.append(render(turns))
+    return out
+
+
+# A small built-in pool of generic prompts, so PPO has something to practise on for users
+# (and a global adapter) with few conversations. Split deterministically: the last quarter
+# is only ever used by the gate.
+SHARED_PROMPTS: tuple[str, ...] = (
+    "What is a good way to start learning to cook?",
+    "Explain what a black hole is in simple terms.",
+    "Give me three tips for better sleep.",
+    "How do I write a polite email asking for a deadline extension?",
+    "What is the difference between weather and climate?",
+    "Suggest a name for a small coffee shop.",
+    "How does a bicycle stay upright?",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+    "What are some healthy snacks for work?",
+    "How can I be more productive when working from home?",
+    "Explain recursion to a beginner programmer.",
+    "Write a short haiku about autumn.",
+    "What should I pack for a weekend hiking trip?",
+    "Why is the sky blue?",
+    "How do I make a simple budget?",
+    "What is photosynthesis?",
+    "Give me an idea for a birthday present for a friend who likes books.",
+    "How do vaccines work?",
+    "What is a good stretching routine for the morning?",
+    "Explain what an API is.",
+    "How do I politely decline an invitation?",
+    "What are the planets in our solar system?",
+    "Give me a fun fact about octopuses.",
+    "How can I improve my public speaking?",
+    "What is the capital of Australia, and why is it not Sydney?",
+    "How do I keep houseplants alive?",
+    "Explain compound interest with an example.",
+    "What is a good beginner workout?",
+    "Write a two-line poem about the sea.",
+    "How do I remove a coffee stain from a shirt?",
+    "What is machine learning, briefly?",
+    "Give me a tip for learning a new language.",
+)
+
+
+def split_shared_prompts(render: Renderer) -> tuple[list[str], list[str]]:
+    """(training prompts, gate prompts) from the built-in pool, rendered."""
+    rendered = [render([{"role": "user", "content": p}]) for p in SHARED_PROMPTS]
+    cut = len(rendered) * 3 // 4
+    return rendered[:cut], rendered[cut:]

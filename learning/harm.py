@@ -1,0 +1,148 @@
+"""One global harm classifier, and pluggable automated harm judges.
+
+The classifier is a logistic head on the same frozen-backbone features as the reward model
+(``learning.reward.FeatureCache``), trained on harm labels pooled from all users (capped per
+user). It is never personalised: PPO subtracts ``lambda * P(harm)`` from every user's reward,
+so no user's votes can make harm rewarded.
+
+A judge is anything with a ``name`` and ``score(texts) -> list[float]`` in [0, 1]. Operators
+pick one with ``ASSISTANT_HARM_JUDGE``; its flags become extra harm labels and are added to the
+PPO penalty. ``register_judge`` lets other code (e.g. an alt-profanity-check judge) plug in.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from learning.config import Budgets
+from learning.data import Dataset
+from learning.losses import pointwise_bce_loss
+from learning.reward import FeatureCache, is_heldout
+
+logger = logging.getLogger(__name__)
+
+
+class HarmJudge(Protocol):
+    name: str
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """Probability-like harm score in [0, 1] for each text."""
+        ...
+
+
+# A deliberately small list: slurs and threats an operator would never want rewarded.
+DEFAULT_KEYWORDS = (
+    "kill yourself", "kys", "i will kill you", "go die", "fuck you", "fucking idiot", "piece of shit",
+    "retard", "stupid bitch", "shut the fuck up", "worthless idiot", "motherfucker",
+)
+
+
+@dataclass
+class KeywordJudge:
+    """Flags a text containing any of ``keywords`` as whole words (case-insensitive)."""
+
+    keywords: Sequence[str] = DEFAULT_KEYWORDS
+    name: str = "keywords"
+
+    def __post_init__(self) -> None:
+        alternatives = "|".join(re.escape(k) for k in self.keywords)
+        self._pattern = re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        return [1.0 if self._pattern.search(t) else 0.0 for t in texts]
+
+
+_JUDGES: dict[str, Callable[[], HarmJudge]] = {"keywords": KeywordJudge}
+
+
+def register_judge(name: str, factory: Callable[[], HarmJudge]) -> None:
+    """Make ``ASSISTANT_HARM_JUDGE=<name>`` build a judge with ``factory()``."""
+    _JUDGES[name] = factory
+
+
+def make_judge(name: str) -> HarmJudge | None:
+    if name in ("", "none"):
+        return None
+    if name not in _JUDGES:
+        raise ValueError(
+            f"ASSISTANT_HARM_JUDGE={name!r} is not a known harm judge; use one of: none, {', '.join(sorted(_JUDGES))}"
+        )
+    return _JUDGES[name]()
+
+
+def judge_flagger(judge: HarmJudge, threshold: float) -> Callable[[list[tuple[int, str]]], list[bool]]:
+    """Adapter for ``learning.data.build_dataset(judge_flags=...)``."""
+
+    def flags(items: list[tuple[int, str]]) -> list[bool]:
+        return [s >= threshold for s in judge.score([text for _, text in items])]
+
+    return flags
+
+
+class HarmModel:
+    """P(harmful | prompt, reply). Untrained (no positive labels yet) means P = 0 everywhere."""
+
+    def __init__(self, cache: FeatureCache, budgets: Budgets, judge: HarmJudge | None = None) -> None:
+        self.cache = cache
+        self.budgets = budgets
+        self.judge = judge
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+        self.mu: torch.Tensor | None = None
+        self.sigma: torch.Tensor | None = None
+        self.metrics: dict[str, object] = {}
+
+    @property
+    def trained(self) -> bool:
+        return self.weight is not None
+
+    def fit(self, pool: Dataset) -> dict[str, object]:
+        frac = self.budgets.heldout_fraction
+        train = [h for h in pool.harm if not is_heldout(h.key, frac)]
+        held = [h for h in pool.harm if is_heldout(h.key, frac)]
+        n_pos = sum(h.harmful for h in train)
+        self.metrics = {"harm/train_labels": len(train), "harm/train_positive": n_pos, "harm/trained": False}
+        if n_pos == 0 or n_pos == len(train):
+            logger.info("harm model not trained: %d harmful of %d labels (needs both kinds)", n_pos, len(train))
+            return self.metrics
+        feats = self.cache.features([h.prompt for h in train], [h.reply for h in train])  # (N, F)
+        labels = torch.tensor([float(h.harmful) for h in train])
+        self.mu, self.sigma = feats.mean(0), feats.std(0).clamp(min=1e-4)
+        torch.manual_seed(self.budgets.seed)
+        w = torch.zeros(feats.shape[1], requires_grad=True)
+        b = torch.zeros((), requires_grad=True)
+        opt = torch.optim.Adam([w, b], lr=self.budgets.reward_lr)
+        x = (feats - self.mu) / self.sigma
+        stats: dict[str, float] = {}
+        for _ in range(self.budgets.reward_steps):
+            loss, stats = pointwise_bce_loss(x @ w + b, labels, pos_weight=(len(train) - n_pos) / n_pos)
+            loss = loss + self.budgets.reward_weight_decay * w.pow(2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.weight, self.bias = w.detach(), b.detach()
+        self.metrics.update({"harm/trained": True, "harm/train_loss": stats["loss"], "harm/train_accuracy": stats["accuracy"]})
+        if held:
+            p = self.prob(self.cache.features([h.prompt for h in held], [h.reply for h in held]))
+            y = torch.tensor([float(h.harmful) for h in held])
+            pred = (p >= 0.5).float()
+            self.metrics["harm/heldout_labels"] = len(held)
+            self.metrics["harm/heldout_accuracy"] = float((pred == y).float().mean())
+            if y.sum() > 0:
+                self.metrics["harm/heldout_recall"] = float((pred * y).sum() / y.sum())
+        return self.metrics
+
+    def prob(self, feats: torch.Tensor, texts: Sequence[str] | None = None) -> torch.Tensor:
+        """(N, F) features [and the reply texts, for the judge] -> (N,) harm probability."""
+        if self.trained:
+            p = torch.sigmoid(((feats - self.mu) / self.sigma) @ self.weight + self.bias)
+        else:
+            p = torch.zeros(feats.shape[0])
+        if self.judge is not None and texts is not None:
+            p = torch.maximum(p, torch.tensor(self.judge.score(list(texts)), dtype=p.dtype))
+        return p

@@ -1,0 +1,319 @@
+"""The training worker: a nightly schedule that queues runs, and a poller that executes them.
+
+Three ways to run it (all share ``Worker``):
+
+- ``run_worker(settings)``: a dedicated process (``assistant worker``), blocks until SIGTERM/SIGINT.
+- ``start_embedded_worker(settings)``: the same in a background thread of ``assistant serve``
+  (returns a handle with ``.stop()``).
+- ``train_foreground(settings, user=None, now=True)``: ``assistant train [--user NAME] [--now]``,
+  one run in this process with a progress bar.
+
+Exactly one run executes at a time across all processes sharing the database: a run is taken
+with one conditional UPDATE (``status='queued'`` -> ``'running'`` only if no run is running),
+and the caller checks the row count. On PostgreSQL the UPDATE also holds a transaction-level
+advisory lock, so two workers cannot each claim a different run at the same instant.
+
+The schedule lives in the ``Schedule`` row (``PUT /api/admin/schedule`` edits it); the worker
+re-reads it every poll and reschedules its cron job when cron or enabled changed. When several
+workers fire at the same minute, only the one that advances ``Schedule.last_fired_at`` queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import datetime
+
+from sqlalchemy import exists, or_, select as sa_select, text, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, select
+
+from service.db import init_db, make_engine
+from service.models import RunStatus, Schedule, TrainingRun, User, utcnow
+from service.settings import Settings
+
+from learning.config import Budgets
+from learning.pipeline import LIVE_WORKERS, fail_run, new_worker_id, recover_interrupted_runs, run_training
+
+logger = logging.getLogger(__name__)
+
+SCHEDULE_JOB = "nightly-training"
+POLL_SECONDS = 5.0
+_PG_LOCK_KEY = 727_370_001  # advisory lock guarding claims on PostgreSQL
+
+
+class RunConflict(RuntimeError):
+    """A run for overlapping users is already queued or running."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"training run {run_id} is already queued or running for these users; "
+                         f"wait for it to finish (GET /api/admin/training-runs/{run_id})")
+        self.run_id = run_id
+
+
+class RunBusy(RuntimeError):
+    """Another run is executing, so this one cannot start now."""
+
+
+# --- database operations ---------------------------------------------------------------------------
+
+
+def overlapping_run(session: Session, user_ids: list[int] | None) -> TrainingRun | None:
+    """A queued or running run whose users overlap ``user_ids`` (None = all users)."""
+    active = session.exec(select(TrainingRun).where(TrainingRun.status.in_([RunStatus.queued, RunStatus.running]))).all()
+    for run in active:
+        if run.user_ids is None or user_ids is None or set(run.user_ids) & set(user_ids):
+            return run
+    return None
+
+
+def enqueue_run(engine: Engine, *, trigger: str, user_ids: list[int] | None = None, requested_by: int | None = None) -> TrainingRun:
+    with Session(engine, expire_on_commit=False) as session:
+        clash = overlapping_run(session, user_ids)
+        if clash is not None:
+            raise RunConflict(clash.id)
+        run = TrainingRun(trigger=trigger, user_ids=sorted(set(user_ids)) if user_ids is not None else None,
+                          requested_by=requested_by)
+        session.add(run)
+        session.commit()
+        session.refresh(run)
+        return run
+
+
+def claim_run(engine: Engine, run_id: int, worker_id: str) -> bool:
+    """Atomically move one queued run to running, only if no run is running. True if we got it."""
+    other = aliased(TrainingRun)
+    now = utcnow()
+    stmt = (
+        update(TrainingRun)
+        .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.queued)
+        .where(~exists(sa_select(other.id).where(other.status == RunStatus.running)))
+        .values(status=RunStatus.running, worker_id=worker_id, started_at=now, heartbeat_at=now, error=None)
+    )
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        claimed = conn.execute(stmt).rowcount == 1
+    if claimed:
+        logger.info("worker %s claimed training run %s", worker_id, run_id)
+    return claimed
+
+
+def claim_next(engine: Engine, worker_id: str) -> int | None:
+    """Claim the oldest queued run, if any and if nothing is running."""
+    with Session(engine) as session:
+        queued = session.exec(select(TrainingRun.id).where(TrainingRun.status == RunStatus.queued).order_by(TrainingRun.id)).all()
+    for run_id in queued:
+        if claim_run(engine, run_id, worker_id):
+            return run_id
+    return None
+
+
+def get_schedule(engine: Engine, settings: Settings) -> Schedule:
+    """The schedule row, created from ``ASSISTANT_SCHEDULE_CRON``/``_ENABLED`` on first use."""
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.get(Schedule, 1)
+        if row is None:
+            row = Schedule(id=1, cron=settings.schedule_cron, enabled=settings.schedule_enabled)
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+        return row
+
+
+def fire_schedule(engine: Engine, settings: Settings, now: datetime | None = None) -> int | None:
+    """Queue a scheduled run, once per firing minute across all workers. Returns its id, if queued."""
+    get_schedule(engine, settings)
+    fire_key = (now or utcnow()).replace(second=0, microsecond=0)
+    with engine.begin() as conn:
+        won = conn.execute(
+            update(Schedule).where(Schedule.id == 1, or_(Schedule.last_fired_at.is_(None), Schedule.last_fired_at < fire_key))
+            .values(last_fired_at=fire_key)
+        ).rowcount == 1
+    if not won:
+        return None
+    try:
+        run = enqueue_run(engine, trigger="schedule")
+    except RunConflict as exc:
+        logger.info("scheduled training skipped: run %s is still queued or running", exc.run_id)
+        return None
+    logger.info("schedule queued training run %s", run.id)
+    return run.id
+
+
+# --- the worker ------------------------------------------------------------------------------------
+
+
+class Worker:
+    """Schedule + poller on an APScheduler ``BackgroundScheduler``. ``stop()`` ends both."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None, *, poll_seconds: float = POLL_SECONDS,
+                 budgets: Budgets | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings)
+        self.poll_seconds = poll_seconds
+        self.budgets = budgets
+        self.worker_id = new_worker_id()
+        self._schedule_key: tuple[str, bool] | None = None
+        self._scheduler = None
+        self._run_thread: threading.Thread | None = None
+        self.current_run: int | None = None
+
+    # jobs -------------------------------------------------------------------------------------
+    def sync_schedule(self) -> None:
+        """Re-read cron/enabled from the database; reschedule when they changed."""
+        from apscheduler.triggers.cron import CronTrigger
+
+        row = get_schedule(self.engine, self.settings)
+        key = (row.cron, row.enabled)
+        if key == self._schedule_key or self._scheduler is None:
+            return
+        if self._scheduler.get_job(SCHEDULE_JOB) is not None:
+            self._scheduler.remove_job(SCHEDULE_JOB)
+        self._schedule_key = key
+        if not row.enabled:
+            logger.info("nightly training schedule disabled")
+            return
+        try:
+            trigger = CronTrigger.from_crontab(row.cron)
+        except ValueError as exc:
+            logger.error("schedule cron %r is invalid (%s); fix it with PUT /api/admin/schedule", row.cron, exc)
+            return
+        self._scheduler.add_job(self._fire, trigger, id=SCHEDULE_JOB, max_instances=1, coalesce=True,
+                                misfire_grace_time=3600)
+        logger.info("nightly training scheduled at %r", row.cron)
+
+    def _fire(self) -> None:
+        fire_schedule(self.engine, self.settings)
+
+    def run_pending_once(self) -> int | None:
+        """Claim and execute one queued run here, if any. Returns its id."""
+        run_id = claim_next(self.engine, self.worker_id)
+        if run_id is not None:
+            self._execute(run_id)
+        return run_id
+
+    def _execute(self, run_id: int) -> None:
+        self.current_run = run_id
+        try:
+            run_training(self.settings, self.engine, run_id, budgets=self.budgets)
+        except Exception:  # already recorded on the run row by run_training; keep polling
+            logger.error("training run %s failed; see its error field", run_id)
+        finally:
+            self.current_run = None
+
+    def _poll(self) -> None:
+        self.sync_schedule()
+        if self._run_thread is not None and self._run_thread.is_alive():
+            return
+        recover_interrupted_runs(self.settings, self.engine)
+        run_id = claim_next(self.engine, self.worker_id)
+        if run_id is not None:
+            # A daemon thread, so stopping the process never waits for a run; the next start
+            # (or stop(), below) records it as interrupted.
+            self._run_thread = threading.Thread(target=self._execute, args=(run_id,), name=f"training-run-{run_id}", daemon=True)
+            self._run_thread.start()
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> "Worker":
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        init_db(self.engine)
+        LIVE_WORKERS.add(self.worker_id)
+        recover_interrupted_runs(self.settings, self.engine)
+        self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self._scheduler.start()
+        self.sync_schedule()
+        self._scheduler.add_job(self._poll, "interval", seconds=self.poll_seconds, id="poll", next_run_time=utcnow_local())
+        logger.info("training worker %s started", self.worker_id)
+        return self
+
+    def stop(self) -> None:
+        """Stop scheduling and polling. A run in progress is abandoned and marked failed now
+        (its thread dies with the process; nothing it left half-done is ever served)."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        LIVE_WORKERS.discard(self.worker_id)
+        run_id = self.current_run
+        if run_id is not None:
+            fail_run(self.engine, run_id, f"interrupted: worker {self.worker_id} was stopped during the run; queue it again")
+        logger.info("training worker %s stopped", self.worker_id)
+
+
+def utcnow_local() -> datetime:
+    """Now in the scheduler's (local) time zone, for "run the first poll immediately"."""
+    return datetime.now().astimezone()
+
+
+def start_embedded_worker(settings: Settings, engine: Engine | None = None) -> Worker:
+    """Start the worker in background threads of this process; call ``.stop()`` on shutdown."""
+    return Worker(settings, engine).start()
+
+
+def run_worker(settings: Settings, engine: Engine | None = None) -> None:
+    """Run the worker in the foreground until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    worker = Worker(settings, engine).start()
+
+    def _handle(signum, _frame) -> None:
+        logger.info("signal %s: stopping the training worker", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handle)
+    signal.signal(signal.SIGINT, _handle)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        worker.stop()
+
+
+def train_foreground(settings: Settings, user: str | None = None, *, now: bool = True, engine: Engine | None = None,
+                     budgets: Budgets | None = None, show_progress: bool = True) -> int:
+    """``assistant train``: queue a run (one user by name, or everyone) and, if ``now``, execute it here.
+
+    Without ``now`` the run only waits in the queue for a worker. Returns the run id; raises
+    ``RunConflict`` if an overlapping run is queued or running, ``RunBusy`` if another run is
+    executing (the new run stays queued for the worker), ``LookupError`` for an unknown user.
+    """
+    engine = engine or make_engine(settings)
+    init_db(engine)
+    user_ids = None
+    if user is not None:
+        with Session(engine) as session:
+            row = session.exec(select(User).where(User.username == user)).first()
+        if row is None:
+            raise LookupError(f"no user named {user!r}; list users with the admin API or check the spelling")
+        user_ids = [row.id]
+    run = enqueue_run(engine, trigger="cli", user_ids=user_ids)
+    if not now:
+        logger.info("queued training run %s; a worker (assistant serve or assistant worker) will execute it", run.id)
+        return run.id
+    worker_id = new_worker_id()
+    recover_interrupted_runs(settings, engine)
+    if not claim_run(engine, run.id, worker_id):
+        raise RunBusy(f"another training run is executing; run {run.id} stays queued and a worker will start it "
+                      "after that one (or retry `assistant train --now` later)")
+    LIVE_WORKERS.add(worker_id)
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=100, desc=f"training run {run.id}", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        if bar is not None:
+            bar.n = 100 * fraction
+            bar.set_postfix_str(message[:60])
+            bar.refresh()
+
+    try:
+        run_training(settings, engine, run.id, progress, budgets=budgets)
+    finally:
+        LIVE_WORKERS.discard(worker_id)
+        if bar is not None:
+            bar.close()
+    return run.id

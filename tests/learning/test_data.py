@@ -1,0 +1,124 @@
+"""Building pairs, thumbs and harm labels from seeded rows; the per-user cap; provenance."""
+
+from datetime import timedelta
+
+from sqlmodel import Session, select
+
+from service.models import Feedback, Rating, TrainingSnapshot
+
+from learning.config import Budgets
+from learning.data import build_dataset, recent_prompts, save_snapshot, shared_pool
+from learning.harm import KeywordJudge, judge_flagger
+
+from tests.learning.conftest import seed_feedback
+
+
+def render(messages):
+    """A stand-in chat template: one line per turn, then the assistant header."""
+    return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
+
+
+def build(db, **kw):
+    with Session(db) as s:
+        return build_dataset(s, render, Budgets(), **kw)
+
+
+def test_rankings_give_every_ordered_pair_and_thumbs_do_not_duplicate_them(db, seeder):
+    uid = seeder.user("alice")
+    good, mid, bad = seeder.turn(uid, "hi?", ["good", "mid", "bad"])
+    rid = seeder.rank(uid, [good, mid, bad])
+    f_up = seeder.rate(uid, good, "up")
+    f_down = seeder.rate(uid, bad, "down", ["offensive", "inaccurate"])
+
+    ds = build(db)
+
+    assert {(p.chosen, p.rejected) for p in ds.pairs} == {("good", "mid"), ("good", "bad"), ("mid", "bad")}
+    assert all(p.prompt == "<user>hi?\n<assistant>" for p in ds.pairs)
+    assert {(p.reply, p.label) for p in ds.points} == {("good", 1), ("bad", 0)}
+    assert {(h.reply, h.harmful) for h in ds.harm} == {("good", 0), ("bad", 1)}  # "offensive" is a harm reason
+    assert ds.feedback_ids == sorted([f_up, f_down]) and ds.ranking_ids == [rid]
+
+
+def test_sibling_thumbs_that_differ_make_a_pair(db, seeder):
+    uid = seeder.user("bob")
+    a, b, c = seeder.turn(uid, "q", ["liked", "disliked", "unrated"])
+    seeder.rate(uid, a, "up")
+    fd = seeder.rate(uid, b, "down", ["too_long"])
+    ds = build(db)
+    assert [(p.chosen, p.rejected) for p in ds.pairs] == [("liked", "disliked")]
+    assert ds.pairs[0].source.endswith(f",{fd}")
+    assert [h.harmful for h in ds.harm] == [0, 0]  # too_long is not harm
+
+
+def test_prompt_follows_the_parent_chain_only(db, seeder):
+    uid = seeder.user("carol")
+    history = [("user", "first question"), ("assistant", "first answer")]
+    (reply,) = seeder.turn(uid, "follow-up", ["second answer"], history=history)
+    seeder.turn(uid, "an unrelated chat", ["other"])
+    seeder.rate(uid, reply, "up")
+    ds = build(db)
+    assert ds.points[0].prompt == "<user>first question\n<assistant>first answer\n<user>follow-up\n<assistant>"
+    with Session(db) as s:
+        prompts = recent_prompts(s, render, uid, 10)
+    assert "<user>first question\n<assistant>first answer\n<user>follow-up\n<assistant>" in prompts
+
+
+def test_feedback_on_someone_elses_reply_is_ignored(db, seeder):
+    owner, other = seeder.user("owner"), seeder.user("mallory")
+    (reply,) = seeder.turn(owner, "q", ["a reply"])
+    seeder.rate(other, reply, "down", ["harmful"])
+    ds = build(db)
+    assert ds.points == [] and ds.harm == [] and ds.feedback_ids == []
+
+
+def test_one_user_cannot_flood_the_shared_pool(db, seeder):
+    spammer, honest = seeder.user("spammer"), seeder.user("honest")
+    for i in range(10):
+        (m,) = seeder.turn(spammer, f"q{i}", [f"spam {i}"])
+        fid = seeder.rate(spammer, m, "up")
+        with Session(db) as s:  # make the order of updates explicit: later i = newer
+            f = s.get(Feedback, fid)
+            f.updated_at = f.updated_at + timedelta(seconds=i)
+            s.add(f)
+            s.commit()
+    (m,) = seeder.turn(honest, "q", ["fine"])
+    seeder.rate(honest, m, "down")
+
+    ds = build(db)
+    pool = shared_pool(ds, Budgets(global_max_items_per_user=3))
+
+    assert ds.label_count(spammer) == 10  # the spammer's own models still see everything
+    assert sorted(p.reply for p in pool.points if p.user_id == spammer) == ["spam 7", "spam 8", "spam 9"]
+    assert [p.reply for p in pool.points if p.user_id == honest] == ["fine"]
+    assert sum(h.user_id == spammer for h in pool.harm) == 3
+
+
+def test_snapshot_records_ids_and_a_hash_that_tracks_content(db, seeder):
+    uid = seed_feedback(seeder, n_turns=2)
+    ds = build(db)
+    again = build(db)
+    assert ds.sha256 == again.sha256 and len(ds.sha256) == 64
+
+    with Session(db) as s:
+        row = save_snapshot(s, ds, run_id=None)
+        stored = s.exec(select(TrainingSnapshot)).one()
+        all_feedback = s.exec(select(Feedback.id)).all()
+    assert stored.id == row.id and stored.sha256 == ds.sha256
+    assert stored.feedback_ids == sorted(all_feedback) and len(stored.ranking_ids) == 2
+    assert stored.stats["pairs"] == len(ds.pairs) and stored.stats["labels_per_user"][str(uid)] == ds.label_count(uid)
+
+    with Session(db) as s:  # flip one thumb: same ids, different content
+        f = s.get(Feedback, all_feedback[0])
+        f.rating = Rating.down if f.rating == Rating.up else Rating.up
+        s.add(f)
+        s.commit()
+    assert build(db).sha256 != ds.sha256
+
+
+def test_judge_flags_become_harm_labels_of_no_user(db, seeder):
+    uid = seeder.user("dave")
+    nice, nasty = seeder.turn(uid, "q", ["Happy to help!", "Fuck you, do it yourself."])
+    seeder.rate(uid, nice, "up")
+    ds = build(db, judge_flags=judge_flagger(KeywordJudge(), 0.5))
+    flagged = [h for h in ds.harm if h.user_id is None]
+    assert [(h.reply, h.harmful) for h in flagged] == [("Fuck you, do it yourself.", 1)]

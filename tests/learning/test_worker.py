@@ -1,0 +1,179 @@
+"""Claiming runs exactly once across threads and processes; the schedule; recovery after a crash."""
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlmodel import Session, select
+
+from service.models import AdapterStatus, AdapterVersion, RunStatus, Schedule, TrainingRun, utcnow
+
+from learning.pipeline import recover_interrupted_runs
+from learning.worker import RunConflict, Worker, claim_next, claim_run, enqueue_run, fire_schedule
+
+
+def statuses(db):
+    with Session(db) as s:
+        return {r.id: (r.status, r.worker_id) for r in s.exec(select(TrainingRun)).all()}
+
+
+def test_threads_racing_claim_exactly_one_run(db):
+    ids = [enqueue_run(db, trigger="manual", user_ids=[i]).id for i in (1, 2, 3)]
+    barrier = threading.Barrier(8)
+    got: list[int | None] = []
+
+    def worker(n: int) -> None:
+        barrier.wait()
+        got.append(claim_next(db, f"thread-{n}"))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [g for g in got if g is not None]
+    assert claimed == [ids[0]]  # one run at a time: the oldest, by exactly one thread
+    running = [rid for rid, (st, _) in statuses(db).items() if st == RunStatus.running]
+    assert running == [ids[0]]
+
+
+def test_processes_racing_claim_exactly_once(db, settings):
+    run_id = enqueue_run(db, trigger="manual").id
+    start_at = time.time() + 3.0
+    script = textwrap.dedent(f"""
+        import time, sys
+        from pathlib import Path
+        from service.settings import Settings
+        from service.db import make_engine
+        from learning.worker import claim_run
+        engine = make_engine(Settings(data_dir=Path({str(settings.data_dir)!r}), dev_mode=True))
+        engine.connect().close()
+        time.sleep(max(0.0, {start_at} - time.time()))
+        print(claim_run(engine, {run_id}, sys.argv[1]))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, f"proc-{n}"], stdout=subprocess.PIPE, text=True)
+             for n in range(4)]
+    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(outputs) == ["False", "False", "False", "True"]
+    status, owner = statuses(db)[run_id]
+    assert status == RunStatus.running and owner == f"proc-{outputs.index('True')}"
+
+
+def test_overlapping_runs_conflict_disjoint_ones_do_not(db):
+    first = enqueue_run(db, trigger="manual", user_ids=[1, 2])
+    with pytest.raises(RunConflict) as err:
+        enqueue_run(db, trigger="manual", user_ids=[2, 3])
+    assert err.value.run_id == first.id
+    with pytest.raises(RunConflict):
+        enqueue_run(db, trigger="schedule")  # all users overlaps everything
+    assert enqueue_run(db, trigger="manual", user_ids=[4]).id != first.id
+
+
+def test_schedule_fires_once_per_minute_across_workers(db, settings):
+    now = utcnow().replace(second=5)
+    assert fire_schedule(db, settings, now) is not None
+    assert fire_schedule(db, settings, now + timedelta(seconds=20)) is None  # same minute, another worker
+    # next minute: the first run is still queued, so nothing piles up
+    assert fire_schedule(db, settings, now + timedelta(minutes=1)) is None
+    with Session(db) as s:
+        assert [r.trigger for r in s.exec(select(TrainingRun)).all()] == ["schedule"]
+
+
+def test_worker_rereads_schedule_from_the_database(db, settings):
+    worker = Worker(settings, db, poll_seconds=3600).start()
+    try:
+        job = worker._scheduler.get_job("nightly-training")
+        assert job is not None and "hour='2'" in str(job.trigger)
+        with Session(db) as s:
+            row = s.get(Schedule, 1)
+            row.cron = "30 4 * * 1"
+            s.add(row)
+            s.commit()
+        worker.sync_schedule()
+        trigger = str(worker._scheduler.get_job("nightly-training").trigger)
+        assert "hour='4'" in trigger and "minute='30'" in trigger
+        with Session(db) as s:
+            row = s.get(Schedule, 1)
+            row.enabled = False
+            s.add(row)
+            s.commit()
+        worker.sync_schedule()
+        assert worker._scheduler.get_job("nightly-training") is None
+    finally:
+        worker.stop()
+
+
+def test_recovery_fails_dead_runs_and_rejects_their_unjudged_adapters(db, settings):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    import socket
+
+    with Session(db) as s:
+        crashed = TrainingRun(status=RunStatus.running, worker_id=f"{socket.gethostname()}:{dead_pid}:abc",
+                              heartbeat_at=utcnow(), progress=0.4)
+        remote_alive = TrainingRun(status=RunStatus.running, worker_id="otherhost:1:abc", heartbeat_at=utcnow())
+        s.add(crashed)
+        s.add(remote_alive)
+        s.commit()
+        s.add(AdapterVersion(user_id=None, version=1, status=AdapterStatus.candidate, path="global/v1",
+                             training_run_id=crashed.id))
+        s.commit()
+        crashed_id, alive_id = crashed.id, remote_alive.id
+
+    assert recover_interrupted_runs(settings, db) == [crashed_id]
+    with Session(db) as s:
+        run = s.get(TrainingRun, crashed_id)
+        assert run.status == RunStatus.failed and "interrupted" in run.error and "40%" in run.error
+        assert s.get(TrainingRun, alive_id).status == RunStatus.running  # fresh heartbeat elsewhere: left alone
+        assert s.exec(select(AdapterVersion)).one().status == AdapterStatus.rejected
+    # once the remote worker's heartbeat is stale it is recovered too
+    assert recover_interrupted_runs(settings, db, stale_after=-1) == [alive_id]
+
+
+def test_recovery_removes_a_directory_whose_publish_never_reached_the_database(db, settings):
+    orphan = settings.adapters_dir / "user-7" / "v3"
+    orphan.mkdir(parents=True)
+    (orphan / "adapter_model.safetensors").write_bytes(b"half")
+    kept = settings.adapters_dir / "user-7" / "v2"
+    kept.mkdir(parents=True)
+    with Session(db) as s:
+        s.add(AdapterVersion(user_id=None, version=2, status=AdapterStatus.promoted, path="user-7/v2"))
+        s.commit()
+    recover_interrupted_runs(settings, db)
+    assert not orphan.exists() and kept.exists()
+
+
+def test_stopping_a_worker_mid_run_fails_the_run_and_the_run_stops_publishing(db, settings):
+    from learning.pipeline import RunAborted, _update_run
+
+    worker = Worker(settings, db, poll_seconds=3600)
+    run_id = enqueue_run(db, trigger="manual").id
+    assert claim_run(db, run_id, worker.worker_id)
+    worker.current_run = run_id  # as if its training thread were executing the run
+    worker.stop()
+    with Session(db) as s:
+        run = s.get(TrainingRun, run_id)
+        assert run.status == RunStatus.failed and "was stopped" in run.error
+    with pytest.raises(RunAborted):  # the training thread's next progress/publish check gives up
+        _update_run(db, run_id, progress=0.5)
+
+
+def test_train_cli_queues_for_a_named_user_and_refuses_while_another_run_executes(db, settings, seeder):
+    from learning.worker import RunBusy, train_foreground
+
+    alice = seeder.user("alice")
+    with pytest.raises(LookupError, match="no user named 'nobody'"):
+        train_foreground(settings, "nobody", engine=db)
+    queued = train_foreground(settings, "alice", now=False, engine=db)
+    with Session(db) as s:
+        run = s.get(TrainingRun, queued)
+        assert (run.status, run.trigger, run.user_ids) == (RunStatus.queued, "cli", [alice])
+    assert claim_run(db, queued, "someone-else")  # a worker is executing it
+    seeder.user("bob")
+    with pytest.raises(RunBusy, match="stays queued"):
+        train_foreground(settings, "bob", now=True, engine=db, show_progress=False)
