@@ -4,6 +4,8 @@
     assistant worker                                      the learning worker (scheduler + queue)
     assistant train [--user NAME] [--now]                 one training run in the foreground
     assistant provision                                   convert the embedded model once
+    assistant simulate [...]                              simulated users over the public API, then evaluate
+    assistant evaluate [...]                              win rates, harm, reward accuracy, KL -> reports
     assistant bench serve [...]                           engine benchmark vs the naive baseline
 
 ``serve`` starts the learning worker as a separate process (never inside the
@@ -81,6 +83,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"training run {run_id} {'finished' if args.now else 'queued (a worker will run it)'}")
 
 
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from learning.sim.simulate import main_simulate
+
+    main_simulate(args, _settings())
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from learning.sim.evaluate import main_evaluate
+
+    main_evaluate(args, _settings())
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from service.bench import main_bench
 
@@ -108,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("provision", help="convert the embedded model to safetensors under the data dir")
     pr.set_defaults(func=cmd_provision)
+
+    from learning.sim.evaluate import add_evaluate_arguments  # light: no torch at import
+    from learning.sim.simulate import add_simulate_arguments
+
+    sm = sub.add_parser("simulate", help="simulated users rate replies over the public API, train between rounds, then evaluate")
+    add_simulate_arguments(sm)
+    sm.set_defaults(func=cmd_simulate)
+    ev = sub.add_parser("evaluate", help="win rate per user, harm before/after, reward accuracy, KL (in-process, next to the data dir)")
+    add_evaluate_arguments(ev)
+    ev.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)

@@ -17,11 +17,13 @@ are plain ``def``: FastAPI runs them in a threadpool, off the event loop.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -333,3 +335,13 @@ def reset_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsD
     n = retire_user_adapters(session, user_id=user.id)
     logger.info("user %s reset their adapter (%d versions retired)", user.id, n)
     return get_my_adapter(user, session, settings)
+
+
+@router.get("/api/admin/eval/latest")
+def latest_evaluation(_: OperatorUser, settings: SettingsDep) -> JSONResponse:
+    """The latest `assistant evaluate` report (JSON), for the dashboard."""
+    path = settings.data_dir / "reports" / "latest.json"
+    if not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            "no evaluation report yet; run `assistant evaluate` (or `assistant simulate`) with this data dir")
+    return JSONResponse(json.loads(path.read_text()))

@@ -1,0 +1,54 @@
+"""Win rate (ties count half) and its intervals, with expected numbers worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from learning.sim.evaluate import bootstrap_interval, compare, find_metric, win_rate, wilson_interval
+from learning.sim.profiles import BUILTIN_PROFILES
+
+
+def test_wilson_known_values():
+    # p = 0.5, n = 10, z = 1.959964: centre = 0.5, half = z*sqrt(0.025 + z^2/400)/(1 + z^2/10)
+    #   = 1.959964 * sqrt(0.025 + 0.0096036) / 1.3841459 = 1.959964 * 0.1860204 / 1.3841459 = 0.263408
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.5 - 0.263408, abs=1e-5) and hi == pytest.approx(0.5 + 0.263408, abs=1e-5)
+    # all wins, n = 10: centre = (1 + 3.841459/20) / 1.3841459 = 0.861234;
+    #   half = 1.959964 * sqrt(3.841459/400) / 1.3841459 = 1.959964 * 0.0979982 / 1.3841459 = 0.138767
+    lo, hi = wilson_interval(10, 10)
+    assert lo == pytest.approx(0.722467, abs=1e-5) and hi == pytest.approx(1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_win_rate_counts_ties_half():
+    # 3 wins, 2 ties, 1 loss: (3 + 1) / 6
+    wr = win_rate([1, 1, 1, 0.5, 0.5, 0], resamples=500)
+    assert (wr.wins, wr.ties, wr.losses, wr.n) == (3, 2, 1, 6)
+    assert wr.rate == pytest.approx(4 / 6)
+    assert wr.wilson == pytest.approx(wilson_interval(4, 6))
+    assert wr.bootstrap[0] <= wr.rate <= wr.bootstrap[1]
+
+
+def test_all_ties_is_one_half_and_bootstrap_collapses():
+    wr = win_rate([0.5] * 8)
+    assert wr.rate == 0.5 and wr.bootstrap == (0.5, 0.5)
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    lo, hi = bootstrap_interval([0, 1] * 50, resamples=1000)
+    assert 0.35 < lo < 0.5 < hi < 0.65
+
+
+def test_compare_under_a_profile():
+    concise = BUILTIN_PROFILES["concise"]
+    prompts = ["How do I boil an egg?"] * 3
+    short = "Boil the egg in water for eight minutes."
+    long_ = short + " " + " ".join(["Then cool the egg in cold water and peel it carefully."] * 8)
+    assert compare(concise, prompts, [short, long_, short], [long_, short, short]) == [1.0, 0.0, 0.5]
+
+
+def test_find_metric_flat_nested_and_history():
+    assert find_metric({"reward/mean": 1.5}, "reward/mean") == 1.5
+    assert find_metric({"ppo": {"kl/per_token": 0.1}}, "kl/per_token") == 0.1
+    assert find_metric({"history": [{"reward/mean": 1.0}, {"reward/mean": 2.0}]}, "reward/mean") == 2.0
+    assert find_metric({"x": 1}, "reward/mean") is None
