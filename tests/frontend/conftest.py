@@ -66,7 +66,7 @@ def server(request, tmp_path_factory):
         ASSISTANT_DEV_MODE="1",
         ASSISTANT_ADMIN_PASSWORD=ADMIN_PASSWORD,
         ASSISTANT_DEFAULT_MAX_NEW_TOKENS="16",
-        ASSISTANT_ENGINE=os.environ.get("ASSISTANT_TEST_ENGINE", "naive"),
+        ASSISTANT_ENGINE=os.environ.get("ASSISTANT_TEST_ENGINE", "batched"),
         ASSISTANT_EXPLORATION_SHARE="0",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
