@@ -1,14 +1,30 @@
-"""One training run, start to finish:
+"""One training run, start to finish, split into jobs so several workers can share it:
 
-    snapshot -> reward + harm models -> global adapter -> per-user PPO -> gate -> publish -> results
+    shared stage (once per run):  snapshot -> reward + harm models -> one job row per adapter
+    jobs (any worker, any order):  global adapter first, then per-user PPO -> gate -> publish
 
-``run_training`` executes a ``TrainingRun`` row that a worker has already claimed (status
-"running"), updating its progress and heartbeat, and ends it "succeeded" or "failed" with the
-error. Crash safety: an adapter reaches users only through ``service.adapter_store.publish``
+The worker that claims a run (``learning.worker.claim_run``) runs the shared stage
+(``run_shared_stage``): it freezes the snapshot, fits the reward and harm models, writes their
+heads to ``<adapters>/.runs/run-<id>.json`` (the adapter store is what workers share besides the
+database) and, in one commit, creates a ``TrainingResult`` row per scope: "queued" for each
+adapter to train, "succeeded" with the reason for users skipped for too few labels. Those queued
+rows are the jobs. Every worker then takes jobs with one conditional UPDATE (``claim_job``:
+``status='queued'`` -> ``'running'``, with its ``worker_id``; the row count says who won), so each
+adapter is trained exactly once. A user job is claimable only once the run's global job has
+finished, so users without an adapter of their own start from the global adapter this very run
+promoted (as when one process trained them in order). The run's progress is
+``0.2 + 0.8 * (finished jobs + fractions of running ones) / jobs``; whichever worker finishes
+the last job ends the run, "failed" (with each failed scope's reason) if any job failed, else
+"succeeded". ``run_training`` does all of it in one process (``assistant train --now``).
+
+Crash safety: an adapter reaches users only through ``service.adapter_store.publish``
 (temporary directory, fsync, rename, then the row) followed by one commit that records the
-gate's verdict and flips ``ActiveAdapter``. A run killed at any moment (kill -9) leaves at most
-an unserved directory or a "candidate" row; ``recover_interrupted_runs`` marks such runs failed
-and such rows rejected when a worker starts.
+gate's verdict and flips ``ActiveAdapter``. A worker killed at any moment (kill -9) leaves at
+most an unserved directory or a "candidate" row. ``recover_interrupted_runs`` (every worker
+start and poll) marks a job whose worker died *failed* with the reason -- it is not retried:
+retrying would train on data the next run snapshots anyway, and the user keeps being served
+their last promoted adapter meanwhile -- rejects its candidate rows, ends the run once no job is
+left, and fails a run whose worker died during the shared stage.
 """
 
 from __future__ import annotations
@@ -27,15 +43,18 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import exists, select as sa_select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from service import adapter_store
-from service.models import AdapterStatus, AdapterVersion, RunStatus, TrainingResult, TrainingRun, User, utcnow
+from service.models import (AdapterStatus, AdapterVersion, RunStatus, TrainingResult, TrainingRun, TrainingSnapshot, User,
+                            utcnow)
 from service.settings import Settings
 
 from learning.config import Budgets
-from learning.data import Dataset, build_dataset, chat_renderer, recent_prompts, save_snapshot, shared_pool, split_shared_prompts
+from learning.data import build_dataset, chat_renderer, recent_prompts, save_snapshot, shared_pool, split_shared_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +62,16 @@ ProgressCallback = Callable[[float, str], None]
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 120.0
+SHARED_SHARE = 0.2  # of a run's progress: the shared stage; the jobs share the rest
+DONE = (RunStatus.succeeded, RunStatus.failed)
 
 
 class RunNotClaimed(RuntimeError):
     """run_training was given a run that is not in the "running" state."""
+
+
+class RunFailed(RuntimeError):
+    """The run ended "failed"; the message is its error (each failed scope and why)."""
 
 
 # Worker ids of the workers alive in this process (a stopped worker's id is removed).
@@ -71,11 +96,11 @@ def code_version() -> dict[str, str]:
     return {"package": version, "learning_sha256": h.hexdigest()[:16]}
 
 
-# --- run bookkeeping ---------------------------------------------------------------------------
+# --- run and job bookkeeping -------------------------------------------------------------------
 
 
 class RunAborted(RuntimeError):
-    """The run row left the "running" state under us (a stopped worker or recovery marked it failed)."""
+    """The run or job row left the "running" state under us (a stopped worker or recovery failed it)."""
 
 
 def _update_run(engine: Engine, run_id: int, **fields: Any) -> None:
@@ -92,22 +117,37 @@ def _update_run(engine: Engine, run_id: int, **fields: Any) -> None:
         session.commit()
 
 
-class _Heartbeat:
-    """Touches ``TrainingRun.heartbeat_at`` every few seconds while a run executes."""
+def _update_job(engine: Engine, job_id: int, worker_id: str, **fields: Any) -> None:
+    """Update a job this worker holds; raises RunAborted if it is no longer running under ``worker_id``."""
+    with Session(engine) as session:
+        job = session.get(TrainingResult, job_id)
+        if job is None:
+            raise LookupError(f"training job {job_id} vanished from the database")
+        if job.status != RunStatus.running or job.worker_id != worker_id:
+            raise RunAborted(f"training job {job_id} ({adapter_store.scope_of(job.user_id)}) is {job.status.value} "
+                             f"under {job.worker_id} ({job.reason}); stopping")
+        for k, v in fields.items():
+            setattr(job, k, v)
+        session.add(job)
+        session.commit()
 
-    def __init__(self, engine: Engine, run_id: int, every: float = HEARTBEAT_SECONDS) -> None:
-        self.engine, self.run_id, self.every = engine, run_id, every
+
+class _Heartbeat:
+    """Calls ``beat`` every few seconds (touching a run's or job's ``heartbeat_at``) until closed."""
+
+    def __init__(self, beat: Callable[[], None], name: str, every: float = HEARTBEAT_SECONDS) -> None:
+        self.beat, self.name, self.every = beat, name, every
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-run-{run_id}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{name}", daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                _update_run(self.engine, self.run_id, heartbeat_at=utcnow())
+                self.beat()
             except RunAborted:
                 return
-            except Exception:  # a missed beat is logged and retried; the run itself goes on
-                logger.warning("heartbeat for run %s failed", self.run_id, exc_info=True)
+            except Exception:  # a missed beat is logged and retried; the work itself goes on
+                logger.warning("heartbeat for %s failed", self.name, exc_info=True)
 
     def __enter__(self) -> "_Heartbeat":
         self._thread.start()
@@ -129,7 +169,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _owner_is_dead(worker_id: str | None, heartbeat_at, stale_after: float) -> bool:
-    """True when the worker that owns a running run is certainly gone."""
+    """True when the worker that owns a running run or job is certainly gone."""
     if worker_id:
         parts = worker_id.split(":")
         if len(parts) >= 2 and parts[0] == socket.gethostname() and parts[1].isdigit():
@@ -141,32 +181,137 @@ def _owner_is_dead(worker_id: str | None, heartbeat_at, stale_after: float) -> b
     return (utcnow() - heartbeat_at).total_seconds() > stale_after
 
 
-def recover_interrupted_runs(settings: Settings, engine: Engine, *, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
-    """Mark runs whose worker died as failed, their unjudged adapter rows rejected; clean temp dirs.
+def claim_job(engine: Engine, worker_id: str, *, run_id: int | None = None) -> int | None:
+    """Take one queued job (of ``run_id``, or of any running run) for ``worker_id``; None if none is free.
 
-    A run is taken as dead when its worker ran on this host and that process is gone, or when its
-    heartbeat is older than ``stale_after`` seconds. Nothing that was active changes: users keep
-    being served their last promoted adapter. Returns the ids of the runs marked failed.
+    Exactly once across workers: one conditional UPDATE (``status='queued'`` -> ``'running'``) per
+    candidate, and only the caller whose UPDATE changed the row (row count 1) has it -- on SQLite
+    the write lock serialises them, on PostgreSQL the loser re-reads the committed row and no
+    longer matches. The global job comes first; a user job is held back while its run's global
+    job is still queued or running, so it starts from the global adapter this run promoted.
+    """
+    with Session(engine) as session:
+        query = (select(TrainingResult.id, TrainingResult.run_id, TrainingResult.user_id)
+                 .join(TrainingRun, TrainingRun.id == TrainingResult.run_id)
+                 .where(TrainingResult.status == RunStatus.queued, TrainingRun.status == RunStatus.running))
+        if run_id is not None:
+            query = query.where(TrainingResult.run_id == run_id)
+        candidates = session.exec(query.order_by(TrainingResult.run_id, TrainingResult.user_id.is_not(None),
+                                                 TrainingResult.id)).all()
+    other = aliased(TrainingResult)
+    for job_id, job_run, user_id in candidates:
+        now = utcnow()
+        stmt = update(TrainingResult).where(TrainingResult.id == job_id, TrainingResult.status == RunStatus.queued)
+        if user_id is not None:
+            stmt = stmt.where(~exists(sa_select(other.id).where(
+                other.run_id == job_run, other.user_id.is_(None), other.status.in_([RunStatus.queued, RunStatus.running]))))
+        stmt = stmt.values(status=RunStatus.running, worker_id=worker_id, started_at=now, heartbeat_at=now, progress=0.0)
+        with engine.begin() as conn:
+            claimed = conn.execute(stmt).rowcount == 1
+        if claimed:
+            logger.info("worker %s took job %s (run %s, %s)", worker_id, job_id, job_run, adapter_store.scope_of(user_id))
+            return job_id
+    return None
+
+
+def _refresh_run_progress(engine: Engine, run_id: int) -> float:
+    """Recompute a running run's progress from its jobs and store it; returns it."""
+    with Session(engine) as session:
+        jobs = session.exec(select(TrainingResult).where(TrainingResult.run_id == run_id)).all()
+        done = sum(1.0 if j.status in DONE else j.progress for j in jobs)
+        fraction = round(SHARED_SHARE + (1 - SHARED_SHARE) * done / max(len(jobs), 1), 4)
+    with engine.begin() as conn:
+        conn.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running)
+                     .values(progress=fraction))
+    return fraction
+
+
+def finish_run_if_done(settings: Settings, engine: Engine, run_id: int) -> RunStatus | None:
+    """End a running run whose every job has finished; returns the status it got, None if not (yet) ended here.
+
+    Any worker may call it after any job: the conditional UPDATE ends the run exactly once.
+    """
+    with Session(engine) as session:
+        jobs = session.exec(select(TrainingResult).where(TrainingResult.run_id == run_id).order_by(TrainingResult.id)).all()
+        if not jobs or any(j.status not in DONE for j in jobs):
+            return None
+        failed = [j for j in jobs if j.status == RunStatus.failed]
+        error = "; ".join(f"{adapter_store.scope_of(j.user_id)}: {j.reason}" for j in failed) or None
+    status = RunStatus.failed if failed else RunStatus.succeeded
+    with engine.begin() as conn:
+        ended = conn.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running)
+                             .values(status=status, error=error, progress=1.0, finished_at=utcnow())).rowcount == 1
+    if not ended:
+        return None
+    _shared_path(settings, run_id).unlink(missing_ok=True)
+    logger.info("training run %s %s (%d jobs, %d failed)", run_id, status.value, len(jobs), len(failed))
+    return status
+
+
+def fail_job(settings: Settings, engine: Engine, job_id: int, reason: str, *, worker_id: str | None = None) -> RunStatus | None:
+    """Mark a running job failed (only while ``worker_id`` holds it, if given) and reject its unjudged
+    adapter rows; then end its run if that was the last job. Returns the run's new status, if it ended."""
+    with Session(engine) as session:
+        job = session.get(TrainingResult, job_id)
+        if job is None or job.status != RunStatus.running or (worker_id is not None and job.worker_id != worker_id):
+            return None
+        job.status, job.reason, job.finished_at = RunStatus.failed, reason, utcnow()
+        session.add(job)
+        for version in session.exec(select(AdapterVersion).where(
+                AdapterVersion.training_run_id == job.run_id, AdapterVersion.status == AdapterStatus.candidate,
+                AdapterVersion.user_id.is_(None) if job.user_id is None else AdapterVersion.user_id == job.user_id)).all():
+            version.status = AdapterStatus.rejected
+            version.reason = "job interrupted before the gate's verdict was recorded"
+            session.add(version)
+        run_id = job.run_id
+        session.commit()
+    return finish_run_if_done(settings, engine, run_id)
+
+
+def recover_interrupted_runs(settings: Settings, engine: Engine, *, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
+    """Fail jobs and runs whose worker died, reject their unjudged adapter rows; clean temp dirs.
+
+    A worker is taken as dead when it ran on this host and that process is gone, or when its
+    heartbeat is older than ``stale_after`` seconds. A dead job is failed with the reason, not
+    re-queued (see the module docstring); a run whose worker died during the shared stage (no job
+    rows yet) is failed. Nothing that was active changes: users keep being served their last
+    promoted adapter. Returns the ids of the runs that ended failed here.
     """
     with Session(engine) as session:
         running = session.exec(select(TrainingRun).where(TrainingRun.status == RunStatus.running)).all()
-        dead = [(run.id, run.worker_id, run.progress) for run in running
-                if _owner_is_dead(run.worker_id, run.heartbeat_at, stale_after)]
+        with_jobs = set(session.exec(select(TrainingResult.run_id).where(
+            TrainingResult.run_id.in_([r.id for r in running]))).all())
+        dead_runs = [(run.id, run.worker_id, run.progress) for run in running
+                     if run.id not in with_jobs and _owner_is_dead(run.worker_id, run.heartbeat_at, stale_after)]
+        dead_jobs = [(job.id, job.run_id, job.user_id, job.worker_id, job.progress) for job in session.exec(
+            select(TrainingResult).where(TrainingResult.status == RunStatus.running)).all()
+            if _owner_is_dead(job.worker_id, job.heartbeat_at, stale_after)]
     failed: list[int] = []
-    for run_id, worker_id, progress in dead:
+    for run_id, worker_id, progress in dead_runs:
         fail_run(engine, run_id, f"interrupted: worker {worker_id or 'unknown'} stopped while the run was at "
                                  f"{progress:.0%} (process killed or restarted); nothing it left half-done is served. "
                                  "Queue a new run to retry.")
         failed.append(run_id)
+    for job_id, run_id, user_id, worker_id, progress in dead_jobs:
+        ended = fail_job(settings, engine, job_id, worker_id=worker_id, reason=(
+            f"interrupted: worker {worker_id or 'unknown'} stopped while training {adapter_store.scope_of(user_id)} at "
+            f"{progress:.0%} (process killed or restarted); not retried, the last promoted adapter keeps serving. "
+            "Queue a new run to retry."))
+        if ended == RunStatus.failed:
+            failed.append(run_id)
+    for run_id in with_jobs:  # a worker that died between its run's last job and ending the run
+        if finish_run_if_done(settings, engine, run_id) == RunStatus.failed:
+            failed.append(run_id)
     if failed:
         logger.warning("marked interrupted training runs %s as failed", failed)
     _clean_tmp(settings.adapters_dir / ".tmp", older_than=stale_after)
     _remove_orphan_dirs(settings, engine)
-    return failed
+    return sorted(set(failed))
 
 
 def _remove_orphan_dirs(settings: Settings, engine: Engine) -> None:
-    """Remove version directories without a row (a kill between rename and insert); none is ever served.
+    """Remove version directories without a row (a kill between rename and insert) and the shared
+    files of runs that ended; none is ever served.
 
     Skipped while any run is executing, since a live publish has exactly such a directory for a moment.
     """
@@ -182,10 +327,12 @@ def _remove_orphan_dirs(settings: Settings, engine: Engine) -> None:
         if path.is_dir() and not path.parent.name.startswith(".") and rel not in known:
             logger.warning("removing adapter directory %s: no database row points at it (a publish was interrupted)", rel)
             shutil.rmtree(path, ignore_errors=True)
+    for path in (root / ".runs").glob("run-*.json"):
+        path.unlink(missing_ok=True)
 
 
 def fail_run(engine: Engine, run_id: int, error: str) -> None:
-    """Mark a running run failed, its unfinished results failed and its unjudged adapter rows rejected."""
+    """Mark a running run failed, its unfinished jobs failed and its unjudged adapter rows rejected."""
     with Session(engine) as session:
         run = session.get(TrainingRun, run_id)
         if run is None or run.status != RunStatus.running:
@@ -216,6 +363,107 @@ def _clean_tmp(tmp: Path, older_than: float) -> None:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
+# --- what the shared stage hands to the jobs -------------------------------------------------------
+
+
+def _shared_path(settings: Settings, run_id: int) -> Path:
+    return settings.adapters_dir / ".runs" / f"run-{run_id}.json"
+
+
+def _head_to_json(head) -> dict[str, Any]:
+    return {"weight": head.weight.tolist(), "bias": float(head.bias), "mu": head.mu.tolist(),
+            "sigma": head.sigma.tolist(), "r_mean": head.r_mean, "r_std": head.r_std}
+
+
+def _save_shared(settings: Settings, run_id: int, reward, harm) -> None:
+    """The fitted reward heads and harm classifier as JSON (no pickle), written atomically."""
+    data = {
+        "reward": {"global": _head_to_json(reward.global_head),
+                   "users": {str(uid): _head_to_json(h) for uid, h in reward.user_heads.items()},
+                   "metrics": reward.metrics},
+        "harm": {"metrics": harm.metrics, **({"weight": harm.weight.tolist(), "bias": float(harm.bias),
+                                              "mu": harm.mu.tolist(), "sigma": harm.sigma.tolist()} if harm.trained else {})},
+    }
+    path = _shared_path(settings, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_shared(settings: Settings, run_id: int, budgets: Budgets):
+    """(RewardModel, HarmModel) as the shared stage fitted them; they score features, never compute them."""
+    import torch
+
+    from learning.harm import HarmModel, make_judge
+    from learning.reward import RewardHead, RewardModel
+
+    path = _shared_path(settings, run_id)
+    if not path.exists():
+        raise FileNotFoundError(f"the reward/harm models of run {run_id} are missing at {path}; is the adapter store "
+                                "shared by every worker (ASSISTANT_DATA_DIR)? Queue a new run to retry")
+    data = json.loads(path.read_text())
+
+    def head(d: dict) -> RewardHead:
+        return RewardHead(torch.tensor(d["weight"]), torch.tensor(d["bias"]), torch.tensor(d["mu"]),
+                          torch.tensor(d["sigma"]), d["r_mean"], d["r_std"])
+
+    reward = RewardModel(None, budgets)
+    reward.global_head = head(data["reward"]["global"])
+    reward.user_heads = {int(uid): head(d) for uid, d in data["reward"]["users"].items()}
+    reward.metrics = data["reward"]["metrics"]
+    harm = HarmModel(None, budgets, judge=make_judge(budgets.harm_judge))
+    harm.metrics = data["harm"]["metrics"]
+    if "weight" in data["harm"]:
+        harm.weight, harm.bias = torch.tensor(data["harm"]["weight"]), torch.tensor(data["harm"]["bias"])
+        harm.mu, harm.sigma = torch.tensor(data["harm"]["mu"]), torch.tensor(data["harm"]["sigma"])
+    return reward, harm
+
+
+@dataclasses.dataclass
+class _Models:
+    """The base model wrapped with one LoRA policy, loaded once per run per process."""
+
+    tokenizer: Any
+    render: Any
+    policy: Any
+    fresh_state: dict
+    base_hash: str
+
+
+_LOADED: dict[int, _Models] = {}  # run id -> models; only the latest run is kept
+_LOADED_LOCK = threading.Lock()
+
+
+def _models_for(settings: Settings, run_id: int, budgets: Budgets, *, tokenizer=None, base=None) -> _Models:
+    """This process's models for ``run_id``: loaded on first use (or built from a loaded ``base``)."""
+    import torch
+
+    from service.model_loading import base_model_hash, load_base_model, load_tokenizer
+
+    from learning.ppo import lora_state, make_policy
+
+    with _LOADED_LOCK:
+        if run_id in _LOADED:
+            return _LOADED[run_id]
+        _LOADED.clear()  # PEFT wraps the base in place: a new run gets a freshly loaded base
+        tokenizer = tokenizer or load_tokenizer(settings)
+        base = base if base is not None else load_base_model(settings, dtype=torch.float32)
+        policy = make_policy(base, budgets)
+        models = _Models(tokenizer, chat_renderer(tokenizer), policy, lora_state(policy), base_model_hash(settings))
+        _LOADED[run_id] = models
+        return models
+
+
+def release_models() -> None:
+    """Drop this process's loaded models (a worker calls it when no job is left, so idle it holds none)."""
+    with _LOADED_LOCK:
+        _LOADED.clear()
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -230,7 +478,43 @@ class ScopeOutcome:
 
 def run_training(settings: Settings, engine: Engine, run_id: int, progress_cb: ProgressCallback | None = None,
                  *, budgets: Budgets | None = None) -> None:
-    """Execute a claimed ``TrainingRun``; on error it is marked failed with the message, then re-raised."""
+    """Execute a claimed ``TrainingRun`` here: the shared stage, then its jobs until none is left, then
+    wait for jobs other workers took. Raises ``RunFailed`` (or the shared stage's error) if it failed."""
+    budgets = budgets or Budgets.from_env()
+    with Session(engine) as session:
+        run = session.get(TrainingRun, run_id)
+        worker_id = run.worker_id if run is not None and run.worker_id else new_worker_id()
+    seen = [0.0]
+
+    def report(fraction: float, message: str) -> None:
+        seen[0] = max(seen[0], fraction)  # jobs elsewhere may lag a beat behind; never report going back
+        if progress_cb is not None:
+            progress_cb(seen[0], message)
+
+    run_shared_stage(settings, engine, run_id, report, budgets=budgets)
+    try:
+        while (job_id := claim_job(engine, worker_id, run_id=run_id)) is not None:
+            run_job(settings, engine, job_id, worker_id, budgets=budgets, progress_cb=report)
+    finally:
+        release_models()
+    last_recovery = time.monotonic()
+    while True:
+        with Session(engine) as session:
+            run = session.get(TrainingRun, run_id)
+        if run.status in DONE:
+            break
+        if time.monotonic() - last_recovery > HEARTBEAT_SECONDS:  # a job elsewhere may have died with its worker
+            recover_interrupted_runs(settings, engine)
+            last_recovery = time.monotonic()
+        time.sleep(1.0)
+    if run.status == RunStatus.failed:
+        raise RunFailed(f"training run {run_id} failed: {run.error}")
+    report(1.0, "done")
+
+
+def run_shared_stage(settings: Settings, engine: Engine, run_id: int, progress_cb: ProgressCallback | None = None,
+                     *, budgets: Budgets | None = None) -> None:
+    """Snapshot, reward and harm models, job rows for a claimed run; on error the run is failed, then re-raised."""
     budgets = budgets or Budgets.from_env()
     with Session(engine) as session:
         run = session.get(TrainingRun, run_id)
@@ -246,8 +530,8 @@ def run_training(settings: Settings, engine: Engine, run_id: int, progress_cb: P
             progress_cb(fraction, message)
 
     try:
-        with _Heartbeat(engine, run_id):
-            _execute(settings, engine, run_id, requested, budgets, progress)
+        with _Heartbeat(lambda: _update_run(engine, run_id, heartbeat_at=utcnow()), f"run-{run_id}"):
+            _shared_stage(settings, engine, run_id, requested, budgets, progress)
     except RunAborted:
         logger.warning("training run %s was aborted from outside; nothing more is published", run_id)
         raise
@@ -255,19 +539,21 @@ def run_training(settings: Settings, engine: Engine, run_id: int, progress_cb: P
         fail_run(engine, run_id, f"{type(exc).__name__}: {exc}")
         logger.exception("training run %s failed", run_id)
         raise
-    _update_run(engine, run_id, status=RunStatus.succeeded, progress=1.0, finished_at=utcnow())
-    if progress_cb is not None:
-        progress_cb(1.0, "done")
+    with Session(engine) as session:
+        has_jobs = session.exec(select(TrainingResult.id).where(TrainingResult.run_id == run_id)).first() is not None
+    if not has_jobs:  # nobody to train or skip (an empty user list): nothing more to do
+        _update_run(engine, run_id, status=RunStatus.succeeded, progress=1.0, finished_at=utcnow())
+    else:
+        finish_run_if_done(settings, engine, run_id)  # every user skipped: no job to wait for
 
 
-def _execute(settings: Settings, engine: Engine, run_id: int, requested: list[int] | None, budgets: Budgets,
-             progress: ProgressCallback) -> None:
+def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: list[int] | None, budgets: Budgets,
+                  progress: ProgressCallback) -> None:
     import torch
 
-    from service.model_loading import base_model_hash, load_base_model, load_tokenizer
+    from service.model_loading import load_base_model, load_tokenizer
 
     from learning.harm import HarmModel, judge_flagger, make_judge
-    from learning.ppo import lora_state, make_policy
     from learning.reward import FeatureCache, RewardModel
 
     judge = make_judge(budgets.harm_judge)  # fails early on an unknown name
@@ -286,7 +572,7 @@ def _execute(settings: Settings, engine: Engine, run_id: int, requested: list[in
         snapshot = save_snapshot(session, full, run_id=run_id, extra={"pool_labels": pool.label_count()})
     progress(0.05, f"snapshot {snapshot.sha256[:12]}: {full.stats['pairs']} pairs, {full.stats['points']} thumbs")
 
-    # 2. reward and harm models on frozen backbone features
+    # 2. reward and harm models on frozen backbone features (before any LoRA wraps the base)
     cache = FeatureCache(base, tokenizer, budgets)
     reward = RewardModel(cache, budgets)
     reward_metrics = reward.fit(pool, full)
@@ -297,10 +583,12 @@ def _execute(settings: Settings, engine: Engine, run_id: int, requested: list[in
         row.stats = {**row.stats, "models": {**reward_metrics, **harm_metrics}}
         session.add(row)
         session.commit()
-    progress(0.2, f"reward model: held-out accuracy {reward_metrics.get('reward/heldout_accuracy')} "
-                  f"(longer-wins {reward_metrics.get('reward/length_baseline_accuracy')})")
+    _save_shared(settings, run_id, reward, harm)
+    progress(SHARED_SHARE, f"reward model: held-out accuracy {reward_metrics.get('reward/heldout_accuracy')} "
+                           f"(longer-wins {reward_metrics.get('reward/length_baseline_accuracy')})")
 
-    # 3. which adapters to train: the global one on full runs, then each user with enough labels
+    # 3. the jobs: the global adapter on full runs, then each user with enough labels; skipped
+    #    users get their (finished) result row in the same commit, so the run's rows appear at once
     scopes: list[int | None] = []
     if requested is None and pool.label_count() >= budgets.min_global_labels:
         scopes.append(None)
@@ -313,41 +601,75 @@ def _execute(settings: Settings, engine: Engine, run_id: int, requested: list[in
         else:
             skipped[user_id] = (f"skipped: {n} labels, a personal adapter needs {budgets.min_user_labels} "
                                 "(ASSISTANT_MIN_USER_LABELS); served the global adapter meanwhile")
+    _update_run(engine, run_id, heartbeat_at=utcnow())  # raises RunAborted: queue nothing for a stopped run
     with Session(engine) as session:
+        for user_id in scopes:
+            session.add(TrainingResult(run_id=run_id, user_id=user_id, status=RunStatus.queued))
         for user_id, reason in skipped.items():
             session.add(TrainingResult(run_id=run_id, user_id=user_id, status=RunStatus.succeeded, reason=reason,
-                                       metrics=reward.user_metrics(user_id), finished_at=utcnow()))
+                                       metrics=reward.user_metrics(user_id), finished_at=utcnow(), progress=1.0))
         session.commit()
+    if scopes:  # keep the loaded base for this process's own jobs
+        _models_for(settings, run_id, budgets, tokenizer=tokenizer, base=base)
+    logger.info("run %s: queued %d jobs (%s), skipped %d users", run_id, len(scopes),
+                ", ".join(adapter_store.scope_of(u) for u in scopes), len(skipped))
 
-    policy = make_policy(base, budgets)
-    fresh = lora_state(policy)
-    ctx = _Context(settings, engine, run_id, budgets, tokenizer, render, policy, fresh, reward, harm, full, snapshot,
-                   base_model_hash(settings))
-    for i, user_id in enumerate(scopes):
-        lo, hi = 0.2 + 0.8 * i / len(scopes), 0.2 + 0.8 * (i + 1) / len(scopes)
 
-        def scope_progress(step: int, total: int, _m: dict, lo=lo, hi=hi, user_id=user_id) -> None:
-            progress(lo + (hi - lo) * 0.8 * step / total, f"{adapter_store.scope_of(user_id)}: PPO step {step}/{total}")
+def run_job(settings: Settings, engine: Engine, job_id: int, worker_id: str, *, budgets: Budgets | None = None,
+            progress_cb: ProgressCallback | None = None) -> RunStatus:
+    """Train, gate and publish one claimed job; ends it "succeeded" or "failed" (with the error), and
+    its run if it was the last. Returns the job's final status; only KeyboardInterrupt-like errors
+    propagate (after failing the job)."""
+    budgets = budgets or Budgets.from_env()
+    with Session(engine) as session:
+        job = session.get(TrainingResult, job_id)
+        run_id, user_id = job.run_id, job.user_id
+        snapshot = session.exec(select(TrainingSnapshot).where(TrainingSnapshot.run_id == run_id)).one()
+    scope = adapter_store.scope_of(user_id)
 
-        _train_scope(ctx, user_id, scope_progress)
-        progress(hi, f"{adapter_store.scope_of(user_id)} done")
+    def scope_progress(step: int, total: int, _m: dict) -> None:
+        _update_job(engine, job_id, worker_id, progress=round(0.8 * step / total, 4), heartbeat_at=utcnow())
+        fraction = _refresh_run_progress(engine, run_id)
+        logger.info("run %s: %3.0f%% %s: PPO step %d/%d", run_id, 100 * fraction, scope, step, total)
+        if progress_cb is not None:
+            progress_cb(fraction, f"{scope}: PPO step {step}/{total}")
+
+    status = RunStatus.failed
+    try:
+        with _Heartbeat(lambda: _update_job(engine, job_id, worker_id, heartbeat_at=utcnow()), f"job-{job_id}"):
+            reward, harm = _load_shared(settings, run_id, budgets)
+            models = _models_for(settings, run_id, budgets)
+            ctx = _Context(settings, engine, run_id, job_id, worker_id, budgets, models, reward, harm, snapshot)
+            _train_scope(ctx, user_id, scope_progress)
+        status = RunStatus.succeeded
+    except RunAborted as exc:
+        logger.warning("job %s (%s) was aborted from outside: %s", job_id, scope, exc)
+    except BaseException as exc:
+        fail_job(settings, engine, job_id, f"{type(exc).__name__}: {exc}", worker_id=worker_id)
+        logger.exception("job %s (%s) of training run %s failed", job_id, scope, run_id)
+        if not isinstance(exc, Exception):
+            raise
+    fraction = _refresh_run_progress(engine, run_id)
+    finish_run_if_done(settings, engine, run_id)
+    if progress_cb is not None:
+        progress_cb(fraction, f"{scope} done")
+    return status
 
 
 @dataclasses.dataclass
 class _Context:
+    """What one job needs: the loaded models (``_Models``), the run's shared heads, its snapshot row."""
+
     settings: Settings
     engine: Engine
     run_id: int
+    job_id: int
+    worker_id: str
     budgets: Budgets
-    tokenizer: Any
-    render: Any
-    policy: Any
-    fresh_state: dict
+    models: "_Models"
     reward: Any
     harm: Any
-    full: Dataset
     snapshot: Any
-    base_hash: str
 
 
 def _start_adapter(ctx: _Context, user_id: int | None) -> AdapterVersion | None:
@@ -362,33 +684,33 @@ def _start_adapter(ctx: _Context, user_id: int | None) -> AdapterVersion | None:
 def _load_start(ctx: _Context, row: AdapterVersion | None) -> str:
     from learning.ppo import load_adapter_dir, load_lora_state
 
-    load_lora_state(ctx.policy, ctx.fresh_state)
+    load_lora_state(ctx.models.policy, ctx.models.fresh_state)
     if row is None:
         return "fresh"
     path = ctx.settings.adapters_dir / row.path
     meta_path = path / "metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if meta.get("base_model_hash") not in (None, ctx.base_hash):
+    if meta.get("base_model_hash") not in (None, ctx.models.base_hash):
         logger.warning("adapter %s was trained on another base model; starting fresh", adapter_store.label_of(row))
         return "fresh"
     try:
-        load_adapter_dir(ctx.policy, path)
+        load_adapter_dir(ctx.models.policy, path)
     except ValueError as exc:
         logger.warning("cannot start from %s (%s); starting fresh", adapter_store.label_of(row), exc)
-        load_lora_state(ctx.policy, ctx.fresh_state)
+        load_lora_state(ctx.models.policy, ctx.models.fresh_state)
         return "fresh"
     return adapter_store.label_of(row)
 
 
 def _prompts_for(ctx: _Context, user_id: int | None) -> tuple[list[str], list[str]]:
     """(training prompts, held-out gate prompts): the user's own recent prompts plus the shared pool."""
-    shared_train, shared_gate = split_shared_prompts(ctx.render)
+    shared_train, shared_gate = split_shared_prompts(ctx.models.render)
     with Session(ctx.engine) as session:
         if user_id is None:
             user_ids = session.exec(select(User.id)).all()
-            own = [p for uid in user_ids for p in recent_prompts(session, ctx.render, uid, 10)]
+            own = [p for uid in user_ids for p in recent_prompts(session, ctx.models.render, uid, 10)]
         else:
-            own = recent_prompts(session, ctx.render, user_id, 50)
+            own = recent_prompts(session, ctx.models.render, user_id, 50)
     own = list(dict.fromkeys(own))
     own_gate = [p for p in own if int(hashlib.sha256(p.encode()).hexdigest()[:2], 16) < 64]  # ~1/4 held out
     own_train = [p for p in own if p not in own_gate]
@@ -402,11 +724,6 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
 
     budgets = dataclasses.replace(ctx.budgets, seed=ctx.budgets.seed + (user_id or 0))
     scope = adapter_store.scope_of(user_id)
-    with Session(ctx.engine) as session:
-        result = TrainingResult(run_id=ctx.run_id, user_id=user_id, status=RunStatus.running)
-        session.add(result)
-        session.commit()
-        session.refresh(result)
     head = ctx.reward.head_for(user_id)
 
     def scorer(feats, texts):
@@ -418,11 +735,11 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     train_prompts, gate_prompts = _prompts_for(ctx, user_id)
 
     # The gate's yardsticks: the base, and what serves this scope now (the start adapter).
-    base_eval = evaluate_policy(ctx.policy, ctx.tokenizer, gate_prompts, scorer, budgets, reference=True)
-    current_eval = base_eval if start_row is None else evaluate_policy(ctx.policy, ctx.tokenizer, gate_prompts, scorer, budgets)
+    base_eval = evaluate_policy(ctx.models.policy, ctx.models.tokenizer, gate_prompts, scorer, budgets, reference=True)
+    current_eval = base_eval if start_row is None else evaluate_policy(ctx.models.policy, ctx.models.tokenizer, gate_prompts, scorer, budgets)
 
-    ppo = train_ppo(ctx.policy, ctx.tokenizer, scorer, train_prompts, budgets, progress=progress)
-    candidate_eval = evaluate_policy(ctx.policy, ctx.tokenizer, gate_prompts, scorer, budgets)
+    ppo = train_ppo(ctx.models.policy, ctx.models.tokenizer, scorer, train_prompts, budgets, progress=progress)
+    candidate_eval = evaluate_policy(ctx.models.policy, ctx.models.tokenizer, gate_prompts, scorer, budgets)
     decision = decide(candidate_eval, current_eval, base_eval, budgets)
     wall_s = time.monotonic() - started
 
@@ -446,7 +763,7 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
         "snapshot": {"id": ctx.snapshot.id, "sha256": ctx.snapshot.sha256, "feedback_ids": ctx.snapshot.feedback_ids,
                      "ranking_ids": ctx.snapshot.ranking_ids},
         "base_model": ctx.settings.model,
-        "base_model_hash": ctx.base_hash,
+        "base_model_hash": ctx.models.base_hash,
         "code_version": code_version(),
         "budgets": ctx.budgets.as_dict(),
         "started_from": started_from,
@@ -454,12 +771,13 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
         "decision": decision.reason,
         "created_at": utcnow().isoformat(),
     }
-    _update_run(ctx.engine, ctx.run_id, heartbeat_at=utcnow())  # raises RunAborted: publish nothing for a dead run
-    candidate_state = lora_state(ctx.policy)
+    # raises RunAborted: publish nothing for a job recovery failed or a run that was stopped
+    _update_job(ctx.engine, ctx.job_id, ctx.worker_id, heartbeat_at=utcnow())
+    candidate_state = lora_state(ctx.models.policy)
     work = ctx.settings.adapters_dir / ".tmp" / f"run-{ctx.run_id}-{scope.replace(':', '-')}"
     if work.exists():
         shutil.rmtree(work)
-    ctx.policy.save_pretrained(str(work))  # adapter_config.json + adapter_model.safetensors
+    ctx.models.policy.save_pretrained(str(work))  # adapter_config.json + adapter_model.safetensors
     try:
         with Session(ctx.engine, expire_on_commit=False) as session:
             row = adapter_store.publish(ctx.settings, session, user_id=user_id, src_dir=work, metadata=metadata,
@@ -468,8 +786,9 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
             # The verdict, the result row and the activation land in one commit.
             row.status = AdapterStatus.promoted if decision.promote else AdapterStatus.rejected
             session.add(row)
-            res = session.get(TrainingResult, result.id)
+            res = session.get(TrainingResult, ctx.job_id)
             res.status, res.adapter_version_id, res.promoted = RunStatus.succeeded, row.id, decision.promote
+            res.progress = 1.0
             res.reason, res.metrics, res.finished_at = decision.reason, metrics, utcnow()
             session.add(res)
             if decision.promote:
@@ -478,6 +797,6 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
                 session.commit()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    load_lora_state(ctx.policy, candidate_state)
+    load_lora_state(ctx.models.policy, candidate_state)
     logger.info("%s: %s (%d PPO steps, %.0fs)", scope, decision.reason, ppo.steps, wall_s)
     return ScopeOutcome(user_id, row, decision.promote, decision.reason, metrics)

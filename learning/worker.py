@@ -8,10 +8,16 @@ Three ways to run it (all share ``Worker``):
 - ``train_foreground(settings, user=None, now=True)``: ``assistant train [--user NAME] [--now]``,
   one run in this process with a progress bar.
 
-Exactly one run executes at a time across all processes sharing the database: a run is taken
-with one conditional UPDATE (``status='queued'`` -> ``'running'`` only if no run is running),
-and the caller checks the row count. On PostgreSQL the UPDATE also holds a transaction-level
-advisory lock, so two workers cannot each claim a different run at the same instant.
+The database is the queue, at two levels. Runs: exactly one run executes at a time across all
+processes sharing the database; a run is taken with one conditional UPDATE (``status='queued'``
+-> ``'running'`` only if no run is running), and the caller checks the row count. On PostgreSQL
+the UPDATE also holds a transaction-level advisory lock, so two workers cannot each claim a
+different run at the same instant. The worker that claims a run does its shared stage
+(snapshot, reward and harm models) and queues one job per adapter. Jobs: every worker polls for
+queued jobs and takes them one at a time with the same kind of conditional UPDATE
+(``learning.pipeline.claim_job``) until none is left, so however many ``assistant worker``
+processes run, each user is trained exactly once per run, by one of them. The poll interval is
+``ASSISTANT_WORKER_POLL_SECONDS`` (default 5).
 
 The schedule lives in the ``Schedule`` row (``PUT /api/admin/schedule`` edits it); the worker
 re-reads it every poll and reschedules its cron job when cron or enabled changed. When several
@@ -21,12 +27,14 @@ workers fire at the same minute, only the one that advances ``Schedule.last_fire
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from datetime import datetime
 
 from sqlalchemy import exists, or_, select as sa_select, text, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
@@ -35,12 +43,14 @@ from service.models import RunStatus, Schedule, TrainingRun, User, utcnow
 from service.settings import Settings
 
 from learning.config import Budgets
-from learning.pipeline import LIVE_WORKERS, fail_run, new_worker_id, recover_interrupted_runs, run_training
+from learning.pipeline import (LIVE_WORKERS, claim_job, fail_job, fail_run, new_worker_id, recover_interrupted_runs,
+                               release_models, run_job, run_shared_stage, run_training)
 
 logger = logging.getLogger(__name__)
 
 SCHEDULE_JOB = "nightly-training"
 POLL_SECONDS = 5.0
+POLL_ENV = "ASSISTANT_WORKER_POLL_SECONDS"
 _PG_LOCK_KEY = 727_370_001  # advisory lock guarding claims on PostgreSQL
 
 
@@ -55,6 +65,20 @@ class RunConflict(RuntimeError):
 
 class RunBusy(RuntimeError):
     """Another run is executing, so this one cannot start now."""
+
+
+def poll_seconds_from_env() -> float:
+    """``ASSISTANT_WORKER_POLL_SECONDS`` (default 5): how often an idle worker looks for runs and jobs."""
+    raw = os.environ.get(POLL_ENV)
+    if raw is None:
+        return POLL_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(f"{POLL_ENV}={raw!r} must be a number of seconds > 0, e.g. {POLL_ENV}=5")
+    return value
 
 
 # --- database operations ---------------------------------------------------------------------------
@@ -118,7 +142,11 @@ def get_schedule(engine: Engine, settings: Settings) -> Schedule:
         if row is None:
             row = Schedule(id=1, cron=settings.schedule_cron, enabled=settings.schedule_enabled)
             session.add(row)
-            session.commit()
+            try:
+                session.commit()
+            except IntegrityError:  # another worker starting at the same moment created it first
+                session.rollback()
+                return session.exec(select(Schedule).where(Schedule.id == 1)).one()
             session.refresh(row)
         return row
 
@@ -149,17 +177,18 @@ def fire_schedule(engine: Engine, settings: Settings, now: datetime | None = Non
 class Worker:
     """Schedule + poller on an APScheduler ``BackgroundScheduler``. ``stop()`` ends both."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None, *, poll_seconds: float = POLL_SECONDS,
+    def __init__(self, settings: Settings, engine: Engine | None = None, *, poll_seconds: float | None = None,
                  budgets: Budgets | None = None) -> None:
         self.settings = settings
         self.engine = engine or make_engine(settings)
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = poll_seconds if poll_seconds is not None else poll_seconds_from_env()
         self.budgets = budgets
         self.worker_id = new_worker_id()
         self._schedule_key: tuple[str, bool] | None = None
         self._scheduler = None
         self._run_thread: threading.Thread | None = None
-        self.current_run: int | None = None
+        self.current_run: int | None = None  # a run whose shared stage this worker is executing
+        self.current_job: int | None = None  # a job this worker is training
 
     # jobs -------------------------------------------------------------------------------------
     def sync_schedule(self) -> None:
@@ -189,32 +218,57 @@ class Worker:
         fire_schedule(self.engine, self.settings)
 
     def run_pending_once(self) -> int | None:
-        """Claim and execute one queued run here, if any. Returns its id."""
+        """Claim and execute one queued run here (its shared stage, then jobs while any is left). Returns its id."""
         run_id = claim_next(self.engine, self.worker_id)
         if run_id is not None:
             self._execute(run_id)
         return run_id
 
     def _execute(self, run_id: int) -> None:
+        """The shared stage of a claimed run, then jobs (of it or any run) until none is left."""
         self.current_run = run_id
         try:
-            run_training(self.settings, self.engine, run_id, budgets=self.budgets)
-        except Exception:  # already recorded on the run row by run_training; keep polling
+            run_shared_stage(self.settings, self.engine, run_id, budgets=self.budgets)
+        except Exception:  # already recorded on the run row; keep polling
             logger.error("training run %s failed; see its error field", run_id)
+            return
         finally:
             self.current_run = None
+        self._work_jobs()
+
+    def _work_jobs(self, job_id: int | None = None) -> None:
+        """Train jobs one after another (starting with ``job_id``, already claimed) until none is free."""
+        if job_id is None:
+            job_id = claim_job(self.engine, self.worker_id)
+        try:
+            while job_id is not None:
+                self.current_job = job_id
+                try:
+                    run_job(self.settings, self.engine, job_id, self.worker_id, budgets=self.budgets)
+                finally:
+                    self.current_job = None
+                job_id = claim_job(self.engine, self.worker_id)
+        finally:
+            release_models()  # an idle worker holds no model
 
     def _poll(self) -> None:
         self.sync_schedule()
         if self._run_thread is not None and self._run_thread.is_alive():
             return
         recover_interrupted_runs(self.settings, self.engine)
-        run_id = claim_next(self.engine, self.worker_id)
-        if run_id is not None:
-            # A daemon thread, so stopping the process never waits for a run; the next start
-            # (or stop(), below) records it as interrupted.
-            self._run_thread = threading.Thread(target=self._execute, args=(run_id,), name=f"training-run-{run_id}", daemon=True)
-            self._run_thread.start()
+        # Jobs of the run in progress first; only when none is free, a new run (at most one runs at a time).
+        job_id = claim_job(self.engine, self.worker_id)
+        if job_id is not None:
+            target, args, name = self._work_jobs, (job_id,), f"training-job-{job_id}"
+        else:
+            run_id = claim_next(self.engine, self.worker_id)
+            if run_id is None:
+                return
+            target, args, name = self._execute, (run_id,), f"training-run-{run_id}"
+        # A daemon thread, so stopping the process never waits for training; stop() (or, after a
+        # kill, the next worker's recovery) records what it was doing as interrupted.
+        self._run_thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._run_thread.start()
 
     # lifecycle -----------------------------------------------------------------------------------
     def start(self) -> "Worker":
@@ -231,15 +285,19 @@ class Worker:
         return self
 
     def stop(self) -> None:
-        """Stop scheduling and polling. A run in progress is abandoned and marked failed now
-        (its thread dies with the process; nothing it left half-done is ever served)."""
+        """Stop scheduling and polling. A shared stage or job in progress is abandoned and marked
+        failed now (its thread dies with the process; nothing it left half-done is ever served)."""
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         LIVE_WORKERS.discard(self.worker_id)
-        run_id = self.current_run
+        run_id, job_id = self.current_run, self.current_job
         if run_id is not None:
             fail_run(self.engine, run_id, f"interrupted: worker {self.worker_id} was stopped during the run; queue it again")
+        if job_id is not None:
+            fail_job(self.settings, self.engine, job_id, worker_id=self.worker_id,
+                     reason=f"interrupted: worker {self.worker_id} was stopped while training this adapter; "
+                            "not retried, the last promoted adapter keeps serving. Queue a new run to retry.")
         logger.info("training worker %s stopped", self.worker_id)
 
 
@@ -275,7 +333,10 @@ def train_foreground(settings: Settings, user: str | None = None, *, now: bool =
                      budgets: Budgets | None = None, show_progress: bool = True) -> int:
     """``assistant train``: queue a run (one user by name, or everyone) and, if ``now``, execute it here.
 
+    With ``now`` this process runs the shared stage and takes the run's jobs until none is left;
+    running workers may take some of them too, and this returns once every job has finished.
     Without ``now`` the run only waits in the queue for a worker. Returns the run id; raises
+    ``learning.pipeline.RunFailed`` if the run failed,
     ``RunConflict`` if an overlapping run is queued or running, ``RunBusy`` if another run is
     executing (the new run stays queued for the worker), ``LookupError`` for an unknown user.
     """

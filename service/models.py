@@ -151,18 +151,27 @@ class TrainingRun(SQLModel, table=True):
 
 
 class TrainingResult(SQLModel, table=True):
-    """One per user (or the global adapter, user_id null) trained in a run."""
+    """One per user (or the global adapter, user_id null) trained in a run; also that user's job.
+
+    A queued result is a job in the database queue: any worker takes it with one conditional
+    UPDATE (``learning.worker.claim_job``), records its ``worker_id`` and beats ``heartbeat_at``.
+    """
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="trainingrun.id", index=True)
     user_id: int | None = Field(default=None, foreign_key="user.id")
-    status: RunStatus = Field(default=RunStatus.queued)
+    status: RunStatus = Field(default=RunStatus.queued, index=True)
     adapter_version_id: int | None = Field(default=None, foreign_key="adapterversion.id")
     promoted: bool = False
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    # The job's columns (migration 0003, appended so upgraded and fresh databases agree).
+    worker_id: str | None = Field(default=None, max_length=128)
+    progress: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
 
 
 class TrainingSnapshot(SQLModel, table=True):

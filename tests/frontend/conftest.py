@@ -47,7 +47,9 @@ class Server:
             return con.execute(sql, params).fetchall()
 
 
-@pytest.fixture(scope="session")
+# Package scope: the server and Playwright (whose sync API keeps an event loop running in this
+# thread) are closed when the browser tests end, so later tests can use asyncio.run().
+@pytest.fixture(scope="package")
 def server(request, tmp_path_factory):
     # For iterating on the UI: point at an already running server started with the same
     # settings as below (ASSISTANT_TEST_SERVER=http://127.0.0.1:8765,/path/to/its/data_dir).
@@ -100,7 +102,7 @@ def server(request, tmp_path_factory):
         proc.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}; install it with `apt-get install -y chromium` (make test does)")

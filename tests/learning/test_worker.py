@@ -177,3 +177,127 @@ def test_train_cli_queues_for_a_named_user_and_refuses_while_another_run_execute
     seeder.user("bob")
     with pytest.raises(RunBusy, match="stays queued"):
         train_foreground(settings, "bob", now=True, engine=db, show_progress=False)
+
+
+# --- per-user jobs ---------------------------------------------------------------------------------
+
+
+def running_run_with_jobs(db, user_ids: list[int | None]) -> tuple[int, dict[int | None, int]]:
+    """A claimed run whose shared stage has queued one job per scope (None = the global adapter)."""
+    from service.models import TrainingResult
+
+    run_id = enqueue_run(db, trigger="manual").id
+    assert claim_run(db, run_id, "stage-worker")
+    with Session(db) as s:
+        jobs = {uid: TrainingResult(run_id=run_id, user_id=uid, status=RunStatus.queued) for uid in user_ids}
+        for job in jobs.values():
+            s.add(job)
+        s.commit()
+        return run_id, {uid: job.id for uid, job in jobs.items()}
+
+
+@pytest.fixture
+def backend_db(db_url, tmp_path):
+    """An initialised engine on SQLite, then on PostgreSQL (when ASSISTANT_TEST_POSTGRES_URL is set)."""
+    from service.db import init_db, make_engine
+    from service.settings import Settings
+
+    engine = make_engine(Settings(data_dir=tmp_path / "backend", dev_mode=True, database_url=db_url))
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_threads_racing_for_jobs_take_each_exactly_once_global_first(backend_db):
+    from service.models import TrainingResult
+
+    from learning.pipeline import claim_job
+
+    from tests.learning.conftest import Seeder
+
+    db, seeder = backend_db, Seeder(backend_db)
+    users = [seeder.user(n) for n in ("u1", "u2", "u3")]
+    run_id, jobs = running_run_with_jobs(db, [None, *users])
+    barrier = threading.Barrier(6)
+    got: list[tuple[str, int]] = []
+
+    def race(name: str) -> None:
+        barrier.wait()
+        job = claim_job(db, name)
+        if job is not None:
+            got.append((name, job))
+
+    def race_all() -> None:
+        threads = [threading.Thread(target=race, args=(f"w{n}",)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    race_all()
+    assert [job for _, job in got] == [jobs[None]]  # user jobs wait for the global adapter
+    with Session(db) as s:
+        g = s.get(TrainingResult, jobs[None])
+        g.status = RunStatus.succeeded
+        s.add(g)
+        s.commit()
+    got.clear()
+    race_all()
+    assert sorted(job for _, job in got) == sorted(jobs[u] for u in users)  # each user job once
+    with Session(db) as s:
+        rows = {r.id: r for r in s.exec(select(TrainingResult).where(TrainingResult.run_id == run_id)).all()}
+    assert all(rows[job].worker_id == name and rows[job].status == RunStatus.running for name, job in got)
+    assert claim_job(db, "late") is None
+
+
+def test_a_dead_jobs_worker_fails_the_job_and_the_last_job_ends_the_run(db, settings, seeder):
+    from service.models import TrainingResult
+
+    from learning.pipeline import claim_job, finish_run_if_done
+
+    alice, bob = seeder.user("alice"), seeder.user("bob")
+    run_id, jobs = running_run_with_jobs(db, [alice, bob])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    dead_worker = f"{socket.gethostname()}:{int(dead.stdout)}:abc"
+    assert claim_job(db, dead_worker) == jobs[alice]
+    with Session(db) as s:
+        s.add(AdapterVersion(user_id=alice, version=1, status=AdapterStatus.candidate, path="user-1/v1",
+                             training_run_id=run_id))
+        s.commit()
+    assert claim_job(db, "otherhost:1:live") == jobs[bob]
+    assert recover_interrupted_runs(settings, db) == []  # bob's job is still going: the run goes on
+    with Session(db) as s:
+        job = s.get(TrainingResult, jobs[alice])
+        assert job.status == RunStatus.failed and "interrupted" in job.reason and dead_worker in job.reason
+        assert s.exec(select(AdapterVersion)).one().status == AdapterStatus.rejected
+        assert s.get(TrainingRun, run_id).status == RunStatus.running
+        b = s.get(TrainingResult, jobs[bob])
+        b.status = RunStatus.succeeded
+        s.add(b)
+        s.commit()
+    assert finish_run_if_done(settings, db, run_id) == RunStatus.failed
+    assert finish_run_if_done(settings, db, run_id) is None  # ended exactly once
+    with Session(db) as s:
+        run = s.get(TrainingRun, run_id)
+        assert run.status == RunStatus.failed and run.error.startswith("user:") and "interrupted" in run.error
+        assert run.progress == 1.0
+
+
+def test_stopping_a_worker_mid_job_fails_only_that_job(db, settings, seeder):
+    from service.models import TrainingResult
+
+    from learning.pipeline import RunAborted, _update_job, claim_job
+
+    alice, bob = seeder.user("alice"), seeder.user("bob")
+    run_id, jobs = running_run_with_jobs(db, [alice, bob])
+    worker = Worker(settings, db, poll_seconds=3600)
+    job = claim_job(db, worker.worker_id)
+    worker.current_job = job  # as if its training thread were executing the job
+    worker.stop()
+    with Session(db) as s:
+        assert "was stopped" in s.get(TrainingResult, job).reason
+        assert s.get(TrainingRun, run_id).status == RunStatus.running  # the other job can still run
+    with pytest.raises(RunAborted):  # the training thread's next progress/publish check gives up
+        _update_job(db, job, worker.worker_id, progress=0.5)
