@@ -34,10 +34,10 @@ from datetime import datetime
 
 from sqlalchemy import exists, or_, select as sa_select, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
+from service.crud import get_or_create_schedule
 from service.db import init_db, make_engine
 from service.models import RunStatus, Schedule, TrainingRun, User, utcnow
 from service.settings import Settings
@@ -138,17 +138,7 @@ def claim_next(engine: Engine, worker_id: str) -> int | None:
 def get_schedule(engine: Engine, settings: Settings) -> Schedule:
     """The schedule row, created from ``ASSISTANT_SCHEDULE_CRON``/``_ENABLED`` on first use."""
     with Session(engine, expire_on_commit=False) as session:
-        row = session.get(Schedule, 1)
-        if row is None:
-            row = Schedule(id=1, cron=settings.schedule_cron, enabled=settings.schedule_enabled)
-            session.add(row)
-            try:
-                session.commit()
-            except IntegrityError:  # another worker starting at the same moment created it first
-                session.rollback()
-                return session.exec(select(Schedule).where(Schedule.id == 1)).one()
-            session.refresh(row)
-        return row
+        return get_or_create_schedule(session, settings=settings)
 
 
 def fire_schedule(engine: Engine, settings: Settings, now: datetime | None = None) -> int | None:

@@ -14,6 +14,8 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from service.settings import Settings
+
 from service.adapter_store import label_of
 from service.auth import hash_password
 from service.models import (
@@ -24,6 +26,7 @@ from service.models import (
     Ranking,
     Rating,
     Role,
+    Schedule,
     User,
     utcnow,
 )
@@ -275,3 +278,20 @@ def upsert_ranking(session: Session, *, user_id: int, group: int, message_ids: l
 
 def list_rankings(session: Session, *, user_id: int) -> Sequence[Ranking]:
     return session.exec(select(Ranking).where(Ranking.user_id == user_id).order_by(Ranking.id)).all()
+
+
+# --- schedule -----------------------------------------------------------------------
+
+def get_or_create_schedule(session: Session, *, settings: Settings) -> Schedule:
+    """The schedule row, created from ASSISTANT_SCHEDULE_CRON/_ENABLED on first use (race-safe)."""
+    row = session.get(Schedule, 1)
+    if row is None:
+        row = Schedule(id=1, cron=settings.schedule_cron, enabled=settings.schedule_enabled)
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError:  # another process created it at the same moment
+            session.rollback()
+            return session.exec(select(Schedule).where(Schedule.id == 1)).one()
+        session.refresh(row)
+    return row

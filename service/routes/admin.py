@@ -29,20 +29,19 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from service import adapter_store
+from service.crud import get_or_create_schedule
 from service.auth import CurrentUser, OperatorUser, SessionDep, SettingsDep
 from service.models import (
     AdapterStatus,
     AdapterVersion,
     Feedback,
     RunStatus,
-    Schedule,
     TrainingResult,
     TrainingRun,
     TrainingSnapshot,
     User,
     utcnow,
 )
-from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -170,16 +169,6 @@ def scope_public(session: Session, *, user_id: int | None, username: str | None)
     active = adapter_store.active_version(session, user_id)
     return AdapterScopePublic(user_id=user_id, username=username, active_version=active.version if active else None,
                               versions=[version_public(v) for v in versions_of(session, user_id=user_id)])
-
-
-def get_or_create_schedule(session: Session, *, settings: Settings) -> Schedule:
-    row = session.get(Schedule, 1)
-    if row is None:
-        row = Schedule(id=1, cron=settings.schedule_cron, enabled=settings.schedule_enabled)
-        session.add(row)
-        session.commit()
-        session.refresh(row)
-    return row
 
 
 def retire_user_adapters(session: Session, *, user_id: int) -> int:
