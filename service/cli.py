@@ -37,7 +37,7 @@ def _settings(**overrides) -> Settings:
 def cmd_provision(args: argparse.Namespace) -> None:
     from service.model_loading import ModelNotFound, resolve_model_path
 
-    settings = _settings()
+    settings = _settings(dev_mode=True)  # provisioning signs nothing, so it needs no secret key
     try:
         path = resolve_model_path(settings)
     except ModelNotFound as exc:
