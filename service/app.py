@@ -23,7 +23,6 @@ from service.chat import ChatService
 from service.db import init_db, make_engine
 from service.engine.base import Engine
 from service.metrics import Metrics
-from service.models import Schedule
 from service.routes import admin, auth, chat_ws, conversations, health, openai_compat
 from service.settings import Settings, get_settings
 
@@ -86,9 +85,7 @@ def _bootstrap(settings: Settings, db) -> None:
         if settings.admin_password:
             crud.ensure_admin(session, password=settings.admin_password)
             logger.info("operator account 'admin' is ready")
-        if session.get(Schedule, 1) is None:
-            session.add(Schedule(id=1, cron=settings.schedule_cron, enabled=settings.schedule_enabled))
-            session.commit()
+        crud.get_or_create_schedule(session, settings=settings)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:

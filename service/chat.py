@@ -179,17 +179,27 @@ class ChatService:
             reply = self._plan_reply(session, user_id, msg.conversation_id, user_msg, index, prompt_ids, params, resolved)
             return Turn(msg.conversation_id, user_msg.id, [reply])
 
+    async def _reserved(self, user_id: int, n: int, plan) -> Turn:
+        """Hold ``n`` of the user's generation slots, then store the rows (off the event loop).
+        The slots are given back by ``relay`` as each reply ends, or here if planning fails."""
+        self.reserve(user_id, n)
+        try:
+            return await to_thread.run_sync(plan)
+        except BaseException:
+            self.release(user_id, n)
+            raise
+
     async def start_turn(self, *, user_id: int, conversation_id: int | None, content: str, alternatives: int = 1,
                          params: SamplingParams, parent_id: int | None = None) -> Turn:
         self.check_content(content)
         if not 1 <= alternatives <= self.settings.max_alternatives:
             raise ChatError("bad_frame", f"alternatives must be between 1 and {self.settings.max_alternatives}", 422)
-        return await to_thread.run_sync(lambda: self._plan_turn(
+        return await self._reserved(user_id, alternatives, lambda: self._plan_turn(
             user_id=user_id, conversation_id=conversation_id, content=content, alternatives=alternatives,
             params=params, parent_id=parent_id))
 
     async def start_regenerate(self, *, user_id: int, message_id: int, params: SamplingParams) -> Turn:
-        return await to_thread.run_sync(lambda: self._plan_regenerate(user_id=user_id, message_id=message_id, params=params))
+        return await self._reserved(user_id, 1, lambda: self._plan_regenerate(user_id=user_id, message_id=message_id, params=params))
 
     async def add_plain_conversation(self, *, user_id: int, messages: list[dict], params: SamplingParams) -> Turn:
         """For the OpenAI route: store the given history as a new conversation, plan one reply."""
@@ -209,28 +219,35 @@ class ChatService:
         for m in messages:
             if len(m["content"]) > self.settings.max_message_chars:
                 raise ChatError("too_large", f"a message is over {self.settings.max_message_chars} characters", 413)
-        return await to_thread.run_sync(work)
+        return await self._reserved(user_id, 1, work)
 
     # --- generation -----------------------------------------------------------------
-    def submit(self, user_id: int, reply: PlannedReply) -> RequestStream:
-        """Enqueue a planned reply; on a full queue the empty row is removed and ChatError(busy) raised."""
-        req_id = f"m{reply.message.id}-{uuid.uuid4().hex[:8]}"
-        stream = RequestStream(asyncio.get_running_loop())
-        req = GenerationRequest(req_id, reply.prompt_ids, reply.params, reply.resolved.adapter, stream=stream)
-        try:
-            self.engine.submit(req)
-        except QueueFull as exc:
-            self._drop_row(reply.message.id)
-            raise ChatError("busy", "the server is busy; try again in a few seconds", 429) from exc
-        self._requests[reply.message.id] = (user_id, req_id)
-        return stream
+    async def submit_turn(self, user_id: int, turn: Turn) -> tuple[list[tuple[PlannedReply, RequestStream]], ChatError | None]:
+        """Enqueue a turn's replies in order. If the engine's queue fills up, the replies not enqueued
+        are abandoned (their empty rows removed, their slots given back) and the error is returned
+        beside the ones that did start."""
+        started: list[tuple[PlannedReply, RequestStream]] = []
+        for k, reply in enumerate(turn.replies):
+            req_id = f"m{reply.message.id}-{uuid.uuid4().hex[:8]}"
+            stream = RequestStream(asyncio.get_running_loop())
+            try:
+                self.engine.submit(GenerationRequest(req_id, reply.prompt_ids, reply.params, reply.resolved.adapter, stream=stream))
+            except QueueFull:
+                rest = turn.replies[k:]
+                self.release(user_id, len(rest))
+                await to_thread.run_sync(lambda: self._drop_rows([r.message.id for r in rest]))
+                return started, ChatError("busy", "the server is busy; try again in a few seconds", 429)
+            self._requests[reply.message.id] = (user_id, req_id)
+            started.append((reply, stream))
+        return started, None
 
-    def _drop_row(self, message_id: int) -> None:
+    def _drop_rows(self, message_ids: list[int]) -> None:
         with Session(self.db) as session:
-            msg = session.get(Message, message_id)
-            if msg is not None:
-                session.delete(msg)
-                session.commit()
+            for message_id in message_ids:
+                msg = session.get(Message, message_id)
+                if msg is not None:
+                    session.delete(msg)
+            session.commit()
 
     def cancel(self, *, user_id: int, message_id: int) -> bool:
         entry = self._requests.get(message_id)

@@ -501,7 +501,6 @@ class BatchedEngine:
 
     def step(self) -> bool:
         """One scheduling round and up to two forward passes; False when there was nothing to do."""
-        self._counters.steps += 1
         # 1. schedule: cancellations free their rows now, then admit into the free rows
         cancelled = [r for r in self._running if r.req.cancelled.is_set()]
         for row in cancelled:
@@ -536,7 +535,9 @@ class BatchedEngine:
             self._sample(old, logits)
         # 4. retire rows that ended; keep the batch a dense prefix of the buffers
         self._retire()
-        return bool(new or old or cancelled)
+        busy = bool(new or old or cancelled)
+        self._counters.steps += busy  # idle wake-ups are not steps
+        return busy
 
     # --- scheduling -------------------------------------------------------------
     def _admit(self) -> list[_Row]:

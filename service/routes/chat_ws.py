@@ -51,23 +51,17 @@ class Connection:
         await self.send({"type": "error", "code": code, "detail": detail})
 
     async def start(self, turn: Turn) -> None:
-        """Submit every planned reply; a reply the engine refuses gets an error frame."""
-        for k, reply in enumerate(turn.replies):
-            try:
-                stream = self.chat.submit(self.user.id, reply)
-            except ChatError as exc:
-                for rest in turn.replies[k:]:
-                    self.chat.release(self.user.id)
-                    if rest is not reply:
-                        self.chat._drop_row(rest.message.id)
-                await self.error(exc.code, exc.detail)
-                return
+        """Submit every planned reply; replies the engine refuses get one error frame."""
+        started, error = await self.chat.submit_turn(self.user.id, turn)
+        for reply, stream in started:
             await self.send({
                 "type": "start", "conversation_id": turn.conversation_id, "user_message_id": turn.user_message_id,
                 "message_id": reply.message.id, "alternative": reply.message.alternative_index,
                 "adapter_version": reply.resolved.label, "policy": reply.resolved.policy,
             })
             self.tasks[reply.message.id] = asyncio.create_task(self.pump(reply, stream))
+        if error is not None:
+            await self.error(error.code, error.detail)
 
     async def pump(self, reply: PlannedReply, stream) -> None:
         mid = reply.message.id
@@ -101,28 +95,13 @@ class Connection:
             if kind == "chat":
                 frame = ChatFrame.model_validate(data)
                 params = self.chat.sampling(max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
-                self.chat.check_content(frame.content)
-                if frame.alternatives > self.chat.settings.max_alternatives:
-                    raise ChatError("bad_frame", f"alternatives must be between 1 and {self.chat.settings.max_alternatives}")
-                self.chat.reserve(self.user.id, frame.alternatives)
-                try:
-                    turn = await self.chat.start_turn(
-                        user_id=self.user.id, conversation_id=frame.conversation_id, content=frame.content,
-                        alternatives=frame.alternatives, params=params, parent_id=frame.parent_id)
-                except BaseException:
-                    self.chat.release(self.user.id, frame.alternatives)
-                    raise
-                await self.start(turn)
+                await self.start(await self.chat.start_turn(
+                    user_id=self.user.id, conversation_id=frame.conversation_id, content=frame.content,
+                    alternatives=frame.alternatives, params=params, parent_id=frame.parent_id))
             elif kind == "regenerate":
                 frame = RegenerateFrame.model_validate(data)
                 params = self.chat.sampling(max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
-                self.chat.reserve(self.user.id, 1)
-                try:
-                    turn = await self.chat.start_regenerate(user_id=self.user.id, message_id=frame.message_id, params=params)
-                except BaseException:
-                    self.chat.release(self.user.id, 1)
-                    raise
-                await self.start(turn)
+                await self.start(await self.chat.start_regenerate(user_id=self.user.id, message_id=frame.message_id, params=params))
             elif kind == "cancel":
                 frame = CancelFrame.model_validate(data)
                 if not self.chat.cancel(user_id=self.user.id, message_id=frame.message_id):

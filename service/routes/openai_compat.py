@@ -45,19 +45,13 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Current
     try:
         params = chat.sampling(max_new_tokens=body.max_completion_tokens or body.max_tokens,
                                temperature=body.temperature, top_p=body.top_p, seed=body.seed)
-        chat.reserve(user.id, 1)
-    except ChatError as exc:
-        raise _http(exc) from exc
-    try:
         turn = await chat.add_plain_conversation(user_id=user.id, messages=[m.model_dump() for m in body.messages], params=params)
-        reply = turn.replies[0]
-        stream = chat.submit(user.id, reply)
     except ChatError as exc:
-        chat.release(user.id)
         raise _http(exc) from exc
-    except BaseException:
-        chat.release(user.id)
-        raise
+    started, error = await chat.submit_turn(user.id, turn)
+    if error is not None:
+        raise _http(error)
+    reply, stream = started[0]
     completion_id = str(reply.message.id)
     created = int(time.time())
     model = _model_name(request)

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -24,6 +21,7 @@ from service.db import init_db, make_engine
 from service.models import Feedback, User
 
 from tests.learning.conftest import Seeder
+from tests.servers import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -31,27 +29,8 @@ KILLS = 2
 CLIENTS = 8
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(settings, port: int, log) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1", ASSISTANT_DATA_DIR=str(settings.data_dir),
-               ASSISTANT_DEV_MODE="1", ASSISTANT_PORT=str(port), ASSISTANT_HOST="127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(400):  # polls, not clock time: on a shared, suspendable VM the clock can jump
-        assert proc.poll() is None, "the server exited during start-up"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("the server did not become healthy in 400 polls")
+def server_env(settings) -> dict[str, str]:
+    return {"PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1", "ASSISTANT_DATA_DIR": str(settings.data_dir)}
 
 
 def test_kill_minus_nine_under_rating_load_loses_no_acknowledged_rating(make_settings, tmp_path):
@@ -60,8 +39,8 @@ def test_kill_minus_nine_under_rating_load_loses_no_acknowledged_rating(make_set
     init_db(engine)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "w")
-    server = start_server(settings, port, log)
+    log = tmp_path / "server.log"
+    server = start_server(server_env(settings), port, log)
     acked: dict[int, str] = {}  # message id -> rating, for every HTTP 200
     try:
         httpx.post(f"{base}/api/auth/register", json={"username": "rater", "password": "pass-word-123"}).raise_for_status()
@@ -105,18 +84,12 @@ def test_kill_minus_nine_under_rating_load_loses_no_acknowledged_rating(make_set
                 time.sleep(0.05)
             server.send_signal(signal.SIGKILL)
             server.wait(timeout=30)
-            server = start_server(settings, port, log)
+            server = start_server(server_env(settings), port, log)
         for t in threads:
             t.join(timeout=120)
         stop.set()
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        log.close()
+        stop_server(server)
     assert len(acked) == len(messages), "the load did not finish (see server.log)"
     with Session(engine) as s:
         rows = s.exec(select(Feedback).where(Feedback.user_id == uid)).all()

@@ -17,8 +17,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -31,7 +29,8 @@ from sqlmodel import Session, select
 from service.db import init_db, make_engine
 from service.models import Feedback
 
-from tests.deploy.test_fault_server import free_port, start_server
+from tests.deploy.test_fault_server import server_env
+from tests.servers import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 logger = logging.getLogger(__name__)
@@ -55,8 +54,7 @@ def test_fifty_websocket_clients_chat_and_rate_without_losing_ratings(make_setti
     port = free_port()
     base, ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/api/chat"
     log_path = tmp_path / "server.log"
-    log = open(log_path, "w")
-    server = start_server(settings, port, log)
+    server = start_server(server_env(settings), port, log_path)
     acked: dict[int, str] = {}
     errors: list[str] = []
     turns = [0]
@@ -115,12 +113,7 @@ def test_fifty_websocket_clients_chat_and_rate_without_losing_ratings(make_setti
     finally:
         stop_sampling.set()
         sampler.join(timeout=5)
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        stop_server(server)
     server_log = log_path.read_text()
     logger.info("%d chat turns and %d acknowledged ratings in %.0f s; RSS samples (kB): %s",
                 turns[0], len(acked), SECONDS, [kb for _, kb in samples[:: max(1, len(samples) // 10)]])

@@ -9,15 +9,12 @@ browsers here); ``make test`` installs it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_port, start_server, stop_server
 
 CHROMIUM = os.environ.get("ASSISTANT_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -25,14 +22,7 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run",
 ]
 ADMIN_PASSWORD = "operator-pass-123"
-REPO = Path(__file__).resolve().parents[2]
 
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -61,45 +51,19 @@ def server(request, tmp_path_factory):
     model_data_dir = request.getfixturevalue("model_data_dir")
     data = tmp_path_factory.mktemp("browserdata")
     (data / "models").symlink_to(model_data_dir / "models")
-    port = _free_port()
+    port = free_port()
     env = dict(
-        os.environ,
         ASSISTANT_DATA_DIR=str(data),
-        ASSISTANT_DEV_MODE="1",
         ASSISTANT_ADMIN_PASSWORD=ADMIN_PASSWORD,
         ASSISTANT_DEFAULT_MAX_NEW_TOKENS="16",
         ASSISTANT_ENGINE=os.environ.get("ASSISTANT_TEST_ENGINE", "batched"),
         ASSISTANT_EXPLORATION_SHARE="0",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
     )
     log = data / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--no-worker", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
+    proc = start_server(env, port, log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not answer /healthz in 120 s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
     yield Server(url, data, proc, log)
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc, timeout=15)
 
 
 @pytest.fixture(scope="package")

@@ -3,49 +3,30 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.servers import free_port, start_server, stop_server
 
 
 def test_serve_starts_offline(tmp_path, model_data_dir):
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "data"
     data.mkdir()
     (data / "models").symlink_to(model_data_dir / "models")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ASSISTANT_DATA_DIR=str(data),
-               ASSISTANT_DEV_MODE="1", ASSISTANT_ADMIN_PASSWORD="admin-pass-1", ASSISTANT_DEFAULT_MAX_NEW_TOKENS="4",
-               HF_HOME=str(tmp_path / "empty-hf-home"))
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(HF_HUB_OFFLINE="1", ASSISTANT_DATA_DIR=str(data), ASSISTANT_ADMIN_PASSWORD="admin-pass-1",
+               ASSISTANT_DEFAULT_MAX_NEW_TOKENS="4", HF_HOME=str(tmp_path / "empty-hf-home"))
+    proc = start_server(env, port, tmp_path / "serve.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "server did not become healthy"
-            time.sleep(0.5)
         tok = httpx.post(f"{base}/api/auth/token", data={"username": "admin", "password": "admin-pass-1"}).json()["access_token"]
         r = httpx.post(f"{base}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]},
                        headers={"Authorization": f"Bearer {tok}"}, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)
 
 
 def test_serve_refuses_default_secret(tmp_path):

@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +20,7 @@ import pytest
 from learning.sim.evaluate import add_evaluate_arguments, main_evaluate
 from learning.sim.simulate import add_simulate_arguments, main_simulate, simulations_dir
 from service.settings import Settings
+from tests.servers import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -33,12 +32,6 @@ TINY_BUDGETS = {
     "ASSISTANT_GATE_PROMPTS": "2", "ASSISTANT_MIN_USER_LABELS": "3", "ASSISTANT_MIN_GLOBAL_LABELS": "3",
     "ASSISTANT_LORA_R": "4", "ASSISTANT_LORA_ALPHA": "8",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _parse(add, argv: list[str]) -> argparse.Namespace:
@@ -54,30 +47,15 @@ def service(tmp_path_factory, model_data_dir):
     data = tmp / "data"
     data.mkdir()
     (data / "models").symlink_to(model_data_dir / "models")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ASSISTANT_DATA_DIR=str(data),
                ASSISTANT_DEV_MODE="1", ASSISTANT_ADMIN_PASSWORD=ADMIN_PASSWORD, ASSISTANT_DEFAULT_MAX_NEW_TOKENS="8",
                ASSISTANT_SCHEDULE_ENABLED="0", ASSISTANT_PORT=str(port), **TINY_BUDGETS)
-    log = (tmp / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc = start_server(env, port, tmp / "serve.log", polls=600)
     try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, (tmp / "serve.log").read_text()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "server did not become healthy"
-            time.sleep(0.5)
-        yield base, data, env
+        yield f"http://127.0.0.1:{port}", data, env
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        stop_server(proc)
 
 
 def _settings(data: Path) -> Settings:
