@@ -51,7 +51,11 @@ class Budgets:
 
     # --- reward and harm models --------------------------------------------
     reward_steps: int = 300
-    """Full-batch optimisation steps for the global reward head (and the harm head)."""
+    """Full-batch optimisation steps for the global reward head."""
+
+    harm_steps: int = 1000
+    """Full-batch optimisation steps for the harm head (rare positives need more to converge; the
+    prior correction assumes a converged fit)."""
 
     reward_lr: float = 0.01
     """Adam learning rate for the reward and harm heads."""
@@ -135,11 +139,18 @@ class Budgets:
 
     # --- harm flagger --------------------------------------------------------
     harm_judge: str = "none"
-    """Automated harm flagger: "none", "keywords" (a built-in word list) or a name registered with
+    """Automated harm flagger: "none", "keywords" (a built-in word list), "profanity-check"
+    (alt-profanity-check, the simulation's judge) or a name registered with
     learning.harm.register_judge. Its flags add harm labels and take part in the PPO penalty."""
 
     harm_judge_threshold: float = 0.5
     """A judge score at or above this counts as a harm flag."""
+
+    harm_min_positive: int = 8
+    """Fewest harmful labels (training split) before the learned harm head is fitted and used; below
+    it only the judge (if any) scores harm. A linear head on ~1k frozen features fitted to a handful
+    of positives flags ordinary replies (seen in the simulation: 4 positives flagged 27-43% of
+    ordinary replies and nearly every PPO sample)."""
 
     seed: int = 0
     """Seed for sampling and initialisation."""
@@ -172,7 +183,7 @@ class Budgets:
         problems = []
         positive_ints = ("ppo_steps", "ppo_batch_size", "ppo_minibatch_size", "ppo_epochs", "ppo_max_new_tokens",
                          "lora_r", "lora_alpha", "gate_prompts", "reward_steps", "max_prompt_tokens", "max_reply_tokens",
-                         "global_max_items_per_user")
+                         "global_max_items_per_user", "harm_min_positive", "harm_steps")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 problems.append(f"{self.env_name(name)} must be at least 1 (got {getattr(self, name)})")

@@ -13,6 +13,7 @@ PPO penalty. ``register_judge`` lets other code (e.g. an alt-profanity-check jud
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
@@ -57,7 +58,16 @@ class KeywordJudge:
         return [1.0 if self._pattern.search(t) else 0.0 for t in texts]
 
 
-_JUDGES: dict[str, Callable[[], HarmJudge]] = {"keywords": KeywordJudge}
+def _profanity_check() -> HarmJudge:
+    """alt-profanity-check (a classifier trained on human-labelled offensive text, from PyPI), the
+    simulation's judge, so synthetic flags at training time come from the same kind of judge users
+    of the simulation apply."""
+    from learning.sim.judge import ProfanityCheckJudge
+
+    return ProfanityCheckJudge()
+
+
+_JUDGES: dict[str, Callable[[], HarmJudge]] = {"keywords": KeywordJudge, "profanity-check": _profanity_check}
 
 
 def register_judge(name: str, factory: Callable[[], HarmJudge]) -> None:
@@ -85,7 +95,8 @@ def judge_flagger(judge: HarmJudge, threshold: float) -> Callable[[list[tuple[in
 
 
 class HarmModel:
-    """P(harmful | prompt, reply). Untrained (no positive labels yet) means P = 0 everywhere."""
+    """P(harmful | prompt, reply). Untrained (fewer than ``harm_min_positive`` harmful labels) means
+    the head gives 0 everywhere and only the judge, if any, scores harm."""
 
     def __init__(self, cache: FeatureCache, budgets: Budgets, judge: HarmJudge | None = None) -> None:
         self.cache = cache
@@ -107,8 +118,10 @@ class HarmModel:
         held = [h for h in pool.harm if is_heldout(h.key, frac)]
         n_pos = sum(h.harmful for h in train)
         self.metrics = {"harm/train_labels": len(train), "harm/train_positive": n_pos, "harm/trained": False}
-        if n_pos == 0 or n_pos == len(train):
-            logger.info("harm model not trained: %d harmful of %d labels (needs both kinds)", n_pos, len(train))
+        if n_pos < self.budgets.harm_min_positive or n_pos == len(train):
+            logger.info("harm head not trained: %d harmful of %d labels (needs at least %d harmful and some harmless; "
+                        "ASSISTANT_HARM_MIN_POSITIVE); harm is scored by the judge only", n_pos, len(train),
+                        self.budgets.harm_min_positive)
             return self.metrics
         feats = self.cache.features([h.prompt for h in train], [h.reply for h in train])  # (N, F)
         labels = torch.tensor([float(h.harmful) for h in train])
@@ -119,14 +132,21 @@ class HarmModel:
         opt = torch.optim.Adam([w, b], lr=self.budgets.reward_lr)
         x = (feats - self.mu) / self.sigma
         stats: dict[str, float] = {}
-        for _ in range(self.budgets.reward_steps):
-            loss, stats = pointwise_bce_loss(x @ w + b, labels, pos_weight=(len(train) - n_pos) / n_pos)
+        # The rare positives are up-weighted so the head learns them at all; that shifts every logit
+        # by log(pos_weight) (the odds of the re-weighted sample), which left in place calls ordinary
+        # replies harmful. Subtracting it again restores the labels' own base rate (the prior
+        # correction of King & Zeng 2001, "Logistic Regression in Rare Events Data", sec. 4.1), so
+        # P(harm) is a probability the PPO penalty and the gate's 0.5 cut can use.
+        pos_weight = (len(train) - n_pos) / n_pos
+        for _ in range(self.budgets.harm_steps):
+            loss, stats = pointwise_bce_loss(x @ w + b, labels, pos_weight=pos_weight)
             loss = loss + self.budgets.reward_weight_decay * w.pow(2).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
-        self.weight, self.bias = w.detach(), b.detach()
-        self.metrics.update({"harm/trained": True, "harm/train_loss": stats["loss"], "harm/train_accuracy": stats["accuracy"]})
+        self.weight, self.bias = w.detach(), b.detach() - math.log(pos_weight)
+        self.metrics.update({"harm/trained": True, "harm/train_loss": stats["loss"], "harm/train_accuracy": stats["accuracy"],
+                             "harm/prior_correction": -math.log(pos_weight)})
         if held:
             p = self.prob(self.cache.features([h.prompt for h in held], [h.reply for h in held]))
             y = torch.tensor([float(h.harmful) for h in held])
@@ -135,6 +155,8 @@ class HarmModel:
             self.metrics["harm/heldout_accuracy"] = float((pred == y).float().mean())
             if y.sum() > 0:
                 self.metrics["harm/heldout_recall"] = float((pred * y).sum() / y.sum())
+            if (1 - y).sum() > 0:
+                self.metrics["harm/heldout_false_positive_rate"] = float((pred * (1 - y)).sum() / (1 - y).sum())
         return self.metrics
 
     def prob(self, feats: torch.Tensor, texts: Sequence[str] | None = None) -> torch.Tensor:

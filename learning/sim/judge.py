@@ -1,11 +1,8 @@
 """Harm judges for the simulation and the evaluation: ``score(texts) -> [0, 1]`` plus a threshold.
 
-The protocol matches ``learning.harm.HarmJudge`` (a ``name`` and a batched ``score``), so a judge
-built here can also be registered as the trainer's automated flagger::
-
-    from learning.harm import register_judge
-    from learning.sim.judge import ProfanityCheckJudge
-    register_judge("profanity-check", ProfanityCheckJudge)
+The protocol matches ``learning.harm.HarmJudge`` (a ``name`` and a batched ``score``), so the
+trainer uses ``ProfanityCheckJudge`` as its automated flagger with
+``ASSISTANT_HARM_JUDGE=profanity-check`` (``learning.harm`` knows it by that name).
 
 - ``profanity-check`` (default): ``alt-profanity-check`` from PyPI, a linear SVM over a
   bag of words (scikit-learn, shipped inside the wheel; no network). It scores insults and

@@ -1,0 +1,70 @@
+"""The harm head: not fitted on a handful of positives; prior-corrected when it is.
+
+Features come from a small stand-in for ``FeatureCache`` (a fixed vector per reply text), so these
+tests exercise the head's fitting rules, not the backbone.
+"""
+
+import zlib
+from datetime import datetime, timezone
+
+import torch
+
+from learning.config import Budgets
+from learning.data import Dataset, HarmLabel
+from learning.harm import HarmModel, KeywordJudge
+
+DIM = 32
+
+
+class TextFeatures:
+    """Deterministic features per reply: harmful replies are shifted along the first axis."""
+
+    def features(self, prompts, replies):
+        rows = []
+        for reply in replies:
+            g = torch.Generator().manual_seed(zlib.crc32(reply.encode()))
+            x = torch.randn(DIM, generator=g)
+            if reply.startswith("harmful"):
+                x[0] += 10.0
+            rows.append(x)
+        return torch.stack(rows)  # (N, DIM)
+
+
+def labels(n_harmful: int, n_harmless: int) -> Dataset:
+    now = datetime.now(timezone.utc)
+    harm = [HarmLabel(1, "p", f"harmful {i}", 1, i, f"feedback:{i}", now) for i in range(n_harmful)]
+    harm += [HarmLabel(1, "p", f"fine {i}", 0, 1000 + i, f"feedback:{1000 + i}", now) for i in range(n_harmless)]
+    return Dataset(harm=harm)
+
+
+def test_few_harmful_labels_leave_the_head_untrained_and_the_judge_scores_alone():
+    model = HarmModel(TextFeatures(), Budgets(harm_min_positive=8), judge=KeywordJudge())
+    metrics = model.fit(labels(4, 100))
+    assert not model.trained and metrics["harm/trained"] is False
+    feats = TextFeatures().features(["p", "p"], ["fine reply", "harmful reply"])
+    # untrained head: 0 for both; the judge still flags an insult
+    assert model.prob(feats).tolist() == [0.0, 0.0]
+    assert model.prob(feats, ["a fine reply", "fuck you"]).tolist() == [0.0, 1.0]
+
+
+def test_prior_correction_keeps_ordinary_replies_below_the_cut():
+    budgets = Budgets(harm_min_positive=8)
+    model = HarmModel(TextFeatures(), budgets)
+    metrics = model.fit(labels(12, 300))
+    assert model.trained
+    # the correction is log(neg/pos) of the training split, subtracted from the bias
+    assert metrics["harm/prior_correction"] < -2.0
+    fresh_fine = TextFeatures().features(["p"] * 200, [f"fine new {i}" for i in range(200)])
+    fresh_harm = TextFeatures().features(["p"] * 50, [f"harmful new {i}" for i in range(50)])
+    fp = float((model.prob(fresh_fine) >= 0.5).float().mean())
+    recall = float((model.prob(fresh_harm) >= 0.5).float().mean())
+    assert fp <= 0.05, fp
+    assert recall >= 0.5, recall
+
+
+def test_the_simulation_judge_is_a_trainer_judge_by_name():
+    from learning.harm import make_judge
+
+    judge = make_judge("profanity-check")
+    insult, fine = judge.score(["You are a fucking idiot, shut up.", "Tea is best brewed for three minutes."])
+    assert insult >= 0.5 > fine
