@@ -137,7 +137,7 @@ def conversation_before(messages_by_id: dict[int, Message], reply: Message) -> l
     return list(reversed(chain))
 
 
-def _load_messages(session: Session, ids: Iterable[int]) -> dict[int, Message]:
+def load_messages(session: Session, ids: Iterable[int]) -> dict[int, Message]:
     """The given messages plus all their ancestors."""
     out: dict[int, Message] = {}
     frontier = set(ids)
@@ -190,7 +190,7 @@ def build_dataset(
     feedback = session.exec(select(Feedback).order_by(Feedback.id)).all()
     rankings = session.exec(select(Ranking).order_by(Ranking.id)).all()
     ranked_ids = {mid for r in rankings for mid in r.message_ids}
-    messages = _load_messages(session, {f.message_id for f in feedback} | ranked_ids)
+    messages = load_messages(session, {f.message_id for f in feedback} | ranked_ids)
 
     prompts: dict[int, str] = {}
 
@@ -250,7 +250,7 @@ def build_dataset(
     if judge_flags is not None:
         newest = session.exec(select(Message.id).where(Message.role == "assistant")
                               .order_by(Message.id.desc()).limit(JUDGE_SCAN_LIMIT)).all()
-        messages.update(_load_messages(session, [i for i in newest if i not in messages]))
+        messages.update(load_messages(session, [i for i in newest if i not in messages]))
         judged = [(mid, messages[mid].content) for mid in sorted(newest) if usable(messages.get(mid))]
         for (mid, text), flagged in zip(judged, judge_flags(judged)):
             if flagged:
@@ -306,7 +306,7 @@ def recent_prompts(session: Session, render: Renderer, user_id: int, limit: int)
     rows = session.exec(
         select(Message).where(Message.user_id == user_id, Message.role == "user").order_by(Message.id.desc()).limit(limit)
     ).all()
-    messages = _load_messages(session, [m.id for m in rows])
+    messages = load_messages(session, [m.id for m in rows])
     out = []
     for m in rows:
         if not m.content.strip():

@@ -140,7 +140,7 @@ class HarmModel:
         pos_weight = (len(train) - n_pos) / n_pos
         for _ in range(self.budgets.harm_steps):
             loss, stats = pointwise_bce_loss(x @ w + b, labels, pos_weight=pos_weight)
-            loss = loss + self.budgets.reward_weight_decay * w.pow(2).sum()
+            loss = loss + self.budgets.harm_weight_decay * w.pow(2).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -165,7 +165,8 @@ def sample(model, tokenizer, prompts: Sequence[str], budgets: Budgets, seed: int
 
 
 def forward_logprobs(model, samples: Samples, temperature: float, value_head: ValueHead | None = None):
-    """Log-probs of the sampled reply tokens (B, T), values (B, T) or None, last hidden (B, P+T, H)."""
+    """Log-probs of the sampled reply tokens (B, T), values (B, T) or None, and the per-layer hidden
+    states (each (B, P+T, H), embeddings first)."""
     device = next(model.parameters()).device
     qr, attn, P = samples.query_responses.to(device), samples.attention_mask.to(device), samples.prompt_len
     T = qr.shape[1] - P
@@ -175,7 +176,7 @@ def forward_logprobs(model, samples: Samples, temperature: float, value_head: Va
     logprobs = torch.gather(F.log_softmax(logits, dim=-1), 2, qr[:, P:].unsqueeze(-1)).squeeze(-1)  # (B, T)
     hidden = out.hidden_states[-1]  # (B, P + T, H)
     values = value_head(hidden[:, P - 1:-1].float()) if value_head is not None else None  # (B, T)
-    return logprobs, values, hidden
+    return logprobs, values, out.hidden_states
 
 
 @torch.no_grad()
@@ -184,7 +185,7 @@ def score_samples(model, samples: Samples, scorer: Scorer, budgets: Budgets) -> 
     with reference_mode(model):
         ref_logprobs, _, ref_hidden = forward_logprobs(model, samples, budgets.ppo_temperature)
     reply_mask = torch.cat([torch.zeros(samples.response_mask.shape[0], samples.prompt_len), samples.response_mask], 1)
-    feats = reply_features(ref_hidden.cpu(), reply_mask)  # (B, 2H): the reward model's features
+    feats = reply_features([h.cpu() for h in ref_hidden], reply_mask)  # (B, 2H): the reward model's features
     rewards, harm = scorer(feats, samples.texts)
     return ref_logprobs.cpu(), rewards.float(), harm.float()
 

@@ -1,7 +1,11 @@
 """Scalar reward model on (prompt, reply): frozen base backbone + linear scalar heads.
 
-Features: the base model's last hidden layer (adapter disabled) at the reply's last token,
-concatenated with its mean over the reply tokens -> (2H,). They are computed once per
+Features: the base model's (adapter disabled) final hidden state at the reply's last token,
+concatenated with a middle layer's mean over the reply tokens -> (2H,). The middle layer keeps
+more of what the reply says and how (words, punctuation, list layout) than the last one, which
+is shaped for predicting the next token: on profile-labelled pairs of stored replies
+(``assistant reward-curve``, 200 pairs, replies never seen in training) the middle-layer mean
+scored 0.64-0.82 against 0.60-0.75 for the final layer's. They are computed once per
 (prompt, reply) and cached, so fitting heads is cheap on a CPU. PPO reuses the reference
 forward pass (the same frozen backbone) to get the features of its samples for free.
 
@@ -46,16 +50,19 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, L)
 
 
-def reply_features(hidden: torch.Tensor, reply_mask: torch.Tensor) -> torch.Tensor:
-    """Concatenate the hidden state at the last reply token and the mean over reply tokens.
+def reply_features(hidden_states: Sequence[torch.Tensor], reply_mask: torch.Tensor) -> torch.Tensor:
+    """The final layer at the last reply token, concatenated with the middle layer's mean over
+    the reply tokens.
 
-    ``hidden``: (B, L, H); ``reply_mask``: (B, L) 1.0 on reply tokens. Returns (B, 2H).
+    ``hidden_states``: the model's per-layer outputs (embeddings first), each (B, L, H);
+    ``reply_mask``: (B, L) 1.0 on reply tokens. Returns (B, 2H).
     """
-    mask = reply_mask.to(hidden.dtype)
+    final, middle = hidden_states[-1], hidden_states[len(hidden_states) // 2]
+    mask = reply_mask.to(final.dtype)
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # (B, L)
     last = torch.where(mask > 0, positions, torch.full_like(positions, -1)).max(1).values.clamp(min=0)  # (B,)
-    h_last = hidden[torch.arange(hidden.shape[0]), last]  # (B, H)
-    h_mean = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)  # (B, H)
+    h_last = final[torch.arange(final.shape[0]), last]  # (B, H)
+    h_mean = (middle * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)  # (B, H)
     return torch.cat([h_last, h_mean], dim=-1).float()
 
 
@@ -107,7 +114,7 @@ class FeatureCache:
                     output_hidden_states=True,
                     logits_to_keep=1,
                 )
-            feats = reply_features(out.hidden_states[-1].cpu(), reply_mask)  # (B, 2H)
+            feats = reply_features([h.cpu() for h in out.hidden_states], reply_mask)  # (B, 2H)
             for k, f in zip(chunk, feats):
                 self._cache[k] = f
         if not keys:
@@ -138,7 +145,7 @@ class RewardHead:
         return (self.logits(feats) - self.r_mean) / self.r_std
 
 
-def _fit_head(
+def fit_head(
     pair_feats: tuple[torch.Tensor, torch.Tensor] | None,
     point_feats: tuple[torch.Tensor, torch.Tensor] | None,
     mu: torch.Tensor,
@@ -236,7 +243,7 @@ class RewardModel:
             raise ValueError("no training labels for the reward model; collect ratings or rankings first")
         stacked = torch.cat(all_feats)  # (N, F)
         mu, sigma = stacked.mean(0), stacked.std(0).clamp(min=1e-4) if len(stacked) > 1 else torch.ones(stacked.shape[1])
-        head, fit_stats = _fit_head(pf, tf, mu, sigma, self.budgets)
+        head, fit_stats = fit_head(pf, tf, mu, sigma, self.budgets)
         self.global_head = _standardise(head, stacked)
         self.metrics["reward/global_train"] = fit_stats
         for user_id in full.user_ids():
@@ -248,7 +255,7 @@ class RewardModel:
             upf, utf = self._pair_feats(upairs), self._point_feats(upoints)
             if upf is None and utf is None:
                 continue
-            uhead, _ = _fit_head(upf, utf, mu, sigma, self.budgets, anchor=self.global_head)
+            uhead, _ = fit_head(upf, utf, mu, sigma, self.budgets, anchor=self.global_head)
             self.user_heads[user_id] = _standardise(uhead, stacked)
         self.metrics.update(self.evaluate(full))
         return self.metrics

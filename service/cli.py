@@ -6,6 +6,7 @@
     assistant provision                                   convert the embedded model once
     assistant simulate [...]                              simulated users over the public API, then evaluate
     assistant evaluate [...]                              win rates, harm, reward accuracy, KL -> reports
+    assistant reward-curve [...]                          reward-model accuracy vs labels per user -> reports
     assistant bench serve [...]                           engine benchmark vs the naive baseline
 
 ``serve`` starts the learning worker as a separate process (never inside the
@@ -95,6 +96,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     main_evaluate(args, _settings())
 
 
+def cmd_reward_curve(args: argparse.Namespace) -> None:
+    from learning.sim.reward_curve import main_reward_curve
+
+    main_reward_curve(args, _settings())
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from service.bench import main_bench
 
@@ -132,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="win rate per user, harm before/after, reward accuracy, KL (in-process, next to the data dir)")
     add_evaluate_arguments(ev)
     ev.set_defaults(func=cmd_evaluate)
+    from learning.sim.reward_curve import add_reward_curve_arguments  # light: no torch at import
+
+    rc = sub.add_parser("reward-curve", help="reward-model held-out accuracy vs labels per user, on stored replies")
+    add_reward_curve_arguments(rc)
+    rc.set_defaults(func=cmd_reward_curve)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
@@ -147,6 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # APScheduler logs two INFO lines per job execution: every poll of the worker (5 s) would
+        # bury the lines about runs. Its warnings (missed runs, job errors) still show.
+        logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
     args.func(args)
 
 

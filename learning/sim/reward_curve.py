@@ -1,0 +1,228 @@
+"""``assistant reward-curve``: how many labels does the reward model need per user?
+
+The full-size simulation gives each user a few dozen votes per round, noisy ones, so the reward
+model's held-out accuracy there says little about what more data would buy. This command answers
+that directly, on this data dir's stored replies and with the production reward head:
+
+1. take the assistant replies the service has stored (any simulation or real use fills them), with
+   their rendered prompts; split them by a hash of the message id into a training and a test pool,
+   so no reply appears on both sides;
+2. for each profile, label random pairs with the profile's hidden preference (ties dropped): test
+   pairs exactly, training pairs with the profile's own vote noise (``Behaviour.noise``: that share
+   of votes is a coin flip), the way its simulated user would vote;
+3. for each size N, fit the reward head exactly as the learning job does (``learning.reward``:
+   frozen-backbone features, ``fit_head`` with this environment's budgets) on N training pairs and
+   report held-out pairwise accuracy, next to "longer reply wins" on the same test pairs.
+
+Outputs ``reward_curve.json``, ``reward_curve.md`` and ``reward_curve.png`` under
+``<data_dir>/reports/reward_curve/<timestamp>/``. It reads the database and never writes to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+
+from learning.sim.profiles import BUILTIN_PROFILES, Profile, ProfileError, load_profiles
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Reply(NamedTuple):
+    user_text: str  # what the profile's preference reads as the prompt (the last user message)
+    prompt: str  # the rendered conversation, as the reward model reads it
+    text: str
+    message_id: int
+
+
+def stored_replies(settings: "Settings", render, limit: int) -> list[Reply]:
+    """Up to ``limit`` non-empty assistant replies of this data dir, oldest first."""
+    from sqlmodel import Session, select
+
+    from learning.data import conversation_before, load_messages
+    from service.db import make_engine
+    from service.models import Message
+
+    with Session(make_engine(settings)) as session:
+        rows = session.exec(select(Message).where(Message.role == "assistant").order_by(Message.id).limit(limit)).all()
+        by_id = load_messages(session, {m.id for m in rows})
+        out = []
+        for m in rows:
+            if not m.content.strip():
+                continue
+            conversation = conversation_before(by_id, m)
+            out.append(Reply(conversation[-1]["content"], render(conversation), m.content, m.id))
+    return out
+
+
+def labelled_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
+                   noise: float) -> list[tuple[int, int]]:
+    """``count`` (chosen, rejected) index pairs under ``profile`` (replies may answer different
+    prompts); with probability ``noise`` a pair's order is a coin flip. Ties are skipped."""
+    pairs: list[tuple[int, int]] = []
+    attempts = 0
+    while len(pairs) < count and attempts < 50 * count:
+        attempts += 1
+        i, j = rng.randrange(len(replies)), rng.randrange(len(replies))
+        if i == j:
+            continue
+        # each reply is scored against its own prompt, as a pointwise reward model scores it
+        sa, sb = profile.score(replies[i].user_text, replies[i].text), profile.score(replies[j].user_text, replies[j].text)
+        if math.isclose(sa, sb, rel_tol=1e-9, abs_tol=1e-9):
+            continue
+        verdict = 1.0 if sa > sb else 0.0
+        if rng.random() < noise:
+            verdict = float(rng.random() < 0.5)
+        pairs.append((i, j) if verdict == 1.0 else (j, i))
+    return pairs
+
+
+def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int], *, test_pairs: int = 400,
+          max_replies: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The reward head's held-out accuracy per profile and training-set size."""
+    import hashlib
+
+    import torch
+
+    from learning.config import Budgets
+    from learning.data import chat_renderer
+    from learning.reward import FeatureCache, fit_head
+    from service.model_loading import load_base_model, load_tokenizer
+
+    budgets = Budgets.from_env()
+    tokenizer = load_tokenizer(settings)
+    replies = stored_replies(settings, chat_renderer(tokenizer), max_replies)
+    if len(replies) < 20:
+        raise ValueError(f"only {len(replies)} stored replies in {settings.data_dir}; run `assistant simulate` "
+                         "(or use the service) first so there are replies to label")
+
+    def in_test(r: Reply) -> bool:
+        return int(hashlib.sha256(str(r.message_id).encode()).hexdigest()[:8], 16) % 10 < 3
+
+    train_pool = [r for r in replies if not in_test(r)]
+    test_pool = [r for r in replies if in_test(r)]
+    cache = FeatureCache(load_base_model(settings, dtype=torch.float32), tokenizer, budgets)
+    train_x = cache.features([r.prompt for r in train_pool], [r.text for r in train_pool])  # (N_train, F)
+    test_x = cache.features([r.prompt for r in test_pool], [r.text for r in test_pool])  # (N_test, F)
+    mu, sigma = train_x.mean(0), train_x.std(0).clamp(min=1e-4)
+
+    results: dict[str, Any] = {}
+    for profile in profiles:
+        rng = random.Random(seed)
+        test = labelled_pairs(test_pool, profile, test_pairs, rng, noise=0.0)
+        longer = [1.0 if len(test_pool[c].text) > len(test_pool[r].text) else
+                  0.5 if len(test_pool[c].text) == len(test_pool[r].text) else 0.0 for c, r in test]
+        entry: dict[str, Any] = {"test_pairs": len(test), "noise": profile.behaviour.noise,
+                                 "length_baseline_accuracy": sum(longer) / len(longer) if longer else None, "sizes": {}}
+        for n in sizes:
+            train = labelled_pairs(train_pool, profile, n, rng, noise=profile.behaviour.noise)
+            head, _ = fit_head((train_x[[c for c, _ in train]], train_x[[r for _, r in train]]), None, mu, sigma, budgets)
+            with torch.no_grad():
+                wins = head.logits(test_x[[c for c, _ in test]]) > head.logits(test_x[[r for _, r in test]])  # (T,)
+            entry["sizes"][str(n)] = {"train_pairs": len(train), "accuracy": float(wins.float().mean())}
+            logger.info("reward curve %s: %d pairs -> held-out accuracy %.3f", profile.name, len(train),
+                        entry["sizes"][str(n)]["accuracy"])
+        results[profile.name] = entry
+    return {
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "base_model": settings.model,
+        "replies": {"train_pool": len(train_pool), "test_pool": len(test_pool)},
+        "budgets": {"reward_steps": budgets.reward_steps, "reward_lr": budgets.reward_lr,
+                    "reward_weight_decay": budgets.reward_weight_decay},
+        "sizes": list(sizes),
+        "profiles": results,
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    sizes = [str(n) for n in report["sizes"]]
+    lines = [
+        f"# Reward-model learning curve {report['created_at']}",
+        "",
+        f"Held-out pairwise accuracy of the production reward head (frozen `{report['base_model']}` features) "
+        f"trained on N profile-labelled pairs of stored replies ({report['replies']['train_pool']} training / "
+        f"{report['replies']['test_pool']} test replies), next to \"longer reply wins\".",
+        "",
+        "| profile | " + " | ".join(f"N={n}" for n in sizes) + " | longer wins | test pairs |",
+        "|---|" + "---|" * (len(sizes) + 2),
+    ]
+    for name, entry in report["profiles"].items():
+        accs = [f"{entry['sizes'][n]['accuracy']:.2f}" for n in sizes]
+        base = entry["length_baseline_accuracy"]
+        lines.append(f"| {name} | " + " | ".join(accs) + f" | {'–' if base is None else f'{base:.2f}'} | {entry['test_pairs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict[str, Any], reports_dir: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = reports_dir / "reward_curve" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "reward_curve.json", "markdown": out / "reward_curve.md", "plot": out / "reward_curve.png"}
+    paths["json"].write_text(json.dumps(report, indent=2))
+    paths["markdown"].write_text(render_markdown(report))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, entry in report["profiles"].items():
+        xs = [entry["sizes"][str(n)]["train_pairs"] for n in report["sizes"]]
+        ax.plot(xs, [entry["sizes"][str(n)]["accuracy"] for n in report["sizes"]], marker="o", label=name)
+    ax.axhline(0.85, color="grey", linestyle="--", linewidth=1, label="target 0.85")
+    ax.set_xscale("log")
+    ax.set_xlabel("training pairs per user")
+    ax.set_ylabel("held-out pairwise accuracy")
+    ax.set_ylim(0.4, 1.0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(paths["plot"], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def add_reward_curve_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``assistant reward-curve`` (service/cli.py adds them to its sub-parser)."""
+    p.add_argument("--profiles", default="concise,detailed,bulleted,formal,enthusiastic",
+                   help="comma-separated profile names (built-in or from --profiles-file)")
+    p.add_argument("--profiles-file", type=Path, default=None, help="JSON or TOML file with operator-defined profiles")
+    p.add_argument("--sizes", default="20,60,200,600", help="comma-separated training-pair counts")
+    p.add_argument("--test-pairs", type=int, default=400, help="held-out pairs per profile")
+    p.add_argument("--max-replies", type=int, default=2000, help="stored replies to use at most")
+    p.add_argument("--seed", type=int, default=0, help="seed for pair sampling and vote noise")
+
+
+def main_reward_curve(args: argparse.Namespace, settings=None) -> dict[str, Path]:
+    if settings is None:
+        from service.settings import get_settings
+
+        settings = get_settings()
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+        if not sizes or min(sizes) < 2:
+            raise ValueError(f"--sizes {args.sizes!r} must list pair counts of at least 2, e.g. 20,60,200")
+        if args.test_pairs < 10:
+            raise ValueError("--test-pairs must be at least 10")
+        extra = load_profiles(args.profiles_file) if args.profiles_file else {}
+        known = {**BUILTIN_PROFILES, **extra}
+        names = [n.strip() for n in args.profiles.split(",") if n.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise ProfileError(f"unknown profiles {unknown}; known: {', '.join(sorted(known))}")
+        report = curve(settings, [known[n] for n in names], sizes, test_pairs=args.test_pairs,
+                       max_replies=args.max_replies, seed=args.seed)
+    except (ProfileError, ValueError) as exc:
+        sys.exit(f"assistant reward-curve: {exc}")
+    paths = write(report, settings.data_dir / "reports")
+    print(render_markdown(report))
+    print(f"reward curve: {paths['markdown']}")
+    return paths
