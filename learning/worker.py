@@ -301,8 +301,10 @@ def start_embedded_worker(settings: Settings, engine: Engine | None = None) -> W
     return Worker(settings, engine).start()
 
 
-def run_worker(settings: Settings, engine: Engine | None = None) -> None:
-    """Run the worker in the foreground until SIGTERM or SIGINT."""
+def run_worker(settings: Settings, engine: Engine | None = None, *, parent_pid: int | None = None) -> None:
+    """Run the worker in the foreground until SIGTERM or SIGINT, or, with ``parent_pid``, until
+    that parent process is gone (``assistant serve`` passes its pid: however the server ends,
+    SIGTERM re-raised by uvicorn or kill -9, its worker must not keep training on its own)."""
     stop = threading.Event()
     worker = Worker(settings, engine).start()
 
@@ -314,7 +316,9 @@ def run_worker(settings: Settings, engine: Engine | None = None) -> None:
     signal.signal(signal.SIGINT, _handle)
     try:
         while not stop.wait(1.0):
-            pass
+            if parent_pid is not None and os.getppid() != parent_pid:
+                logger.warning("the server process %s that started this worker has ended: stopping", parent_pid)
+                break
     finally:
         worker.stop()
 

@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     worker = None
     if not args.no_worker:
         env = dict(os.environ, ASSISTANT_HOST=settings.host, ASSISTANT_PORT=str(settings.port))
-        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
+        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())], env=env)
         logger.info("started the learning worker (pid %s)", worker.pid)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", ws_max_size=1 << 20)
@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     from learning.worker import run_worker
 
-    run_worker(_settings())
+    run_worker(_settings(), parent_pid=args.parent_pid)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("worker", help="run the learning worker: nightly schedule + queued runs")
+    w.add_argument("--parent-pid", type=int, default=None,
+                   help="stop when this process ends (assistant serve passes its own pid)")
     w.set_defaults(func=cmd_worker)
 
     t = sub.add_parser("train", help="run one training run in the foreground")

@@ -301,3 +301,34 @@ def test_stopping_a_worker_mid_job_fails_only_that_job(db, settings, seeder):
         assert s.get(TrainingRun, run_id).status == RunStatus.running  # the other job can still run
     with pytest.raises(RunAborted):  # the training thread's next progress/publish check gives up
         _update_job(db, job, worker.worker_id, progress=0.5)
+
+
+def test_a_worker_started_by_a_server_stops_when_the_server_dies(db, settings, tmp_path):
+    """`assistant serve` passes --parent-pid: its worker must not train on alone after a kill -9."""
+    import os
+
+    pid_file = tmp_path / "worker.pid"
+    parent = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        env = dict(os.environ, ASSISTANT_DATA_DIR={str(settings.data_dir)!r}, ASSISTANT_DEV_MODE="1",
+                   ASSISTANT_SCHEDULE_ENABLED="0")
+        w = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())], env=env)
+        open({str(pid_file)!r}, "w").write(str(w.pid))
+        time.sleep(3)
+        os._exit(0)  # gone without a word, like kill -9: no clean-up of its children
+    """)
+    subprocess.run([sys.executable, "-c", parent], timeout=60, check=True)
+    worker_pid = int(pid_file.read_text())
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            break  # the orphaned worker noticed and exited
+        with open(f"/proc/{worker_pid}/stat") as f:
+            if f.read().split()[2] == "Z":
+                break  # exited, not yet reaped
+        time.sleep(0.5)
+    else:
+        os.kill(worker_pid, 9)
+        pytest.fail("the worker kept running after the process that started it died")
