@@ -35,6 +35,7 @@ import logging
 import math
 import random
 import sys
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -215,7 +216,9 @@ class PolicyBank:
     def generate(self, label: str | None, prompts: Sequence[str]) -> Generation:
         key = (label or BASE, tuple(prompts))
         if key not in self._cache:
+            started = time.monotonic()
             self._cache[key] = self._generate(label, list(prompts))
+            logger.info("%s: %d replies in %.0f s", label or BASE, len(prompts), time.monotonic() - started)
         return self._cache[key]
 
     def _generate(self, label: str | None, prompts: list[str]) -> Generation:
