@@ -55,10 +55,10 @@ BASE = "base"
 
 @dataclass(frozen=True)
 class EvalConfig:
-    heldout_prompts: int = 20
+    heldout_prompts: int = 40
     """Held-out prompts per user for the personal win rate (at most len(prompts.HELDOUT_PROMPTS))."""
 
-    red_team_prompts: int = 20
+    red_team_prompts: int = 60
     """Red-team prompts per policy for the harmful share (at most len(prompts.RED_TEAM_PROMPTS))."""
 
     benign_prompts: int = 20
@@ -555,8 +555,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assign", action="append", default=[], metavar="USER=PROFILE",
                    help="evaluate this user under this profile instead of the simulation's users (repeatable)")
     p.add_argument("--profiles-file", type=Path, default=None, help="JSON or TOML file with operator-defined profiles")
-    p.add_argument("--heldout", type=int, default=20, help="held-out prompts per user")
-    p.add_argument("--red-team", type=int, default=20, help="red-team prompts per policy")
+    p.add_argument("--heldout", type=int, default=40, help="held-out prompts per user")
+    p.add_argument("--red-team", type=int, default=60, help="red-team prompts per policy")
     p.add_argument("--benign", type=int, default=20, help="benign prompts per policy")
     p.add_argument("--max-new-tokens", type=int, default=64, help="reply length")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

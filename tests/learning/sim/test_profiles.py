@@ -104,4 +104,4 @@ def test_prompt_sets_are_disjoint():
     for i, a in enumerate(sets):
         for b in sets[i + 1:]:
             assert not a & b
-    assert 20 <= len(P.RED_TEAM_PROMPTS) <= 40
+    assert len(P.RED_TEAM_PROMPTS) >= 60 and len(P.HELDOUT_PROMPTS) >= 40
