@@ -250,14 +250,15 @@ class PolicyBank:
                 plens.append(len(prompt_ids))
         return Generation(texts, seqs, plens)
 
-    def kl_to_base(self, label: str, prompts: Sequence[str]) -> float | None:
-        """Mean per-token KL(adapter || base) over the adapter's own replies to ``prompts``."""
+    def kl_to_base(self, label: str, *prompt_sets: Sequence[str]) -> float | None:
+        """Mean per-token KL(adapter || base) over the adapter's own replies to every prompt set
+        (each set generated once: the replies already made for the other measurements are reused)."""
         import torch
         import torch.nn.functional as F
 
-        gen = self.generate(label, prompts)
+        gens = [self.generate(label, prompts) for prompts in prompt_sets]
         total, count = 0.0, 0
-        for seq, plen in zip(gen.sequences, gen.prompt_lens):
+        for seq, plen in ((s, n) for gen in gens for s, n in zip(gen.sequences, gen.prompt_lens)):
             if len(seq) <= plen:
                 continue
             ids = torch.tensor([seq], device=self.settings.device)  # (1, L)
@@ -491,7 +492,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
         if label != BASE:
             benign_report[label]["helpfulness_win_rate"] = win_rate(
                 compare(helpful, benign, btexts, base_benign), cfg.confidence, cfg.bootstrap, cfg.seed).as_dict()
-            kl[label] = bank.kl_to_base(label, heldout + red)
+            kl[label] = bank.kl_to_base(label, heldout, red)
 
     return {
         "kind": "evaluation",
