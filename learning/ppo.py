@@ -185,7 +185,7 @@ def score_samples(model, samples: Samples, scorer: Scorer, budgets: Budgets) -> 
     with reference_mode(model):
         ref_logprobs, _, ref_hidden = forward_logprobs(model, samples, budgets.ppo_temperature)
     reply_mask = torch.cat([torch.zeros(samples.response_mask.shape[0], samples.prompt_len), samples.response_mask], 1)
-    feats = reply_features([h.cpu() for h in ref_hidden], reply_mask)  # (B, 2H): the reward model's features
+    feats = reply_features(ref_hidden, reply_mask).cpu()  # (B, 2H): the reward model's features
     rewards, harm = scorer(feats, samples.texts)
     return ref_logprobs.cpu(), rewards.float(), harm.float()
 

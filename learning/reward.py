@@ -58,7 +58,7 @@ def reply_features(hidden_states: Sequence[torch.Tensor], reply_mask: torch.Tens
     ``reply_mask``: (B, L) 1.0 on reply tokens. Returns (B, 2H).
     """
     final, middle = hidden_states[-1], hidden_states[len(hidden_states) // 2]
-    mask = reply_mask.to(final.dtype)
+    mask = reply_mask.to(final.device, final.dtype)
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # (B, L)
     last = torch.where(mask > 0, positions, torch.full_like(positions, -1)).max(1).values.clamp(min=0)  # (B,)
     h_last = final[torch.arange(final.shape[0]), last]  # (B, H)
@@ -114,7 +114,7 @@ class FeatureCache:
                     output_hidden_states=True,
                     logits_to_keep=1,
                 )
-            feats = reply_features([h.cpu() for h in out.hidden_states], reply_mask)  # (B, 2H)
+            feats = reply_features(out.hidden_states, reply_mask).cpu()  # (B, 2H): two layers used, only they move
             for k, f in zip(chunk, feats):
                 self._cache[k] = f
         if not keys:

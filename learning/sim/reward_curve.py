@@ -5,7 +5,7 @@ model's held-out accuracy there says little about what more data would buy. This
 that directly, on this data dir's stored replies and with the production reward head:
 
 1. take the assistant replies the service has stored (any simulation or real use fills them), with
-   their rendered prompts; split them by a hash of the message id into a training and a test pool,
+   their rendered prompts; split them by a hash of the message id (``learning.reward.is_heldout``) into a training and a test pool,
    so no reply appears on both sides;
 2. for each profile, label random pairs with the profile's hidden preference (ties dropped): test
    pairs exactly, training pairs with the profile's own vote noise (``Behaviour.noise``: that share
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+TEST_SHARE = 0.3
+"""Share of stored replies (by a hash of the message id) that only ever appear in test pairs."""
 
 
 class Reply(NamedTuple):
@@ -90,13 +93,11 @@ def labelled_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: 
 def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int], *, test_pairs: int = 400,
           max_replies: int = 2000, seed: int = 0) -> dict[str, Any]:
     """The reward head's held-out accuracy per profile and training-set size."""
-    import hashlib
-
     import torch
 
     from learning.config import Budgets
     from learning.data import chat_renderer
-    from learning.reward import FeatureCache, fit_head
+    from learning.reward import FeatureCache, fit_head, is_heldout
     from service.model_loading import load_base_model, load_tokenizer
 
     budgets = Budgets.from_env()
@@ -106,11 +107,8 @@ def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int
         raise ValueError(f"only {len(replies)} stored replies in {settings.data_dir}; run `assistant simulate` "
                          "(or use the service) first so there are replies to label")
 
-    def in_test(r: Reply) -> bool:
-        return int(hashlib.sha256(str(r.message_id).encode()).hexdigest()[:8], 16) % 10 < 3
-
-    train_pool = [r for r in replies if not in_test(r)]
-    test_pool = [r for r in replies if in_test(r)]
+    train_pool = [r for r in replies if not is_heldout(f"reply:{r.message_id}", TEST_SHARE)]
+    test_pool = [r for r in replies if is_heldout(f"reply:{r.message_id}", TEST_SHARE)]
     cache = FeatureCache(load_base_model(settings, dtype=torch.float32), tokenizer, budgets)
     train_x = cache.features([r.prompt for r in train_pool], [r.text for r in train_pool])  # (N_train, F)
     test_x = cache.features([r.prompt for r in test_pool], [r.text for r in test_pool])  # (N_test, F)
