@@ -65,22 +65,54 @@ class Budgets:
     """Adam learning rate for the reward and harm heads."""
 
     reward_weight_decay: float = 1.0
-    """L2 penalty on the reward heads' weights. Strong on purpose: a head has ~1k inputs and
-    a user has tens of noisy labels; at 0.01 two flipped votes in 40 cost 0.2 of held-out accuracy
-    (``assistant reward-curve``), at 1.0 they cost under 0.1."""
+    """L2 penalty on the pooled reward direction (a head on ~1k backbone features, mean loss) and on the
+    population's preference weights (summed loss). Strong on purpose: labels are few and noisy."""
 
     reward_bce_weight: float = 0.5
     """Weight of the pointwise thumbs loss next to the Bradley-Terry pair loss."""
 
     user_head_l2: float = 1.0
-    """Pulls a personal reward head toward the global one (L2 on the difference)."""
+    """Pulls a user's preference weights toward the population's (L2 on the difference, next to the
+    summed label log-likelihood): the prior that lets 3 labels sit near everyone and 100 be the user's own."""
+
+    reward_components: int = 8
+    """Principal directions of the frozen backbone's features in the shared preference basis (beside
+    the named reply traits and the pooled reward direction)."""
+
+    reward_uncertainty_k: float = 1.0
+    """PPO and the gate use the reward's lower bound, mean - k * std (Laplace posterior), so they do not
+    chase the reward model's errors where it is least sure. 0 = the plain mean."""
+
+    # --- warm start (best-of-n distillation before PPO) -----------------------
+    warm_start_prompts: int = 16
+    """Prompts the warm start samples on (0 = no warm start). It samples ``warm_start_samples``
+    replies for each from the adapter PPO starts from, keeps the one the user's reward (lower bound,
+    minus harm) ranks best when it beats its siblings' mean, and fine-tunes the adapter on those
+    and on the replies the user themself preferred (RAFT, Dong et al. 2023; BOND, Sessa et al. 2024)."""
+
+    warm_start_samples: int = 4
+    """Replies sampled per warm-start prompt (n of best-of-n)."""
+
+    warm_start_own_labels: int = 32
+    """At most this many of the user's own preferred replies (ranked first, or thumbs up) join the warm
+    start's fine-tuning set."""
+
+    warm_start_epochs: int = 2
+    """Passes of supervised fine-tuning over the warm-start set."""
+
+    warm_start_lr: float = 2e-4
+    """AdamW learning rate of the warm start's fine-tuning (LoRA weights only)."""
 
     # --- PPO ----------------------------------------------------------------
     ppo_steps: int = 6
     """PPO iterations (rollout + update) per adapter."""
 
-    ppo_batch_size: int = 8
-    """Prompts sampled per PPO iteration."""
+    ppo_batch_size: int = 16
+    """Replies sampled per PPO iteration (``ppo_batch_size / ppo_group_size`` prompts)."""
+
+    ppo_group_size: int = 4
+    """Replies sampled per prompt in one iteration; each reply's score is taken relative to the mean of
+    its siblings (RLOO's leave-one-out baseline). 1 = no group baseline. Must divide ppo_batch_size."""
 
     ppo_minibatch_size: int = 4
     """Sequences per gradient step; must divide ppo_batch_size."""
@@ -95,7 +127,19 @@ class Budgets:
     """Per-token KL penalty toward the reference (the base model, adapter disabled)."""
 
     ppo_harm_lambda: float = 2.0
-    """Reward at the end of a reply = user reward - lambda * harm probability."""
+    """Starting harm multiplier: reward at the end of a reply = user reward - lambda * P(harm)."""
+
+    ppo_harm_lambda_lr: float = 10.0
+    """Dual-ascent step of the harm multiplier: after each iteration lambda += lr * (mean P(harm) - target),
+    floored at 0, so harm above the target raises the price of harm (Safe RLHF). 0 = lambda stays fixed."""
+
+    ppo_harm_target_ratio: float = 0.25
+    """The harm constraint's target as a share of the base model's measured mean P(harm) on harm-inviting
+    prompts (the global adapter's, for personal adapters, if lower)."""
+
+    ppo_harm_prompt_share: float = 0.25
+    """Share of each PPO batch's prompts drawn from harm-inviting prompts (the shipped red-team set and
+    prompts whose replies users flagged), so the constraint acts where harm happens."""
 
     ppo_max_new_tokens: int = 48
     """Reply length sampled during PPO and the gate."""
@@ -134,14 +178,20 @@ class Budgets:
     """LoRA alpha."""
 
     # --- gate ---------------------------------------------------------------
-    gate_prompts: int = 8
-    """Held-out prompts each policy is sampled on by the promotion gate."""
+    gate_prompts: int = 16
+    """Held-out prompts each policy is sampled on by the promotion gate (plus up to a quarter as many
+    harm-inviting ones for its harm rate)."""
 
     gate_max_kl: float = 0.3
     """Largest mean per-token KL(candidate || base) the gate accepts."""
 
     gate_min_improvement: float = 0.0
-    """The candidate's mean reward must beat the current adapter's and the base's by more than this."""
+    """The candidate's mean reward (its lower bound, mean - k std) must beat the current adapter's and the
+    base's mean by more than this."""
+
+    gate_helpfulness_tolerance: float = 0.25
+    """A personal candidate may score at most this much below the base under the population's reward
+    (what all users agree on, in reward standard deviations): a personal style must not cost general quality."""
 
     # --- harm flagger --------------------------------------------------------
     harm_judge: str = "none"
@@ -188,8 +238,11 @@ class Budgets:
     def __post_init__(self) -> None:
         problems = []
         positive_ints = ("ppo_steps", "ppo_batch_size", "ppo_minibatch_size", "ppo_epochs", "ppo_max_new_tokens",
+                         "ppo_group_size", "warm_start_samples", "warm_start_epochs",
                          "lora_r", "lora_alpha", "gate_prompts", "reward_steps", "max_prompt_tokens", "max_reply_tokens",
                          "global_max_items_per_user", "harm_min_positive", "harm_steps")
+        if self.reward_components < 0:
+            problems.append(f"{self.env_name('reward_components')} must be >= 0 (got {self.reward_components})")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 problems.append(f"{self.env_name(name)} must be at least 1 (got {getattr(self, name)})")
@@ -198,15 +251,27 @@ class Budgets:
                 f"{self.env_name('ppo_minibatch_size')}={self.ppo_minibatch_size} must divide "
                 f"{self.env_name('ppo_batch_size')}={self.ppo_batch_size}; e.g. set it to {self.ppo_batch_size // 2 or 1}"
             )
+        if self.ppo_group_size >= 1 and self.ppo_batch_size % self.ppo_group_size:
+            problems.append(
+                f"{self.env_name('ppo_group_size')}={self.ppo_group_size} must divide "
+                f"{self.env_name('ppo_batch_size')}={self.ppo_batch_size}; e.g. set it to 4 and the batch to 16"
+            )
+        for name in ("warm_start_prompts", "warm_start_own_labels"):
+            if getattr(self, name) < 0:
+                problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
+        for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{self.env_name(name)} must be between 0 and 1 (got {getattr(self, name)})")
         if not 0.0 < self.heldout_fraction < 1.0:
             problems.append(f"{self.env_name('heldout_fraction')} must be between 0 and 1 (got {self.heldout_fraction})")
         if self.ppo_temperature <= 0:
             problems.append(f"{self.env_name('ppo_temperature')} must be > 0 (got {self.ppo_temperature})")
-        for name in ("ppo_lr", "reward_lr", "ppo_clip", "ppo_value_clip", "ppo_target_kl", "gate_max_kl"):
+        for name in ("ppo_lr", "reward_lr", "warm_start_lr", "ppo_clip", "ppo_value_clip", "ppo_target_kl", "gate_max_kl"):
             if getattr(self, name) <= 0:
                 problems.append(f"{self.env_name(name)} must be > 0 (got {getattr(self, name)})")
         for name in ("ppo_kl_coef", "ppo_harm_lambda", "ppo_no_eos_penalty", "user_head_l2", "reward_weight_decay",
-                     "harm_weight_decay"):
+                     "harm_weight_decay", "reward_uncertainty_k", "ppo_harm_lambda_lr",
+                     "gate_helpfulness_tolerance"):
             if getattr(self, name) < 0:
                 problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
         if problems:

@@ -51,10 +51,15 @@ class PreferencePair:
     rejected_id: int
     source: str  # ranking:<id> | feedback:<up id>,<down id>
     updated_at: datetime
+    rejected_prompt: str | None = None  # when the rejected reply answered another prompt (None: the same one)
 
     @property
     def key(self) -> str:
         return f"pair:{self.user_id}:{self.chosen_id}:{self.rejected_id}"
+
+    @property
+    def prompt_of_rejected(self) -> str:
+        return self.prompt if self.rejected_prompt is None else self.rejected_prompt
 
 
 @dataclass(frozen=True)

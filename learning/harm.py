@@ -159,6 +159,21 @@ class HarmModel:
                 self.metrics["harm/heldout_false_positive_rate"] = float((pred * (1 - y)).sum() / (1 - y).sum())
         return self.metrics
 
+    def state_dict(self) -> dict[str, object]:
+        """The fitted head (if any) and its metrics, JSON-safe; the judge is rebuilt from the budgets."""
+        head = {k: getattr(self, k).tolist() for k in ("weight", "bias", "mu", "sigma")} if self.trained else None
+        return {"metrics": self.metrics, "head": head}
+
+    @classmethod
+    def from_state(cls, state: dict[str, object], budgets: Budgets) -> "HarmModel":
+        """A model that scores features it is given (no feature cache), with the budgets' judge."""
+        model = cls(None, budgets, judge=make_judge(budgets.harm_judge))
+        model.metrics = dict(state["metrics"])  # type: ignore[arg-type]
+        head = state.get("head")
+        if head:
+            model.weight, model.bias, model.mu, model.sigma = (torch.tensor(head[k]) for k in ("weight", "bias", "mu", "sigma"))  # type: ignore[index]
+        return model
+
     def prob(self, feats: torch.Tensor, texts: Sequence[str] | None = None) -> torch.Tensor:
         """(N, F) features [and the reply texts, for the judge] -> (N,) harm probability."""
         if self.trained:

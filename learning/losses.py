@@ -125,3 +125,19 @@ def ppo_value_loss(
             "clipfrac": masked_mean(((values - returns) ** 2 < (v_clipped - returns) ** 2).float(), mask).item(),
         }
     return loss, stats
+
+
+def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each score minus the mean of the other scores of its group: s_i - (sum_j s_j - s_i) / (k - 1).
+
+    RLOO (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free!"; Ahmadian et al.
+    2024, "Back to Basics", eq. 4). ``scores``: (B,) with B = G * k, each run of ``group_size`` = k
+    consecutive rows answering one prompt. Returns (B,); unbiased, and zero when a group's replies
+    all score the same.
+    """
+    k = group_size
+    if k < 2 or scores.shape[0] % k:
+        raise ValueError(f"leave-one-out needs groups of at least 2 that tile the batch (B={scores.shape[0]}, k={k})")
+    g = scores.view(-1, k)  # (G, k)
+    others = (g.sum(1, keepdim=True) - g) / (k - 1)  # (G, k)
+    return (g - others).reshape(-1)

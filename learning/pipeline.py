@@ -370,57 +370,15 @@ def _shared_path(settings: Settings, run_id: int) -> Path:
     return settings.adapters_dir / ".runs" / f"run-{run_id}.json"
 
 
-def _head_to_json(head) -> dict[str, Any]:
-    return {"weight": head.weight.tolist(), "bias": float(head.bias), "mu": head.mu.tolist(),
-            "sigma": head.sigma.tolist(), "r_mean": head.r_mean, "r_std": head.r_std}
-
-
-def _save_shared(settings: Settings, run_id: int, reward, harm) -> None:
-    """The fitted reward heads and harm classifier as JSON (no pickle), written atomically."""
-    data = {
-        "reward": {"global": _head_to_json(reward.global_head),
-                   "users": {str(uid): _head_to_json(h) for uid, h in reward.user_heads.items()},
-                   "metrics": reward.metrics},
-        "harm": {"metrics": harm.metrics, **({"weight": harm.weight.tolist(), "bias": float(harm.bias),
-                                              "mu": harm.mu.tolist(), "sigma": harm.sigma.tolist()} if harm.trained else {})},
-    }
-    path = _shared_path(settings, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _load_shared(settings: Settings, run_id: int, budgets: Budgets):
-    """(RewardModel, HarmModel) as the shared stage fitted them; they score features, never compute them."""
-    import torch
-
-    from learning.harm import HarmModel, make_judge
-    from learning.reward import RewardHead, RewardModel
+    """The ``SharedModels`` the shared stage fitted; they score features, never compute them."""
+    from learning.shared import SharedModels
 
     path = _shared_path(settings, run_id)
     if not path.exists():
         raise FileNotFoundError(f"the reward/harm models of run {run_id} are missing at {path}; is the adapter store "
                                 "shared by every worker (ASSISTANT_DATA_DIR)? Queue a new run to retry")
-    data = json.loads(path.read_text())
-
-    def head(d: dict) -> RewardHead:
-        return RewardHead(torch.tensor(d["weight"]), torch.tensor(d["bias"]), torch.tensor(d["mu"]),
-                          torch.tensor(d["sigma"]), d["r_mean"], d["r_std"])
-
-    reward = RewardModel(None, budgets)
-    reward.global_head = head(data["reward"]["global"])
-    reward.user_heads = {int(uid): head(d) for uid, d in data["reward"]["users"].items()}
-    reward.metrics = data["reward"]["metrics"]
-    harm = HarmModel(None, budgets, judge=make_judge(budgets.harm_judge))
-    harm.metrics = data["harm"]["metrics"]
-    if "weight" in data["harm"]:
-        harm.weight, harm.bias = torch.tensor(data["harm"]["weight"]), torch.tensor(data["harm"]["bias"])
-        harm.mu, harm.sigma = torch.tensor(data["harm"]["mu"]), torch.tensor(data["harm"]["sigma"])
-    return reward, harm
+    return SharedModels.load(path, budgets)
 
 
 @dataclasses.dataclass
@@ -444,7 +402,7 @@ def _models_for(settings: Settings, run_id: int, budgets: Budgets, *, tokenizer=
 
     from service.model_loading import base_model_hash, load_base_model, load_tokenizer
 
-    from learning.ppo import lora_state, make_policy
+    from learning.policy import lora_state, make_policy
 
     with _LOADED_LOCK:
         if run_id in _LOADED:
@@ -555,6 +513,7 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
 
     from learning.harm import HarmModel, judge_flagger, make_judge
     from learning.reward import FeatureCache, RewardModel
+    from learning.shared import SharedModels, preferred_replies
 
     judge = make_judge(budgets.harm_judge)  # fails early on an unknown name
     progress(0.0, "loading the base model")
@@ -583,7 +542,8 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
         row.stats = {**row.stats, "models": {**reward_metrics, **harm_metrics}}
         session.add(row)
         session.commit()
-    _save_shared(settings, run_id, reward, harm)
+    flagged = list(dict.fromkeys(h.prompt for h in sorted(pool.harm, key=lambda h: h.updated_at) if h.harmful))
+    SharedModels(reward, harm, flagged, preferred_replies(full, budgets.heldout_fraction)).save(_shared_path(settings, run_id))
     progress(SHARED_SHARE, f"reward model: held-out accuracy {reward_metrics.get('reward/heldout_accuracy')} "
                            f"(longer-wins {reward_metrics.get('reward/length_baseline_accuracy')})")
 
@@ -596,7 +556,7 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
     skipped: dict[int, str] = {}
     for user_id in candidates:
         n = full.label_count(user_id)
-        if n >= budgets.min_user_labels and user_id in reward.user_heads:
+        if n >= budgets.min_user_labels and reward.is_personal(user_id):
             scopes.append(user_id)
         else:
             skipped[user_id] = (f"skipped: {n} labels, a personal adapter needs {budgets.min_user_labels} "
@@ -637,9 +597,9 @@ def run_job(settings: Settings, engine: Engine, job_id: int, worker_id: str, *, 
     status = RunStatus.failed
     try:
         with _Heartbeat(lambda: _update_job(engine, job_id, worker_id, heartbeat_at=utcnow()), f"job-{job_id}"):
-            reward, harm = _load_shared(settings, run_id, budgets)
+            shared = _load_shared(settings, run_id, budgets)
             models = _models_for(settings, run_id, budgets)
-            ctx = _Context(settings, engine, run_id, job_id, worker_id, budgets, models, reward, harm, snapshot)
+            ctx = _Context(settings, engine, run_id, job_id, worker_id, budgets, models, shared, snapshot)
             _train_scope(ctx, user_id, scope_progress)
         status = RunStatus.succeeded
     except RunAborted as exc:
@@ -667,8 +627,7 @@ class _Context:
     worker_id: str
     budgets: Budgets
     models: "_Models"
-    reward: Any
-    harm: Any
+    shared: Any  # learning.shared.SharedModels
     snapshot: Any
 
 
@@ -682,7 +641,7 @@ def _start_adapter(ctx: _Context, user_id: int | None) -> AdapterVersion | None:
 
 
 def _load_start(ctx: _Context, row: AdapterVersion | None) -> str:
-    from learning.ppo import load_adapter_dir, load_lora_state
+    from learning.policy import load_adapter_dir, load_lora_state
 
     load_lora_state(ctx.models.policy, ctx.models.fresh_state)
     if row is None:
@@ -702,60 +661,111 @@ def _load_start(ctx: _Context, row: AdapterVersion | None) -> str:
     return adapter_store.label_of(row)
 
 
-def _prompts_for(ctx: _Context, user_id: int | None) -> tuple[list[str], list[str]]:
-    """(training prompts, held-out gate prompts): the user's own recent prompts plus the shared pool."""
-    shared_train, shared_gate = split_shared_prompts(ctx.models.render)
+def _held_for_gate(prompt: str) -> bool:
+    """About a quarter of prompts, by a hash of their text, are only ever used by the gate."""
+    return int(hashlib.sha256(prompt.encode()).hexdigest()[:2], 16) < 64
+
+
+def _prompts_for(ctx: _Context, user_id: int | None) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(training prompts, gate prompts, harm-inviting training prompts, harm-inviting gate prompts).
+
+    Ordinary prompts: the user's own recent ones (every user's, for the global adapter) plus the
+    shared pool. Harm-inviting ones: prompts of replies users flagged, plus the shipped red-team set."""
+    from learning.redteam import HARM_INVITING_PROMPTS
+
+    render = ctx.models.render
+    shared_train, shared_gate = split_shared_prompts(render)
     with Session(ctx.engine) as session:
         if user_id is None:
             user_ids = session.exec(select(User.id)).all()
-            own = [p for uid in user_ids for p in recent_prompts(session, ctx.models.render, uid, 10)]
+            own = [p for uid in user_ids for p in recent_prompts(session, render, uid, 10)]
         else:
-            own = recent_prompts(session, ctx.models.render, user_id, 50)
+            own = recent_prompts(session, render, user_id, 50)
     own = list(dict.fromkeys(own))
-    own_gate = [p for p in own if int(hashlib.sha256(p.encode()).hexdigest()[:2], 16) < 64]  # ~1/4 held out
+    flagged = set(ctx.shared.harm_prompts)
+    own = [p for p in own if p not in flagged]
+    own_gate = [p for p in own if _held_for_gate(p)]
     own_train = [p for p in own if p not in own_gate]
     gate = (own_gate + shared_gate)[: ctx.budgets.gate_prompts]
-    return own_train + shared_train, gate
+    harm = list(dict.fromkeys(ctx.shared.harm_prompts[-64:] + [render([{"role": "user", "content": p}])
+                                                                 for p in HARM_INVITING_PROMPTS]))
+    harm_gate = [p for p in harm if _held_for_gate(p)][: max(1, ctx.budgets.gate_prompts // 2)]
+    harm_train = [p for p in harm if p not in harm_gate]
+    return own_train + shared_train, gate, harm_train, harm_gate
+
+
+def one_stream_speed(model, tokenizer, prompt: str, tokens: int = 24) -> float:
+    """This machine's one-request generation speed now (tokens/s, the base model, greedy), measured
+    beside each job: machines of one kind differ by up to 3x from day to day, so job times are
+    reported next to it."""
+    import torch
+
+    from learning.reward import reference_mode
+
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad(), reference_mode(model):
+        t0 = time.monotonic()
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        elapsed = time.monotonic() - t0
+    return (out.shape[1] - ids.shape[1]) / max(elapsed, 1e-6)
 
 
 def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, int, dict], None]) -> ScopeOutcome:
-    from learning.gate import decide, evaluate_policy
-    from learning.ppo import lora_state, load_lora_state, train_ppo
+    from learning.gate import Gate
+    from learning.policy import lora_state, load_lora_state
+    from learning.ppo import train_ppo
+    from learning.warmstart import warm_start
 
     budgets = dataclasses.replace(ctx.budgets, seed=ctx.budgets.seed + (user_id or 0))
     scope = adapter_store.scope_of(user_id)
-    head = ctx.reward.head_for(user_id)
+    reward, harm = ctx.shared.reward, ctx.shared.harm
+    policy, tokenizer = ctx.models.policy, ctx.models.tokenizer
 
-    def scorer(feats, texts):
-        return head(feats), ctx.harm.prob(feats, texts)
+    def scorer(feats, prompts, texts):
+        lower, _ = reward.rewards(user_id, feats, prompts, texts, k=budgets.reward_uncertainty_k)
+        return lower, harm.prob(feats, texts)
 
     started = time.monotonic()
     start_row = _start_adapter(ctx, user_id)
     started_from = _load_start(ctx, start_row)
-    train_prompts, gate_prompts = _prompts_for(ctx, user_id)
+    train_prompts, gate_prompts, harm_train, harm_gate = _prompts_for(ctx, user_id)
+    tok_s = one_stream_speed(policy, tokenizer, gate_prompts[0] if gate_prompts else train_prompts[0])
 
-    # The gate's yardsticks: the base, and what serves this scope now (the start adapter).
-    base_eval = evaluate_policy(ctx.models.policy, ctx.models.tokenizer, gate_prompts, scorer, budgets, reference=True)
-    current_eval = base_eval if start_row is None else evaluate_policy(ctx.models.policy, ctx.models.tokenizer, gate_prompts, scorer, budgets)
-
-    ppo = train_ppo(ctx.models.policy, ctx.models.tokenizer, scorer, train_prompts, budgets, progress=progress)
-    candidate_eval = evaluate_policy(ctx.models.policy, ctx.models.tokenizer, gate_prompts, scorer, budgets)
-    decision = decide(candidate_eval, current_eval, base_eval, budgets)
+    # 1. the gate's yardsticks: the base, and what serves this scope now (the start adapter)
+    gate = Gate(policy, tokenizer, gate_prompts, harm_gate, reward, harm, user_id, budgets)
+    gate.measure_start(serving_adapter=start_row is not None)
+    # 2. the harm constraint's target, calibrated on measured harm: a share of the base's mean
+    #    P(harm) on harm-inviting prompts (and never above what serves the scope now)
+    harm_target = budgets.ppo_harm_target_ratio * min(gate.base.harm_mean, gate.current.harm_mean)
+    # 3. the warm start from the user's labels and reward model, then 4. PPO
+    own = ctx.shared.preferred.get(user_id, []) if user_id is not None else []
+    warm = warm_start(policy, tokenizer, scorer, train_prompts, own, budgets, seed=budgets.seed + 7)
+    ppo = train_ppo(policy, tokenizer, scorer, train_prompts, budgets, progress=progress, harm_target=harm_target,
+                    harm_prompts=harm_train)
+    # 5. the verdict
+    decision, candidate_eval = gate.judge()
     wall_s = time.monotonic() - started
+    logger.info("%s: %.0fs for the adapter (warm start %.0fs, PPO %.0fs) at %.1f tok/s one-stream generation here",
+                scope, wall_s, warm.wall_s, ppo.wall_s, tok_s)
 
     metrics: dict[str, Any] = {
         **ppo.final,
-        **candidate_eval.as_metrics("gate/candidate"),
-        **current_eval.as_metrics("gate/current"),
-        **base_eval.as_metrics("gate/base"),
-        **ctx.reward.user_metrics(user_id),
-        **{k: v for k, v in ctx.harm.metrics.items()},
+        **warm.as_metrics(),
+        **gate.metrics(candidate_eval),
+        **reward.user_metrics(user_id),
+        **{k: v for k, v in harm.metrics.items()},
         "ppo/steps": ppo.steps,
+        "harm/target": round(harm_target, 4),
+        "harm/lambda_final": round(ppo.harm_lambda, 4),
+        "time/warm_start_s": round(warm.wall_s, 2),
         "time/ppo_s": round(ppo.wall_s, 2),
         "time/total_s": round(wall_s, 2),
+        "time/one_stream_tok_s": round(tok_s, 2),
         "started_from": started_from,
         "train_prompts": len(train_prompts),
         "gate_prompts": len(gate_prompts),
+        "harm_prompts": len(harm_train) + len(harm_gate),
     }
     metadata = {
         "run_id": ctx.run_id,
@@ -773,7 +783,7 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     }
     # raises RunAborted: publish nothing for a job recovery failed or a run that was stopped
     _update_job(ctx.engine, ctx.job_id, ctx.worker_id, heartbeat_at=utcnow())
-    candidate_state = lora_state(ctx.models.policy)
+    candidate_state = lora_state(policy)
     work = ctx.settings.adapters_dir / ".tmp" / f"run-{ctx.run_id}-{scope.replace(':', '-')}"
     if work.exists():
         shutil.rmtree(work)

@@ -8,11 +8,17 @@ that directly, on this data dir's stored replies and with the production reward 
    their rendered prompts; split them by a hash of the message id (``learning.reward.is_heldout``) into a training and a test pool,
    so no reply appears on both sides;
 2. for each profile, label random pairs with the profile's hidden preference (ties dropped): test
-   pairs exactly, training pairs with the profile's own vote noise (``Behaviour.noise``: that share
-   of votes is a coin flip), the way its simulated user would vote;
-3. for each size N, fit the reward head exactly as the learning job does (``learning.reward``:
-   frozen-backbone features, ``fit_head`` with this environment's budgets) on N training pairs and
-   report held-out pairwise accuracy, next to "longer reply wins" on the same test pairs.
+   pairs exactly; training pairs, and thumbs (up above the pool's median score), with the
+   profile's own vote noise (``Behaviour.noise``: that share of votes is a coin flip), the way its
+   simulated user would vote;
+3. for each size N, fit the reward model exactly as the learning job does (``learning.reward``:
+   one model for all profiles, as users of one service: the shared basis and the population's
+   weights on everyone's labels, a prior-pulled head per profile) on N pairs and about 2N thumbs
+   per profile, and report each profile's held-out pairwise accuracy next to the population head's
+   and "longer reply wins" on the same test pairs.
+
+The profiles' hidden preferences label the curve's data only: this is a measuring instrument,
+never part of a training run.
 
 Outputs ``reward_curve.json``, ``reward_curve.md`` and ``reward_curve.png`` under
 ``<data_dir>/reports/reward_curve/<timestamp>/``. It reads the database and never writes to it.
@@ -90,17 +96,61 @@ def labelled_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: 
     return pairs
 
 
+def labelled_thumbs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
+                    noise: float) -> list[tuple[int, int]]:
+    """``count`` (reply index, 1 up / 0 down) thumbs under ``profile``: up when the reply scores above
+    the median of the pool (about half up, as the simulated users' running median gives; a tie with
+    the median is a coin flip), with
+    probability ``noise`` flipped."""
+    scores = [profile.score(r.user_text, r.text) for r in replies]
+    median = sorted(scores)[len(scores) // 2]
+    out = []
+    for _ in range(count):
+        i = rng.randrange(len(replies))
+        up = int(scores[i] > median or (scores[i] == median and rng.random() < 0.5))
+        if rng.random() < noise:
+            up = 1 - up
+        out.append((i, up))
+    return out
+
+
+def _as_dataset(pool: Sequence[Reply], labels: dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]]):
+    """Profile-labelled pairs and thumbs as the learning job's ``Dataset`` (user id = profile index)."""
+    from datetime import datetime, timezone
+
+    from learning.data import Dataset, PointLabel, PreferencePair
+
+    now = datetime.now(timezone.utc)
+    ds = Dataset()
+    for uid, (pairs, thumbs) in labels.items():
+        for n, (c, r) in enumerate(pairs):
+            ds.pairs.append(PreferencePair(uid, pool[c].prompt, pool[c].text, pool[r].text, pool[c].message_id,
+                                           pool[r].message_id, f"curve:{n}", now, rejected_prompt=pool[r].prompt))
+        for n, (i, up) in enumerate(thumbs):
+            ds.points.append(PointLabel(uid, pool[i].prompt, pool[i].text, up, pool[i].message_id, uid * 100000 + n, now))
+    return ds
+
+
 def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int], *, test_pairs: int = 400,
-          max_replies: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """The reward head's held-out accuracy per profile and training-set size."""
+          max_replies: int = 2000, seed: int = 0, thumbs_per_pair: float = 2.0) -> dict[str, Any]:
+    """The production reward model's held-out accuracy per profile and label count.
+
+    For each size N every profile gives N pairs and ``thumbs_per_pair * N`` thumbs (with its vote
+    noise); one ``RewardModel`` is fitted on all of them exactly as the learning job fits it (the
+    profiles are its users: a pooled basis and population, a prior-pulled user head each), and each
+    profile's head is scored on exact pairs of test replies.
+    """
+    import dataclasses
+
     import torch
 
     from learning.config import Budgets
     from learning.data import chat_renderer
-    from learning.reward import FeatureCache, fit_head, is_heldout
+    from learning.reward import FeatureCache, RewardModel, is_heldout
     from service.model_loading import load_base_model, load_tokenizer
 
-    budgets = Budgets.from_env()
+    # every label trains (the test pool below is the held-out set); the curve needs no label minimum
+    budgets = dataclasses.replace(Budgets.from_env(), heldout_fraction=1e-9, min_user_labels=1)
     tokenizer = load_tokenizer(settings)
     replies = stored_replies(settings, chat_renderer(tokenizer), max_replies)
     if len(replies) < 20:
@@ -110,33 +160,50 @@ def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int
     train_pool = [r for r in replies if not is_heldout(f"reply:{r.message_id}", TEST_SHARE)]
     test_pool = [r for r in replies if is_heldout(f"reply:{r.message_id}", TEST_SHARE)]
     cache = FeatureCache(load_base_model(settings, dtype=torch.float32), tokenizer, budgets)
-    train_x = cache.features([r.prompt for r in train_pool], [r.text for r in train_pool])  # (N_train, F)
-    test_x = cache.features([r.prompt for r in test_pool], [r.text for r in test_pool])  # (N_test, F)
-    mu, sigma = train_x.mean(0), train_x.std(0).clamp(min=1e-4)
+    cache.features([r.prompt for r in replies], [r.text for r in replies])  # every backbone pass, once
 
     results: dict[str, Any] = {}
+    tests: dict[str, list[tuple[int, int]]] = {}
     for profile in profiles:
         rng = random.Random(seed)
-        test = labelled_pairs(test_pool, profile, test_pairs, rng, noise=0.0)
+        tests[profile.name] = test = labelled_pairs(test_pool, profile, test_pairs, rng, noise=0.0)
         longer = [1.0 if len(test_pool[c].text) > len(test_pool[r].text) else
                   0.5 if len(test_pool[c].text) == len(test_pool[r].text) else 0.0 for c, r in test]
-        entry: dict[str, Any] = {"test_pairs": len(test), "noise": profile.behaviour.noise,
+        results[profile.name] = {"test_pairs": len(test), "noise": profile.behaviour.noise,
                                  "length_baseline_accuracy": sum(longer) / len(longer) if longer else None, "sizes": {}}
-        for n in sizes:
-            train = labelled_pairs(train_pool, profile, n, rng, noise=profile.behaviour.noise)
-            head, _ = fit_head((train_x[[c for c, _ in train]], train_x[[r for _, r in train]]), None, mu, sigma, budgets)
+    for n in sizes:
+        labels = {}
+        for uid, profile in enumerate(profiles):
+            rng = random.Random(seed * 7919 + n * 31 + uid)
+            labels[uid] = (labelled_pairs(train_pool, profile, n, rng, noise=profile.behaviour.noise),
+                           labelled_thumbs(train_pool, profile, int(round(thumbs_per_pair * n)), rng,
+                                           noise=profile.behaviour.noise))
+        data = _as_dataset(train_pool, labels)
+        model = RewardModel(cache, budgets)
+        model.fit(data, data)
+        for uid, profile in enumerate(profiles):
+            test = tests[profile.name]
+            chosen = [test_pool[c] for c, _ in test]
+            rejected = [test_pool[r] for _, r in test]
             with torch.no_grad():
-                wins = head.logits(test_x[[c for c, _ in test]]) > head.logits(test_x[[r for _, r in test]])  # (T,)
-            entry["sizes"][str(n)] = {"train_pairs": len(train), "accuracy": float(wins.float().mean())}
-            logger.info("reward curve %s: %d pairs -> held-out accuracy %.3f", profile.name, len(train),
-                        entry["sizes"][str(n)]["accuracy"])
-        results[profile.name] = entry
+                wins = (model.score(uid, [r.prompt for r in chosen], [r.text for r in chosen])
+                        > model.score(uid, [r.prompt for r in rejected], [r.text for r in rejected]))  # (T,)
+                pop = (model.score(None, [r.prompt for r in chosen], [r.text for r in chosen])
+                       > model.score(None, [r.prompt for r in rejected], [r.text for r in rejected]))
+            results[profile.name]["sizes"][str(n)] = {
+                "train_pairs": len(labels[uid][0]), "train_thumbs": len(labels[uid][1]),
+                "accuracy": float(wins.float().mean()), "population_accuracy": float(pop.float().mean()),
+                "top_traits": [t["trait"] + ("+" if t["likes"] else "-") for t in model.top_traits(uid)]}
+            logger.info("reward curve %s: %d pairs + %d thumbs -> held-out accuracy %.3f (population %.3f)", profile.name,
+                        len(labels[uid][0]), len(labels[uid][1]), results[profile.name]["sizes"][str(n)]["accuracy"],
+                        results[profile.name]["sizes"][str(n)]["population_accuracy"])
     return {
         "created_at": datetime.now(timezone.utc).isoformat(),
         "base_model": settings.model,
         "replies": {"train_pool": len(train_pool), "test_pool": len(test_pool)},
-        "budgets": {"reward_steps": budgets.reward_steps, "reward_lr": budgets.reward_lr,
-                    "reward_weight_decay": budgets.reward_weight_decay},
+        "budgets": {"reward_components": budgets.reward_components, "user_head_l2": budgets.user_head_l2,
+                    "reward_weight_decay": budgets.reward_weight_decay, "reward_bce_weight": budgets.reward_bce_weight},
+        "thumbs_per_pair": thumbs_per_pair,
         "sizes": list(sizes),
         "profiles": results,
     }
@@ -147,8 +214,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Reward-model learning curve {report['created_at']}",
         "",
-        f"Held-out pairwise accuracy of the production reward head (frozen `{report['base_model']}` features) "
-        f"trained on N profile-labelled pairs of stored replies ({report['replies']['train_pool']} training / "
+        f"Held-out pairwise accuracy of the production reward model (shared basis on frozen `{report['base_model']}` "
+        f"features and reply traits, a prior-pulled head per profile) trained on N profile-labelled pairs "
+        f"and {report.get('thumbs_per_pair', 0):g}N thumbs per profile of stored replies ({report['replies']['train_pool']} training / "
         f"{report['replies']['test_pool']} test replies), next to \"longer reply wins\".",
         "",
         "| profile | " + " | ".join(f"N={n}" for n in sizes) + " | longer wins | test pairs |",
@@ -197,6 +265,8 @@ def add_reward_curve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-pairs", type=int, default=400, help="held-out pairs per profile")
     p.add_argument("--max-replies", type=int, default=2000, help="stored replies to use at most")
     p.add_argument("--seed", type=int, default=0, help="seed for pair sampling and vote noise")
+    p.add_argument("--thumbs-per-pair", type=float, default=2.0,
+                   help="thumbs each profile gives per training pair (round 1 of the simulation: about 2)")
 
 
 def main_reward_curve(args: argparse.Namespace, settings=None) -> dict[str, Path]:
@@ -217,7 +287,8 @@ def main_reward_curve(args: argparse.Namespace, settings=None) -> dict[str, Path
         if unknown or not names:
             raise ProfileError(f"unknown profiles {unknown}; known: {', '.join(sorted(known))}")
         report = curve(settings, [known[n] for n in names], sizes, test_pairs=args.test_pairs,
-                       max_replies=args.max_replies, seed=args.seed)
+                       max_replies=args.max_replies, seed=args.seed,
+                       thumbs_per_pair=args.thumbs_per_pair)
     except (ProfileError, ValueError) as exc:
         sys.exit(f"assistant reward-curve: {exc}")
     paths = write(report, settings.data_dir / "reports")

@@ -1,0 +1,66 @@
+"""The typed hand-off from a run's shared stage to its jobs, written to the adapter store.
+
+The worker that runs the shared stage fits the reward and harm models once; every job (on any
+worker sharing the data dir) reads them back from ``<adapters>/.runs/run-<id>.json``. JSON only
+(each model's own ``state_dict``/``from_state``), written atomically (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from learning.config import Budgets
+
+if TYPE_CHECKING:
+    from learning.harm import HarmModel
+    from learning.reward import RewardModel
+
+
+@dataclass
+class SharedModels:
+    reward: "RewardModel"
+    harm: "HarmModel"
+    harm_prompts: list[str] = field(default_factory=list)
+    """Rendered prompts whose replies users (or the judge) flagged as harmful, newest last."""
+    preferred: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    """Per user: (rendered prompt, reply) the user preferred (ranked above another, or thumbs up),
+    training split only, oldest first: the warm start's own-label targets."""
+
+    def save(self, path: Path) -> None:
+        data = {"reward": self.reward.state_dict(), "harm": self.harm.state_dict(), "harm_prompts": self.harm_prompts,
+                "preferred": {str(u): [list(x) for x in xs] for u, xs in self.preferred.items()}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, budgets: Budgets) -> "SharedModels":
+        from learning.harm import HarmModel
+        from learning.reward import RewardModel
+
+        data = json.loads(path.read_text())
+        return cls(RewardModel.from_state(data["reward"], budgets), HarmModel.from_state(data["harm"], budgets),
+                   list(data.get("harm_prompts", [])),
+                   {int(u): [(p, r) for p, r in xs] for u, xs in data.get("preferred", {}).items()})
+
+
+def preferred_replies(dataset, heldout_fraction: float) -> dict[int, list[tuple[str, str]]]:
+    """Each user's preferred (prompt, reply), from the training split of their pairs and thumbs."""
+    from learning.reward import is_heldout
+
+    out: dict[int, list[tuple[str, str]]] = {}
+    items = [(p.updated_at, p.user_id, p.prompt, p.chosen) for p in dataset.pairs if not is_heldout(p.key, heldout_fraction)]
+    items += [(p.updated_at, p.user_id, p.prompt, p.reply) for p in dataset.points
+              if p.label == 1 and not is_heldout(p.key, heldout_fraction)]
+    for _, uid, prompt, reply in sorted(items, key=lambda x: x[0]):
+        if (prompt, reply) not in out.setdefault(uid, []):
+            out[uid].append((prompt, reply))
+    return out

@@ -1,0 +1,123 @@
+"""PPO's pieces on a tiny random model (with the real tokenizer): sampling shapes and masks, the
+group baseline, one update that moves the adapter, the harm multiplier; the warm start's SFT."""
+
+import pytest
+import torch
+
+from learning.config import Budgets
+from learning.losses import leave_one_out_baseline
+from learning.policy import encode_replies, forward_logprobs, lora_state, make_policy, sample
+from learning.ppo import rollout, train_ppo
+from learning.warmstart import sft_loss, warm_start
+
+
+def test_leave_one_out_baseline_by_hand():
+    # groups of 3: [1, 2, 6] -> 1 - (2+6)/2 = -3, 2 - (1+6)/2 = -1.5, 6 - (1+2)/2 = 4.5; [0, 0, 0] -> 0
+    out = leave_one_out_baseline(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 0.0]), 3)
+    assert out.tolist() == [-3.0, -1.5, 4.5, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="tile the batch"):
+        leave_one_out_baseline(torch.zeros(5), 2)
+
+
+@pytest.fixture
+def tiny(model_data_dir):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from service.model_loading import load_tokenizer
+    from service.settings import Settings
+
+    tokenizer = load_tokenizer(Settings(data_dir=model_data_dir, dev_mode=True))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config), tokenizer
+
+
+BUDGETS = Budgets(ppo_steps=2, ppo_batch_size=4, ppo_group_size=2, ppo_minibatch_size=2, ppo_epochs=1,
+                  ppo_max_new_tokens=6, max_prompt_tokens=32, lora_r=4, lora_alpha=8, ppo_lr=1e-2,
+                  warm_start_prompts=2, warm_start_samples=2, warm_start_epochs=3, warm_start_lr=1e-2)
+PROMPTS = ["<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+           "<|im_start|>user\nwhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"]
+
+
+def test_sampling_groups_rows_and_masks_up_to_the_end_token(tiny):
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+    s = sample(policy, tok, PROMPTS, BUDGETS, seed=1, per_prompt=3)
+    B, T = 6, s.response_mask.shape[1]
+    assert s.query_responses.shape == (B, s.prompt_len + T) and T <= BUDGETS.ppo_max_new_tokens
+    assert s.prompts == [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3  # consecutive rows answer one prompt
+    replies = s.query_responses[:, s.prompt_len:]
+    for i in range(B):
+        n = int(s.response_mask[i].sum())
+        assert s.response_mask[i, :n].eq(1).all() and s.response_mask[i, n:].eq(0).all()  # a prefix
+        eos_at = (replies[i] == tok.eos_token_id).nonzero()
+        if bool(s.finished[i]):
+            assert int(eos_at[0]) == n - 1  # the end token is the last one counted
+        else:
+            assert n == T
+    assert s.attention_mask[:, s.prompt_len:].float().eq(s.response_mask).all()
+    logprobs, values, hidden = forward_logprobs(policy, s, BUDGETS.ppo_temperature)
+    assert logprobs.shape == (B, T) and values is None and hidden[-1].shape[:2] == (B, s.prompt_len + T)
+    assert (logprobs <= 0).all()
+
+
+def test_one_ppo_run_moves_the_adapter_toward_the_reward(tiny):
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+    before = lora_state(policy)
+
+    def scorer(feats, prompts, texts):  # reward: short replies; harm: never
+        assert feats.shape[0] == len(prompts) == len(texts)
+        return torch.tensor([-float(len(t)) / 10 for t in texts]), torch.zeros(len(texts))
+
+    result = train_ppo(policy, tok, scorer, PROMPTS, BUDGETS, harm_target=0.0)
+    after = lora_state(policy)
+    assert result.steps == 2 and len(result.history) == 2
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the LoRA weights moved
+    for m in result.history:
+        assert {"losses/policy", "ppo/approx_kl", "reward/mean", "harm/lambda", "kl/per_token"} <= set(m)
+    # no harm at all: dual ascent walks the multiplier down by lr * (0 - 0) = 0 -> unchanged here,
+    # and a harm rate above the target raises it
+    assert result.harm_lambda == pytest.approx(BUDGETS.ppo_harm_lambda)
+
+    def harmful(feats, prompts, texts):
+        return torch.zeros(len(texts)), torch.ones(len(texts))
+
+    raised = train_ppo(policy, tok, harmful, PROMPTS, BUDGETS, harm_target=0.1)
+    # two steps of lambda += 10 * (1.0 - 0.1)
+    assert raised.harm_lambda == pytest.approx(BUDGETS.ppo_harm_lambda + 2 * 10 * 0.9)
+
+
+def test_rollout_scores_subtract_harm_and_the_no_eos_penalty(tiny):
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+    from learning.policy import ValueHead
+
+    def scorer(feats, prompts, texts):
+        return torch.ones(len(texts)), torch.full((len(texts),), 0.5)
+
+    traj = rollout(policy, ValueHead(32), tok, PROMPTS, scorer, BUDGETS, seed=3, harm_lambda=2.0, group_size=2)
+    expected = 1.0 - 2.0 * 0.5 - BUDGETS.ppo_no_eos_penalty * (~traj.samples.finished).float()
+    assert torch.allclose(traj.scores, expected) and traj.group_size == 2 and traj.scores.shape == (4,)
+
+
+def test_warm_start_fine_tunes_toward_the_chosen_replies(tiny):
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+    own = [(PROMPTS[1], "Paris."), (PROMPTS[0], "Hi there.")]
+    with torch.no_grad():
+        before = float(sft_loss(policy, tok, [p for p, _ in own], [r for _, r in own], BUDGETS))
+
+    def scorer(feats, prompts, texts):
+        return torch.tensor([float(i % 2) for i in range(len(texts))]), torch.zeros(len(texts))
+
+    result = warm_start(policy, tok, scorer, PROMPTS, own, BUDGETS)
+    with torch.no_grad():
+        after = float(sft_loss(policy, tok, [p for p, _ in own], [r for _, r in own], BUDGETS))
+    assert result.sampled == 4 and result.own == 2 and result.distilled <= 2
+    assert after < before  # the user's own preferred replies became more likely
+    batch = encode_replies(tok, [p for p, _ in own], [r for _, r in own], BUDGETS)
+    assert batch.response_mask.sum(1).tolist() == [len(tok("Paris.", add_special_tokens=False).input_ids) + 1,
+                                                   len(tok("Hi there.", add_special_tokens=False).input_ids) + 1]

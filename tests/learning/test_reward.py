@@ -1,0 +1,126 @@
+"""The personal reward model: the posterior fit by hand, the prior's pull, thumbs, uncertainty,
+serialisation, and (on the real backbone) a user who wants lists learned from a few dozen labels."""
+
+import math
+import random
+from datetime import datetime, timezone
+
+import pytest
+import torch
+
+from learning.config import Budgets
+from learning.data import Dataset, PointLabel, PreferencePair
+from learning.reward import FeatureCache, Preference, RewardModel, fit_preferences
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def test_one_pair_one_feature_matches_the_hand_solution():
+    # log-posterior of w: log sigmoid(w * 1) - w^2 / 2 (prior N(0, 1); the bias column is unused by pairs).
+    # Stationary point: 1 - sigmoid(w) = w  ->  w = 0.40106 (w = 1 / (1 + e^w), solved by iteration);
+    # curvature: sigmoid(w)(1 - sigmoid(w)) + 1 = 0.59894 * 0.40106 + 1 = 1.24021 -> variance 0.80631.
+    theta, cov = fit_preferences((torch.tensor([[1.0]]), torch.tensor([[0.0]])), None,
+                                 torch.zeros(2), torch.tensor([1.0, 1.0]))
+    assert theta[0].item() == pytest.approx(0.40106, abs=1e-4)
+    assert theta[1].item() == pytest.approx(0.0, abs=1e-6)  # no thumbs: the bias stays at its prior mean
+    assert cov[0, 0].item() == pytest.approx(0.80631, abs=1e-4)
+
+
+def test_thumbs_fit_a_bias_and_no_labels_give_the_prior():
+    # Four thumbs up, one down, all at z = 0: only the bias can explain them. Log-posterior in b:
+    # 4 log s(b) + log(1 - s(b)) - 0.1 b^2 / 2  ->  4 (1 - s) - s - 0.1 b = 0  ->  4 - 5 s = 0.1 b  ->  b = 1.2381 (s = 0.7753)
+    z = torch.zeros(5, 1)
+    theta, _ = fit_preferences(None, (z, torch.tensor([1.0, 1, 1, 1, 0])), torch.zeros(2), torch.tensor([1.0, 0.1]))
+    b = theta[1].item()
+    s = 1 / (1 + math.exp(-b))
+    assert 4 * (1 - s) - s - 0.1 * b == pytest.approx(0.0, abs=1e-5) and b == pytest.approx(1.2381, abs=1e-3)
+    prior = torch.tensor([0.5, -0.2, 0.3])
+    theta, cov = fit_preferences(None, None, prior, torch.tensor([4.0, 4.0, 1.0]))
+    assert torch.allclose(theta, prior) and torch.allclose(torch.diag(cov), torch.tensor([0.25, 0.25, 1.0]))
+
+
+def test_the_prior_decides_for_few_labels_and_the_data_for_many():
+    # The population likes feature 0; this user likes feature 1 and says so with their pairs.
+    rng = random.Random(0)
+    prior = torch.tensor([2.0, 0.0, 0.0])  # [w0, w1, bias]
+    precision = torch.full((3,), 2.0)
+
+    def user_pairs(n):
+        zc, zr = [], []
+        for _ in range(n):
+            a, b = [rng.gauss(0, 1), rng.gauss(0, 1)], [rng.gauss(0, 1), rng.gauss(0, 1)]
+            c, r = (a, b) if a[1] > b[1] else (b, a)
+            zc.append(c), zr.append(r)
+        return torch.tensor(zc), torch.tensor(zr)
+
+    few, _ = fit_preferences(user_pairs(2), None, prior, precision)
+    many, cov_many = fit_preferences(user_pairs(400), None, prior, precision)
+    _, cov_few = fit_preferences(user_pairs(2), None, prior, precision)
+    assert few[0] > few[1]  # two labels cannot overturn the population
+    assert many[1] > 3 * abs(many[0])  # four hundred can
+    assert torch.trace(cov_many[:2, :2]) < 0.3 * torch.trace(cov_few[:2, :2])  # and it knows it is surer
+
+
+def test_lower_bound_subtracts_k_standard_deviations():
+    pref = Preference(weight=torch.tensor([1.0, 0.0]), cov=torch.tensor([[0.0, 0.0], [0.0, 4.0]]), thumbs_bias=0.0,
+                      center=torch.zeros(2), scale=2.0, labels=10)
+    z = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert pref.mean(z).tolist() == [0.5, 0.5]
+    assert pref.std(z).tolist() == [0.0, 1.0]  # sqrt(1 * 4 * 1) / 2
+    assert pref.lower(z, 1.5).tolist() == [0.5, -1.0]
+
+
+TOPICS = ["tea", "rain", "bread", "cats", "maps", "music", "trees", "boats", "stars", "shoes", "clocks", "lamps"]
+
+
+def _replies(topic: str) -> tuple[str, str, str]:
+    listed = f"Here are tips about {topic}:\n- choose good {topic}\n- look after your {topic}\n- enjoy the {topic}"
+    short = f"Just enjoy {topic}."
+    long = f"{topic.capitalize()} are a big subject. " * 5 + f"There is a lot to say about {topic}."
+    return listed, short, long
+
+
+@pytest.mark.e2e
+def test_a_user_who_wants_lists_is_learned_from_a_few_dozen_labels(model_data_dir):
+    from service.model_loading import load_base_model, load_tokenizer
+    from service.settings import Settings
+
+    settings = Settings(data_dir=model_data_dir, dev_mode=True)
+    tokenizer, model = load_tokenizer(settings), load_base_model(settings, dtype=torch.float32)
+    budgets = Budgets(min_user_labels=4, heldout_fraction=0.01, reward_steps=50)
+    render = lambda q: tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,  # noqa: E731
+                                                     add_generation_prompt=True)
+    data = Dataset()
+    mid = 0
+    for i, topic in enumerate(TOPICS[:8]):
+        listed, short, long = _replies(topic)
+        prompt = render(f"Tell me about {topic}.")
+        mid += 3
+        # user 1 wants lists; users 2 and 3 (the population) want short replies
+        data.pairs.append(PreferencePair(1, prompt, listed, short, mid, mid + 1, f"r{i}", NOW))
+        data.pairs.append(PreferencePair(1, prompt, listed, long, mid, mid + 2, f"r{i}b", NOW))
+        data.points.append(PointLabel(1, prompt, listed, 1, mid, 100 + i, NOW))
+        for uid in (2, 3):
+            data.pairs.append(PreferencePair(uid, prompt, short, long, mid + 1, mid + 2, f"s{i}", NOW))
+            data.pairs.append(PreferencePair(uid, prompt, short, listed, mid + 1, mid, f"s{i}b", NOW))
+    model_rm = RewardModel(FeatureCache(model, tokenizer, budgets), budgets)
+    metrics = model_rm.fit(data, data)
+    assert 1 in metrics["reward/personalized_users"]
+
+    # unseen topics: user 1's reward puts the list first, the population's the short reply
+    for topic in TOPICS[8:]:
+        prompt = render(f"Tell me about {topic}.")
+        listed, short, long = _replies(topic)
+        mine = model_rm.score(1, [prompt] * 3, [listed, short, long])
+        everyone = model_rm.score(None, [prompt] * 3, [listed, short, long])
+        assert int(mine.argmax()) == 0 and int(everyone.argmax()) == 1, (mine, everyone)
+    top = model_rm.top_traits(1)[0]  # the list replies open with a "Here are tips:" label line
+    assert top["trait"] in ("lists", "line_breaks", "headings") and top["likes"], model_rm.top_traits(1)
+
+    # the hand-off: a model rebuilt from its state scores the same features identically
+    feats = model_rm.cache.features([prompt] * 3, [listed, short, long])
+    again = RewardModel.from_state(model_rm.state_dict(), budgets)
+    for uid in (1, None):
+        a, _ = model_rm.rewards(uid, feats, [prompt] * 3, [listed, short, long], k=1.0)
+        b, _ = again.rewards(uid, feats, [prompt] * 3, [listed, short, long], k=1.0)
+        assert torch.allclose(a, b, atol=1e-5)
