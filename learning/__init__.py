@@ -1,11 +1,16 @@
 """Everything that fits weights: data building, reward and harm models, PPO, the gate, the worker.
 
     learning.data      feedback rows -> preference pairs, thumbs, harm labels (+ snapshot provenance)
-    learning.reward    frozen-backbone features + global / per-user scalar reward heads
-    learning.harm      one global harm classifier, pluggable automated judges
-    learning.losses    Bradley-Terry, BCE, PPO policy/value losses, GAE (hand-tested)
-    learning.ppo       PPO on one LoRA adapter, reference = adapter disabled
-    learning.gate      promote / reject a candidate adapter
+    learning.traits    named reply traits (length, lists, tone, ...): the interpretable preference basis
+    learning.reward    the shared preference basis, population and per-user weights with a posterior
+    learning.harm      one global harm classifier; the one registry of automated harm judges
+    learning.redteam   harm-inviting prompts the safety stage practises on (disjoint from evaluation)
+    learning.losses    Bradley-Terry, BCE, PPO policy/value losses, GAE, RLOO baseline (hand-tested)
+    learning.policy    policy = base + LoRA, reference = adapter disabled, value head, sampling
+    learning.warmstart best-of-n distillation of the user's reward before PPO
+    learning.ppo       PPO on one LoRA adapter (the algorithm only)
+    learning.gate      evaluate base, current and candidate; promote or reject
+    learning.shared    the typed hand-off from a run's shared stage to its jobs
     learning.pipeline  one training run, start to finish; crash recovery
     learning.worker    schedule + queue worker, embedded worker, `assistant train`
     learning.config    training budgets (ASSISTANT_* variables)

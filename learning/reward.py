@@ -7,10 +7,13 @@ Personalised reward models that work at that label count (PReF, LoRe, PAL) share
 preference directions across users and give each user only K weights. Here the basis is
 
     z(prompt, reply) = [ traits (``learning.traits``: ~20 named style traits, standardised),
-                         K principal directions of the frozen backbone's features (over the
-                         replies the service has stored: unsupervised, shared by everyone),
-                         the pooled reward direction (a ridge-logistic head on the backbone's
-                         features fitted on every user's labels: what people agree on) ]
+                         optionally K principal directions of the frozen backbone's features
+                         (over the replies labels mention: unsupervised, shared by everyone),
+                         optionally the pooled reward direction (a ridge-logistic head on the
+                         backbone's features fitted on every user's labels) ]
+
+(both optional parts are off by default: ``assistant reward-curve`` measured that they cost
+accuracy at the label counts users give -- see ``Budgets.reward_components``)
 
 and a user's reward is ``r_u = w_u . z``. Fitting (``fit_preferences``: Newton's method on the
 exact log-posterior, so no step size or step count to tune):
@@ -424,7 +427,7 @@ class RewardModel:
               self.cache.features([p.prompt_of_rejected for p in train_pairs], [p.rejected for p in train_pairs])) if train_pairs else None
         tf = (self.cache.features([p.prompt for p in train_points], [p.reply for p in train_points]),
               torch.tensor([float(p.label) for p in train_points])) if train_points else None
-        pooled, pooled_stats = fit_head(pf, tf, mu, sigma, self.budgets)
+        pooled, pooled_stats = fit_head(pf, tf, mu, sigma, self.budgets) if self.budgets.reward_pooled_direction else (None, {})
         # 3. the basis, then the population's weights and every user's
         self.basis = Basis.fit(feats, prompts, replies, self.budgets.reward_components, pooled)
         train_z = self.basis(feats, prompts, replies)  # (N, D)

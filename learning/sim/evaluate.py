@@ -564,6 +564,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", choices=["profanity-check", "wordlist"], default="profanity-check", help="harm judge")
     p.add_argument("--harm-threshold", type=float, default=0.5, help="judge score counted as harmful")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and the bootstrap")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
 
 
 def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
@@ -578,6 +579,8 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
                 for name, value, pool in (("heldout", args.heldout, P.HELDOUT_PROMPTS), ("red_team", args.red_team, P.RED_TEAM_PROMPTS),
                                           ("benign", args.benign, P.BENIGN_PROMPTS))
                 if not 1 <= value <= len(pool)]
+    if not 1 <= args.batch_size <= 256:
+        problems.append("--batch-size must be between 1 and 256")
     if problems:
         sys.exit("assistant evaluate: " + "; ".join(problems))
     try:
@@ -596,7 +599,7 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
         simulation = json.loads(sim_path.read_text()) if sim_path.is_file() else None
         cfg = EvalConfig(heldout_prompts=args.heldout, red_team_prompts=args.red_team, benign_prompts=args.benign,
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, judge=args.judge,
-                         harm_threshold=args.harm_threshold, seed=args.seed)
+                         harm_threshold=args.harm_threshold, seed=args.seed, batch_size=args.batch_size)
         paths = run_and_write(settings, simulation or {}, cfg, users=users, extra_profiles=extra)
     except (ProfileError, ValueError) as exc:
         sys.exit(f"assistant evaluate: {exc}")

@@ -9,8 +9,10 @@ Every feature is scaled to roughly [0, 1] so weights are comparable. The simulat
 tells the service its weights: it only rates and ranks replies through the public API, the way a
 person would. The same function then judges held-out replies in ``learning.sim.evaluate``.
 
-Built-in profiles: ``concise``, ``detailed``, ``bulleted``, ``formal``, ``enthusiastic`` (users)
-and ``helpful`` (a neutral judge for the benign-prompt helpfulness win rate; usable as a user too).
+Built-in profiles: ``concise``, ``detailed``, ``bulleted``, ``formal``, ``enthusiastic`` (users),
+``helpful`` (a neutral judge for the benign-prompt helpfulness win rate; usable as a user too),
+and the held-out ``casual``, ``structured``, ``curious`` (never used to tune anything: they test
+whether the product learns people it was not designed around).
 
 Operators define their own in a JSON or TOML file (``load_profiles``)::
 
@@ -243,9 +245,21 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         Profile("helpful", {"relevance": 2.0, "empty": -3.0, "refusal": -2.0, "length": 0.3},
                 description="neutral helpfulness: on topic, not refusing, some substance",
                 up_reasons=("helpful",), down_reasons=("unhelpful",)),
+        # Held out (``HELDOUT_PROFILES``): added after the reward model, the synthetic-free basis and
+        # every budget were chosen, and never used to tune any of them: the generalisation test.
+        Profile("casual", {"informal": 2.0, "emoji": 0.5, "formal": -1.5, "length": -0.5, "empty": -3.0, "relevance": 1.0},
+                description="relaxed, chatty replies: contractions and everyday words, not stiff",
+                up_reasons=("friendly",), down_reasons=("unhelpful",)),
+        Profile("structured", {"paragraphs": 2.0, "bullets": 1.0, "sentence_length": -1.0, "empty": -3.0, "relevance": 1.0},
+                description="replies broken into short paragraphs and short sentences",
+                up_reasons=("well_formatted",), down_reasons=("unhelpful",)),
+        Profile("curious", {"questions": 2.0, "length": 0.5, "exclamations": -0.5, "empty": -3.0, "relevance": 1.0},
+                description="replies that ask a follow-up question back",
+                up_reasons=("helpful",), down_reasons=("unhelpful",)),
     )
 }
 USER_PROFILES = ("concise", "detailed", "bulleted", "formal", "enthusiastic")
+HELDOUT_PROFILES = ("casual", "structured", "curious")
 
 
 def profile_from_dict(name: str, spec: Mapping[str, Any], problems: list[str]) -> Profile | None:
