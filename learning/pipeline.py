@@ -689,7 +689,7 @@ def _prompts_for(ctx: _Context, user_id: int | None) -> tuple[list[str], list[st
     gate = (own_gate + shared_gate)[: ctx.budgets.gate_prompts]
     harm = list(dict.fromkeys(ctx.shared.harm_prompts[-64:] + [render([{"role": "user", "content": p}])
                                                                  for p in HARM_INVITING_PROMPTS]))
-    harm_gate = [p for p in harm if _held_for_gate(p)][: max(1, ctx.budgets.gate_prompts // 2)]
+    harm_gate = [p for p in harm if _held_for_gate(p)][: max(1, ctx.budgets.gate_prompts // 3)]
     harm_train = [p for p in harm if p not in harm_gate]
     return own_train + shared_train, gate, harm_train, harm_gate
 

@@ -29,28 +29,27 @@ What it measures (``prompts`` holds the sets; none were seen by a simulated user
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import math
-import random
 import sys
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any
 
 from learning.sim import prompts as P
+# stats, policies and history names are also re-exported here for existing importers
+from learning.sim.history import (_simulation_rounds, find_metric, global_reward_accuracy, latest_snapshot_models,
+                                  newest_version, reward_model_accuracy, training_history, user_reward_accuracy)  # noqa: F401
 from learning.sim.judge import Judge, make_judge
+from learning.sim.policies import BASE, Generation, PolicyBank  # noqa: F401
 from learning.sim.profiles import BUILTIN_PROFILES, Profile, ProfileError, is_refusal, load_profiles, profile_from_dict
+from learning.sim.stats import WinRate, _mean, bootstrap_interval, compare, wilson_interval, win_rate  # noqa: F401
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-BASE = "base"
 
 
 @dataclass(frozen=True)
@@ -87,295 +86,6 @@ class EvalConfig:
 
     seed: int = 0
     """Seeds sampling (when temperature > 0) and the bootstrap."""
-
-
-# --- statistics ---------------------------------------------------------------------------------
-
-
-def _z(confidence: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
-def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion (Wilson 1927). ``successes`` may be fractional
-    (wins + ties/2). n = 0 gives the uninformative (0, 1)."""
-    if n == 0:
-        return (0.0, 1.0)
-    z = _z(confidence)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def bootstrap_interval(outcomes: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``outcomes``."""
-    if not outcomes:
-        return (0.0, 1.0)
-    rng = random.Random(seed)
-    n = len(outcomes)
-    means = sorted(sum(rng.choices(outcomes, k=n)) / n for _ in range(resamples))
-    lo = means[int(math.floor((1 - confidence) / 2 * (resamples - 1)))]
-    hi = means[int(math.ceil((1 + confidence) / 2 * (resamples - 1)))]
-    return (lo, hi)
-
-
-class WinRate(NamedTuple):
-    rate: float  # (wins + ties / 2) / n
-    wins: int
-    ties: int
-    losses: int
-    n: int
-    wilson: tuple[float, float]
-    bootstrap: tuple[float, float]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rate": self.rate, "wins": self.wins, "ties": self.ties, "losses": self.losses, "n": self.n,
-                "wilson": list(self.wilson), "bootstrap": list(self.bootstrap)}
-
-
-def win_rate(outcomes: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> WinRate:
-    """``outcomes``: 1 = win, 0.5 = tie, 0 = loss."""
-    n = len(outcomes)
-    wins = sum(o == 1.0 for o in outcomes)
-    ties = sum(o == 0.5 for o in outcomes)
-    score = wins + ties / 2
-    return WinRate(score / n if n else 0.5, wins, ties, n - wins - ties, n, wilson_interval(score, n, confidence),
-                   bootstrap_interval(outcomes, confidence, resamples, seed))
-
-
-def compare(profile: Profile, prompts: Sequence[str], candidate: Sequence[str], baseline: Sequence[str]) -> list[float]:
-    """Per prompt: does ``candidate`` beat ``baseline`` under ``profile``? (1, 0.5 tie, 0)"""
-    return [0.5 if c == b else profile.prefers(p, c, b) for p, c, b in zip(prompts, candidate, baseline)]
-
-
-# --- policies: the base model and stored adapters ------------------------------------------------
-
-
-class Generation(NamedTuple):
-    texts: list[str]
-    sequences: list[list[int]]  # prompt ids + reply ids (up to and including end-of-turn)
-    prompt_lens: list[int]
-
-
-class PolicyBank:
-    """The base model with stored adapters loaded side by side; one active at a time.
-
-    ``None`` (or ``"base"``) is the base model: the adapter disabled, as the trainer's reference.
-    """
-
-    def __init__(self, settings: "Settings", cfg: EvalConfig) -> None:
-        from service.model_loading import load_base_model, load_tokenizer
-
-        self.settings, self.cfg = settings, cfg
-        self.tokenizer = load_tokenizer(settings)
-        self.model = load_base_model(settings)
-        self.peft = None
-        self.paths: dict[str, Path] = {}
-        self._cache: dict[tuple[str, tuple[str, ...]], Generation] = {}
-
-    def add(self, label: str, path: Path) -> None:
-        """Load a stored adapter directory (safetensors only) under ``label``."""
-        from peft import PeftModel
-
-        from service.adapter_store import validate_adapter_dir
-
-        if label in self.paths:
-            return
-        validate_adapter_dir(path)
-        if self.peft is None:
-            self.peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=label, is_trainable=False)
-            self.peft.eval()
-        else:
-            self.peft.load_adapter(str(path), adapter_name=label, is_trainable=False)
-        self.paths[label] = path
-
-    @contextlib.contextmanager
-    def use(self, label: str | None):
-        """The model to call, with ``label``'s adapter active (``None``/"base": adapter disabled)."""
-        if label in (None, BASE):
-            if self.peft is None:
-                yield self.model
-            else:
-                with self.peft.disable_adapter():
-                    yield self.peft
-            return
-        if label not in self.paths:
-            raise KeyError(f"adapter {label} was not loaded")
-        self.peft.set_adapter(label)
-        yield self.peft
-
-    def render(self, prompt: str) -> str:
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True)
-
-    def generate(self, label: str | None, prompts: Sequence[str]) -> Generation:
-        key = (label or BASE, tuple(prompts))
-        if key not in self._cache:
-            started = time.monotonic()
-            self._cache[key] = self._generate(label, list(prompts))
-            logger.info("%s: %d replies in %.0f s", label or BASE, len(prompts), time.monotonic() - started)
-        return self._cache[key]
-
-    def _generate(self, label: str | None, prompts: list[str]) -> Generation:
-        import torch
-
-        tok, cfg = self.tokenizer, self.cfg
-        tok.padding_side = "left"
-        eos = tok.eos_token_id
-        texts, seqs, plens = [], [], []
-        device = self.settings.device
-        for start in range(0, len(prompts), cfg.batch_size):
-            chunk = prompts[start:start + cfg.batch_size]
-            enc = tok([self.render(p) for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-            sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": 1.0, "top_k": 0} \
-                if cfg.temperature > 0 else {"do_sample": False}
-            torch.manual_seed(cfg.seed + start)
-            with torch.no_grad(), self.use(label) as model:
-                out = model.generate(input_ids=enc.input_ids.to(device), attention_mask=enc.attention_mask.to(device),
-                                     max_new_tokens=cfg.max_new_tokens, eos_token_id=eos, pad_token_id=tok.pad_token_id,
-                                     **sampling).cpu()  # (B, P + T)
-            width = enc.input_ids.shape[1]
-            for row in range(len(chunk)):
-                prompt_ids = enc.input_ids[row][enc.attention_mask[row].bool()].tolist()
-                reply = out[row, width:].tolist()
-                if eos in reply:
-                    reply = reply[:reply.index(eos) + 1]
-                texts.append(tok.decode(reply, skip_special_tokens=True).strip())
-                seqs.append(prompt_ids + reply)
-                plens.append(len(prompt_ids))
-        return Generation(texts, seqs, plens)
-
-    def kl_to_base(self, label: str, *prompt_sets: Sequence[str]) -> float | None:
-        """Mean per-token KL(adapter || base) over the adapter's own replies to every prompt set
-        (each set generated once: the replies already made for the other measurements are reused)."""
-        import torch
-        import torch.nn.functional as F
-
-        gens = [self.generate(label, prompts) for prompts in prompt_sets]
-        total, count = 0.0, 0
-        for seq, plen in ((s, n) for gen in gens for s, n in zip(gen.sequences, gen.prompt_lens)):
-            if len(seq) <= plen:
-                continue
-            ids = torch.tensor([seq], device=self.settings.device)  # (1, L)
-            with torch.no_grad():
-                with self.use(label) as m:
-                    logits_a = m(input_ids=ids).logits[0, plen - 1:-1].float()  # (T, V): predicts each reply token
-                with self.use(None) as m:
-                    logits_b = m(input_ids=ids).logits[0, plen - 1:-1].float()  # (T, V)
-            logp_a, logp_b = F.log_softmax(logits_a, -1), F.log_softmax(logits_b, -1)
-            kl = (logp_a.exp() * (logp_a - logp_b)).sum(-1)  # (T,)
-            total += float(kl.sum())
-            count += kl.numel()
-        return total / count if count else None
-
-
-# --- reading what the learning job recorded -------------------------------------------------------
-
-
-def find_metric(metrics: Any, key: str) -> Any:
-    """``key`` in a metrics blob: flat, or nested in dicts, or in the last entry of a history list."""
-    if isinstance(metrics, dict):
-        if key in metrics and not isinstance(metrics[key], (dict, list)):
-            return metrics[key]
-        for v in metrics.values():
-            found = find_metric(v, key)
-            if found is not None:
-                return found
-    elif isinstance(metrics, list) and metrics and isinstance(metrics[-1], dict):
-        return find_metric(metrics[-1], key)
-    return None
-
-
-def training_history(session) -> list[dict[str, Any]]:
-    """One entry per training result (oldest run first): scope, run, PPO reward and KL, promotion."""
-    from sqlmodel import select
-
-    from service.models import AdapterVersion, TrainingResult, TrainingRun
-
-    rows = session.exec(select(TrainingResult, TrainingRun).where(TrainingResult.run_id == TrainingRun.id)
-                        .order_by(TrainingRun.id, TrainingResult.id)).all()
-    out = []
-    for res, run in rows:
-        adapter = session.get(AdapterVersion, res.adapter_version_id) if res.adapter_version_id else None
-        metrics = {**(adapter.metrics if adapter else {}), **(res.metrics or {})}
-        out.append({
-            "run_id": run.id, "user_id": res.user_id, "status": getattr(res.status, "value", res.status),
-            "promoted": res.promoted, "reason": res.reason,
-            "adapter_version_id": res.adapter_version_id,
-            "reward_mean": find_metric(metrics, "reward/mean"),
-            "kl_per_token": find_metric(metrics, "kl/per_token"),
-            "harm_mean": find_metric(metrics, "harm/mean"),
-            "metrics": metrics,
-        })
-    return out
-
-
-def reward_model_accuracy(history: list[dict[str, Any]], user_id: int | None) -> dict[str, Any]:
-    """Held-out pairwise accuracy from the newest training result of this scope that recorded it."""
-    for entry in reversed(history):
-        if entry["user_id"] != user_id:
-            continue
-        m = entry["metrics"]
-        if user_id is None:
-            acc = find_metric(m, "reward/heldout_accuracy")
-            pairs = find_metric(m, "reward/heldout_pairs")
-        else:
-            acc = find_metric(m, "reward/accuracy")
-            pairs = find_metric(m, "reward/heldout_pairs")
-        baseline = find_metric(m, "reward/length_baseline_accuracy")
-        if acc is not None or baseline is not None:
-            return {"accuracy": acc, "length_baseline_accuracy": baseline, "heldout_pairs": pairs, "run_id": entry["run_id"]}
-    return {"accuracy": None, "length_baseline_accuracy": None, "heldout_pairs": None, "run_id": None}
-
-
-def newest_version(session, user_id: int | None):
-    """The newest adapter version of a scope, whatever its status (None if never trained)."""
-    from sqlmodel import select
-
-    from service.models import AdapterVersion
-
-    stmt = select(AdapterVersion).where(AdapterVersion.user_id == user_id if user_id is not None
-                                        else AdapterVersion.user_id.is_(None))
-    return session.exec(stmt.order_by(AdapterVersion.version.desc())).first()
-
-
-def latest_snapshot_models(session) -> tuple[int | None, dict[str, Any]]:
-    """(run id, reward/harm model metrics) of the newest training snapshot that recorded them."""
-    from sqlmodel import select
-
-    from service.models import TrainingSnapshot
-
-    for snap in session.exec(select(TrainingSnapshot).order_by(TrainingSnapshot.id.desc())).all():
-        models = (snap.stats or {}).get("models")
-        if models:
-            return snap.run_id, models
-    return None, {}
-
-
-def global_reward_accuracy(snapshot_models: tuple[int | None, dict[str, Any]], history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The global reward head's held-out accuracy: from the newest snapshot, else a global result row."""
-    run_id, models = snapshot_models
-    if models:
-        return {"accuracy": models.get("reward/heldout_accuracy"),
-                "length_baseline_accuracy": models.get("reward/length_baseline_accuracy"),
-                "heldout_pairs": models.get("reward/heldout_pairs"), "run_id": run_id}
-    return reward_model_accuracy(history, None)
-
-
-def user_reward_accuracy(snapshot_models: tuple[int | None, dict[str, Any]], history: list[dict[str, Any]],
-                         user_id: int) -> dict[str, Any]:
-    """A user's head on their held-out pairs: from the newest snapshot, else their newest result row."""
-    run_id, models = snapshot_models
-    mine = (models.get("reward/per_user") or {}).get(str(user_id))
-    if mine:
-        return {"accuracy": mine.get("accuracy"), "length_baseline_accuracy": mine.get("length_baseline_accuracy"),
-                "heldout_pairs": mine.get("heldout_pairs"), "personalized": mine.get("personalized"), "run_id": run_id}
-    return reward_model_accuracy(history, user_id)
 
 
 # --- the evaluation -------------------------------------------------------------------------------
@@ -516,24 +226,6 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
         },
         "notes": notes,
     }
-
-
-def _mean(xs) -> float | None:
-    xs = [float(x) for x in xs]
-    return sum(xs) / len(xs) if xs else None
-
-
-def _simulation_rounds(simulation: dict[str, Any] | None) -> list[dict[str, Any]]:
-    if not simulation:
-        return []
-    out = []
-    for rnd in simulation.get("rounds", []):
-        run = rnd.get("training_run") or {}
-        for username, s in rnd.get("users", {}).items():
-            out.append({"round": rnd["round"], "username": username, "mean_score": s.get("mean_score"),
-                        "harmful_share": s.get("harmful_share"), "served_by": s.get("served_by"),
-                        "training_run_id": run.get("id"), "training_status": run.get("status")})
-    return out
 
 
 # --- the command ------------------------------------------------------------------------------------
