@@ -165,12 +165,12 @@ def next_alternative_index(session: Session, *, group: int) -> int:
     return 0 if current is None else int(current) + 1
 
 
-def thread(session: Session, *, leaf: Message) -> list[Message]:
-    """The messages from the root to ``leaf`` following parent links."""
+def thread(session: Session, *, leaf: Message, limit: int | None = None) -> list[Message]:
+    """The messages from the root to ``leaf`` following parent links (only the newest ``limit``)."""
     chain: list[Message] = []
     cur: Message | None = leaf
     seen: set[int] = set()
-    while cur is not None and cur.id not in seen:
+    while cur is not None and cur.id not in seen and (limit is None or len(chain) < limit):
         seen.add(cur.id)
         chain.append(cur)
         cur = session.get(Message, cur.parent_id) if cur.parent_id is not None else None

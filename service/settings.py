@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     default_max_new_tokens: int = Field(256, ge=1, description="Reply length when the client does not say.")
     max_new_tokens_limit: int = Field(1024, ge=1, description="Largest max_new_tokens a client may ask for (422 above).")
     max_input_tokens: int = Field(2048, ge=64, description="Prompt budget: older turns are dropped to fit.")
+    max_messages: int = Field(256, ge=2, description="Most messages in one /v1 request (413 above); also the most turns "
+                              "of a conversation's history read for one reply (the newest are kept).")
     max_concurrent_per_user: int = Field(4, ge=1, description="Generations one user may have running at once (429 above).")
     default_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature when the client does not say.")
     default_top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling when the client does not say.")

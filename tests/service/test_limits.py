@@ -87,3 +87,44 @@ def test_full_queue_gives_busy_and_no_empty_row(make_settings):
             users = s.exec(select(Message).where(Message.role == "user")).all()
         assert len(assistants) == 1, "refused replies leave no empty assistant rows"
         assert {m.content for m in users} == {"first", "second", "third"}, "the user's words are kept"
+
+
+def test_too_many_messages_over_v1_is_413_and_stores_nothing(app_factory):
+    client = app_factory(max_messages=8)
+    u = signup(client, "manymessages")
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(9)]
+    r = client.post("/v1/chat/completions", json={"messages": turns, "max_tokens": 2}, headers=u["headers"])
+    assert r.status_code == 413 and "ASSISTANT_MAX_MESSAGES" in r.text
+    with Session(client.app.state.db) as s:
+        assert s.exec(select(Message)).all() == []
+
+
+def test_prompt_truncation_renders_log_n_times_and_keeps_the_newest_turns(app_factory):
+    client = app_factory(max_input_tokens=200)
+    chat = client.app.state.chat
+    tok = chat.engine.tokenizer
+    calls = []
+    original = tok.apply_chat_template
+
+    def counting(messages, **kw):
+        calls.append(len(messages))
+        return original(messages, **kw)
+
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message number {i}"} for i in range(2001)]
+    tok.apply_chat_template = counting
+    try:
+        ids = chat.render_prompt(turns)
+    finally:
+        tok.apply_chat_template = original
+    # 2,001 turns: one full rendering, then bisection over the drop count (the old loop rendered ~2,000 times)
+    assert len(calls) <= 14, len(calls)
+    assert len(ids) <= 200
+    text = tok.decode(ids)
+    assert "message number 2000" in text and "message number 1990" in text and "message number 10\n" not in text
+    # exactly the newest suffix that fits: one more turn would not
+    def length(messages) -> int:
+        ids = original(messages, add_generation_prompt=True, tokenize=True)
+        return len(ids if isinstance(ids, list) else ids["input_ids"])
+
+    kept = text.count("message number ")
+    assert length(turns[-kept:]) <= 200 < length(turns[-(kept + 1):])
