@@ -61,7 +61,7 @@ def test_rate_train_serve_via_api(make_settings, shared_engine):
         # The reply reports exactly the policy now active for alice (her adapter if promoted, else global/base).
         assert end["adapter_version"] == me["active_label"], (end, me)
         if mine[0]["promoted"]:
-            assert me["policy"] == "user" and end["adapter_version"] == mine[0]["adapter_version"]
+            assert me["policy"] == "user" and end["adapter_version"] == f"u{alice['id']}-v1"  # results hold the row id
         conv = client.get(f"/api/conversations/{out['starts'][0]['conversation_id']}", headers=alice["headers"]).json()
         assert conv["messages"][-1]["adapter_version"] == end["adapter_version"]
 
