@@ -99,7 +99,7 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
             loss.backward()
             nn.utils.clip_grad_norm_(params, budgets.ppo_max_grad_norm)
             optimizer.step()
-            epoch.append(float(loss))
+            epoch.append(float(loss.detach()))
         losses.append(epoch)
     result = WarmStartResult(sampled, n_distilled, len(data) - n_distilled, sum(losses[0]) / len(losses[0]),
                              sum(losses[-1]) / len(losses[-1]), time.monotonic() - started)

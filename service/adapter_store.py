@@ -14,6 +14,7 @@ server maps a user to an ``ActiveAdapter`` row, the row to a directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -171,7 +172,12 @@ class Resolved:
 
 
 def ref_for(settings: Settings, row: AdapterVersion) -> AdapterRef:
-    return AdapterRef(key=label_of(row), path=settings.adapters_dir / row.path, version_id=row.id)
+    """The engine's handle on a version. Its cache key names the files, not just the label: a label
+    (``u2-v1``) repeats when a store is reset or a deleted user's id is reused, and an engine must
+    never serve the old weights under it."""
+    path = settings.adapters_dir / row.path
+    stamp = hashlib.sha1(f"{path.resolve()}|{row.id}|{row.created_at.isoformat()}".encode()).hexdigest()[:12]
+    return AdapterRef(key=f"{label_of(row)}-{stamp}", path=path, version_id=row.id)
 
 
 def resolve_for_user(settings: Settings, session: Session, user_id: int) -> Resolved:

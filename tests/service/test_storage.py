@@ -49,3 +49,26 @@ def test_username_taken(make_settings):
         crud.create_user(s, username="same", password="password1")
         with pytest.raises(crud.Conflict):
             crud.create_user(s, username="same", password="password2")
+
+
+def test_same_label_in_two_stores_gets_two_engine_keys(make_settings, tmp_path):
+    """A label like ``u2-v1`` repeats across stores (a reset, a reused user id); the engine's cache key
+    must not, or a shared engine would serve the first store's weights for the second's adapter."""
+    from service import adapter_store
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in adapter_store.REQUIRED_FILES:
+        (src / name).write_text("{}")
+    refs = []
+    for _ in range(2):
+        settings = make_settings()
+        engine = make_engine(settings)
+        init_db(engine)
+        with Session(engine) as s:
+            u = crud.create_user(s, username="same", password="password1")
+            row = adapter_store.publish(settings, s, user_id=u.id, src_dir=src, metadata={})
+            refs.append((adapter_store.label_of(row), adapter_store.ref_for(settings, row)))
+            assert adapter_store.ref_for(settings, row).key == refs[-1][1].key  # stable for one version
+    (label_a, ref_a), (label_b, ref_b) = refs
+    assert label_a == label_b and ref_a.key != ref_b.key and ref_a.key.startswith(label_a)
