@@ -310,6 +310,53 @@ async function evalReport() {
       el('tbody', {}, rows.map(([k, v]) => el('tr', {}, el('th', { scope: 'row' }, k), el('td', {}, v)))))));
 }
 
+// --- users: the approval queue and new accounts -------------------------------------------------
+
+function usersTable() {
+  const status = el('p', { class: 'muted', 'aria-live': 'polite' });
+  const rows = A.users.map((u) => el('tr', { 'data-testid': 'admin-user-row', 'data-user-id': u.id, 'data-approved': String(u.approved !== false) },
+    el('td', {}, u.username, u.role === 'operator' ? el('span', { class: 'muted' }, ' (operator)') : null),
+    el('td', {}, u.approved === false ? 'waiting for approval' : 'approved'),
+    el('td', {}, formatNumber(u.feedback ?? 0)), el('td', {}, formatNumber(u.rankings ?? 0)),
+    el('td', {}, u.approved === false ? el('button', {
+      type: 'button', class: 'small', 'data-testid': 'admin-approve-user', 'aria-label': `Approve ${u.username}`,
+      onclick: async (e) => {
+        e.target.disabled = true;
+        try {
+          await api(`api/admin/users/${u.id}/approve`, { method: 'POST', quiet: true });
+          u.approved = true;
+          status.textContent = `${u.username} approved.`;
+          $('#admin-users').replaceChildren(usersTable());
+        } catch (err) {
+          status.textContent = `Could not approve ${u.username}: ${err.detail}`;
+          e.target.disabled = false;
+        }
+      },
+    }, 'Approve') : null)));
+  const name = el('input', { id: 'new-user-name', required: true, autocomplete: 'off', 'aria-label': 'New username' });
+  const pass = el('input', { id: 'new-user-password', type: 'password', required: true, minlength: 8, autocomplete: 'new-password', 'aria-label': 'New password' });
+  const form = el('form', { class: 'row wrap', 'data-testid': 'admin-create-user' },
+    el('label', { for: 'new-user-name' }, 'Username '), name, el('label', { for: 'new-user-password' }, 'Password '), pass,
+    el('button', { type: 'submit', class: 'small' }, 'Create account'));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      const u = await api('api/admin/users', { method: 'POST', json: { username: name.value, password: pass.value }, quiet: true });
+      A.users.push(u);
+      $('#admin-users').replaceChildren(usersTable());
+      $('#admin-users p[aria-live]').textContent = `${u.username} created.`;
+    } catch (err) {
+      status.textContent = `Could not create the account: ${err.detail}`;
+    }
+  });
+  return el('div', {},
+    el('div', { class: 'table-wrap' }, el('table', {},
+      el('caption', { class: 'visually-hidden' }, 'Accounts'),
+      el('thead', {}, el('tr', {}, ['User', 'Status', 'Ratings', 'Rankings', ''].map((h) => el('th', { scope: 'col' }, h)))),
+      el('tbody', {}, rows))),
+    form, status);
+}
+
 // --- page ------------------------------------------------------------------------------------
 
 export async function showAdmin() {
@@ -331,7 +378,8 @@ export async function showAdmin() {
     section('admin-adapters-title', 'Adapters', el('div', { id: 'admin-adapters' }, el('p', { class: 'muted' }, 'Loading…'))),
     section('admin-plots-title', 'Metrics per version', el('div', { id: 'admin-metric-charts' })),
     section('admin-stats-title', 'Feedback and reward model', el('div', { id: 'admin-stats' })),
-    section('admin-schedule-title', 'Schedule', await scheduleForm()));
+    section('admin-schedule-title', 'Schedule', await scheduleForm()),
+    section('admin-users-title', 'Users', el('div', { id: 'admin-users' }, usersTable())));
   await Promise.all([refreshRuns(), refreshAdapters(), refreshStats()]);
   const report = await evalReport();
   if (report && A.visible) root.append(report);

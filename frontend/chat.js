@@ -423,7 +423,7 @@ export function renderThread() {
     if (cmp && cmp.ids.length && cmp.ids.every((id) => step.sibs.some((s) => s.id === id)) && step.sibs.length === cmp.ids.length) {
       nodes.push(compareNode(step.group, cmp));
     } else {
-      nodes.push(assistantNode(step.shown, { pager: pagerNode(step.group, step.sibs, step.shown) }));
+      nodes.push(assistantNode(step.shown, { pager: pagerNode(step.group, step.sibs, step.shown), ...(step.shown.origin === 'client' ? { rating: false, regenerate: false } : {}) }));
     }
   }
   const last = S.messages[S.messages.length - 1];

@@ -15,7 +15,7 @@ function note(text, kind = 'ok') {
   return el('p', { class: `note ${kind}`, role: 'status' }, text);
 }
 
-export async function showMe() {
+export async function showMe(message = null) {
   const root = $('#me-content');
   root.replaceChildren(el('p', { class: 'muted' }, 'Loading…'));
   let adapter = null;
@@ -25,7 +25,7 @@ export async function showMe() {
   } catch (err) {
     loadError = err.detail;
   }
-  const status = el('div', { 'aria-live': 'polite' });
+  const status = el('div', { 'aria-live': 'polite' }, message ? note(message) : null);
 
   async function act(button, work) {
     button.disabled = true;
@@ -42,7 +42,7 @@ export async function showMe() {
 
   const resetBtn = el('button', { type: 'button', class: 'button-danger' }, 'Reset personalization');
   resetBtn.addEventListener('click', () => act(resetBtn, async () => {
-    if (!(await confirmDialog('Reset your personalization? Replies will come from the shared model until you are trained again. Your feedback is kept.', 'Reset'))) return null;
+    if (!(await confirmDialog('Reset your personalization? Your personal model is deleted and replies come from the shared model until you are trained again. Your feedback is kept.', 'Reset'))) return null;
     await api('api/me/adapter', { method: 'DELETE' });
     await showMe();
     return null;
@@ -55,9 +55,17 @@ export async function showMe() {
   }));
   const deleteBtn = el('button', { type: 'button', class: 'button-danger' }, 'Delete my feedback');
   deleteBtn.addEventListener('click', () => act(deleteBtn, async () => {
-    if (!(await confirmDialog('Delete all your ratings, rankings and comments? Future training will not use them. This cannot be undone.', 'Delete'))) return null;
+    if (!(await confirmDialog('Delete all your ratings, rankings and comments? Your personal model, trained on them, is deleted too. The shared model keeps what it learned from them until its next training run. This cannot be undone.', 'Delete'))) return null;
     await api('api/me/feedback', { method: 'DELETE' });
-    return 'Your feedback was deleted.';
+    await showMe('Your feedback and your personal model were deleted. The shared model forgets your ratings at its next training run.');
+    return null;
+  }));
+  const accountBtn = el('button', { type: 'button', class: 'button-danger', 'data-testid': 'delete-account' }, 'Delete my account');
+  accountBtn.addEventListener('click', () => act(accountBtn, async () => {
+    if (!(await confirmDialog('Delete your account with all your conversations, ratings and your personal model? The shared model keeps what it learned from your ratings until its next training run. This cannot be undone.', 'Delete account'))) return null;
+    await api('api/me', { method: 'DELETE' });
+    window.location.reload();
+    return null;
   }));
 
   const versions = (adapter && adapter.versions) || [];
@@ -77,6 +85,6 @@ export async function showMe() {
     el('section', { class: 'card', 'aria-labelledby': 'me-data' },
       el('h2', { id: 'me-data' }, 'Your data'),
       el('p', { class: 'muted' }, 'Your ratings train your personalized model. Export them, or delete them for good.'),
-      el('div', { class: 'row wrap' }, exportBtn, deleteBtn, resetBtn),
+      el('div', { class: 'row wrap' }, exportBtn, deleteBtn, resetBtn, accountBtn),
       status));
 }

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from sqlmodel import Session, select
 
-from service.models import HARM_REASONS, Feedback, Message, Ranking, Rating, TrainingSnapshot
+from service.models import HARM_REASONS, Feedback, Message, Ranking, Rating, TrainingSnapshot, User, is_generated_reply
 
 from learning.config import Budgets
 
@@ -192,8 +192,10 @@ def build_dataset(
     ``judge_flags``, if given, receives (message id, reply text) for rated assistant replies and
     returns which an automated harm judge flags; flags become extra harm labels (user None).
     """
-    feedback = session.exec(select(Feedback).order_by(Feedback.id)).all()
-    rankings = session.exec(select(Ranking).order_by(Ranking.id)).all()
+    # Accounts an operator has not approved (ASSISTANT_REGISTRATION=approval) add no labels.
+    waiting = set(session.exec(select(User.id).where(User.approved == False)).all())  # noqa: E712 (SQL)
+    feedback = [f for f in session.exec(select(Feedback).order_by(Feedback.id)).all() if f.user_id not in waiting]
+    rankings = [r for r in session.exec(select(Ranking).order_by(Ranking.id)).all() if r.user_id not in waiting]
     ranked_ids = {mid for r in rankings for mid in r.message_ids}
     messages = load_messages(session, {f.message_id for f in feedback} | ranked_ids)
 
@@ -205,7 +207,7 @@ def build_dataset(
         return prompts[msg.id]
 
     def usable(msg: Message | None) -> bool:
-        return msg is not None and msg.role == "assistant" and bool(msg.content.strip())
+        return is_generated_reply(msg) and bool(msg.content.strip())
 
     ds = Dataset()
     used_feedback: set[int] = set()

@@ -310,10 +310,13 @@ def recover_interrupted_runs(settings: Settings, engine: Engine, *, stale_after:
 
 
 def _remove_orphan_dirs(settings: Settings, engine: Engine) -> None:
-    """Remove version directories without a row (a kill between rename and insert) and the shared
-    files of runs that ended; none is ever served.
+    """Remove version directories that a failed run left without a row (a kill between rename and
+    insert) and the shared files of runs that ended; none is ever served.
 
-    Skipped while any run is executing, since a live publish has exactly such a directory for a moment.
+    Only a directory whose metadata names a run this database knows as failed is removed: a worker
+    pointed at an empty or older database must not delete a store it does not know (issue 12,
+    finding 10); such directories are logged as an error and kept. Skipped while any run is
+    executing, since a live publish has exactly such a directory for a moment.
     """
     root = settings.adapters_dir
     if not root.exists():
@@ -322,13 +325,31 @@ def _remove_orphan_dirs(settings: Settings, engine: Engine) -> None:
         if session.exec(select(TrainingRun.id).where(TrainingRun.status == RunStatus.running)).first() is not None:
             return
         known = set(session.exec(select(AdapterVersion.path)).all())
+        failed_runs = set(session.exec(select(TrainingRun.id).where(TrainingRun.status == RunStatus.failed)).all())
+    unknown = []
     for path in root.glob("*/v*"):
         rel = f"{path.parent.name}/{path.name}"
-        if path.is_dir() and not path.parent.name.startswith(".") and rel not in known:
-            logger.warning("removing adapter directory %s: no database row points at it (a publish was interrupted)", rel)
+        if not path.is_dir() or path.parent.name.startswith(".") or rel in known:
+            continue
+        if _written_by(path) in failed_runs:
+            logger.warning("removing adapter directory %s: its run failed before a database row pointed at it", rel)
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            unknown.append(rel)
+    if unknown:
+        logger.error("the adapter store at %s holds %d version(s) this database does not know (%s); kept. Is this "
+                     "worker using the right database (ASSISTANT_DATABASE_URL)?", root, len(unknown), ", ".join(unknown[:5]))
     for path in (root / ".runs").glob("run-*.json"):
         path.unlink(missing_ok=True)
+
+
+def _written_by(version_dir: Path) -> int | None:
+    """The training run recorded in a version directory's metadata.json, if any."""
+    try:
+        run_id = json.loads((version_dir / "metadata.json").read_text()).get("training_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run_id if isinstance(run_id, int) else None
 
 
 def fail_run(engine: Engine, run_id: int, error: str) -> None:

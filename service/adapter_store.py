@@ -107,7 +107,10 @@ def publish(
     tmp.mkdir(parents=True)
     for name in REQUIRED_FILES:
         shutil.copyfile(src_dir / name, tmp / name)
-    (tmp / "metadata.json").write_text(json.dumps({**metadata, "version": version, "user_id": user_id}, indent=2, default=str))
+    # training_run_id: which run wrote the files, so clean-up can tell a failed run's leftover from a
+    # version this database does not know (learning.pipeline._remove_orphan_dirs)
+    (tmp / "metadata.json").write_text(json.dumps({**metadata, "version": version, "user_id": user_id,
+                                                   "training_run_id": training_run_id}, indent=2, default=str))
     _fsync_tree(tmp)
     os.rename(tmp, final)
     _fsync_tree(final.parent)
@@ -161,6 +164,30 @@ def rollback(session: Session, *, user_id: int | None) -> AdapterVersion | None:
     return target
 
 
+def erase_user_adapters(settings: Settings, session: Session, *, user_id: int, reason: str) -> int:
+    """Stop serving a user's own adapters and delete their weights (the rows stay, retired, as history).
+
+    One commit retires every version and points the user's scope at nothing (the global adapter or
+    the base), so no request sees a half-done reset; the files go after it. For reset, deleted
+    ratings and deleted accounts: an adapter trained on labels that are gone must not keep serving.
+    """
+    rows = list(session.exec(select(AdapterVersion).where(AdapterVersion.user_id == user_id)).all())
+    for row in rows:
+        if row.status != AdapterStatus.retired:
+            row.status, row.reason = AdapterStatus.retired, reason
+        session.add(row)
+    active = session.get(ActiveAdapter, scope_of(user_id))
+    if active is not None:
+        active.adapter_version_id, active.updated_at = None, utcnow()
+        session.add(active)
+    session.commit()
+    for row in rows:
+        shutil.rmtree(settings.adapters_dir / row.path, ignore_errors=True)
+    if rows:
+        logger.info("erased %d adapter version(s) of user %s: %s", len(rows), user_id, reason)
+    return len(rows)
+
+
 @dataclass(frozen=True)
 class Resolved:
     """What serves a user: the adapter (None = base) and the policy name."""
@@ -181,9 +208,10 @@ def ref_for(settings: Settings, row: AdapterVersion) -> AdapterRef:
 
 
 def resolve_for_user(settings: Settings, session: Session, user_id: int) -> Resolved:
-    """The user's own promoted adapter, else the global one, else the base model."""
+    """The user's own promoted adapter, else the global one, else the base model. A retired or
+    rejected version never serves, even if a scope still points at it (a race with a reset)."""
     for scope_user, policy in ((user_id, "user"), (None, "global")):
         row = active_version(session, scope_user)
-        if row is not None:
+        if row is not None and row.status == AdapterStatus.promoted:
             return Resolved(ref_for(settings, row), policy, label_of(row), row.id)
     return Resolved(None, "base", None, None)

@@ -14,16 +14,20 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import crud
 from service.chat import ChatService
 from service.db import init_db, make_engine
 from service.engine.base import Engine
 from service.metrics import Metrics
-from service.routes import admin, auth, chat_ws, conversations, health, openai_compat
+from service.middleware import BodySizeLimit, CookieOriginCheck
+from service.auth import SignInThrottle
+from service.ratelimit import SlidingWindow
+from service.routes import admin, auth, chat_ws, conversations, health, openai_compat, users
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -37,46 +41,6 @@ PUBLIC_ROUTES = {
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 }
-
-
-class BodySizeLimit:
-    """Reject request bodies over ``limit`` bytes with 413 before they reach a route."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._reject(send)
-            return
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
-
-    async def _reject(self, send: Send) -> None:
-        body = f'{{"detail":"request body over {self.limit} bytes"}}'.encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _bootstrap(settings: Settings, db) -> None:
@@ -113,8 +77,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app = FastAPI(title="assistant", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.db, app.state.metrics, app.state.engine = settings, db, metrics, engine
+    app.state.registrations = SlidingWindow(settings.registration_limit, 3600.0)
+    app.state.sign_in = SignInThrottle(settings)
     if engine is not None:
         app.state.chat = ChatService(settings, db, engine, metrics)
+
+    @app.exception_handler(PoolTimeout)
+    async def database_busy(request: Request, exc: PoolTimeout):
+        logger.warning("no free database connection within %.0f s for %s %s", settings.db_pool_timeout,
+                       request.method, request.url.path)
+        return JSONResponse({"detail": "the server is busy (no free database connection); retry shortly"},
+                            status_code=503, headers={"Retry-After": "2"})
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -126,7 +99,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(CORSMiddleware, allow_origins=settings.origins, allow_credentials=True,
                        allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
-    for module in (health, auth, conversations, chat_ws, openai_compat, admin):
+    app.add_middleware(CookieOriginCheck, allowed=settings.origins)
+    for module in (health, auth, conversations, chat_ws, openai_compat, admin, users):
         app.include_router(module.router)
     if FRONTEND_DIR.is_dir():
         app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")

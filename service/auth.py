@@ -8,6 +8,7 @@ never logged.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlmodel import Session
 
 from service.models import Role, User
+from service.ratelimit import SlidingWindow
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,27 +43,82 @@ def verify_password(password: str, password_hash: str) -> bool:
 
 def create_token(settings: Settings, user: User) -> str:
     now = int(time.time())
-    payload = {"sub": str(user.id), "role": user.role.value, "iat": now, "exp": now + settings.token_ttl_minutes * 60}
+    payload = {"sub": str(user.id), "role": user.role.value, "tv": user.token_version, "iat": now,
+               "exp": now + settings.token_ttl_minutes * 60}
     return jwt.encode(payload, settings.secret_key, algorithm="HS256")
 
 
-def decode_token(settings: Settings, token: str) -> int | None:
-    """The user id in a valid token, else None (expired, forged or malformed)."""
+def _claims(settings: Settings, token: str) -> tuple[int, int] | None:
+    """(user id, token version) of a valid token, else None (expired, forged or malformed)."""
     try:
         payload = jwt.decode(token, settings.secret_key, algorithms=["HS256"], options={"require": ["sub", "exp"]})
-        return int(payload["sub"])
-    except (jwt.PyJWTError, ValueError, KeyError):
+        user_id, version = int(payload["sub"]), int(payload.get("tv", 0))
+    except (jwt.PyJWTError, ValueError, KeyError, TypeError, OverflowError):
         return None
+    return (user_id, version) if 1 <= user_id <= 2**31 - 1 else None
+
+
+def decode_token(settings: Settings, token: str) -> int | None:
+    """The user id in a valid token, else None (expired, forged or malformed); see ``user_for_token``."""
+    claims = _claims(settings, token)
+    return claims[0] if claims else None
+
+
+def user_for_token(settings: Settings, db, token: str | None) -> User | None:
+    """The user a token signs in, read in a short session of its own (closed before returning, so a
+    caller that then waits on the engine holds no database connection); None if the token is
+    invalid or was ended by signing out or a password change (its version is older)."""
+    claims = _claims(settings, token) if token else None
+    if claims is None:
+        return None
+    with Session(db, expire_on_commit=False) as session:
+        user = session.get(User, claims[0])
+        if user is None or user.token_version != claims[1]:
+            return None
+        session.expunge(user)
+        return user
+
+
+def end_sessions(session: Session, user: User) -> None:
+    """Sign ``user`` out everywhere: every token issued so far stops working."""
+    row = session.get(User, user.id)
+    row.token_version += 1
+    session.add(row)
+    session.commit()
+
+
+class SignInThrottle:
+    """Failed sign-ins per account and per client address in a sliding window (issue 12, finding 5):
+    past either limit, sign-in answers 429 until the window's oldest failure ages out."""
+
+    def __init__(self, settings: Settings) -> None:
+        window = settings.sign_in_window_s
+        self.accounts = SlidingWindow(settings.sign_in_failures_per_account, window)
+        self.addresses = SlidingWindow(settings.sign_in_failures_per_address, window)
+
+    def retry_after(self, account: str, address: str) -> float | None:
+        waits = [w for w in (self.accounts.retry_after(account), self.addresses.retry_after(address)) if w is not None]
+        return max(waits) if waits else None
+
+    def failed(self, account: str, address: str) -> int:
+        self.accounts.add(account)
+        self.addresses.add(address)
+        return self.accounts.count(account)
+
+
+# Argon2 costs ~50 ms and 64 MiB per verification: a burst of sign-ins must not take every core.
+_HASHING = threading.BoundedSemaphore(2)
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
     from service import crud
 
     user = crud.get_user_by_username(session, username=username)
-    if user is None:
-        verify_password(password, _DUMMY_HASH)
-        return None
-    return user if verify_password(password, user.password_hash) else None
+    with _HASHING:
+        if user is None:
+            verify_password(password, _DUMMY_HASH)
+            return None
+        return user if verify_password(password, user.password_hash) else None
 
 
 # --- dependencies -------------------------------------------------------------
@@ -92,18 +149,28 @@ def token_from_request(request: Request) -> str | None:
     return request.cookies.get(COOKIE_NAME)
 
 
-def get_current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
-    token = token_from_request(request)
-    if not token:
-        raise _UNAUTHORIZED
-    user_id = decode_token(settings, token)
-    user = session.get(User, user_id) if user_id is not None else None
+def get_current_user(request: Request, settings: SettingsDep) -> User:
+    """The signed-in user. Not a ``SessionDep``: a route that waits on the engine (a reply
+    generating) must not hold a database connection meanwhile (issue 12, finding 4)."""
+    user = user_for_token(settings, request.app.state.db, token_from_request(request))
     if user is None:
         raise _UNAUTHORIZED
     return user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+NOT_APPROVED = "your account is waiting for an operator's approval: you can sign in, but not chat or rate yet"
+
+
+def require_approved(user: CurrentUser) -> User:
+    if not user.approved:
+        raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail=NOT_APPROVED)
+    return user
+
+
+ApprovedUser = Annotated[User, Depends(require_approved)]
 
 
 def require_operator(user: CurrentUser) -> User:

@@ -26,7 +26,7 @@ from service import crud
 from service.adapter_store import Resolved, active_version, ref_for, label_of, resolve_for_user
 from service.engine.base import EndEvent, Engine, GenerationRequest, QueueFull, RequestStream, SamplingParams, TokenEvent
 from service.metrics import Metrics
-from service.models import Message
+from service.models import GENERATED, Message
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class ChatService:
     def _plan_reply(self, session: Session, user_id: int, conversation_id: int, user_msg: Message, index: int,
                     prompt_ids: list[int], params: SamplingParams, resolved: Resolved) -> PlannedReply:
         msg = crud.add_message(
-            session, conversation_id=conversation_id, user_id=user_id, role="assistant", content="",
+            session, conversation_id=conversation_id, user_id=user_id, role="assistant", content="", origin=GENERATED,
             parent_id=user_msg.id, alternative_group=user_msg.id, alternative_index=index,
             adapter_version_id=resolved.version_id, adapter_label=resolved.label, policy=resolved.policy,
             temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,

@@ -17,8 +17,9 @@ from sqlmodel import Session, col, select
 from service.settings import Settings
 
 from service.adapter_store import label_of
-from service.auth import hash_password
+from service.auth import hash_password, verify_password
 from service.models import (
+    ActiveAdapter,
     AdapterVersion,
     Conversation,
     Feedback,
@@ -27,6 +28,7 @@ from service.models import (
     Rating,
     Role,
     Schedule,
+    TrainingResult,
     User,
     utcnow,
 )
@@ -42,8 +44,8 @@ def get_user_by_username(session: Session, *, username: str) -> User | None:
     return session.exec(select(User).where(User.username == username)).first()
 
 
-def create_user(session: Session, *, username: str, password: str, role: Role = Role.user) -> User:
-    user = User(username=username, password_hash=hash_password(password), role=role)
+def create_user(session: Session, *, username: str, password: str, role: Role = Role.user, approved: bool = True) -> User:
+    user = User(username=username, password_hash=hash_password(password), role=role, approved=approved)
     session.add(user)
     try:
         session.commit()
@@ -59,8 +61,11 @@ def ensure_admin(session: Session, *, password: str) -> User:
     user = get_user_by_username(session, username="admin")
     if user is None:
         return create_user(session, username="admin", password=password, role=Role.operator)
-    user.password_hash = hash_password(password)
+    if not verify_password(password, user.password_hash):  # a new password ends the old sessions
+        user.password_hash = hash_password(password)
+        user.token_version += 1
     user.role = Role.operator
+    user.approved = True
     session.add(user)
     session.commit()
     return user
@@ -247,6 +252,23 @@ def feedback_for(session: Session, *, user_id: int, message_ids: list[int]) -> d
 
 def list_feedback(session: Session, *, user_id: int) -> Sequence[Feedback]:
     return session.exec(select(Feedback).where(Feedback.user_id == user_id).order_by(Feedback.id)).all()
+
+
+def delete_account(session: Session, *, user_id: int) -> None:
+    """Delete a user and everything that is theirs, in one transaction: conversations, messages,
+    feedback, rankings, their training results and adapter version rows (erase the adapter files
+    first: ``adapter_store.erase_user_adapters``). Shared models trained on their labels keep them
+    until their next run, which no longer finds them."""
+    session.execute(sa_delete(Feedback).where(Feedback.user_id == user_id))
+    session.execute(sa_delete(Ranking).where(Ranking.user_id == user_id))
+    session.execute(Message.__table__.update().where(Message.user_id == user_id).values(parent_id=None))
+    session.execute(sa_delete(Message).where(Message.user_id == user_id))
+    session.execute(sa_delete(Conversation).where(Conversation.user_id == user_id))
+    session.execute(sa_delete(TrainingResult).where(TrainingResult.user_id == user_id))
+    session.execute(sa_delete(ActiveAdapter).where(ActiveAdapter.scope == f"user:{user_id}"))
+    session.execute(sa_delete(AdapterVersion).where(AdapterVersion.user_id == user_id))
+    session.execute(sa_delete(User).where(User.id == user_id))
+    session.commit()
 
 
 def delete_feedback(session: Session, *, user_id: int) -> int:

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import true as sa_true
 from sqlmodel import Field, SQLModel
 
 
@@ -56,6 +57,12 @@ class User(SQLModel, table=True):
     password_hash: str = Field(max_length=255)
     role: Role = Field(default=Role.user)
     created_at: datetime = Field(default_factory=utcnow)
+    # False while an operator has not approved a self-registered account (ASSISTANT_REGISTRATION=approval):
+    # it can sign in, but neither chat nor rate, and none of its labels reach training. Migration 0005.
+    approved: bool = Field(default=True, sa_column_kwargs={"server_default": sa_true()})
+    # Carried in every session token; signing out or a new password bumps it, which ends every
+    # session at once (a token with an older version is refused). Migration 0005.
+    token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Conversation(SQLModel, table=True):
@@ -64,6 +71,14 @@ class Conversation(SQLModel, table=True):
     title: str = Field(default="New chat", max_length=200)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+GENERATED = "generated"  # Message.origin of a reply this server's model produced
+
+
+def is_generated_reply(msg: "Message | None") -> bool:
+    """A reply the model produced here: the only kind a user may rate or rank, or training may use."""
+    return msg is not None and msg.role == "assistant" and msg.origin == GENERATED
 
 
 class Message(SQLModel, table=True):
@@ -89,6 +104,10 @@ class Message(SQLModel, table=True):
     completion_tokens: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     completed_at: datetime | None = None
+    # Who wrote the content: "generated" = this server's model (the only replies that can be rated,
+    # ranked or trained on), "client" = sent by a client (a user's turn, or the earlier assistant turns
+    # an OpenAI client sends as context). Migration 0004.
+    origin: str = Field(default="client", max_length=16, sa_column_kwargs={"server_default": "client"})
 
 
 class Feedback(SQLModel, table=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.models import REASONS, Rating
@@ -13,6 +14,7 @@ USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 # Row ids are SQL INTEGER: PostgreSQL's is 32-bit, so a larger id is refused (422) before it reaches a query.
 ID_MAX = 2**31 - 1
 DbId = Annotated[int, Field(ge=1, le=ID_MAX)]
+IdPath = Annotated[int, Path(ge=1, le=ID_MAX)]  # the same bound on a path parameter ({message_id}, {user_id})
 # Stored text may not contain NUL: PostgreSQL text columns cannot hold it.
 NO_NUL = r"^[^\x00]*$"
 
@@ -27,6 +29,7 @@ class UserPublic(BaseModel):
     id: int
     username: str
     role: str
+    approved: bool = True  # False: signed in, waiting for an operator (ASSISTANT_REGISTRATION=approval)
 
 
 class Token(BaseModel):
@@ -107,6 +110,7 @@ class MessagePublic(BaseModel):
     alternative_index: int
     finish_reason: str | None
     created_at: datetime
+    origin: str = "generated"  # generated (by this server's model) | client (sent as context: not rateable)
 
 
 class ConversationDetail(BaseModel):

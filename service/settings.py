@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------
     data_dir: Path = Field(Path("./data"), description="Directory for the SQLite database, the converted model and the adapter store.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/assistant.db. PostgreSQL: postgresql+psycopg://user:pass@host/db")
+    db_pool_size: int = Field(10, ge=1, description="Database connections kept open per process. No request holds one while its reply generates.")
+    db_max_overflow: int = Field(20, ge=0, description="Extra connections opened under load beyond the pool size.")
+    db_pool_timeout: float = Field(30.0, gt=0, description="Seconds a request waits for a free database connection before it fails (503).")
     model: str = Field(EMBEDDED_MODEL, description="Base model: the embedded SmolLM2-135M-Instruct, a local directory, or a Hugging Face id already in the local cache.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for serving.")
     device: str = Field("cpu", description="torch device for serving and training (cpu, cuda, cuda:0).")
@@ -43,6 +46,15 @@ class Settings(BaseSettings):
     dev_mode: bool = Field(False, description="Allows the default secret key; `make run` turns it on for local use.")
     admin_password: str | None = Field(None, description="Creates or updates the operator account `admin` at start.")
     token_ttl_minutes: int = Field(60 * 24 * 7, ge=1, description="Lifetime of access tokens and session cookies.")
+    sign_in_failures_per_account: int = Field(5, ge=0, description="Failed sign-ins per account in the window before 429 (0 = no limit).")
+    sign_in_failures_per_address: int = Field(20, ge=0, description="Failed sign-ins per client address in the window before 429 (0 = no limit).")
+    sign_in_window_s: float = Field(300.0, gt=0, description="Window of the sign-in failure limits, seconds.")
+    registration: Literal["open", "approval", "closed"] | None = Field(
+        None, description="Who may create an account: open; approval (new accounts sign in but neither chat nor count "
+        "for training until an operator approves them); closed (POST /api/auth/register answers 403; operators create "
+        "users). Default: approval, or open in dev mode.")
+    registrations_per_hour: int | None = Field(None, ge=0, description="Accounts one client address may register per hour "
+                                               "(429 above; 0 = no limit). Default: 10, or no limit in dev mode.")
 
     # --- limits ------------------------------------------------------------
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted HTTP request body (413 above).")
@@ -90,6 +102,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'assistant.db').resolve()}"
+
+    @property
+    def registration_mode(self) -> str:
+        return self.registration or ("open" if self.dev_mode else "approval")
+
+    @property
+    def registration_limit(self) -> int:
+        if self.registrations_per_hour is not None:
+            return self.registrations_per_hour
+        return 0 if self.dev_mode else 10
 
     @property
     def adapters_dir(self) -> Path:

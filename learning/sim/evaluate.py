@@ -111,7 +111,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
     from sqlmodel import Session, select
 
     from service.adapter_store import active_version, label_of, resolve_for_user
-    from service.db import make_engine
+    from service.db import init_db, make_engine
     from service.models import AdapterVersion, User
 
     judge = judge or make_judge(cfg.judge, cfg.harm_threshold)
@@ -124,6 +124,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
     # 1. who is who, which policy serves them (the same resolution as the server), and the newest
     #    adapter of each scope even if the gate rejected it ("candidate": would it have helped?)
     db = make_engine(settings)
+    init_db(db)  # a data dir from an older release is upgraded first, as the service would
     adapter_info: dict[str, dict[str, Any]] = {}  # label -> scope, status, serving, path
     with Session(db) as session:
         def note(row, serving: bool) -> str:

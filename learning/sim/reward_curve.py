@@ -59,10 +59,12 @@ def stored_replies(settings: "Settings", render, limit: int) -> list[Reply]:
     from sqlmodel import Session, select
 
     from learning.data import conversation_before, load_messages
-    from service.db import make_engine
+    from service.db import init_db, make_engine
     from service.models import Message
 
-    with Session(make_engine(settings)) as session:
+    db = make_engine(settings)
+    init_db(db)  # a data dir from an older release is upgraded first, as the service would
+    with Session(db) as session:
         rows = session.exec(select(Message).where(Message.role == "assistant").order_by(Message.id).limit(limit)).all()
         by_id = load_messages(session, {m.id for m in rows})
         out = []

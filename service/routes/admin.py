@@ -171,19 +171,6 @@ def scope_public(session: Session, *, user_id: int | None, username: str | None)
                               versions=[version_public(v) for v in versions_of(session, user_id=user_id)])
 
 
-def retire_user_adapters(session: Session, *, user_id: int) -> int:
-    """Retire all of a user's versions and serve them nothing of their own (global or base)."""
-    rows = versions_of(session, user_id=user_id)
-    for row in rows:
-        if row.status != AdapterStatus.retired:
-            row.status = AdapterStatus.retired
-            row.reason = "reset by the user"
-            session.add(row)
-    session.commit()
-    adapter_store.activate(session, user_id=user_id, version_id=None)
-    return len(rows)
-
-
 def feedback_per_day(session: Session, *, days: int) -> list[dict[str, Any]]:
     since = utcnow() - timedelta(days=days)
     day = func.date(Feedback.created_at)
@@ -321,7 +308,7 @@ def get_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep
 
 @router.delete("/api/me/adapter", response_model=MyAdapterPublic)
 def reset_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> MyAdapterPublic:
-    n = retire_user_adapters(session, user_id=user.id)
+    n = adapter_store.erase_user_adapters(settings, session, user_id=user.id, reason="reset by the user")
     logger.info("user %s reset their adapter (%d versions retired)", user.id, n)
     return get_my_adapter(user, session, settings)
 

@@ -5,12 +5,24 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from service import crud
-from service.auth import COOKIE_NAME, CurrentUser, SessionDep, SettingsDep, authenticate, create_token
+from service.auth import (
+    COOKIE_NAME,
+    CurrentUser,
+    SessionDep,
+    SettingsDep,
+    SignInThrottle,
+    authenticate,
+    create_token,
+    end_sessions,
+    token_from_request,
+    user_for_token,
+)
 from service.models import HARM_REASONS, NEGATIVE_REASONS, POSITIVE_REASONS
+from service.ratelimit import SlidingWindow
 from service.schemas import Token, UserCreate, UserPublic
 
 logger = logging.getLogger(__name__)
@@ -18,28 +30,50 @@ router = APIRouter(prefix="/api", tags=["auth"])
 
 
 def public(user) -> UserPublic:
-    return UserPublic(id=user.id, username=user.username, role=user.role.value)
+    return UserPublic(id=user.id, username=user.username, role=user.role.value, approved=user.approved)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 @router.post("/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserPublic)
-def register(body: UserCreate, session: SessionDep) -> UserPublic:
+def register(body: UserCreate, request: Request, session: SessionDep, settings: SettingsDep) -> UserPublic:
+    mode = settings.registration_mode
+    if mode == "closed":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "registration is closed on this server; ask an operator for an account")
+    limiter: SlidingWindow = request.app.state.registrations
+    wait = limiter.hit(client_address(request))
+    if wait is not None:
+        logger.warning("registration refused for %s: over %d per hour", client_address(request), settings.registration_limit)
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many accounts registered from this address; try later",
+                            headers={"Retry-After": str(int(wait) + 1)})
     if body.username.lower() == "admin":
         raise HTTPException(status.HTTP_409_CONFLICT, "username 'admin' is reserved for the operator account")
     try:
-        user = crud.create_user(session, username=body.username, password=body.password)
+        user = crud.create_user(session, username=body.username, password=body.password, approved=mode == "open")
     except crud.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    logger.info("registered user %s", user.id)
+    logger.info("registered user %s (%s)", user.id, "approved" if user.approved else "waiting for approval")
     return public(user)
 
 
 @router.post("/auth/token", response_model=Token)
-def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], response: Response, session: SessionDep, settings: SettingsDep) -> Token:
+def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response, session: SessionDep,
+          settings: SettingsDep) -> Token:
     if len(form.password) > 128 or len(form.username) > 64:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "username or password too long")
+    throttle: SignInThrottle = request.app.state.sign_in
+    address, account = client_address(request), form.username.strip().lower()
+    wait = throttle.retry_after(account, address)
+    if wait is not None:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many failed sign-ins; wait before trying again",
+                            headers={"Retry-After": str(int(wait) + 1)})
     # A NUL cannot be in a username, and PostgreSQL refuses to compare text containing one.
     user = None if "\x00" in form.username else authenticate(session, form.username, form.password)
     if user is None:
+        failures = throttle.failed(account, address)
+        logger.warning("failed sign-in for %r from %s (%d in the window)", account[:64], address, failures)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
     access = create_token(settings, user)
     response.set_cookie(
@@ -50,7 +84,13 @@ def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], response: Respo
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
-def logout(response: Response) -> Response:
+def logout(request: Request, response: Response, session: SessionDep, settings: SettingsDep) -> Response:
+    """Sign out: the cookie is cleared and, if the request carries a valid token, every token of
+    that user stops working (this browser, other devices, scripts holding a copy)."""
+    user = user_for_token(settings, request.app.state.db, token_from_request(request))
+    if user is not None:
+        end_sessions(session, user)
+        logger.info("user %s signed out everywhere", user.id)
     response.delete_cookie(COOKIE_NAME, path="/")
     response.status_code = status.HTTP_204_NO_CONTENT
     return response

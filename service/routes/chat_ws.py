@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlmodel import Session
 from starlette.websockets import WebSocketState
 
-from service.auth import COOKIE_NAME, decode_token
+from service.auth import COOKIE_NAME, NOT_APPROVED, user_for_token
 from service.chat import ChatError, ChatService, PlannedReply, Turn
 from service.engine.base import EndEvent
 from service.models import User
@@ -91,6 +91,9 @@ class Connection:
             await self.error("bad_frame", "frames must be JSON objects")
             return
         kind = data.get("type") if isinstance(data, dict) else None
+        if kind in ("chat", "regenerate") and not self.user.approved:
+            await self.error("not_approved", NOT_APPROVED)
+            return
         try:
             if kind == "chat":
                 frame = ChatFrame.model_validate(data)
@@ -126,13 +129,7 @@ class Connection:
 
 
 def _user_for(ws: WebSocket, token: str | None) -> User | None:
-    if not token:
-        return None
-    user_id = decode_token(ws.app.state.settings, token)
-    if user_id is None:
-        return None
-    with Session(ws.app.state.db) as session:
-        return session.get(User, user_id)
+    return user_for_token(ws.app.state.settings, ws.app.state.db, token)
 
 
 @router.websocket("/api/chat")
@@ -163,7 +160,8 @@ async def chat_socket(ws: WebSocket) -> None:
     conn = Connection(ws, ws.app.state.chat, user)
     metrics = ws.app.state.metrics
     metrics.ws_connections.inc()
-    await conn.send({"type": "ready", "user": {"id": user.id, "username": user.username, "role": user.role.value}})
+    await conn.send({"type": "ready", "user": {"id": user.id, "username": user.username, "role": user.role.value,
+                                               "approved": user.approved}})
     try:
         while True:
             msg = await ws.receive()

@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import logging
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from service import crud
-from service.auth import CurrentUser, SessionDep
-from service.models import Message
+from service import adapter_store, crud
+from service.auth import COOKIE_NAME, ApprovedUser, CurrentUser, SessionDep, SettingsDep
+from service.models import Message, Role, is_generated_reply
 from service.schemas import (
-    ID_MAX,
     ConversationDetail,
     ConversationPublic,
     ConversationUpdate,
     FeedbackBrief,
     FeedbackCreate,
     FeedbackPublic,
+    IdPath,
     MessagePublic,
     RankingCreate,
     RankingPublic,
 )
 
-# Ids beyond SQL INTEGER answer 422 here instead of failing inside PostgreSQL.
-IdPath = Annotated[int, Path(ge=1, le=ID_MAX)]
-
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["conversations"])
 
 
 def _not_found(what: str, id_: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {id_} not found")
+
+
+def _not_generated(id_: int) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                         f"message {id_} was sent by a client as context, not generated here; only generated replies can be rated or ranked")
 
 
 @router.get("/conversations", response_model=list[ConversationPublic])
@@ -60,7 +63,7 @@ def message_public(m: Message, labels: dict, fbs: dict) -> MessagePublic:
         adapter_version=labels.get(m.adapter_version_id, m.adapter_label) if m.adapter_version_id else None,
         feedback=FeedbackBrief(rating=fb.rating, reasons=fb.reasons, comment=fb.comment) if fb else None,
         alternative_group=m.alternative_group, alternative_index=m.alternative_index,
-        finish_reason=m.finish_reason, created_at=m.created_at,
+        finish_reason=m.finish_reason, created_at=m.created_at, origin=m.origin,
     )
 
 
@@ -83,10 +86,12 @@ def delete_conversation(conversation_id: IdPath, user: CurrentUser, session: Ses
 
 
 @router.post("/messages/{message_id}/feedback", response_model=FeedbackPublic)
-def rate_message(message_id: IdPath, body: FeedbackCreate, user: CurrentUser, session: SessionDep, request: Request) -> FeedbackPublic:
+def rate_message(message_id: IdPath, body: FeedbackCreate, user: ApprovedUser, session: SessionDep, request: Request) -> FeedbackPublic:
     msg = crud.get_message(session, user_id=user.id, message_id=message_id)
     if msg is None or msg.role != "assistant":
         raise _not_found("message", message_id)
+    if not is_generated_reply(msg):
+        raise _not_generated(message_id)
     fb = crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=body.rating, reasons=body.reasons, comment=body.comment)
     request.app.state.metrics.feedback.labels(rating=fb.rating.value).inc()
     # the acknowledgement goes out only after the commit above
@@ -94,11 +99,14 @@ def rate_message(message_id: IdPath, body: FeedbackCreate, user: CurrentUser, se
 
 
 @router.post("/rankings", status_code=status.HTTP_201_CREATED, response_model=RankingPublic)
-def rank(body: RankingCreate, user: CurrentUser, session: SessionDep, request: Request) -> RankingPublic:
+def rank(body: RankingCreate, user: ApprovedUser, session: SessionDep, request: Request) -> RankingPublic:
     msgs = [crud.get_message(session, user_id=user.id, message_id=i) for i in body.message_ids]
     missing = [i for i, m in zip(body.message_ids, msgs) if m is None or m.role != "assistant"]
     if missing:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"messages {missing} not found")
+    for m in msgs:
+        if not is_generated_reply(m):
+            raise _not_generated(m.id)
     groups = {m.alternative_group for m in msgs}
     if len(groups) != 1 or None in groups:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "all message_ids must be alternative replies to one user turn")
@@ -123,6 +131,24 @@ def export_feedback(user: CurrentUser, session: SessionDep) -> JSONResponse:
 
 
 @router.delete("/me/feedback", status_code=status.HTTP_204_NO_CONTENT)
-def delete_my_feedback(user: CurrentUser, session: SessionDep) -> Response:
+def delete_my_feedback(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete every rating and ranking of the user, and the personal adapters trained on them (they
+    stop serving at once; their files are deleted). The global adapter keeps what it learned from
+    them until its next training run, which no longer sees them."""
     crud.delete_feedback(session, user_id=user.id)
+    adapter_store.erase_user_adapters(settings, session, user_id=user.id, reason="the user deleted their ratings")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT)
+def delete_my_account(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete the account: conversations, feedback, rankings, adapters and their files. The session
+    ends with it (the user row is gone)."""
+    if user.role == Role.operator:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the operator account cannot delete itself (ASSISTANT_ADMIN_PASSWORD recreates it)")
+    adapter_store.erase_user_adapters(settings, session, user_id=user.id, reason="the user deleted their account")
+    crud.delete_account(session, user_id=user.id)
+    logger.info("user %s deleted their account", user.id)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    response.delete_cookie(COOKIE_NAME, path="/")
+    return response

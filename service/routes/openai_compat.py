@@ -14,7 +14,7 @@ import time
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
-from service.auth import CurrentUser
+from service.auth import ApprovedUser, CurrentUser
 from service.chat import ChatError, ChatService
 from service.engine.base import EndEvent
 from service.schemas import OAIChatRequest
@@ -38,7 +38,7 @@ def _http(exc: ChatError) -> HTTPException:
 
 # Documents both answers: JSON, or server-sent events when the request says "stream": true.
 @router.post("/chat/completions", responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}})
-async def chat_completions(body: OAIChatRequest, request: Request, user: CurrentUser):
+async def chat_completions(body: OAIChatRequest, request: Request, user: ApprovedUser):
     chat: ChatService = request.app.state.chat
     if body.messages[-1].role != "user":
         raise HTTPException(422, "the last message must have role 'user'")

@@ -119,6 +119,8 @@ def _assert_seed_intact(engine) -> None:
         assert s.get(Ranking, 1).message_ids == [2, 3]
         rows = s.execute(sa.text("SELECT id, content, adapter_version_id FROM message ORDER BY id")).all()
         assert [tuple(r) for r in rows] == [(1, "Capital of France?", None), (2, "Paris.", 1), (3, "Lyon.", None)]
+        origins = s.execute(sa.text("SELECT origin FROM message ORDER BY id")).scalars().all()
+        assert origins == ["client", "generated", "generated"]  # 0004: replies in a group were generated here
         assert s.execute(sa.text("SELECT cron, enabled FROM schedule")).one() == ("0 3 * * *", False)
         # new rows still get fresh ids after the upgrade
         s.add(Feedback(user_id=1, message_id=2, rating=Rating.up, reasons=["accurate"]))

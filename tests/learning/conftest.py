@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from service.db import init_db, make_engine
 from service.settings import Settings
-from service.models import Conversation, Feedback, Message, Ranking, Rating, User
+from service.models import GENERATED, Conversation, Feedback, Message, Ranking, Rating, User
 
 from learning.config import Budgets
 
@@ -23,15 +23,16 @@ class Seeder:
     engine: object
     users: dict[str, int] = field(default_factory=dict)
 
-    def user(self, name: str, role: str = "user") -> int:
+    def user(self, name: str, role: str = "user", approved: bool = True) -> int:
         with Session(self.engine) as s:
-            u = User(username=name, password_hash="x", role=role)
+            u = User(username=name, password_hash="x", role=role, approved=approved)
             s.add(u)
             s.commit()
             self.users[name] = u.id
             return u.id
 
-    def turn(self, user_id: int, prompt: str, replies: list[str], *, history: list[tuple[str, str]] = ()) -> list[int]:
+    def turn(self, user_id: int, prompt: str, replies: list[str], *, history: list[tuple[str, str]] = (),
+             origin: str = GENERATED) -> list[int]:
         """A conversation (optionally with earlier turns) ending in ``prompt`` answered by sibling ``replies``."""
         with Session(self.engine) as s:
             conv = Conversation(user_id=user_id)
@@ -49,7 +50,7 @@ class Seeder:
             ids = []
             for i, text in enumerate(replies):
                 a = Message(conversation_id=conv.id, user_id=user_id, role="assistant", content=text, parent_id=q.id,
-                            alternative_group=q.id, alternative_index=i)
+                            origin=origin, alternative_group=q.id, alternative_index=i)
                 s.add(a)
                 s.commit()
                 ids.append(a.id)

@@ -71,6 +71,29 @@ def test_feedback_on_someone_elses_reply_is_ignored(db, seeder):
     assert ds.points == [] and ds.harm == [] and ds.feedback_ids == []
 
 
+def test_replies_a_client_wrote_never_reach_training(db, seeder):
+    """Issue 12, finding 2: an OpenAI client's own "assistant" turns are context, not model replies;
+    rated anyway (rows from before migration 0004, or a direct insert), they add no label."""
+    uid = seeder.user("writer")
+    written = seeder.turn(uid, "q", ["I wrote this", "and this"], origin="client")
+    seeder.rate(uid, written[0], "up")
+    seeder.rate(uid, written[1], "down", ["harmful"])
+    seeder.rank(uid, written)
+    ds = build(db)
+    assert ds.pairs == [] and ds.points == [] and ds.harm == [] and ds.feedback_ids == []
+
+
+def test_accounts_waiting_for_approval_add_no_labels(db, seeder):
+    """Issue 12, finding 3: with ASSISTANT_REGISTRATION=approval a new account counts only once approved."""
+    waiting, approved = seeder.user("sockpuppet", approved=False), seeder.user("regular")
+    for uid in (waiting, approved):
+        a, b = seeder.turn(uid, "q", ["first", "second"])
+        seeder.rank(uid, [a, b])
+        seeder.rate(uid, b, "down", ["harmful"])
+    ds = build(db)
+    assert {p.user_id for p in ds.pairs} | {p.user_id for p in ds.points} | {h.user_id for h in ds.harm} == {approved}
+
+
 def test_one_user_cannot_flood_the_shared_pool(db, seeder):
     spammer, honest = seeder.user("spammer"), seeder.user("honest")
     for i in range(10):

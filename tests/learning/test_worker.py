@@ -1,5 +1,7 @@
 """Claiming runs exactly once across threads and processes; the schedule; recovery after a crash."""
 
+import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -135,17 +137,33 @@ def test_recovery_fails_dead_runs_and_rejects_their_unjudged_adapters(db, settin
     assert recover_interrupted_runs(settings, db, stale_after=-1) == [alive_id]
 
 
-def test_recovery_removes_a_directory_whose_publish_never_reached_the_database(db, settings):
-    orphan = settings.adapters_dir / "user-7" / "v3"
-    orphan.mkdir(parents=True)
-    (orphan / "adapter_model.safetensors").write_bytes(b"half")
-    kept = settings.adapters_dir / "user-7" / "v2"
-    kept.mkdir(parents=True)
+def test_recovery_removes_a_directory_whose_publish_never_reached_the_database(db, settings, caplog):
     with Session(db) as s:
+        failed = TrainingRun(status=RunStatus.failed)
+        s.add(failed)
+        s.commit()
         s.add(AdapterVersion(user_id=None, version=2, status=AdapterStatus.promoted, path="user-7/v2"))
         s.commit()
+        failed_id = failed.id
+
+    def version_dir(rel: str, run_id: int | None):
+        path = settings.adapters_dir / rel
+        path.mkdir(parents=True)
+        (path / "adapter_model.safetensors").write_bytes(b"half")
+        (path / "metadata.json").write_text(json.dumps({"training_run_id": run_id}))
+        return path
+
+    orphan = version_dir("user-7/v3", failed_id)  # the failed run's leftover: removed
+    kept = version_dir("user-7/v2", None)  # has a row
+    # Issue 12, finding 10: versions this database does not know (an empty or older database, another
+    # deployment's store) are kept and reported, never deleted.
+    foreign = version_dir("user-9/v1", failed_id + 100)
+    legacy = settings.adapters_dir / "user-9" / "v2"
+    legacy.mkdir(parents=True)
+    caplog.set_level(logging.ERROR, logger="learning.pipeline")
     recover_interrupted_runs(settings, db)
-    assert not orphan.exists() and kept.exists()
+    assert not orphan.exists() and kept.exists() and foreign.exists() and legacy.exists()
+    assert any("does not know" in r.getMessage() and "user-9/v1" in r.getMessage() for r in caplog.records)
 
 
 def test_stopping_a_worker_mid_run_fails_the_run_and_the_run_stops_publishing(db, settings):

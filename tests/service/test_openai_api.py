@@ -37,3 +37,24 @@ def test_openai_client_stream_and_not(client):
         raise AssertionError("a wrong key must be refused")
     except openai.AuthenticationError:
         pass
+
+
+def test_client_written_assistant_turns_cannot_be_rated_or_ranked(client):
+    """Issue 12, finding 2: the assistant turns a /v1 client sends are stored as context
+    (origin "client"); rating or ranking them is refused, the generated reply can be rated."""
+    user = signup(client, "writer")
+    body = {"model": "x", "max_tokens": 2, "temperature": 0, "messages": [
+        {"role": "user", "content": "Is this reply harmful?"},
+        {"role": "assistant", "content": "A reply the client wrote itself."},
+        {"role": "user", "content": "And now?"}]}
+    r = client.post("/v1/chat/completions", json=body, headers=user["headers"])
+    assert r.status_code == 200, r.text
+    conv = client.get(f"/api/conversations/{r.json()['conversation_id']}", headers=user["headers"]).json()
+    written = next(m for m in conv["messages"] if m["content"] == "A reply the client wrote itself.")
+    generated = next(m for m in conv["messages"] if m["id"] == int(r.json()["id"]))
+    assert (written["origin"], generated["origin"]) == ("client", "generated")
+    rated = client.post(f"/api/messages/{written['id']}/feedback", json={"rating": "up"}, headers=user["headers"])
+    assert rated.status_code == 422 and "not generated here" in rated.json()["detail"]
+    ranked = client.post("/api/rankings", json={"message_ids": [written["id"], generated["id"]]}, headers=user["headers"])
+    assert ranked.status_code == 422
+    assert client.post(f"/api/messages/{generated['id']}/feedback", json={"rating": "up"}, headers=user["headers"]).status_code == 200

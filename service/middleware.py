@@ -1,0 +1,92 @@
+"""ASGI middleware: request body size limit, and the cookie-origin (CSRF) check."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.auth import COOKIE_NAME
+
+logger = logging.getLogger(__name__)
+
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class BodySizeLimit:
+    """Reject request bodies over ``limit`` bytes with 413 before they reach a route."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = f'{{"detail":"request body over {self.limit} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class CookieOriginCheck:
+    """Refuse (403) an unsafe request that signs in with the session cookie from a foreign origin.
+
+    A browser attaches the cookie to a form POST or ``fetch`` from any site (SameSite=Lax still
+    sends it on top-level form POSTs); it always says where the request comes from in ``Origin``
+    (or at least ``Referer``). Requests signed in with ``Authorization: Bearer`` cannot be forged
+    that way and are not checked; nor are those without the cookie. The WebSocket does the same
+    check at its handshake (service/routes/chat_ws.py).
+    """
+
+    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+        self.app, self.allowed = app, {o.rstrip("/") for o in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+            origin = _origin_of(headers)
+            if (origin is not None and origin not in self.allowed and f"{COOKIE_NAME}=" in headers.get("cookie", "")
+                    and not headers.get("authorization", "").lower().startswith("bearer ")):
+                logger.warning("%s %s with the session cookie from foreign origin %r refused", scope["method"],
+                               scope.get("path"), origin)
+                body = b'{"detail":"cross-site request refused: this origin may not use the session cookie"}'
+                await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _origin_of(headers: dict[str, str]) -> str | None:
+    if "origin" in headers:
+        return headers["origin"].rstrip("/")  # "null" (a sandboxed frame, a file) is never allowed
+    referer = headers.get("referer")
+    if referer:
+        parts = urlsplit(referer)
+        return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "null"
+    return None

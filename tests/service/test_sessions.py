@@ -1,0 +1,85 @@
+"""Sessions that end, sign-in throttling and the cross-site check (issue 12, findings 5, 6 and 7).
+
+Before: a token worked for 7 days after logout or a password change; 100 wrong passwords in
+41 s met no slowdown and no log line; the admin rollback POST and the form login ran from a
+foreign ``Origin`` with the session cookie.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlmodel import Session
+
+from service import crud
+from tests.service.conftest import signup
+
+
+def test_logout_ends_every_session_of_the_user(client):
+    alice = signup(client, "alice")
+    other_device = client.post("/api/auth/token", data={"username": "alice", "password": "password123"}).json()["access_token"]
+    client.cookies.clear()
+    assert client.get("/api/me", headers=alice["headers"]).status_code == 200
+    assert client.post("/api/auth/logout", headers=alice["headers"]).status_code == 204
+    for token in (alice["token"], other_device):
+        assert client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    with client.websocket_connect("/api/chat") as ws:
+        ws.send_json({"type": "auth", "token": alice["token"]})
+        assert ws.receive_json()["code"] == "unauthorized"
+    fresh = client.post("/api/auth/token", data={"username": "alice", "password": "password123"}).json()["access_token"]
+    client.cookies.clear()
+    assert client.get("/api/me", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
+
+
+def test_a_new_operator_password_ends_the_old_sessions(app_factory):
+    client = app_factory(admin_password="operator-pass-1")
+    old = client.post("/api/auth/token", data={"username": "admin", "password": "operator-pass-1"}).json()["access_token"]
+    client.cookies.clear()
+    with Session(client.app.state.db) as s:
+        crud.ensure_admin(s, password="operator-pass-1")  # unchanged: sessions live on
+    assert client.get("/api/me", headers={"Authorization": f"Bearer {old}"}).status_code == 200
+    with Session(client.app.state.db) as s:
+        crud.ensure_admin(s, password="operator-pass-2")
+    assert client.get("/api/me", headers={"Authorization": f"Bearer {old}"}).status_code == 401
+
+
+def test_failed_sign_ins_are_throttled_and_logged(app_factory, caplog):
+    client = app_factory(sign_in_failures_per_account=3, sign_in_failures_per_address=100)
+    signup(client, "bob")
+    caplog.set_level(logging.WARNING, logger="service.routes.auth")
+    for _ in range(3):
+        r = client.post("/api/auth/token", data={"username": "bob", "password": "guess-guess"})
+        assert r.status_code == 401
+    r = client.post("/api/auth/token", data={"username": "bob", "password": "password123"})  # even the right one
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert client.post("/api/auth/token", data={"username": "BOB", "password": "x"}).status_code == 429  # one account
+    logged = [rec.getMessage() for rec in caplog.records if "failed sign-in" in rec.getMessage()]
+    assert len(logged) == 3 and "'bob'" in logged[0] and "guess-guess" not in " ".join(logged)
+    assert client.post("/api/auth/token", data={"username": "carol", "password": "x"}).status_code == 401  # others unaffected
+
+
+def test_failed_sign_ins_per_address_are_throttled(app_factory):
+    client = app_factory(sign_in_failures_per_account=100, sign_in_failures_per_address=4)
+    for i in range(4):
+        assert client.post("/api/auth/token", data={"username": f"user{i}", "password": "x"}).status_code == 401
+    assert client.post("/api/auth/token", data={"username": "user9", "password": "x"}).status_code == 429
+
+
+def test_cookie_requests_from_a_foreign_origin_are_refused(app_factory):
+    client = app_factory(admin_password="operator-pass-1")
+    signup(client, "carol")
+    r = client.post("/api/auth/token", data={"username": "admin", "password": "operator-pass-1"})
+    assert r.status_code == 200 and "assistant_session" in client.cookies  # the cookie is kept for what follows
+    foreign = {"Origin": "http://evil.example"}
+    assert client.post("/api/admin/users/2/adapter/rollback", headers=foreign).status_code == 403
+    assert client.post("/api/admin/users/2/adapter/rollback", headers={"Referer": "http://evil.example/x"}).status_code == 403
+    assert client.post("/api/admin/users/2/adapter/rollback", headers={"Origin": "null"}).status_code == 403
+    assert client.post("/api/auth/token", data={"username": "admin", "password": "operator-pass-1"},
+                       headers=foreign).status_code == 403
+    assert client.post("/api/admin/users/2/adapter/rollback", headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
+    assert client.get("/api/me", headers=foreign).status_code == 200  # reads are not state changes
+    token = r.json()["access_token"]
+    client.cookies.clear()
+    # without the cookie a foreign origin cannot ride on anyone's session: bearer calls are not checked
+    assert client.post("/api/admin/users/2/adapter/rollback",
+                       headers={**foreign, "Authorization": f"Bearer {token}"}).status_code == 200
