@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -24,7 +25,7 @@ from service.chat import ChatService
 from service.db import init_db, make_engine
 from service.engine.base import Engine
 from service.metrics import Metrics
-from service.middleware import BodySizeLimit, CookieOriginCheck
+from service.middleware import BodySizeLimit, CookieOriginCheck, SecurityHeaders
 from service.auth import SignInThrottle
 from service.ratelimit import SlidingWindow
 from service.routes import admin, auth, chat_ws, conversations, health, openai_compat, users
@@ -75,12 +76,25 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if owns_engine:
                 app.state.engine.stop()
 
-    app = FastAPI(title="assistant", version="0.1.0", lifespan=lifespan)
+    # The interactive docs load scripts from a CDN on this origin: dev mode only (issue 12, finding 15).
+    docs = {} if settings.dev_mode else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="assistant", version="0.1.0", lifespan=lifespan, **docs)
     app.state.settings, app.state.db, app.state.metrics, app.state.engine = settings, db, metrics, engine
     app.state.registrations = SlidingWindow(settings.registration_limit, 3600.0)
     app.state.sign_in = SignInThrottle(settings)
     if engine is not None:
         app.state.chat = ChatService(settings, db, engine, metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI's default echoes each bad value back ("input"): a password, or a NaN or lone
+        # surrogate that cannot even be written as JSON (a 500). Say where and what, never the value.
+        errors = [{"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def invalid_text(request: Request, exc: UnicodeEncodeError):
+        return JSONResponse({"detail": "text must be valid Unicode (a lone surrogate such as \\ud800 is not)"}, status_code=422)
 
     @app.exception_handler(PoolTimeout)
     async def database_busy(request: Request, exc: PoolTimeout):
@@ -100,6 +114,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                        allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(CookieOriginCheck, allowed=settings.origins)
+    app.add_middleware(SecurityHeaders, hsts=settings.secure_cookies, docs=settings.dev_mode)
     for module in (health, auth, conversations, chat_ws, openai_compat, admin, users):
         app.include_router(module.router)
     if FRONTEND_DIR.is_dir():

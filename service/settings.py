@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     sign_in_failures_per_account: int = Field(5, ge=0, description="Failed sign-ins per account in the window before 429 (0 = no limit).")
     sign_in_failures_per_address: int = Field(20, ge=0, description="Failed sign-ins per client address in the window before 429 (0 = no limit).")
     sign_in_window_s: float = Field(300.0, gt=0, description="Window of the sign-in failure limits, seconds.")
+    cookie_secure: bool | None = Field(None, description="Send the session cookie only over HTTPS (and HSTS). Default: on outside dev mode; "
+                                       "set 0 only for a plain-HTTP deployment you reach on a private network.")
     registration: Literal["open", "approval", "closed"] | None = Field(
         None, description="Who may create an account: open; approval (new accounts sign in but neither chat nor count "
         "for training until an operator approves them); closed (POST /api/auth/register answers 403; operators create "
@@ -102,6 +104,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'assistant.db').resolve()}"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return (not self.dev_mode) if self.cookie_secure is None else self.cookie_secure
 
     @property
     def registration_mode(self) -> str:

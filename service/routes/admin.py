@@ -31,6 +31,7 @@ from sqlmodel import Session, select
 from service import adapter_store
 from service.crud import get_or_create_schedule
 from service.auth import CurrentUser, OperatorUser, SessionDep, SettingsDep
+from service.schemas import IdPath
 from service.models import (
     AdapterStatus,
     AdapterVersion,
@@ -229,7 +230,7 @@ def list_training_runs(_: OperatorUser, session: SessionDep, limit: int = 50) ->
 
 
 @router.get("/api/admin/training-runs/{run_id}", response_model=TrainingRunPublic)
-def get_training_run(run_id: int, _: OperatorUser, session: SessionDep) -> TrainingRunPublic:
+def get_training_run(run_id: IdPath, _: OperatorUser, session: SessionDep) -> TrainingRunPublic:
     run = session.get(TrainingRun, run_id)
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no training run {run_id}")
@@ -246,7 +247,7 @@ def list_adapters(_: OperatorUser, session: SessionDep) -> list[AdapterScopePubl
 
 
 @router.post("/api/admin/users/{user_id}/adapter/rollback", response_model=AdapterScopePublic)
-def rollback_user_adapter(user_id: int, operator: OperatorUser, session: SessionDep) -> AdapterScopePublic:
+def rollback_user_adapter(user_id: IdPath, operator: OperatorUser, session: SessionDep) -> AdapterScopePublic:
     user = session.get(User, user_id)
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {user_id}")

@@ -78,7 +78,7 @@ def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Reques
     access = create_token(settings, user)
     response.set_cookie(
         COOKIE_NAME, access, httponly=True, samesite="lax", max_age=settings.token_ttl_minutes * 60,
-        secure=not settings.dev_mode and settings.host not in ("127.0.0.1", "localhost"), path="/",
+        secure=settings.secure_cookies, path="/",
     )
     return Token(access_token=access)
 

@@ -87,8 +87,12 @@ class Connection:
             return
         try:
             data = json.loads(raw)
-        except json.JSONDecodeError:
-            await self.error("bad_frame", "frames must be JSON objects")
+            json.dumps(data, ensure_ascii=False).encode("utf-8")  # a lone surrogate (\ud800) raises here
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+            await self.error("bad_frame", "frames must be JSON objects (not nested this deep)")
+            return
+        except UnicodeEncodeError:
+            await self.error("bad_frame", "text must be valid Unicode (no lone surrogates)")
             return
         kind = data.get("type") if isinstance(data, dict) else None
         if kind in ("chat", "regenerate") and not self.user.approved:
