@@ -82,6 +82,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings, app.state.db, app.state.metrics, app.state.engine = settings, db, metrics, engine
     app.state.registrations = SlidingWindow(settings.registration_limit, 3600.0)
     app.state.sign_in = SignInThrottle(settings)
+    app.state.ws_handshakes = SlidingWindow(settings.handshake_limit, 60.0)
+    app.state.ws_sockets = {}  # user id -> open chat sockets (one event loop: no lock needed)
     if engine is not None:
         app.state.chat = ChatService(settings, db, engine, metrics)
 

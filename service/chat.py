@@ -27,6 +27,7 @@ from service.adapter_store import Resolved, active_version, ref_for, label_of, r
 from service.engine.base import EndEvent, Engine, GenerationRequest, QueueFull, RequestStream, SamplingParams, TokenEvent
 from service.metrics import Metrics
 from service.models import GENERATED, Message
+from service.ratelimit import SlidingWindow
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ChatService:
         self._active: dict[int, int] = defaultdict(int)  # user id -> running generations
         self._requests: dict[int, tuple[int, str]] = {}  # message id -> (user id, engine request id)
         self._rng = random.Random()
+        self._rate = SlidingWindow(settings.request_limit, 60.0)  # turns started per user per minute
 
     # --- validation ---------------------------------------------------------------
     def sampling(self, *, max_new_tokens: int | None, temperature: float | None, top_p: float | None = None, seed: int | None = None) -> SamplingParams:
@@ -198,10 +200,24 @@ class ChatService:
 
     async def _reserved(self, user_id: int, n: int, plan) -> Turn:
         """Hold ``n`` of the user's generation slots, then store the rows (off the event loop).
-        The slots are given back by ``relay`` as each reply ends, or here if planning fails."""
+        The slots are given back by ``relay`` as each reply ends, or here if planning fails.
+        Refused first if the user is over their request rate or storage quota."""
+        wait = self._rate.hit(str(user_id))
+        if wait is not None:
+            raise ChatError("rate_limited", f"at most {self.settings.request_limit} requests per minute; "
+                                            f"try again in {int(wait) + 1} s", 429)
         self.reserve(user_id, n)
+
+        def guarded() -> Turn:
+            with Session(self.db) as session:
+                held = crud.count_messages(session, user_id=user_id)
+            if held >= self.settings.max_messages_per_user:
+                raise ChatError("quota", f"you store {held} messages, the limit is {self.settings.max_messages_per_user}: "
+                                         "delete conversations you no longer need", 413)
+            return plan()
+
         try:
-            return await to_thread.run_sync(plan)
+            return await to_thread.run_sync(guarded)
         except BaseException:
             self.release(user_id, n)
             raise

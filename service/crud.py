@@ -254,6 +254,10 @@ def list_feedback(session: Session, *, user_id: int) -> Sequence[Feedback]:
     return session.exec(select(Feedback).where(Feedback.user_id == user_id).order_by(Feedback.id)).all()
 
 
+def count_messages(session: Session, *, user_id: int) -> int:
+    return int(session.exec(select(func.count()).select_from(Message).where(Message.user_id == user_id)).one())
+
+
 def delete_account(session: Session, *, user_id: int) -> None:
     """Delete a user and everything that is theirs, in one transaction: conversations, messages,
     feedback, rankings, their training results and adapter version rows (erase the adapter files

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     max_messages: int = Field(256, ge=2, description="Most messages in one /v1 request (413 above); also the most turns "
                               "of a conversation's history read for one reply (the newest are kept).")
     max_concurrent_per_user: int = Field(4, ge=1, description="Generations one user may have running at once (429 above).")
+    ws_handshakes_per_minute: int | None = Field(None, ge=0, description="WebSocket handshakes one client address may open per minute "
+                                                 "(closed with 1008 above; 0 = no limit). Default: 120, or no limit in dev mode.")
+    ws_per_user: int = Field(8, ge=1, description="Open chat WebSockets one user may hold (the next one is told too_many and closed).")
+    ws_idle_timeout_s: float = Field(900.0, gt=0, description="Seconds a chat WebSocket may stay silent with nothing generating before the server closes it.")
+    requests_per_minute: int | None = Field(None, ge=0, description="Chat turns, regenerations and /v1 completions one user may start per minute "
+                                            "(429 / a rate_limited frame above; 0 = no limit). Default: 60, or no limit in dev mode.")
+    max_messages_per_user: int = Field(100_000, ge=1, description="Stored messages one user may hold (a new turn is refused with 413 / quota above; "
+                                       "deleting conversations frees room).")
     default_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature when the client does not say.")
     default_top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling when the client does not say.")
 
@@ -112,6 +120,18 @@ class Settings(BaseSettings):
     @property
     def registration_mode(self) -> str:
         return self.registration or ("open" if self.dev_mode else "approval")
+
+    @property
+    def handshake_limit(self) -> int:
+        if self.ws_handshakes_per_minute is not None:
+            return self.ws_handshakes_per_minute
+        return 0 if self.dev_mode else 120
+
+    @property
+    def request_limit(self) -> int:
+        if self.requests_per_minute is not None:
+            return self.requests_per_minute
+        return 0 if self.dev_mode else 60
 
     @property
     def registration_limit(self) -> int:

@@ -140,6 +140,11 @@ def _user_for(ws: WebSocket, token: str | None) -> User | None:
 async def chat_socket(ws: WebSocket) -> None:
     settings = ws.app.state.settings
     origin = (ws.headers.get("origin") or "").rstrip("/")
+    address = ws.client.host if ws.client else "unknown"
+    if ws.app.state.ws_handshakes.hit(address) is not None:
+        logger.warning("websocket handshake from %s refused: over %d per minute", address, settings.handshake_limit)
+        await ws.close(code=1008, reason="too many connections from this address")
+        return
     cookie = ws.cookies.get(COOKIE_NAME)
     user = None
     if cookie:
@@ -161,6 +166,13 @@ async def chat_socket(ws: WebSocket) -> None:
                 await ws.send_json({"type": "error", "code": "unauthorized", "detail": "send {\"type\":\"auth\",\"token\":...} first"})
                 await ws.close(code=1008)
             return
+    sockets: dict[int, int] = ws.app.state.ws_sockets
+    if sockets.get(user.id, 0) >= settings.ws_per_user:
+        await ws.send_json({"type": "error", "code": "too_many",
+                            "detail": f"at most {settings.ws_per_user} open chat connections per user; close another tab"})
+        await ws.close(code=1008)
+        return
+    sockets[user.id] = sockets.get(user.id, 0) + 1
     conn = Connection(ws, ws.app.state.chat, user)
     metrics = ws.app.state.metrics
     metrics.ws_connections.inc()
@@ -168,7 +180,14 @@ async def chat_socket(ws: WebSocket) -> None:
                                                "approved": user.approved}})
     try:
         while True:
-            msg = await ws.receive()
+            try:
+                msg = await asyncio.wait_for(ws.receive(), timeout=settings.ws_idle_timeout_s)
+            except asyncio.TimeoutError:
+                if conn.tasks:  # replies still streaming: not idle
+                    continue
+                await conn.error("idle", f"closed after {settings.ws_idle_timeout_s:.0f} s without a frame")
+                await ws.close(code=1000)
+                break
             if msg["type"] == "websocket.disconnect":
                 break
             raw = msg.get("text")
@@ -179,5 +198,8 @@ async def chat_socket(ws: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        sockets[user.id] -= 1
+        if not sockets[user.id]:
+            del sockets[user.id]
         metrics.ws_connections.dec()
         await conn.close()
