@@ -57,7 +57,7 @@ export async function showMe(message = null) {
   deleteBtn.addEventListener('click', () => act(deleteBtn, async () => {
     if (!(await confirmDialog('Delete all your ratings, rankings and comments? Your personal model, trained on them, is deleted too. The shared model keeps what it learned from them until its next training run. This cannot be undone.', 'Delete'))) return null;
     await api('api/me/feedback', { method: 'DELETE' });
-    await showMe('Your feedback and your personal model were deleted. The shared model forgets your ratings at its next training run.');
+    await showMe('Your feedback was deleted. Your personal model, trained on it, was deleted too; the shared model forgets your ratings at its next training run.');
     return null;
   }));
   const accountBtn = el('button', { type: 'button', class: 'button-danger', 'data-testid': 'delete-account' }, 'Delete my account');

@@ -9,12 +9,15 @@ starts it as a separate worker process.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -29,7 +32,7 @@ from service.middleware import BodySizeLimit, CookieOriginCheck, SecurityHeaders
 from service.auth import SignInThrottle
 from service.ratelimit import SlidingWindow
 from service.routes import admin, auth, chat_ws, conversations, health, openai_compat, users
-from service.settings import Settings, get_settings
+from service.settings import DEFAULT_SECRET, Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +56,23 @@ def _bootstrap(settings: Settings, db) -> None:
         crud.get_or_create_schedule(session, settings=settings)
 
 
+def _dev_secret(data_dir: Path) -> str:
+    """Dev mode's signing key: random, made once per data dir (mode 0600), never a published one."""
+    path = data_dir / "dev-secret-key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.dev_mode and settings.secret_key == DEFAULT_SECRET:
+        settings.secret_key = _dev_secret(settings.data_dir)
     db = make_engine(settings)
     _bootstrap(settings, db)
     metrics = Metrics()
@@ -117,6 +134,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(CookieOriginCheck, allowed=settings.origins)
     app.add_middleware(SecurityHeaders, hsts=settings.secure_cookies, docs=settings.dev_mode)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.host_allowlist)  # outermost: 400 first
     for module in (health, auth, conversations, chat_ws, openai_compat, admin, users):
         app.include_router(module.router)
     if FRONTEND_DIR.is_dir():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -18,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 logger = logging.getLogger(__name__)
 
 DEFAULT_SECRET = "dev-secret-change-me-dev-secret-change-me"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 
@@ -42,6 +44,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Bind address of `assistant serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `assistant serve`.")
     allowed_origins: str = Field("", description="Comma-separated origins allowed for cookies on the WebSocket and for CORS; default the server's own origin.")
+    allowed_hosts: str = Field("", description="Comma-separated extra Host names the server answers (an internal name behind a proxy); "
+                               "the allowed origins' hosts and loopback always are, any other Host gets 400.")
     secret_key: str = Field(DEFAULT_SECRET, description="Signs session tokens. Must be set (32+ chars) unless dev_mode.")
     dev_mode: bool = Field(False, description="Allows the default secret key; `make run` turns it on for local use.")
     admin_password: str | None = Field(None, description="Creates or updates the operator account `admin` at start.")
@@ -100,6 +104,9 @@ class Settings(BaseSettings):
             )
         elif not self.dev_mode and len(self.secret_key) < 32:
             problems.append("ASSISTANT_SECRET_KEY must be at least 32 characters outside dev mode")
+        if self.dev_mode and self.host not in LOOPBACK_HOSTS:
+            problems.append(f"ASSISTANT_DEV_MODE is for local use only: bind to 127.0.0.1 (ASSISTANT_HOST={self.host}), "
+                            "or turn dev mode off and set ASSISTANT_SECRET_KEY")
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             problems.append("ASSISTANT_DEFAULT_MAX_NEW_TOKENS must not exceed ASSISTANT_MAX_NEW_TOKENS_LIMIT")
         if problems:
@@ -112,6 +119,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'assistant.db').resolve()}"
+
+    @property
+    def host_allowlist(self) -> list[str]:
+        """Host headers the server answers (400 otherwise; DNS rebinding): the allowed origins'
+        hosts, loopback and ``allowed_hosts``."""
+        hosts = {urlsplit(o).hostname for o in self.origins} | set(LOOPBACK_HOSTS)
+        hosts |= {h.strip() for h in self.allowed_hosts.split(",")}
+        return sorted(h for h in hosts if h)
 
     @property
     def secure_cookies(self) -> bool:

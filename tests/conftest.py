@@ -51,7 +51,8 @@ def make_settings(tmp_path, model_data_dir):
         data = tmp_path / f"data{len(list(tmp_path.iterdir()))}"
         data.mkdir()
         (data / "models").symlink_to(model_data_dir / "models")
-        base = dict(data_dir=data, dev_mode=True, default_max_new_tokens=8, default_temperature=0.0)
+        # "testserver": the Host of Starlette's TestClient WebSockets (it ignores base_url for them)
+        base = dict(data_dir=data, dev_mode=True, default_max_new_tokens=8, default_temperature=0.0, allowed_hosts="testserver")
         base.update(overrides)
         return Settings(**base)
 

@@ -11,7 +11,7 @@ from tests.service.conftest import signup
 
 def test_register_login_me(client):
     r = client.post("/api/auth/register", json={"username": "alice", "password": "s3cret-pass"})
-    assert r.status_code == 201 and r.json()["role"] == "user" and set(r.json()) == {"id", "username", "role"}
+    assert r.status_code == 201 and r.json()["role"] == "user" and set(r.json()) == {"id", "username", "role", "approved"}
     assert client.post("/api/auth/register", json={"username": "alice", "password": "another-pass"}).status_code == 409
     for bad in ({"username": "a", "password": "s3cret-pass"}, {"username": "alice2", "password": "short"},
                 {"username": "bad name!", "password": "s3cret-pass"}, {"username": "x" * 100, "password": "s3cret-pass"}, {}):

@@ -68,3 +68,25 @@ def test_security_headers_docs_and_secure_cookie_outside_dev_mode(make_settings,
     with TestClient(create_app(dev, engine=shared_engine), base_url="http://127.0.0.1:8000") as client:
         assert client.get("/openapi.json").status_code == 200
         assert "strict-transport-security" not in client.get("/healthz").headers
+
+
+def test_dev_mode_signs_with_its_own_secret_and_stays_local(make_settings, shared_engine):
+    """Finding 8: dev mode signed with a published key and any Host was answered (DNS rebinding)."""
+    import pytest
+
+    from service.settings import DEFAULT_SECRET, Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="local use only"):
+        Settings(dev_mode=True, host="0.0.0.0")
+    settings = make_settings()
+    with TestClient(create_app(settings, engine=shared_engine), base_url="http://127.0.0.1:8000") as client:
+        key = settings.data_dir / "dev-secret-key"
+        assert settings.secret_key != DEFAULT_SECRET and key.read_text().strip() == settings.secret_key
+        assert key.stat().st_mode & 0o077 == 0
+        published = jwt.encode({"sub": "1", "exp": 2**33}, DEFAULT_SECRET, algorithm="HS256")
+        assert client.get("/api/me", headers={"Authorization": f"Bearer {published}"}).status_code == 401
+        assert client.get("/healthz", headers={"Host": "rebound.attacker.example"}).status_code == 400
+        assert client.get("/healthz", headers={"Host": "localhost:8000"}).status_code == 200
+    again = make_settings(data_dir=settings.data_dir)
+    create_app(again, engine=shared_engine)
+    assert again.secret_key == settings.secret_key  # the same data dir keeps its key (sessions survive a restart)
