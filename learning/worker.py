@@ -37,7 +37,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
+from service import run_queue
 from service.crud import get_or_create_schedule
+from service.run_queue import RunConflict  # noqa: F401  (re-exported: callers catch it from here)
 from service.db import init_db, make_engine
 from service.models import RunStatus, Schedule, TrainingRun, User, utcnow
 from service.settings import Settings
@@ -52,15 +54,6 @@ SCHEDULE_JOB = "nightly-training"
 POLL_SECONDS = 5.0
 POLL_ENV = "ASSISTANT_WORKER_POLL_SECONDS"
 _PG_LOCK_KEY = 727_370_001  # advisory lock guarding claims on PostgreSQL
-
-
-class RunConflict(RuntimeError):
-    """A run for overlapping users is already queued or running."""
-
-    def __init__(self, run_id: int) -> None:
-        super().__init__(f"training run {run_id} is already queued or running for these users; "
-                         f"wait for it to finish (GET /api/admin/training-runs/{run_id})")
-        self.run_id = run_id
 
 
 class RunBusy(RuntimeError):
@@ -84,26 +77,10 @@ def poll_seconds_from_env() -> float:
 # --- database operations ---------------------------------------------------------------------------
 
 
-def overlapping_run(session: Session, user_ids: list[int] | None) -> TrainingRun | None:
-    """A queued or running run whose users overlap ``user_ids`` (None = all users)."""
-    active = session.exec(select(TrainingRun).where(TrainingRun.status.in_([RunStatus.queued, RunStatus.running]))).all()
-    for run in active:
-        if run.user_ids is None or user_ids is None or set(run.user_ids) & set(user_ids):
-            return run
-    return None
-
-
 def enqueue_run(engine: Engine, *, trigger: str, user_ids: list[int] | None = None, requested_by: int | None = None) -> TrainingRun:
+    """``service.run_queue.enqueue_run`` in a session of its own (the schedule, the CLI, tests)."""
     with Session(engine, expire_on_commit=False) as session:
-        clash = overlapping_run(session, user_ids)
-        if clash is not None:
-            raise RunConflict(clash.id)
-        run = TrainingRun(trigger=trigger, user_ids=sorted(set(user_ids)) if user_ids is not None else None,
-                          requested_by=requested_by)
-        session.add(run)
-        session.commit()
-        session.refresh(run)
-        return run
+        return run_queue.enqueue_run(session, trigger=trigger, user_ids=user_ids, requested_by=requested_by)
 
 
 def claim_run(engine: Engine, run_id: int, worker_id: str) -> bool:

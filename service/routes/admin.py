@@ -11,7 +11,7 @@ Users:
     GET|DELETE /api/me/adapter                  own versions / back to the global adapter or base
 
 Routes only read and write rows: the worker process (``learning.worker``) executes queued runs.
-``service`` never imports ``learning``, so the small overlap check lives here too. Handlers
+Queueing goes through ``service.run_queue`` (the worker's schedule and CLI use it too). Handlers
 are plain ``def``: FastAPI runs them in a threadpool, off the event loop.
 """
 
@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from service import adapter_store
+from service import adapter_store, run_queue
 from service.crud import get_or_create_schedule
 from service.auth import CurrentUser, OperatorUser, SessionDep, SettingsDep
 from service.schemas import IdPath
@@ -124,24 +124,6 @@ class StatsPublic(BaseModel):
 # --- data access (one function per operation, keyword-only) ------------------------------------------
 
 
-def overlapping_run(session: Session, *, user_ids: list[int] | None) -> TrainingRun | None:
-    """A queued or running run whose users overlap ``user_ids`` (None = everyone)."""
-    active = session.exec(select(TrainingRun).where(TrainingRun.status.in_([RunStatus.queued, RunStatus.running]))).all()
-    for run in active:
-        if run.user_ids is None or user_ids is None or set(run.user_ids) & set(user_ids):
-            return run
-    return None
-
-
-def create_run(session: Session, *, user_ids: list[int] | None, requested_by: int) -> TrainingRun:
-    run = TrainingRun(trigger="manual", user_ids=sorted(set(user_ids)) if user_ids is not None else None,
-                      requested_by=requested_by)
-    session.add(run)
-    session.commit()
-    session.refresh(run)
-    return run
-
-
 def run_public(session: Session, *, run: TrainingRun) -> TrainingRunPublic:
     results = session.exec(select(TrainingResult).where(TrainingResult.run_id == run.id).order_by(TrainingResult.id)).all()
     versions = {v.id: v.version for v in session.exec(
@@ -213,12 +195,10 @@ def queue_training_run(body: TrainingRunCreate, operator: OperatorUser, session:
         unknown = sorted(set(body.user_ids) - known)
         if unknown:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no users with ids {unknown}; list them with GET /api/admin/adapters")
-    clash = overlapping_run(session, user_ids=body.user_ids)
-    if clash is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            f"training run {clash.id} is already {clash.status.value} for overlapping users; "
-                            f"wait for it (GET /api/admin/training-runs/{clash.id})")
-    run = create_run(session, user_ids=body.user_ids, requested_by=operator.id)
+    try:
+        run = run_queue.enqueue_run(session, trigger="manual", user_ids=body.user_ids, requested_by=operator.id)
+    except run_queue.RunConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     logger.info("operator %s queued training run %s for %s", operator.username, run.id, body.user_ids or "everyone")
     return TrainingRunQueued(id=run.id, status=run.status.value)
 

@@ -76,6 +76,30 @@ def test_overlapping_runs_conflict_disjoint_ones_do_not(db):
     assert enqueue_run(db, trigger="manual", user_ids=[4]).id != first.id
 
 
+def test_concurrent_enqueues_of_overlapping_runs_queue_exactly_one(db):
+    """Issue 12, finding 19: the overlap check and the insert are one locked transaction, so
+    callers racing (the admin route, the schedule, the CLI) cannot both queue overlapping runs."""
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def enqueue() -> None:
+        barrier.wait()
+        try:
+            enqueue_run(db, trigger="manual", user_ids=[7])
+            outcomes.append("queued")
+        except RunConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=enqueue) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["conflict"] * 5 + ["queued"]
+    with Session(db) as s:
+        assert len(s.exec(select(TrainingRun).where(TrainingRun.status == RunStatus.queued)).all()) == 1
+
+
 def test_schedule_fires_once_per_minute_across_workers(db, settings):
     now = utcnow().replace(second=5)
     assert fire_schedule(db, settings, now) is not None
