@@ -128,31 +128,29 @@ class Settings(BaseSettings):
         hosts |= {h.strip() for h in self.allowed_hosts.split(",")}
         return sorted(h for h in hosts if h)
 
+    # Settings left unset (None) take a local-use value in dev mode and a deployment value otherwise.
+    def _by_mode(self, value, dev, deployed):
+        return value if value is not None else (dev if self.dev_mode else deployed)
+
     @property
     def secure_cookies(self) -> bool:
-        return (not self.dev_mode) if self.cookie_secure is None else self.cookie_secure
+        return self._by_mode(self.cookie_secure, False, True)
 
     @property
     def registration_mode(self) -> str:
-        return self.registration or ("open" if self.dev_mode else "approval")
+        return self._by_mode(self.registration, "open", "approval")
 
     @property
     def handshake_limit(self) -> int:
-        if self.ws_handshakes_per_minute is not None:
-            return self.ws_handshakes_per_minute
-        return 0 if self.dev_mode else 120
+        return self._by_mode(self.ws_handshakes_per_minute, 0, 120)
 
     @property
     def request_limit(self) -> int:
-        if self.requests_per_minute is not None:
-            return self.requests_per_minute
-        return 0 if self.dev_mode else 60
+        return self._by_mode(self.requests_per_minute, 0, 60)
 
     @property
     def registration_limit(self) -> int:
-        if self.registrations_per_hour is not None:
-            return self.registrations_per_hour
-        return 0 if self.dev_mode else 10
+        return self._by_mode(self.registrations_per_hour, 0, 10)
 
     @property
     def adapters_dir(self) -> Path:
