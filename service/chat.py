@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from sqlalchemy.engine import Engine as DBEngine
 from sqlmodel import Session
 
@@ -65,6 +65,9 @@ class ChatService:
         self._requests: dict[int, tuple[int, str]] = {}  # message id -> (user id, engine request id)
         self._rng = random.Random()
         self._rate = SlidingWindow(settings.request_limit, 60.0)  # turns started per user per minute
+        # Storing rows and rendering prompts run in threads of their own, a bounded few, so a burst of
+        # long prompts waits here instead of taking the threads every other route needs.
+        self._planning = CapacityLimiter(settings.prompt_workers)
 
     # --- validation ---------------------------------------------------------------
     def sampling(self, *, max_new_tokens: int | None, temperature: float | None, top_p: float | None = None, seed: int | None = None) -> SamplingParams:
@@ -217,7 +220,7 @@ class ChatService:
             return plan()
 
         try:
-            return await to_thread.run_sync(guarded)
+            return await to_thread.run_sync(guarded, limiter=self._planning)
         except BaseException:
             self.release(user_id, n)
             raise

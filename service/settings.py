@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     max_input_tokens: int = Field(2048, ge=64, description="Prompt budget: older turns are dropped to fit.")
     max_messages: int = Field(256, ge=2, description="Most messages in one /v1 request (413 above); also the most turns "
                               "of a conversation's history read for one reply (the newest are kept).")
+    prompt_workers: int = Field(4, ge=1, description="Threads that store turns and render prompts (a pool of their own, so long "
+                                "prompts never take the threads other routes need).")
     max_concurrent_per_user: int = Field(4, ge=1, description="Generations one user may have running at once (429 above).")
     ws_handshakes_per_minute: int | None = Field(None, ge=0, description="WebSocket handshakes one client address may open per minute "
                                                  "(closed with 1008 above; 0 = no limit). Default: 120, or no limit in dev mode.")

@@ -128,3 +128,38 @@ def test_prompt_truncation_renders_log_n_times_and_keeps_the_newest_turns(app_fa
 
     kept = text.count("message number ")
     assert length(turns[-kept:]) <= 200 < length(turns[-(kept + 1):])
+
+
+def test_prompt_preparation_has_its_own_bounded_pool(app_factory):
+    """Issue 12, finding 1: rendering prompts runs in a pool of ``ASSISTANT_PROMPT_WORKERS`` threads,
+    so a burst of slow renderings queues there while other routes keep answering."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = app_factory(prompt_workers=1)
+    chat = client.app.state.chat
+    users = [signup(client, f"burst{i}") for i in range(3)]
+    running, most = [0], [0]
+    lock = threading.Lock()
+    render = chat.render_prompt
+
+    def slow_render(messages):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(1.0)
+        with lock:
+            running[0] -= 1
+        return render(messages)
+
+    chat.render_prompt = slow_render
+    body = {"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(client.post, "/v1/chat/completions", json=body, headers=u["headers"]) for u in users]
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert client.get("/api/me", headers=users[0]["headers"]).status_code == 200
+        other_route_s = time.monotonic() - started
+        assert [f.result().status_code for f in futures] == [200, 200, 200]
+    assert most[0] == 1 and other_route_s < 1.0, (most, other_route_s)
