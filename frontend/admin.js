@@ -334,7 +334,7 @@ function usersTable() {
       },
     }, 'Approve') : null)));
   const name = el('input', { id: 'new-user-name', required: true, autocomplete: 'off', 'aria-label': 'New username' });
-  const pass = el('input', { id: 'new-user-password', type: 'password', required: true, minlength: 8, autocomplete: 'new-password', 'aria-label': 'New password' });
+  const pass = el('input', { id: 'new-user-password', type: 'password', required: true, minlength: 12, autocomplete: 'new-password', 'aria-label': 'New password' });
   const form = el('form', { class: 'row wrap', 'data-testid': 'admin-create-user' },
     el('label', { for: 'new-user-name' }, 'Username '), name, el('label', { for: 'new-user-password' }, 'Password '), pass,
     el('button', { type: 'submit', class: 'small' }, 'Create account'));

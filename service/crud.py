@@ -41,10 +41,15 @@ class Conflict(Exception):
 # --- users ------------------------------------------------------------------------
 
 def get_user_by_username(session: Session, *, username: str) -> User | None:
-    return session.exec(select(User).where(User.username == username)).first()
+    """Usernames are unique case-insensitively (``Alice`` signs in as ``alice``); an exact match
+    wins where accounts from before that rule differ only in case."""
+    exact = session.exec(select(User).where(User.username == username)).first()
+    return exact or session.exec(select(User).where(func.lower(User.username) == username.lower()).order_by(User.id)).first()
 
 
 def create_user(session: Session, *, username: str, password: str, role: Role = Role.user, approved: bool = True) -> User:
+    if session.exec(select(User.id).where(func.lower(User.username) == username.lower())).first() is not None:
+        raise Conflict(f"username {username!r} is taken")
     user = User(username=username, password_hash=hash_password(password), role=role, approved=approved)
     session.add(user)
     try:

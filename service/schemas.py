@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.models import REASONS, Rating
+from service.passwords import password_problem
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 # Row ids are SQL INTEGER: PostgreSQL's is 32-bit, so a larger id is refused (422) before it reaches a query.
@@ -22,7 +23,14 @@ NO_NUL = r"^[^\x00]*$"
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(pattern=USERNAME_PATTERN, description="3-32 characters: letters, digits, _ . -")
-    password: str = Field(min_length=8, max_length=128)
+    password: str = Field(min_length=8, max_length=128, description="12-128 characters, not a common password, not the username")
+
+    @model_validator(mode="after")
+    def _strong_enough(self) -> "UserCreate":
+        problem = password_problem(self.password, self.username)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class UserPublic(BaseModel):

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.passwords import password_problem
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class Settings(BaseSettings):
         if self.dev_mode and self.host not in LOOPBACK_HOSTS:
             problems.append(f"ASSISTANT_DEV_MODE is for local use only: bind to 127.0.0.1 (ASSISTANT_HOST={self.host}), "
                             "or turn dev mode off and set ASSISTANT_SECRET_KEY")
+        if self.admin_password is not None and not self.dev_mode and password_problem(self.admin_password, "admin"):
+            problems.append(f"ASSISTANT_ADMIN_PASSWORD: {password_problem(self.admin_password, 'admin')}")
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             problems.append("ASSISTANT_DEFAULT_MAX_NEW_TOKENS must not exceed ASSISTANT_MAX_NEW_TOKENS_LIMIT")
         if problems:

@@ -79,7 +79,7 @@ def test_chat_rate_rank_export_and_isolation(app_factory, db_url):
     assert db.current_revision(client.app.state.db) == db.head_revision(), "the app migrates at start"
     alice = signup(client, "alice")
     h = alice["headers"]
-    assert client.post("/api/auth/register", json={"username": "alice", "password": "password123"}).status_code == 409
+    assert client.post("/api/auth/register", json={"username": "alice", "password": "correct-horse-1"}).status_code == 409
 
     out = chat_turn(client, alice["token"], "Name a colour.", alternatives=2, max_new_tokens=3)
     assert "error" not in out, out
@@ -115,7 +115,7 @@ def test_chat_rate_rank_export_and_isolation(app_factory, db_url):
 
     # a restart on the same database keeps accounts and data (and migrating again is a no-op)
     again = app_factory(database_url=db_url)
-    token = again.post("/api/auth/token", data={"username": "alice", "password": "password123"}).json()["access_token"]
+    token = again.post("/api/auth/token", data={"username": "alice", "password": "correct-horse-1"}).json()["access_token"]
     h2 = {"Authorization": f"Bearer {token}"}
     detail = again.get(f"/api/conversations/{conv_id}", headers=h2).json()
     rated = next(m for m in detail["messages"] if m["id"] == a)
@@ -149,7 +149,7 @@ def test_hostile_ids_and_text_answer_4xx_not_5xx(make_settings, shared_engine, d
             ("DELETE", f"/api/conversations/{-big}", {}),
             ("POST", f"/api/messages/{big}/feedback", {"json": {"rating": "up"}}),
             ("POST", "/api/rankings", {"json": {"message_ids": [big, big + 1]}}),
-            ("POST", "/api/auth/token", {"data": {"username": "ho\x00stile", "password": "password123"}}),
+            ("POST", "/api/auth/token", {"data": {"username": "ho\x00stile", "password": "correct-horse-1"}}),
             ("PATCH", f"/api/conversations/{conv_id}", {"json": {"title": "a\x00b"}}),
             ("POST", f"/api/messages/{mid}/feedback", {"json": {"rating": "up", "comment": "a\x00b"}}),
             ("POST", "/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": "a\x00b"}], "max_tokens": 2}}),

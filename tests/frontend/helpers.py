@@ -21,7 +21,7 @@ def unique_name(prefix: str = "user") -> str:
     return f"{prefix}{os.getpid() % 1000}_{next(_counter)}"
 
 
-def sign_up(page, server, username: str, password: str = "password123") -> None:
+def sign_up(page, server, username: str, password: str = "correct-horse-1") -> None:
     page.goto(server.url + "/")
     page.get_by_test_id("auth-username").fill(username)
     page.get_by_test_id("auth-password").fill(password)

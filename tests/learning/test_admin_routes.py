@@ -42,9 +42,9 @@ def login(client, username, password):
 
 
 def register(client, username):
-    r = client.post("/api/auth/register", json={"username": username, "password": "password123"})
+    r = client.post("/api/auth/register", json={"username": username, "password": "correct-horse-1"})
     assert r.status_code == 201, r.text
-    return r.json()["id"], login(client, username, "password123")
+    return r.json()["id"], login(client, username, "correct-horse-1")
 
 
 def add_version(db, user_id, version, status=AdapterStatus.promoted, activate=True):

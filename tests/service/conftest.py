@@ -28,7 +28,7 @@ def client(app_factory) -> TestClient:
     return app_factory()
 
 
-def signup(client: TestClient, username: str, password: str = "password123") -> dict:
+def signup(client: TestClient, username: str, password: str = "correct-horse-1") -> dict:
     """Register and sign in; returns {"id","username","token","headers"}."""
     r = client.post("/api/auth/register", json={"username": username, "password": password})
     assert r.status_code == 201, r.text

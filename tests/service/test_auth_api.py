@@ -10,15 +10,15 @@ from tests.service.conftest import signup
 
 
 def test_register_login_me(client):
-    r = client.post("/api/auth/register", json={"username": "alice", "password": "s3cret-pass"})
+    r = client.post("/api/auth/register", json={"username": "alice", "password": "s3cret-passphrase"})
     assert r.status_code == 201 and r.json()["role"] == "user" and set(r.json()) == {"id", "username", "role", "approved"}
-    assert client.post("/api/auth/register", json={"username": "alice", "password": "another-pass"}).status_code == 409
-    for bad in ({"username": "a", "password": "s3cret-pass"}, {"username": "alice2", "password": "short"},
-                {"username": "bad name!", "password": "s3cret-pass"}, {"username": "x" * 100, "password": "s3cret-pass"}, {}):
+    assert client.post("/api/auth/register", json={"username": "alice", "password": "another-passphrase"}).status_code == 409
+    for bad in ({"username": "a", "password": "s3cret-passphrase"}, {"username": "alice2", "password": "short"},
+                {"username": "bad name!", "password": "s3cret-passphrase"}, {"username": "x" * 100, "password": "s3cret-passphrase"}, {}):
         assert client.post("/api/auth/register", json=bad).status_code == 422, bad
     assert client.post("/api/auth/token", data={"username": "alice", "password": "wrong-pass"}).status_code == 401
     assert client.post("/api/auth/token", data={"username": "nobody", "password": "wrong-pass"}).status_code == 401
-    r = client.post("/api/auth/token", data={"username": "alice", "password": "s3cret-pass"})
+    r = client.post("/api/auth/token", data={"username": "alice", "password": "s3cret-passphrase"})
     assert r.status_code == 200 and r.json()["token_type"] == "bearer"
     cookie = r.headers["set-cookie"]
     assert "assistant_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
@@ -65,7 +65,7 @@ def test_admin_account_from_settings(app_factory):
     assert r.status_code == 200
     me = client.get("/api/me", headers={"Authorization": f"Bearer {r.json()['access_token']}"}).json()
     assert me["role"] == "operator"
-    assert client.post("/api/auth/register", json={"username": "admin", "password": "whatever-pw"}).status_code == 409
+    assert client.post("/api/auth/register", json={"username": "admin", "password": "whatever-passw0rd"}).status_code == 409
 
 
 def test_default_secret_refused_outside_dev_mode(tmp_path):
@@ -82,3 +82,17 @@ def test_health_and_metrics(client):
     for name in ("assistant_http_requests_total", "assistant_tokens_generated_total", "assistant_generation_seconds",
                  "assistant_feedback_total"):
         assert name in m.text
+
+
+def test_new_passwords_and_usernames(client):
+    """Issue 12, finding 16: 12+ characters, no common password, not the username; usernames
+    unique case-insensitively (and signing in ignores case); the operator password is checked."""
+    for pw, why in (("short-pass1", "12 to 128"), ("Password1234", "guesser"), ("aaaaaaaaaaaaaaa", "guesser"),
+                    ("my-name-is-dora!", "username")):
+        r = client.post("/api/auth/register", json={"username": "dora", "password": pw})
+        assert r.status_code == 422 and why in str(r.json()["detail"]), (pw, r.text)
+    assert client.post("/api/auth/register", json={"username": "Dora", "password": "tall-tree-shade-7"}).status_code == 201
+    assert client.post("/api/auth/register", json={"username": "dora", "password": "tall-tree-shade-7"}).status_code == 409
+    assert client.post("/api/auth/token", data={"username": "DORA", "password": "tall-tree-shade-7"}).status_code == 200
+    with pytest.raises(SettingsError, match="ASSISTANT_ADMIN_PASSWORD"):
+        Settings(secret_key="x" * 40, admin_password="admin1")

@@ -60,7 +60,7 @@ def test_deleting_the_account_removes_everything_of_the_user_only(app_factory, t
 
     assert client.delete("/api/me", headers=alice["headers"]).status_code == 204
     assert client.get("/api/me", headers=alice["headers"]).status_code == 401
-    assert client.post("/api/auth/token", data={"username": "alice", "password": "password123"}).status_code == 401
+    assert client.post("/api/auth/token", data={"username": "alice", "password": "correct-horse-1"}).status_code == 401
     with Session(client.app.state.db) as s:
         for model in (Conversation, Message, Feedback, AdapterVersion):
             owners = {r.user_id for r in s.exec(select(model)).all()}

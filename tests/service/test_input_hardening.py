@@ -61,8 +61,8 @@ def test_security_headers_docs_and_secure_cookie_outside_dev_mode(make_settings,
         assert "max-age" in r.headers["strict-transport-security"]
         for path in ("/docs", "/redoc", "/openapi.json"):
             assert client.get(path).status_code == 404, path
-        client.post("/api/auth/register", json={"username": "sec", "password": "password123"})
-        r = client.post("/api/auth/token", data={"username": "sec", "password": "password123"})
+        client.post("/api/auth/register", json={"username": "sec", "password": "correct-horse-1"})
+        r = client.post("/api/auth/token", data={"username": "sec", "password": "correct-horse-1"})
         assert "secure" in r.headers["set-cookie"].lower()
     dev = make_settings()
     with TestClient(create_app(dev, engine=shared_engine), base_url="http://127.0.0.1:8000") as client:

@@ -53,19 +53,19 @@ def test_approval_mode_waits_for_an_operator(app_factory):
 
 def test_closed_mode_refuses_registration_and_operators_create_accounts(app_factory):
     client = app_factory(registration="closed", admin_password="operator-pass-1")
-    r = client.post("/api/auth/register", json={"username": "mallory", "password": "password123"})
+    r = client.post("/api/auth/register", json={"username": "mallory", "password": "correct-horse-1"})
     assert r.status_code == 403 and "closed" in r.json()["detail"]
     op = _operator(client)
-    made = client.post("/api/admin/users", json={"username": "carol", "password": "password123"}, headers=op)
+    made = client.post("/api/admin/users", json={"username": "carol", "password": "correct-horse-1"}, headers=op)
     assert made.status_code == 201 and made.json()["approved"] is True
-    assert client.post("/api/admin/users", json={"username": "carol", "password": "password123"}, headers=op).status_code == 409
-    assert client.post("/api/admin/users", json={"username": "x", "password": "password123"}, headers=op).status_code == 422
-    assert client.post("/api/auth/token", data={"username": "carol", "password": "password123"}).status_code == 200
+    assert client.post("/api/admin/users", json={"username": "carol", "password": "correct-horse-1"}, headers=op).status_code == 409
+    assert client.post("/api/admin/users", json={"username": "x", "password": "correct-horse-1"}, headers=op).status_code == 422
+    assert client.post("/api/auth/token", data={"username": "carol", "password": "correct-horse-1"}).status_code == 200
 
 
 def test_registrations_per_address_are_limited(app_factory):
     client = app_factory(registration="open", registrations_per_hour=2)
     for name in ("one", "two"):
-        assert client.post("/api/auth/register", json={"username": name, "password": "password123"}).status_code == 201
-    r = client.post("/api/auth/register", json={"username": "three", "password": "password123"})
+        assert client.post("/api/auth/register", json={"username": name, "password": "correct-horse-1"}).status_code == 201
+    r = client.post("/api/auth/register", json={"username": "three", "password": "correct-horse-1"})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1

@@ -17,7 +17,7 @@ from tests.service.conftest import signup
 
 def test_logout_ends_every_session_of_the_user(client):
     alice = signup(client, "alice")
-    other_device = client.post("/api/auth/token", data={"username": "alice", "password": "password123"}).json()["access_token"]
+    other_device = client.post("/api/auth/token", data={"username": "alice", "password": "correct-horse-1"}).json()["access_token"]
     client.cookies.clear()
     assert client.get("/api/me", headers=alice["headers"]).status_code == 200
     assert client.post("/api/auth/logout", headers=alice["headers"]).status_code == 204
@@ -26,7 +26,7 @@ def test_logout_ends_every_session_of_the_user(client):
     with client.websocket_connect("/api/chat") as ws:
         ws.send_json({"type": "auth", "token": alice["token"]})
         assert ws.receive_json()["code"] == "unauthorized"
-    fresh = client.post("/api/auth/token", data={"username": "alice", "password": "password123"}).json()["access_token"]
+    fresh = client.post("/api/auth/token", data={"username": "alice", "password": "correct-horse-1"}).json()["access_token"]
     client.cookies.clear()
     assert client.get("/api/me", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
 
@@ -50,7 +50,7 @@ def test_failed_sign_ins_are_throttled_and_logged(app_factory, caplog):
     for _ in range(3):
         r = client.post("/api/auth/token", data={"username": "bob", "password": "guess-guess"})
         assert r.status_code == 401
-    r = client.post("/api/auth/token", data={"username": "bob", "password": "password123"})  # even the right one
+    r = client.post("/api/auth/token", data={"username": "bob", "password": "correct-horse-1"})  # even the right one
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
     assert client.post("/api/auth/token", data={"username": "BOB", "password": "x"}).status_code == 429  # one account
     logged = [rec.getMessage() for rec in caplog.records if "failed sign-in" in rec.getMessage()]
