@@ -79,8 +79,19 @@ LIVE_WORKERS: set[str] = set()
 
 
 def new_worker_id() -> str:
-    """host:pid:random, so recovery can tell a dead local worker from a live remote one."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+    """host:pid:start:random, so recovery can tell a dead local worker from a live remote one, and
+    a reused pid (a restarted container numbers its processes again) from the worker that had it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or 0}:{os.urandom(3).hex()}"
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (/proc), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
 
 
 def code_version() -> dict[str, str]:
@@ -175,7 +186,10 @@ def _owner_is_dead(worker_id: str | None, heartbeat_at, stale_after: float) -> b
         if len(parts) >= 2 and parts[0] == socket.gethostname() and parts[1].isdigit():
             if int(parts[1]) == os.getpid():
                 return worker_id not in LIVE_WORKERS
-            return not _pid_alive(int(parts[1]))
+            if not _pid_alive(int(parts[1])):
+                return True
+            started = _process_start(int(parts[1]))  # alive: the same process, or a new one with its pid?
+            return len(parts) >= 4 and started is not None and parts[2] != started
     if heartbeat_at is None:
         return True
     return (utcnow() - heartbeat_at).total_seconds() > stale_after
@@ -814,14 +828,20 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
             row = adapter_store.publish(ctx.settings, session, user_id=user_id, src_dir=work, metadata=metadata,
                                         training_run_id=ctx.run_id, status=AdapterStatus.candidate, metrics=metrics,
                                         reason=decision.reason)
-            # The verdict, the result row and the activation land in one commit.
+            # The verdict, the result row and the activation land in one commit, and only while the
+            # job is still this worker's: the conditional UPDATE matches no row if recovery or
+            # another worker took it meanwhile, and then nothing of this verdict is kept.
             row.status = AdapterStatus.promoted if decision.promote else AdapterStatus.rejected
             session.add(row)
-            res = session.get(TrainingResult, ctx.job_id)
-            res.status, res.adapter_version_id, res.promoted = RunStatus.succeeded, row.id, decision.promote
-            res.progress = 1.0
-            res.reason, res.metrics, res.finished_at = decision.reason, metrics, utcnow()
-            session.add(res)
+            held = session.execute(
+                update(TrainingResult)
+                .where(TrainingResult.id == ctx.job_id, TrainingResult.status == RunStatus.running,
+                       TrainingResult.worker_id == ctx.worker_id)
+                .values(status=RunStatus.succeeded, adapter_version_id=row.id, promoted=decision.promote, progress=1.0,
+                        reason=decision.reason, metrics=metrics, finished_at=utcnow()))
+            if held.rowcount != 1:
+                session.rollback()
+                raise RunAborted(f"job {ctx.job_id} is no longer held by {ctx.worker_id}; its verdict is not published")
             if decision.promote:
                 adapter_store.activate(session, user_id=user_id, version_id=row.id)  # commits
             else:

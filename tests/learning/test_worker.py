@@ -374,3 +374,17 @@ def test_a_worker_started_by_a_server_stops_when_the_server_dies(db, settings, t
     else:
         os.kill(worker_pid, 9)
         pytest.fail("the worker kept running after the process that started it died")
+
+
+def test_a_reused_pid_does_not_keep_a_dead_workers_run_alive():
+    """Issue 12, finding 19: worker ids carry the process start time, so after a container restart
+    (pids numbered again) a live process with the old worker's pid is not taken for that worker."""
+    import socket
+
+    from learning.pipeline import _owner_is_dead, _process_start, new_worker_id
+
+    host, pid = socket.gethostname(), 1  # pid 1 is always alive
+    assert not _owner_is_dead(f"{host}:{pid}:{_process_start(pid)}:aaaaaa", None, 60.0)
+    assert _owner_is_dead(f"{host}:{pid}:{int(_process_start(pid)) + 1}:aaaaaa", None, 60.0)  # same pid, other process
+    assert not _owner_is_dead(f"{host}:{pid}:aaaaaa", None, 60.0)  # ids from before: the pid alone decides
+    assert new_worker_id().split(":")[2] == _process_start(__import__("os").getpid())
