@@ -23,7 +23,7 @@ NO_NUL = r"^[^\x00]*$"
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(pattern=USERNAME_PATTERN, description="3-32 characters: letters, digits, _ . -")
-    password: str = Field(min_length=8, max_length=128, description="12-128 characters, not a common password, not the username")
+    password: str = Field(min_length=12, max_length=128, description="12-128 characters, not a common password, not the username")
 
     @model_validator(mode="after")
     def _strong_enough(self) -> "UserCreate":

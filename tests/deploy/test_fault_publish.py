@@ -1,7 +1,7 @@
 """kill -9 in the middle of publishing adapters, again and again: what serves is always whole.
 
 A child process publishes and activates small adapters for one scope in a tight loop
-(``adapter_store.publish`` then ``activate``, as the training job does) and is killed with
+(``adapter_store.publish`` then ``activate``, as a training run's job does) and is killed with
 SIGKILL at a random moment, 20 times. After every kill the active version must point at a
 complete directory (valid safetensors, metadata naming that version), and recovery must
 leave no temporary or row-less directory behind. Loopback only, no model: a few seconds a kill.
@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 
 from service import adapter_store
 from service.db import init_db, make_engine
-from service.models import AdapterVersion
+from service.models import AdapterVersion, RunStatus, TrainingRun
 from service.settings import Settings
 
 from learning.pipeline import recover_interrupted_runs
@@ -42,7 +42,7 @@ PUBLISH_LOOP = textwrap.dedent("""
 
     settings = Settings(data_dir=Path(sys.argv[1]), dev_mode=True)
     engine = make_engine(settings)
-    src = Path(sys.argv[2])
+    src, run_id = Path(sys.argv[2]), int(sys.argv[3])
     src.mkdir(exist_ok=True)
     (src / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
     save_file({"base_model.model.lora_A.weight": torch.randn(256, 256)}, str(src / "adapter_model.safetensors"))
@@ -50,7 +50,7 @@ PUBLISH_LOOP = textwrap.dedent("""
     while True:
         with Session(engine, expire_on_commit=False) as s:
             row = adapter_store.publish(settings, s, user_id=None, src_dir=src, metadata={"loop": True},
-                                        status=AdapterStatus.promoted)
+                                        status=AdapterStatus.promoted, training_run_id=run_id)
             adapter_store.activate(s, user_id=None, version_id=row.id)
 """)
 
@@ -77,7 +77,14 @@ def test_kill_minus_nine_while_publishing_never_serves_a_partial_adapter(tmp_pat
     rng = random.Random(7)
     served: list[int | None] = []
     for i in range(KILLS):
-        proc = subprocess.Popen([sys.executable, "-c", PUBLISH_LOOP, str(settings.data_dir), str(tmp_path / "src")],
+        # Each publisher runs as a training run's job does; its run is recovered (failed) after the kill,
+        # so a directory it left without a row is that failed run's and may be removed.
+        with Session(engine) as s:
+            run = TrainingRun(status=RunStatus.running)
+            s.add(run)
+            s.commit()
+            run_id = run.id
+        proc = subprocess.Popen([sys.executable, "-c", PUBLISH_LOOP, str(settings.data_dir), str(tmp_path / "src"), str(run_id)],
                                 env=env, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         try:

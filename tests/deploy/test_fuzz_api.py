@@ -28,6 +28,8 @@ SCHEMA_CANNOT_SAY = {
     "POST /api/auth/token": "FastAPI's OAuth2 form treats an empty field as missing (422) though the schema allows ''",
     "POST /v1/chat/completions": "the last message must be the user's; max_tokens is bounded by a setting",
     "POST /api/rankings": "the message ids must be alternatives of one turn",
+    "POST /api/auth/register": "a new password must not be a common one nor contain the username",
+    "POST /api/admin/users": "a new password must not be a common one nor contain the username",
 }
 
 
