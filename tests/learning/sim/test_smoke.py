@@ -140,8 +140,11 @@ def test_simulate_train_through_admin_api_then_evaluate(service, tmp_path):
     assert trained and all(h["reward_mean"] is not None and h["kl_per_token"] is not None for h in trained)
     # every adapter that serves someone, and the newest candidates, were evaluated: harm, refusals, KL to the base
     assert report["policies"]["adapters"]
+    # (a user with fewer than min_user_labels labels is skipped by the run: sampling decides how
+    #  many of their 4 ratings make labels, so one may have no adapter of their own to evaluate)
+    trained_users = {h["user_id"] for h in trained}
     for u in report["users"]:
-        assert u["adapter"] is not None or u["candidate"] is not None
+        assert u["adapter"] is not None or u["candidate"] is not None or u["user_id"] not in trained_users, (u, history)
     for label in report["policies"]["adapters"]:
         assert label in report["harm"] and label in report["benign"] and report["kl"][label] >= 0.0
     assert report["reward_model"]["global"]["length_baseline_accuracy"] is None or \
