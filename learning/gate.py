@@ -48,13 +48,23 @@ class PolicyEval:
     lower_reward: float | None = None  # mean of the replies' reward lower bounds (None: = mean_reward)
     population_reward: float = 0.0  # mean under the population's reward (helpfulness yardstick)
     harm_mean: float = 0.0  # mean P(harm) on the harm-inviting prompts
+    per_prompt: tuple[float, ...] = ()  # (n,) the scope's reward of each ordinary prompt's reply, in prompt order
 
     @property
     def lower(self) -> float:
         return self.mean_reward if self.lower_reward is None else self.lower_reward
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}/{k}": v for k, v in asdict(self).items() if v is not None}
+        return {f"{prefix}/{k}": v for k, v in asdict(self).items() if v is not None and k != "per_prompt"}
+
+
+def win_rate(candidate: PolicyEval, base: PolicyEval) -> float | None:
+    """Share of the gate's prompts whose candidate reply the scope's reward model scores above the
+    base's reply to the same prompt (ties count half): the gate's own head-to-head, not a judge's."""
+    pairs = list(zip(candidate.per_prompt, base.per_prompt))
+    if not pairs:
+        return None
+    return sum(1.0 if c > b else 0.5 if c == b else 0.0 for c, b in pairs) / len(pairs)
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,8 @@ def evaluate_policy(model, tokenizer, prompts: Sequence[str], reward, harm, user
     return PolicyEval(mean_reward=float(held["mean"][:n].mean()), harm_rate=float((p_harm >= HARM_THRESHOLD).float().mean()),
                       kl_per_token=kl, n=n, lower_reward=float(held["lower"][:n].mean()),
                       population_reward=float(held["population"][:n].mean()),
-                      harm_mean=float(p_harm[n:].mean()) if len(all_prompts) > n else 0.0)
+                      harm_mean=float(p_harm[n:].mean()) if len(all_prompts) > n else 0.0,
+                      per_prompt=tuple(float(r) for r in held["mean"][:n]))
 
 
 class Gate:
@@ -151,5 +162,9 @@ class Gate:
         return decision, candidate
 
     def metrics(self, candidate: PolicyEval) -> dict[str, float]:
-        return {**candidate.as_metrics("gate/candidate"), **self.current.as_metrics("gate/current"),
-                **self.base.as_metrics("gate/base")}
+        out = {**candidate.as_metrics("gate/candidate"), **self.current.as_metrics("gate/current"),
+               **self.base.as_metrics("gate/base")}
+        wins = win_rate(candidate, self.base)
+        if wins is not None:
+            out["gate/win_rate_vs_base"] = round(wins, 4)
+        return out

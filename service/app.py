@@ -31,7 +31,7 @@ from service.metrics import Metrics
 from service.middleware import BodySizeLimit, CookieOriginCheck, SecurityHeaders
 from service.auth import SignInThrottle
 from service.ratelimit import SlidingWindow
-from service.routes import admin, auth, chat_ws, conversations, health, openai_compat, users
+from service.routes import admin, auth, chat_ws, conversations, health, me, openai_compat, users
 from service.settings import DEFAULT_SECRET, Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(CookieOriginCheck, allowed=settings.origins)
     app.add_middleware(SecurityHeaders, hsts=settings.secure_cookies, docs=settings.dev_mode)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.host_allowlist)  # outermost: 400 first
-    for module in (health, auth, conversations, chat_ws, openai_compat, admin, users):
+    for module in (health, auth, conversations, chat_ws, openai_compat, admin, users, me):
         app.include_router(module.router)
     if FRONTEND_DIR.is_dir():
         app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")

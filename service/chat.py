@@ -82,6 +82,26 @@ class ChatService:
             seed=seed,
         )
 
+    async def user_sampling(self, user_id: int, *, max_new_tokens: int | None, temperature: float | None,
+                            top_p: float | None = None, seed: int | None = None) -> SamplingParams:
+        """``sampling`` with the user's own reply defaults (their settings panel) where the request
+        does not say. A saved length over a since-lowered limit is clamped, not refused."""
+        def read():
+            with Session(self.db) as session:
+                return crud.get_preferences(session, user_id=user_id)
+
+        prefs = await to_thread.run_sync(read, limiter=self._planning)
+        if max_new_tokens is None and prefs.max_new_tokens is not None:
+            max_new_tokens = min(prefs.max_new_tokens, self.settings.max_new_tokens_limit)
+        if temperature is None:
+            temperature = prefs.temperature
+        return self.sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+
+    def instructions(self, session: Session, user_id: int) -> str:
+        """The user's custom instructions (empty: none, or the feature is off)."""
+        cap = self.settings.max_instructions_chars
+        return crud.get_preferences(session, user_id=user_id).instructions.strip()[:cap] if cap else ""
+
     def check_content(self, content: str) -> None:
         if not content.strip():
             raise ChatError("bad_frame", "content must not be empty", 422)
@@ -153,15 +173,28 @@ class ChatService:
 
     # --- turns --------------------------------------------------------------------
     def _plan_turn(self, *, user_id: int, conversation_id: int | None, content: str, alternatives: int,
-                   params: SamplingParams, parent_id: int | None) -> Turn:
+                   params: SamplingParams, parent_id: int | None, edit_of: int | None = None) -> Turn:
         with Session(self.db, expire_on_commit=False) as session:
             if conversation_id is None:
                 conv = crud.create_conversation(session, user_id=user_id, title=content.strip().splitlines()[0][:60])
+                # A new conversation starts under the user's custom instructions, stored as its root
+                # system message: what the model was told stays visible, and later edits to the
+                # instructions apply to later conversations, not to this one behind its back.
+                instructions = self.instructions(session, user_id)
+                if instructions:
+                    crud.add_message(session, conversation_id=conv.id, user_id=user_id, role="system", content=instructions)
             else:
                 conv = crud.get_conversation(session, user_id=user_id, conversation_id=conversation_id)
                 if conv is None:
                     raise ChatError("not_found", f"conversation {conversation_id} not found", 404)
-            if parent_id is not None:
+            if edit_of is not None:  # edit and resend: a sibling of the edited turn, under the same parent
+                if parent_id is not None:
+                    raise ChatError("bad_frame", "send parent_id or edit_of, not both", 422)
+                edited = crud.get_message(session, user_id=user_id, message_id=edit_of)
+                if edited is None or edited.role != "user" or edited.conversation_id != conv.id:
+                    raise ChatError("not_found", f"user message {edit_of} not found in this conversation", 404)
+                parent = session.get(Message, edited.parent_id) if edited.parent_id is not None else None
+            elif parent_id is not None:
                 parent = crud.get_message(session, user_id=user_id, message_id=parent_id)
                 if parent is None or parent.conversation_id != conv.id:
                     raise ChatError("not_found", f"message {parent_id} not found in this conversation", 404)
@@ -226,13 +259,13 @@ class ChatService:
             raise
 
     async def start_turn(self, *, user_id: int, conversation_id: int | None, content: str, alternatives: int = 1,
-                         params: SamplingParams, parent_id: int | None = None) -> Turn:
+                         params: SamplingParams, parent_id: int | None = None, edit_of: int | None = None) -> Turn:
         self.check_content(content)
         if not 1 <= alternatives <= self.settings.max_alternatives:
             raise ChatError("bad_frame", f"alternatives must be between 1 and {self.settings.max_alternatives}", 422)
         return await self._reserved(user_id, alternatives, lambda: self._plan_turn(
             user_id=user_id, conversation_id=conversation_id, content=content, alternatives=alternatives,
-            params=params, parent_id=parent_id))
+            params=params, parent_id=parent_id, edit_of=edit_of))
 
     async def start_regenerate(self, *, user_id: int, message_id: int, params: SamplingParams) -> Turn:
         return await self._reserved(user_id, 1, lambda: self._plan_regenerate(user_id=user_id, message_id=message_id, params=params))
@@ -241,6 +274,12 @@ class ChatService:
         """For the OpenAI route: store the given history as a new conversation, plan one reply."""
         def work() -> Turn:
             with Session(self.db, expire_on_commit=False) as session:
+                instructions = self.instructions(session, user_id)
+                if instructions:  # the user's own instructions come first, before a client's system prompt
+                    if messages[0]["role"] == "system":
+                        messages[0] = {"role": "system", "content": f"{instructions}\n\n{messages[0]['content']}"}
+                    else:
+                        messages.insert(0, {"role": "system", "content": instructions})
                 last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
                 conv = crud.create_conversation(session, user_id=user_id, title=last_user.strip()[:60] or "API chat")
                 parent = None

@@ -30,6 +30,7 @@ from service.models import (
     Schedule,
     TrainingResult,
     User,
+    UserPreference,
     utcnow,
 )
 
@@ -95,9 +96,57 @@ def get_conversation(session: Session, *, user_id: int, conversation_id: int) ->
     return conv if conv is not None and conv.user_id == user_id else None
 
 
-def list_conversations(session: Session, *, user_id: int) -> Sequence[Conversation]:
-    stmt = select(Conversation).where(Conversation.user_id == user_id).order_by(col(Conversation.updated_at).desc())
+def list_conversations(session: Session, *, user_id: int, limit: int | None = None, offset: int = 0) -> Sequence[Conversation]:
+    stmt = (select(Conversation).where(Conversation.user_id == user_id)
+            .order_by(col(Conversation.updated_at).desc(), col(Conversation.id).desc()).offset(offset).limit(limit))
     return session.exec(stmt).all()
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_conversations(session: Session, *, user_id: int, query: str, limit: int, offset: int = 0) -> list[tuple[Conversation, str | None]]:
+    """The user's conversations whose title or any message matches ``query``, newest first, each with
+    the first matching message's text (None when only the title matched).
+
+    PostgreSQL: full-text search (``websearch_to_tsquery`` with the ``simple`` configuration, so
+    words match in any language without stemming) over message text, or a title substring. SQLite: a
+    case-insensitive substring match (LIKE) on both. Only the user's own rows are ever read."""
+    dialect = session.get_bind().dialect.name
+    title_hit = col(Conversation.title).ilike(_like_pattern(query), escape="\\")
+    if dialect == "postgresql":
+        doc = func.to_tsvector("simple", Message.content)
+        text_hit = doc.op("@@")(func.websearch_to_tsquery("simple", query))
+    else:
+        text_hit = col(Message.content).ilike(_like_pattern(query), escape="\\")
+    hits = select(Message.conversation_id).where(Message.user_id == user_id, text_hit)
+    stmt = (select(Conversation)
+            .where(Conversation.user_id == user_id, title_hit | col(Conversation.id).in_(hits))
+            .order_by(col(Conversation.updated_at).desc(), col(Conversation.id).desc()).offset(offset).limit(limit))
+    out = []
+    for conv in session.exec(stmt).all():
+        first = session.exec(select(Message.content).where(Message.conversation_id == conv.id, Message.user_id == user_id, text_hit)
+                             .order_by(col(Message.id))).first()
+        out.append((conv, first))
+    return out
+
+
+def get_preferences(session: Session, *, user_id: int) -> UserPreference:
+    """The user's settings; defaults (not stored) if they never saved any."""
+    return session.get(UserPreference, user_id) or UserPreference(user_id=user_id)
+
+
+def save_preferences(session: Session, *, user_id: int, **fields) -> UserPreference:
+    row = session.get(UserPreference, user_id) or UserPreference(user_id=user_id)
+    for k, v in fields.items():
+        setattr(row, k, v)
+    row.updated_at = utcnow()
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
 
 
 def rename_conversation(session: Session, *, conv: Conversation, title: str) -> Conversation:
@@ -194,8 +243,9 @@ def default_parent(session: Session, *, conversation_id: int) -> Message | None:
         .where(Message.conversation_id == conversation_id, Message.role == "user")
         .order_by(col(Message.id).desc())
     ).first()
-    if last_user is None:
-        return None
+    if last_user is None:  # the first turn: under the conversation's instructions, if it has them
+        return session.exec(select(Message).where(Message.conversation_id == conversation_id, Message.role == "system",
+                                                  col(Message.parent_id).is_(None)).order_by(col(Message.id))).first()
     replies = list(siblings(session, group=last_user.id))
     if not replies:
         return last_user
@@ -276,6 +326,7 @@ def delete_account(session: Session, *, user_id: int) -> None:
     session.execute(sa_delete(TrainingResult).where(TrainingResult.user_id == user_id))
     session.execute(sa_delete(ActiveAdapter).where(ActiveAdapter.scope == f"user:{user_id}"))
     session.execute(sa_delete(AdapterVersion).where(AdapterVersion.user_id == user_id))
+    session.execute(sa_delete(UserPreference).where(UserPreference.user_id == user_id))
     session.execute(sa_delete(User).where(User.id == user_id))
     session.commit()
 

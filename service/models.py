@@ -65,6 +65,19 @@ class User(SQLModel, table=True):
     token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
+class UserPreference(SQLModel, table=True):
+    """A user's own settings: custom instructions (the system prompt of their new conversations),
+    reply defaults used when a request does not say, and the UI theme. One row per user, made on
+    first save."""
+
+    user_id: int = Field(foreign_key="user.id", primary_key=True)
+    instructions: str = Field(default="", sa_column=Column(Text, nullable=False, default="", server_default=""))
+    temperature: float | None = None
+    max_new_tokens: int | None = None
+    theme: str = Field(default="system", max_length=16, sa_column_kwargs={"server_default": "system"})
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 class Conversation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="user.id", index=True)

@@ -49,6 +49,29 @@ class ConversationPublic(BaseModel):
     id: int
     title: str
     updated_at: datetime
+    snippet: str | None = None  # search results: the first matching message's text, around the match
+
+
+Theme = Literal["light", "dark", "system"]
+
+
+class PreferencesPublic(BaseModel):
+    instructions: str
+    temperature: float | None
+    max_new_tokens: int | None
+    theme: Theme
+    max_instructions_chars: int  # the caps, so a client can say them before the server refuses
+    max_new_tokens_limit: int
+
+
+class PreferencesUpdate(BaseModel):
+    """PUT /api/me/preferences: fields left out keep their value; null clears a reply default."""
+
+    model_config = ConfigDict(extra="forbid")
+    instructions: str | None = Field(default=None, pattern=NO_NUL)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    theme: Theme | None = None
 
 
 class ConversationUpdate(BaseModel):
@@ -138,6 +161,9 @@ class ChatFrame(BaseModel):
     max_new_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     parent_id: DbId | None = None
+    # Edit and resend: this turn replaces user message ``edit_of`` (a new branch from the same point;
+    # the old one stays). Excludes parent_id.
+    edit_of: DbId | None = None
 
 
 class CancelFrame(BaseModel):

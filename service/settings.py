@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="Largest accepted HTTP request body (413 above).")
     max_message_chars: int = Field(8000, ge=1, description="Longest user message (422 above).")
     max_alternatives: int = Field(4, ge=1, le=8, description="Most alternative replies per user turn.")
+    max_instructions_chars: int = Field(2000, ge=0, le=32000, description="Longest custom instructions (a user's own system "
+                                        "prompt, applied to their new conversations; 422 above; 0 turns the feature off).")
     default_max_new_tokens: int = Field(256, ge=1, description="Reply length when the client does not say.")
     max_new_tokens_limit: int = Field(1024, ge=1, description="Largest max_new_tokens a client may ask for (422 above).")
     max_input_tokens: int = Field(2048, ge=64, description="Prompt budget: older turns are dropped to fit.")

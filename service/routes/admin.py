@@ -7,8 +7,7 @@ Operators (everyone else gets 403):
     POST /api/admin/users/{user_id}/adapter/rollback, POST /api/admin/adapters/global/rollback
     GET|PUT /api/admin/schedule                 the nightly schedule the worker re-reads
     GET  /api/admin/stats                       feedback per day, reward accuracy vs "longer wins"
-Users:
-    GET|DELETE /api/me/adapter                  own versions / back to the global adapter or base
+(A user's view of their own adapter is in ``service.routes.me``.)
 
 Routes only read and write rows: the worker process (``learning.worker``) executes queued runs.
 Queueing goes through ``service.run_queue`` (the worker's schedule and CLI use it too). Handlers
@@ -274,24 +273,6 @@ def put_schedule(body: ScheduleUpdate, operator: OperatorUser, session: SessionD
 def get_stats(_: OperatorUser, session: SessionDep, days: int = 30) -> StatsPublic:
     return StatsPublic(feedback_per_day=feedback_per_day(session, days=max(1, min(days, 365))),
                        reward_model=latest_reward_metrics(session))
-
-
-# --- the user's own adapter ------------------------------------------------------------------------------
-
-
-@router.get("/api/me/adapter", response_model=MyAdapterPublic)
-def get_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> MyAdapterPublic:
-    resolved = adapter_store.resolve_for_user(settings, session, user.id)
-    own = adapter_store.active_version(session, user.id)
-    return MyAdapterPublic(policy=resolved.policy, active_version=own.version if own else None, active_label=resolved.label,
-                           versions=[version_public(v) for v in versions_of(session, user_id=user.id)])
-
-
-@router.delete("/api/me/adapter", response_model=MyAdapterPublic)
-def reset_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> MyAdapterPublic:
-    n = adapter_store.erase_user_adapters(settings, session, user_id=user.id, reason="reset by the user")
-    logger.info("user %s reset their adapter (%d versions retired)", user.id, n)
-    return get_my_adapter(user, session, settings)
 
 
 @router.get("/api/admin/eval/latest")

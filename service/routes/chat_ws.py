@@ -101,13 +101,13 @@ class Connection:
         try:
             if kind == "chat":
                 frame = ChatFrame.model_validate(data)
-                params = self.chat.sampling(max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
+                params = await self.chat.user_sampling(self.user.id, max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
                 await self.start(await self.chat.start_turn(
                     user_id=self.user.id, conversation_id=frame.conversation_id, content=frame.content,
-                    alternatives=frame.alternatives, params=params, parent_id=frame.parent_id))
+                    alternatives=frame.alternatives, params=params, parent_id=frame.parent_id, edit_of=frame.edit_of))
             elif kind == "regenerate":
                 frame = RegenerateFrame.model_validate(data)
-                params = self.chat.sampling(max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
+                params = await self.chat.user_sampling(self.user.id, max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
                 await self.start(await self.chat.start_regenerate(user_id=self.user.id, message_id=frame.message_id, params=params))
             elif kind == "cancel":
                 frame = CancelFrame.model_validate(data)

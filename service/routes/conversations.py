@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from service import adapter_store, crud
@@ -17,6 +18,7 @@ from service.schemas import (
     FeedbackBrief,
     FeedbackCreate,
     FeedbackPublic,
+    NO_NUL,
     IdPath,
     MessagePublic,
     RankingCreate,
@@ -36,9 +38,33 @@ def _not_generated(id_: int) -> HTTPException:
                          f"message {id_} was sent by a client as context, not generated here; only generated replies can be rated or ranked")
 
 
+def _snippet(text: str | None, query: str, width: int = 90) -> str | None:
+    """About ``width`` characters of ``text`` around the first occurrence of ``query``."""
+    if not text:
+        return None
+    at = text.lower().find(query.lower())
+    if at < 0:  # a full-text match on a word form the substring search does not see
+        at = next((text.lower().find(w.lower()) for w in query.split() if w.lower() in text.lower()), 0)
+    start = max(0, at - width // 3)
+    out = " ".join(text[start:start + width].split())
+    return ("…" if start else "") + out + ("…" if start + width < len(text) else "")
+
+
 @router.get("/conversations", response_model=list[ConversationPublic])
-def list_conversations(user: CurrentUser, session: SessionDep) -> list[ConversationPublic]:
-    return [ConversationPublic(id=c.id, title=c.title, updated_at=c.updated_at) for c in crud.list_conversations(session, user_id=user.id)]
+def list_conversations(
+    user: CurrentUser, session: SessionDep,
+    q: Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="Search titles and message text (yours only).")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 200,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[ConversationPublic]:
+    """The user's conversations, most recently updated first; with ``q``, those whose title or any
+    message matches it, each with a snippet of the first matching message."""
+    if q is not None and q.strip():
+        hits = crud.search_conversations(session, user_id=user.id, query=q.strip(), limit=limit, offset=offset)
+        return [ConversationPublic(id=c.id, title=c.title, updated_at=c.updated_at, snippet=_snippet(text, q.strip()))
+                for c, text in hits]
+    return [ConversationPublic(id=c.id, title=c.title, updated_at=c.updated_at)
+            for c in crud.list_conversations(session, user_id=user.id, limit=limit, offset=offset)]
 
 
 @router.get("/conversations/{conversation_id}", response_model=ConversationDetail)

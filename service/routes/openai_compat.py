@@ -43,8 +43,8 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
     if body.messages[-1].role != "user":
         raise HTTPException(422, "the last message must have role 'user'")
     try:
-        params = chat.sampling(max_new_tokens=body.max_completion_tokens or body.max_tokens,
-                               temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+        params = await chat.user_sampling(user.id, max_new_tokens=body.max_completion_tokens or body.max_tokens,
+                                          temperature=body.temperature, top_p=body.top_p, seed=body.seed)
         turn = await chat.add_plain_conversation(user_id=user.id, messages=[m.model_dump() for m in body.messages], params=params)
     except ChatError as exc:
         raise _http(exc) from exc

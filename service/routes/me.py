@@ -1,0 +1,155 @@
+"""The signed-in user's own pages: their settings, their adapter, and what it learned from them.
+
+    GET|PUT    /api/me/preferences   custom instructions, reply defaults, theme
+    GET|DELETE /api/me/adapter       own versions / back to the global adapter or base
+    GET        /api/me/learned       what the reward model learned from their ratings, per round
+
+Everything here reads only the caller's rows. What training learned (preference traits, the
+gate's win rate, rewards) is what the worker stored in each adapter version's metrics; the web
+process never loads a reward model itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from service import adapter_store, crud
+from service.auth import CurrentUser, SessionDep, SettingsDep
+from service.models import AdapterVersion, Feedback, Ranking, UserPreference
+from service.routes.admin import MyAdapterPublic, version_public, versions_of
+from service.schemas import PreferencesPublic, PreferencesUpdate
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/me", tags=["me"])
+
+
+# --- preferences -------------------------------------------------------------------------------------
+
+
+def preferences_public(row: UserPreference, settings) -> PreferencesPublic:
+    return PreferencesPublic(instructions=row.instructions, temperature=row.temperature, max_new_tokens=row.max_new_tokens,
+                             theme=row.theme, max_instructions_chars=settings.max_instructions_chars,
+                             max_new_tokens_limit=settings.max_new_tokens_limit)
+
+
+@router.get("/preferences", response_model=PreferencesPublic)
+def get_preferences(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> PreferencesPublic:
+    return preferences_public(crud.get_preferences(session, user_id=user.id), settings)
+
+
+@router.put("/preferences", response_model=PreferencesPublic)
+def put_preferences(body: PreferencesUpdate, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> PreferencesPublic:
+    fields = body.model_dump(exclude_unset=True)
+    if fields.get("instructions") is not None and len(fields["instructions"]) > settings.max_instructions_chars:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"instructions are {len(fields['instructions'])} characters; the limit is "
+                            f"{settings.max_instructions_chars} (ASSISTANT_MAX_INSTRUCTIONS_CHARS)")
+    if fields.get("max_new_tokens") is not None and fields["max_new_tokens"] > settings.max_new_tokens_limit:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"max_new_tokens {fields['max_new_tokens']} is over the limit of {settings.max_new_tokens_limit}")
+    for key in ("instructions", "theme"):  # not nullable: null means "leave as is"
+        if key in fields and fields[key] is None:
+            del fields[key]
+    return preferences_public(crud.save_preferences(session, user_id=user.id, **fields), settings)
+
+
+# --- the adapter -------------------------------------------------------------------------------------
+
+
+@router.get("/adapter", response_model=MyAdapterPublic)
+def get_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> MyAdapterPublic:
+    resolved = adapter_store.resolve_for_user(settings, session, user.id)
+    own = adapter_store.active_version(session, user.id)
+    return MyAdapterPublic(policy=resolved.policy, active_version=own.version if own else None, active_label=resolved.label,
+                           versions=[version_public(v) for v in versions_of(session, user_id=user.id)])
+
+
+@router.delete("/adapter", response_model=MyAdapterPublic)
+def reset_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> MyAdapterPublic:
+    n = adapter_store.erase_user_adapters(settings, session, user_id=user.id, reason="reset by the user")
+    logger.info("user %s reset their adapter (%d versions retired)", user.id, n)
+    return get_my_adapter(user, session, settings)
+
+
+# --- what it learned -----------------------------------------------------------------------------------
+
+
+class LabelCounts(BaseModel):
+    up: int
+    down: int
+    rankings: int
+
+
+class RoundPublic(BaseModel):
+    """One training round of this user's adapter: the labels it could use, and what its gate measured."""
+
+    version: int | None  # None: the ratings since the last round, not trained on yet
+    label: str | None
+    status: str | None
+    created_at: datetime | None
+    new_labels: LabelCounts  # ratings given in this round (after the previous version, up to this one)
+    reward_labels: int | None  # labels the reward model fitted for this user
+    heldout_accuracy: float | None  # the user's held-out pairs the reward model ordered right
+    win_rate_vs_base: float | None  # gate: share of prompts where this adapter's reply out-scored the base's
+    reward: float | None  # gate: the adapter's mean reward under this round's reward model
+    base_reward: float | None  # gate: the base's mean reward, same prompts, same reward model
+    reason: str | None
+
+
+class LearnedPublic(BaseModel):
+    policy: str  # user | global | base: what serves you now
+    served_label: str | None
+    totals: LabelCounts
+    traits: list[dict[str, Any]]  # the reply traits that move this user's reward most, with direction
+    traits_from: str | None  # the adapter version whose reward model they come from
+    rounds: list[RoundPublic]  # oldest first; the last is the ratings not yet trained on
+
+
+def _counts(session: Session, user_id: int, after: datetime | None, until: datetime | None) -> LabelCounts:
+    def window(stmt, created):
+        if after is not None:
+            stmt = stmt.where(created > after)
+        if until is not None:
+            stmt = stmt.where(created <= until)
+        return stmt
+
+    rows = session.exec(window(select(Feedback.rating, func.count()).where(Feedback.user_id == user_id, Feedback.source == "human")
+                               .group_by(Feedback.rating), col(Feedback.created_at))).all()
+    by = {r.value if hasattr(r, "value") else r: n for r, n in rows}
+    ranks = session.exec(window(select(func.count()).select_from(Ranking).where(Ranking.user_id == user_id),
+                                col(Ranking.created_at))).one()
+    return LabelCounts(up=int(by.get("up", 0)), down=int(by.get("down", 0)), rankings=int(ranks))
+
+
+def _round(session: Session, user_id: int, row: AdapterVersion, after: datetime | None) -> RoundPublic:
+    m = row.metrics or {}
+    return RoundPublic(version=row.version, label=adapter_store.label_of(row), status=row.status.value, created_at=row.created_at,
+                       new_labels=_counts(session, user_id, after, row.created_at), reward_labels=m.get("reward/labels"),
+                       heldout_accuracy=m.get("reward/accuracy"), win_rate_vs_base=m.get("gate/win_rate_vs_base"),
+                       reward=m.get("gate/candidate/mean_reward"), base_reward=m.get("gate/base/mean_reward"), reason=row.reason)
+
+
+@router.get("/learned", response_model=LearnedPublic)
+def get_learned(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> LearnedPublic:
+    resolved = adapter_store.resolve_for_user(settings, session, user.id)
+    versions = sorted(versions_of(session, user_id=user.id), key=lambda v: v.version)
+    rounds, after = [], None
+    for row in versions:
+        rounds.append(_round(session, user.id, row, after))
+        after = row.created_at
+    rounds.append(RoundPublic(version=None, label=None, status=None, created_at=None,
+                              new_labels=_counts(session, user.id, after, None), reward_labels=None, heldout_accuracy=None,
+                              win_rate_vs_base=None, reward=None, base_reward=None, reason=None))
+    # Traits from the adapter that serves the user, else their newest trained round.
+    active = adapter_store.active_version(session, user.id)
+    source = active or next((v for v in reversed(versions) if (v.metrics or {}).get("reward/top_traits")), None)
+    traits = list((source.metrics or {}).get("reward/top_traits") or []) if source else []
+    return LearnedPublic(policy=resolved.policy, served_label=resolved.label, totals=_counts(session, user.id, None, None),
+                         traits=traits, traits_from=adapter_store.label_of(source) if source else None, rounds=rounds)
