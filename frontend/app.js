@@ -1,16 +1,18 @@
 // Entry point: who is signed in, sign in/up/out, and the hash router
-// (#/chat, #/chat/<id>, #/me, #/admin).
+// (#/chat, #/chat/<id>, #/me, #/settings, #/admin).
 
 import { api, $, clearBanner, showBanner } from './util.js';
 import { loadReasons } from './feedback.js';
 import { initChat, showChat, startChat, stopChat } from './chat.js';
 import { showMe } from './me.js';
 import { showAdmin, hideAdmin } from './admin.js';
+import { showSettings, syncThemeFromServer, saveTheme } from './settings.js';
+import { initTheme } from './theme.js';
 
 let user = null;
 
 function showView(name) {
-  for (const v of ['auth', 'chat', 'me', 'admin']) $(`#view-${v}`).hidden = v !== name;
+  for (const v of ['auth', 'chat', 'me', 'settings', 'admin']) $(`#view-${v}`).hidden = v !== name;
   $('#loading').hidden = true;
   $('#topbar').hidden = name === 'auth';
   for (const a of document.querySelectorAll('[data-nav]')) {
@@ -27,6 +29,9 @@ async function route() {
   if (section === 'me') {
     showView('me');
     await showMe();
+  } else if (section === 'settings') {
+    showView('settings');
+    await showSettings();
   } else if (section === 'admin' && user.role === 'operator') {
     showView('admin');
     await showAdmin();
@@ -42,6 +47,7 @@ function signedIn(me) {
   $('#whoami').textContent = `${me.username}${me.role === 'operator' ? ' (operator)' : ''}`;
   $('[data-testid="nav-admin"]').hidden = me.role !== 'operator';
   loadReasons();
+  syncThemeFromServer();
   startChat();
   route();
 }
@@ -144,6 +150,8 @@ async function onSignOut() {
 // --- boot --------------------------------------------------------------------------------------
 
 async function boot() {
+  initTheme();
+  $('#theme-toggle').addEventListener('change', (e) => saveTheme(e.target.value));
   $('#banner-close').addEventListener('click', () => clearBanner());
   $('#auth-form').addEventListener('submit', onLogin);
   $('#auth-register').addEventListener('click', onRegister);

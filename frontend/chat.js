@@ -1,9 +1,10 @@
-// The chat screen: conversation list, the thread (with sibling alternatives and compare
-// mode), the composer, and the WebSocket that streams replies.
+// The chat screen: conversation list (with search), the thread (with sibling alternatives,
+// edited messages and compare mode), the composer, and the WebSocket that streams replies.
 //
-// The thread is a tree: a user message's parent is the assistant reply it answers; the
-// replies to one user message are siblings (alternative_group = the user message id). We
-// show one path through it, remembering which sibling the user paged to.
+// The thread is a tree: a user message's parent is the assistant reply it answers (none, or the
+// conversation's system message, for a first turn); the replies to one user message are
+// siblings (alternative_group = the user message id), and so are a user message and its edits
+// (same parent). We show one path through it, remembering which sibling the user paged to.
 
 import { api, ApiError, el, $, showBanner, clearBanner, confirmDialog, formatTime } from './util.js';
 import { setMarkdown, modelLabel } from './render.js';
@@ -15,6 +16,10 @@ const S = {
   convId: null,
   messages: [], // creation order, as GET /api/conversations/{id} returns them
   selected: new Map(), // alternative group (user message id) → shown assistant message id
+  selectedUser: new Map(), // parent key (assistant id | 'root') → shown user message id (edits are siblings)
+  editing: null, // id of the user message being edited
+  another: new Map(), // group → {disliked, fresh, picked}: "show me another" after a thumbs-down
+  search: '', // the sidebar's search text
   compare: new Map(), // group → {ids, order: [idA, idB] | null, picked: null | 'a' | 'b' | 'tie' | 'both_bad'}
   streaming: new Map(), // message id → conversation id, for replies this socket is receiving
   pendingSend: null, // {tempId, content, conversationId, alternatives, started, compare}
@@ -202,6 +207,8 @@ function onStart(f) {
     adapter_version: f.adapter_version ?? null, feedback: null, alternative_group: f.user_message_id,
     alternative_index: f.alternative ?? 0, finish_reason: null, created_at: null, live: true,
   });
+  const ask = S.another.get(f.user_message_id);
+  if (ask && ask.fresh === null && f.message_id !== ask.disliked) ask.fresh = f.message_id;
   const cmp = S.compare.get(f.user_message_id);
   if (cmp && !cmp.picked && cmp.ids.length < 2) {
     cmp.ids.push(f.message_id);
@@ -289,8 +296,10 @@ function computePath() {
       lastAssistant = m;
     } else if (m.role === 'user') {
       const parent = byId.get(m.parent_id);
-      // Tolerate rows without a parent: attach them to the reply before them.
-      const key = parent && parent.role === 'assistant' ? parent.id : (lastAssistant ? lastAssistant.id : 'root');
+      // No parent or the system message: a first turn (or an edit of one). A parent that is not
+      // loaded: attach to the reply before it.
+      const root = m.parent_id === null || m.parent_id === undefined || (parent && parent.role === 'system');
+      const key = parent && parent.role === 'assistant' ? parent.id : (root || !lastAssistant ? 'root' : lastAssistant.id);
       if (!children.has(key)) children.set(key, []);
       children.get(key).push(m);
       lastUser = m;
@@ -303,8 +312,8 @@ function computePath() {
   for (;;) {
     const users = children.get(key);
     if (!users || !users.length) break;
-    const user = users[users.length - 1];
-    path.push({ user });
+    const user = users.find((u) => u.id === S.selectedUser.get(key)) || users[users.length - 1];
+    path.push({ user, users, key });
     const sibs = groups.get(user.id) || [];
     if (!sibs.length) break;
     let shown = sibs.find((s) => s.id === S.selected.get(user.id));
@@ -347,6 +356,7 @@ function assistantNode(msg, { pager = null, blind = false, rating = true, regene
   }
   const finished = !streaming && msg.finish_reason !== null && typeof msg.id === 'number';
   const note = FINISH_NOTES[msg.finish_reason];
+  const slot = fillAnother(el('span', { class: 'another-slot' }), msg, regenerate && finished);
   return el('article', {
     class: 'msg assistant', 'data-testid': 'message-assistant', 'data-message-id': msg.id,
     'data-finish-reason': msg.finish_reason ?? '', 'aria-busy': streaming ? 'true' : 'false',
@@ -359,8 +369,68 @@ function assistantNode(msg, { pager = null, blind = false, rating = true, regene
     regenerate && finished ? el('button', {
       type: 'button', class: 'button-quiet small', 'aria-label': 'Regenerate this reply (adds an alternative)',
       title: 'Regenerate', onclick: () => regenerateReply(msg.id),
-    }, icon('rotate-cw'), ' Regenerate') : null),
-  rating && finished ? ratingWidget(msg) : null);
+    }, icon('rotate-cw'), ' Regenerate') : null,
+    finished && msg.content ? copyButton(msg) : null,
+    slot),
+  anotherBar(msg, finished),
+  rating && finished ? ratingWidget(msg, { onSaved: () => fillAnother(slot, msg, regenerate) }) : null);
+}
+
+/** Copy the whole reply (its Markdown source) to the clipboard. */
+function copyButton(msg) {
+  const button = el('button', { type: 'button', class: 'button-quiet small', 'data-testid': 'copy-reply', 'aria-label': 'Copy the whole reply', title: 'Copy reply' }, 'Copy');
+  button.addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText(msg.content);
+      button.textContent = 'Copied';
+    } catch {
+      button.textContent = 'Copy failed';
+    }
+    setTimeout(() => { button.textContent = 'Copy'; }, 1500);
+  });
+  return button;
+}
+
+/** After a thumbs-down: offer another reply, which becomes a ranked pair once the user picks. */
+function fillAnother(slot, msg, allowed) {
+  const group = msg.alternative_group;
+  const asked = [...S.another.values()].some((a) => a.disliked === msg.id);
+  const show = allowed && group !== null && group !== undefined && msg.feedback && msg.feedback.rating === 'down' && !asked;
+  slot.replaceChildren(show ? el('button', {
+    type: 'button', class: 'small', 'data-testid': 'show-another', title: 'Write another reply to compare with this one',
+    onclick: () => {
+      S.another.set(group, { disliked: msg.id, fresh: null, picked: null });
+      regenerateReply(msg.id);
+    },
+  }, 'Show me another') : '');
+  return slot;
+}
+
+function anotherBar(msg, finished) {
+  const ask = S.another.get(msg.alternative_group);
+  if (!ask || ask.fresh !== msg.id || !finished) return null;
+  if (ask.picked) {
+    return el('div', { class: 'another-bar', 'data-testid': 'another-bar', role: 'status' },
+      ask.picked === 'new' ? 'Saved: this reply is better than the one you disliked.' : 'Saved: the first reply was better.');
+  }
+  return el('div', { class: 'another-bar', 'data-testid': 'another-bar', role: 'group', 'aria-label': 'Compare with the reply you disliked' },
+    el('span', {}, 'Better than the reply you disliked?'),
+    el('button', { type: 'button', class: 'small', 'data-testid': 'another-pick-new', onclick: () => pickAnother(msg.alternative_group, 'new') }, 'Yes, this one'),
+    el('button', { type: 'button', class: 'small', 'data-testid': 'another-pick-old', onclick: () => pickAnother(msg.alternative_group, 'old') }, 'No, the first one'));
+}
+
+async function pickAnother(group, better) {
+  const ask = S.another.get(group);
+  if (!ask || !ask.fresh) return;
+  const ranked = better === 'new' ? [ask.fresh, ask.disliked] : [ask.disliked, ask.fresh];
+  try {
+    await api('api/rankings', { method: 'POST', json: { message_ids: ranked } });
+    ask.picked = better;
+    S.selected.set(group, ranked[0]);
+  } catch (err) {
+    showBanner(`Could not save your choice: ${err.detail || err}`, { key: 'pick' });
+  }
+  renderThread();
 }
 
 function pagerNode(group, sibs, shown) {
@@ -381,11 +451,34 @@ function pagerNode(group, sibs, shown) {
 }
 
 const PICKS = [
-  ['a', 'pick-a', 'A is better'],
-  ['b', 'pick-b', 'B is better'],
-  ['tie', 'pick-tie', 'Tie'],
-  ['both_bad', 'pick-both-bad', 'Both bad'],
+  ['a', 'pick-a', 'A is better', '1'],
+  ['b', 'pick-b', 'B is better', '2'],
+  ['tie', 'pick-tie', 'Tie', 't'],
+  ['both_bad', 'pick-both-bad', 'Both bad', 'b'],
 ];
+const PICK_KEYS = Object.fromEntries(PICKS.map(([choice, , , key]) => [key, choice]));
+
+/** The newest compared pair on screen whose replies are both finished (the keyboard's target). */
+function keyboardCompareGroup() {
+  const path = computePath();
+  for (let i = path.length - 1; i >= 0; i -= 1) {
+    const cmp = path[i].group !== undefined ? S.compare.get(path[i].group) : null;
+    if (cmp && cmp.order && !cmp.ids.some((id) => S.streaming.has(id))
+        && document.querySelector('.compare [data-testid="pick-a"]:not([disabled])')) return path[i].group;
+  }
+  return null;
+}
+
+function onCompareKey(e) {
+  if (document.body.dataset.view !== 'chat' || e.ctrlKey || e.metaKey || e.altKey || document.querySelector('dialog[open]')) return;
+  if (e.target instanceof Element && e.target.closest('input, textarea, select, [contenteditable]')) return;
+  const choice = PICK_KEYS[e.key.toLowerCase()];
+  if (!choice) return;
+  const group = keyboardCompareGroup();
+  if (group === null) return;
+  e.preventDefault();
+  pick(group, choice);
+}
 
 function compareNode(group, cmp) {
   const byId = new Map(S.messages.map((m) => [m.id, m]));
@@ -403,10 +496,57 @@ function compareNode(group, cmp) {
     el('div', { class: 'compare-cols' }, cols),
     el('div', { class: 'compare-picks', role: 'group', 'aria-label': 'Which reply is better?' },
       el('span', { class: 'muted' }, cmp.picked ? 'Your choice (you can change it):' : 'Which reply is better?'),
-      PICKS.map(([choice, testid, label]) => el('button', {
-        type: 'button', 'data-testid': testid, class: 'small', disabled: busy,
+      PICKS.map(([choice, testid, label, key]) => el('button', {
+        type: 'button', 'data-testid': testid, class: 'small', disabled: busy, 'aria-keyshortcuts': key,
         'aria-pressed': cmp.picked === choice ? 'true' : 'false', onclick: () => pick(group, choice),
-      }, label))));
+      }, label)),
+      el('span', { class: 'kbd-hint', 'aria-hidden': 'true' }, 'keys 1 · 2 · t · b')));
+}
+
+function userPager({ users, user, key }) {
+  if (users.length < 2) return null;
+  const i = users.indexOf(user);
+  const go = (delta) => {
+    const next = users[i + delta];
+    if (!next) return;
+    S.selectedUser.set(key, next.id);
+    renderThread();
+    const btn = document.querySelector(`[data-pager="u${key}"][data-dir="${delta}"]`);
+    if (btn && !btn.disabled) btn.focus();
+  };
+  return el('span', { class: 'pager', role: 'group', 'aria-label': 'Versions of this message', 'data-testid': 'user-pager' },
+    el('button', { type: 'button', class: 'icon-button small', 'aria-label': 'Previous version', 'data-pager': `u${key}`, 'data-dir': -1, disabled: i === 0, onclick: () => go(-1) }, icon('chevron-left')),
+    el('span', { 'aria-live': 'polite' }, `${i + 1}/${users.length}`),
+    el('button', { type: 'button', class: 'icon-button small', 'aria-label': 'Next version', 'data-pager': `u${key}`, 'data-dir': 1, disabled: i === users.length - 1, onclick: () => go(1) }, icon('chevron-right')));
+}
+
+function userNode(step) {
+  const m = step.user;
+  const attrs = { class: 'msg user', 'data-testid': 'message-user', 'data-message-id': m.id };
+  if (S.editing === m.id) {
+    const input = el('textarea', { class: 'edit-input', 'data-testid': 'edit-input', rows: 3, maxlength: 8000, 'aria-label': 'Edit your message', value: m.content });
+    const cancel = () => { S.editing = null; renderThread(); };
+    const send = () => { if (sendTurn(input.value, { editOf: m })) S.editing = null; renderThread(); };
+    input.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+      if (e.key === 'Escape') { e.preventDefault(); cancel(); }
+    });
+    const node = el('article', attrs, el('div', { class: 'edit-box' }, input,
+      el('div', { class: 'row end' },
+        el('button', { type: 'button', class: 'button-quiet small', 'data-testid': 'edit-cancel', onclick: cancel }, 'Cancel'),
+        el('button', { type: 'button', class: 'button-primary small', 'data-testid': 'edit-send', onclick: send }, 'Send'))));
+    requestAnimationFrame(() => input.focus());
+    return node;
+  }
+  const busy = currentStreams().length > 0 || Boolean(S.pendingSend);
+  return el('article', attrs,
+    el('div', { class: 'msg-text' }, m.content),
+    el('div', { class: 'user-meta' },
+      userPager(step),
+      typeof m.id === 'number' && !busy ? el('button', {
+        type: 'button', class: 'button-quiet small', 'data-testid': 'edit-message', 'aria-label': 'Edit this message and send it again (a new branch)',
+        title: 'Edit and resend', onclick: () => { S.editing = m.id; renderThread(); },
+      }, icon('edit-2'), ' Edit') : null));
 }
 
 export function renderThread() {
@@ -415,8 +555,7 @@ export function renderThread() {
   const nodes = [];
   for (const step of computePath()) {
     if (step.user) {
-      nodes.push(el('article', { class: 'msg user', 'data-testid': 'message-user', 'data-message-id': step.user.id },
-        el('div', { class: 'msg-text' }, step.user.content)));
+      nodes.push(userNode(step));
       continue;
     }
     const cmp = S.compare.get(step.group);
@@ -451,28 +590,40 @@ function updateComposer() {
   $('#composer-send').title = ready ? '' : 'Connecting to the server…';
 }
 
-function sendMessage() {
-  const input = $('#composer-input');
-  const content = input.value;
-  if (!content.trim() || S.pendingSend) return;
+/** Send a user turn: a new message at the end of the shown path, or (editOf) an edit of an
+ * earlier one, which becomes its sibling: a new branch from the same point. */
+function sendTurn(content, { editOf = null } = {}) {
+  if (!content.trim() || S.pendingSend) return false;
   if (!socket || !socket.ready) {
     showBanner('Not connected to the chat server yet. Wait a moment and try again.', { kind: 'warn', key: 'send' });
-    return;
+    return false;
   }
   const compare = $('#compare-toggle').checked;
-  const parentId = S.convId === null ? null : lastShownAssistantId();
   const frame = { type: 'chat', conversation_id: S.convId, content, alternatives: compare ? 2 : 1 };
-  if (parentId !== null) frame.parent_id = parentId;
-  if (!socket.send(frame)) return;
+  let parentId;
+  if (editOf) {
+    frame.edit_of = editOf.id;
+    parentId = editOf.parent_id ?? null;
+  } else {
+    parentId = S.convId === null ? null : lastShownAssistantId();
+    if (parentId !== null) frame.parent_id = parentId;
+  }
+  if (!socket.send(frame)) return false;
   clearBanner('send');
   clearBanner('frame');
   const tempId = `tmp-${++tempSeq}`;
   S.messages.push({ id: tempId, role: 'user', content, parent_id: parentId, alternative_group: null, alternative_index: 0 });
+  for (const [key, id] of S.selectedUser) if (editOf && id === editOf.id) S.selectedUser.delete(key); // show the new version
   S.pendingSend = { tempId, content, conversationId: S.convId, alternatives: frame.alternatives, started: 0, compare };
-  input.value = '';
   renderThread();
   scrollToBottom();
   updateComposer();
+  return true;
+}
+
+function sendMessage() {
+  const input = $('#composer-input');
+  if (sendTurn(input.value)) input.value = '';
 }
 
 function stopGenerating() {
@@ -514,8 +665,11 @@ async function pick(group, choice) {
 // --- conversations -----------------------------------------------------------------------------
 
 export async function loadConversations() {
+  const q = S.search;
   try {
-    S.conversations = await api('api/conversations');
+    const found = await api(q ? `api/conversations?q=${encodeURIComponent(q)}` : 'api/conversations');
+    if (q !== S.search) return; // a newer search is on its way
+    S.conversations = found;
   } catch {
     return;
   }
@@ -525,14 +679,16 @@ export async function loadConversations() {
 function renderConversationList() {
   const list = $('#conversation-list');
   if (!S.conversations.length) {
-    list.replaceChildren(el('li', { class: 'muted small-text' }, 'No conversations yet.'));
+    list.replaceChildren(el('li', { class: 'muted small-text', 'data-testid': 'search-empty' },
+      S.search ? `No conversations match “${S.search}”.` : 'No conversations yet.'));
     return;
   }
   list.replaceChildren(...S.conversations.map((c) => {
     const current = c.id === S.convId;
     const li = el('li', { class: `conv-item${current ? ' active' : ''}`, 'data-conversation-id': c.id });
     const show = () => li.replaceChildren(
-      el('a', { href: `#/chat/${c.id}`, class: 'conv-open', 'aria-current': current ? 'page' : null, title: formatTime(c.updated_at) }, c.title || 'Untitled'),
+      el('a', { href: `#/chat/${c.id}`, class: 'conv-open', 'aria-current': current ? 'page' : null, title: formatTime(c.updated_at) }, c.title || 'Untitled',
+        c.snippet ? el('span', { class: 'conv-snippet', 'data-testid': 'search-snippet' }, c.snippet) : null),
       el('button', { type: 'button', class: 'icon-button small', 'aria-label': `Rename conversation ${c.title}`, title: 'Rename', onclick: edit }, icon('edit-2')),
       el('button', { type: 'button', class: 'icon-button small', 'aria-label': `Delete conversation ${c.title}`, title: 'Delete', onclick: remove }, icon('trash-2')));
     async function save(input) {
@@ -593,7 +749,10 @@ async function loadConversation(id, { keepView = false } = {}) {
   S.messages = data.messages;
   if (!keepView) {
     S.selected.clear();
+    S.selectedUser.clear();
     S.compare.clear();
+    S.another.clear();
+    S.editing = null;
     forgetDrafts();
   } else {
     // Stored feedback wins over half-finished drafts from before the reload.
@@ -626,7 +785,10 @@ export async function showChat(id) {
       S.convId = null;
       S.messages = [];
       S.selected.clear();
+      S.selectedUser.clear();
       S.compare.clear();
+      S.another.clear();
+      S.editing = null;
       if (S.pendingSend && S.pendingSend.conversationId !== null) S.pendingSend = null;
     }
     renderThread();
@@ -659,6 +821,16 @@ export function initChat() {
     const open = $('#sidebar').classList.toggle('open');
     $('#sidebar-toggle').setAttribute('aria-expanded', open ? 'true' : 'false');
   });
+  let searchTimer = null;
+  const search = $('#conversation-search');
+  search.addEventListener('input', () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => { S.search = search.value.trim(); loadConversations(); }, 250);
+  });
+  search.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && search.value) { e.preventDefault(); search.value = ''; S.search = ''; loadConversations(); }
+  });
+  document.addEventListener('keydown', onCompareKey);
   window.addEventListener('online', () => { if (socket) socket.now(); });
   window.addEventListener('offline', () => showBanner('You are offline. The chat reconnects when the network is back.', { kind: 'warn', key: 'socket' }));
 }
@@ -677,8 +849,12 @@ export function stopChat() {
   clearTimeout(S.pollTimer);
   Object.assign(S, { conversations: [], convId: null, messages: [], pendingSend: null, needsReload: false });
   S.selected.clear();
+  S.selectedUser.clear();
   S.compare.clear();
+  S.another.clear();
   S.streaming.clear();
+  S.search = '';
+  $('#conversation-search').value = '';
   forgetDrafts();
   $('#conversation-list').replaceChildren();
   renderThread();

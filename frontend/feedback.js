@@ -64,8 +64,8 @@ export async function submitFeedback(messageId, { rating, reasons, comment }) {
   });
 }
 
-/** The rating box for one finished assistant message (`msg` is mutated on save). */
-export function ratingWidget(msg) {
+/** The rating box for one finished assistant message (`msg` is mutated on save; `onSaved` then runs). */
+export function ratingWidget(msg, { onSaved = null } = {}) {
   const box = el('div', { class: 'rating', role: 'group', 'aria-label': 'Rate this reply' });
   const d = draftFor(msg);
 
@@ -92,6 +92,7 @@ export function ratingWidget(msg) {
       d.status = 'saved';
       d.open = false;
       draw(`rate-${d.rating}`);
+      if (onSaved) onSaved(msg.feedback);
     } catch (err) {
       d.status = 'error';
       d.error = err.detail || String(err);

@@ -4,6 +4,7 @@
 import { api, el, $, confirmDialog, downloadJson } from './util.js';
 import { modelLabel } from './render.js';
 import { metricCharts, versionsTable } from './metrics.js';
+import { learnedCard } from './learned.js';
 
 const POLICY_TEXT = {
   user: 'your personalized model',
@@ -20,11 +21,11 @@ export async function showMe(message = null) {
   root.replaceChildren(el('p', { class: 'muted' }, 'Loading…'));
   let adapter = null;
   let loadError = null;
-  try {
-    adapter = await api('api/me/adapter');
-  } catch (err) {
-    loadError = err.detail;
-  }
+  let learned = null;
+  let learnedError = null;
+  const [a, l] = await Promise.allSettled([api('api/me/adapter'), api('api/me/learned')]);
+  if (a.status === 'fulfilled') adapter = a.value; else loadError = a.reason.detail || String(a.reason);
+  if (l.status === 'fulfilled') learned = l.value; else learnedError = l.reason.detail || String(l.reason);
   const status = el('div', { 'aria-live': 'polite' }, message ? note(message) : null);
 
   async function act(button, work) {
@@ -77,6 +78,7 @@ export async function showMe(message = null) {
         : el('p', {}, 'Your replies come from ',
           el('strong', {}, POLICY_TEXT[adapter.policy] || adapter.policy || modelLabel(active)),
           active !== null && active !== undefined ? ` (${modelLabel(active)})` : '', '.')),
+    learnedCard(learned, learnedError),
     el('section', { class: 'card', 'aria-labelledby': 'me-history' },
       el('h2', { id: 'me-history' }, 'Your adapter history'),
       versionsTable(versions, { active, caption: 'Your adapter versions' }),

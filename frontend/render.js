@@ -4,6 +4,18 @@
 
 import { Marked } from './vendor/marked/marked.esm.js';
 import DOMPurify from './vendor/dompurify/purify.es.mjs';
+import hljs from './vendor/highlight/highlight.min.js';
+
+// Highlighting works on the sanitized DOM: it reads each block's text and writes escaped spans
+// (classes only, so the strict CSP needs no inline styles). Unknown or missing languages are
+// guessed among the common ones the vendored build registers.
+hljs.configure({ ignoreUnescapedHTML: true, throwUnescapedHTML: false });
+
+function highlight(code) {
+  const lang = /language-([\w+-]+)/.exec(code.className || '');
+  if (lang && !hljs.getLanguage(lang[1])) code.classList.remove(lang[0]);
+  hljs.highlightElement(code);
+}
 
 const markdown = new Marked({ gfm: true, breaks: false, async: false });
 
@@ -39,16 +51,17 @@ export function renderMarkdown(text) {
   return sanitize(markdown.parse(String(text ?? '')));
 }
 
-/** Render Markdown into `container`, adding a copy button to each code block. */
+/** Render Markdown into `container`: code blocks highlighted, each with a copy button. */
 export function setMarkdown(container, text) {
   container.innerHTML = renderMarkdown(text);
   for (const pre of container.querySelectorAll('pre')) {
     const code = pre.querySelector('code');
+    if (code) highlight(code);
     const lang = code && /language-([\w+-]+)/.exec(code.className || '');
     const bar = document.createElement('div');
     bar.className = 'code-bar';
     const label = document.createElement('span');
-    label.textContent = lang ? lang[1] : 'code';
+    label.textContent = lang ? lang[1] : 'code'; // highlight.js names the language it detected
     const copy = document.createElement('button');
     copy.type = 'button';
     copy.className = 'code-copy';

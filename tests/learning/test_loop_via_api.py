@@ -65,6 +65,16 @@ def test_rate_train_serve_via_api(make_settings, shared_engine):
         conv = client.get(f"/api/conversations/{out['starts'][0]['conversation_id']}", headers=alice["headers"]).json()
         assert conv["messages"][-1]["adapter_version"] == end["adapter_version"]
 
+        # "What the assistant learned" shows this run's numbers, from alice's own ratings.
+        learned = client.get("/api/me/learned", headers=alice["headers"]).json()
+        first = learned["rounds"][0]
+        assert first["version"] == 1 and first["new_labels"] == {"up": 4, "down": 4, "rankings": 4}, learned
+        assert first["reward_labels"] and 0.0 <= first["win_rate_vs_base"] <= 1.0, first
+        assert isinstance(first["reward"], float) and isinstance(first["base_reward"], float)
+        assert learned["traits"] and all(t["description"] and isinstance(t["weight"], float) for t in learned["traits"])
+        assert learned["traits_from"] == f"u{alice['id']}-v1"
+        assert learned["rounds"][-1]["version"] is None and learned["rounds"][-1]["new_labels"] == {"up": 0, "down": 0, "rankings": 0}
+
 
 def test_promoted_adapter_serves_next_message_and_rollback(make_settings, shared_engine, tmp_path):
     with _app(make_settings, shared_engine) as client:
