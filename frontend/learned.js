@@ -6,7 +6,7 @@ import { el, formatNumber, formatTime } from './util.js';
 import { lineChart } from './charts.js';
 
 const pct = (v) => (typeof v === 'number' ? `${Math.round(v * 100)}%` : '—');
-const labelsText = (c) => `${c.up} 👍 · ${c.down} 👎 · ${c.rankings} ranked`;
+const labelsText = (c) => `${c.up} thumbs up · ${c.down} thumbs down · ${c.rankings} rankings`;
 
 function traitsList(learned) {
   if (!learned.traits.length) {
@@ -45,12 +45,12 @@ export function learnedCard(learned, loadError) {
       el('p', {}, 'You have given ', el('strong', { 'data-testid': 'learned-totals' }, labelsText(learned.totals)), '.'),
       traitsList(learned),
       roundsTable(learned.rounds),
-      trained.length ? lineChart({
+      trained.length ? el('div', { class: 'chart-grid' }, lineChart({
         title: 'Your reward over versions (each under its own round’s reward model)',
         labels: trained.map((r) => `v${r.version}`),
         series: [{ name: 'your adapter', values: trained.map((r) => r.reward) },
           { name: 'base model', values: trained.map((r) => r.base_reward) }],
-      }) : null,
+      })) : null,
     ];
   })();
   return el('section', { class: 'card', 'aria-labelledby': 'me-learned', 'data-testid': 'learned-panel' },

@@ -226,7 +226,7 @@ def test_compare_keyboard_shortcuts_then_what_the_assistant_learned(page, server
 
     page.get_by_role("link", name="My personalization").click()
     panel = page.get_by_test_id("learned-panel")
-    expect(panel.get_by_test_id("learned-totals")).to_have_text("0 👍 · 2 👎 · 6 ranked")
+    expect(panel.get_by_test_id("learned-totals")).to_have_text("0 thumbs up · 2 thumbs down · 6 rankings")
     expect(panel.get_by_test_id("learned-traits-empty")).to_be_visible()
 
     # An operator's run trains this user (tiny budgets, the real pipeline and worker).
@@ -253,6 +253,6 @@ def test_compare_keyboard_shortcuts_then_what_the_assistant_learned(page, server
     expect(traits.first).to_contain_text(learned["traits"][0]["description"])
     win = learned["rounds"][0]["win_rate_vs_base"]
     expect(panel.get_by_test_id("learned-win-rate").first).to_have_text(f"{int(win * 100 + 0.5)}%")  # as Math.round
-    expect(panel.get_by_test_id("learned-round").first).to_contain_text("0 👍 · 2 👎 · 6 ranked")
+    expect(panel.get_by_test_id("learned-round").first).to_contain_text("0 thumbs up · 2 thumbs down · 6 rankings")
     shot(page, "learned", full_page=True)
     assert page.js_errors == []

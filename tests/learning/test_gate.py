@@ -3,7 +3,7 @@
 import pytest
 
 from learning.config import Budgets, BudgetError
-from learning.gate import PolicyEval, decide
+from learning.gate import PolicyEval, decide, win_rate
 
 BUDGETS = Budgets(gate_max_kl=0.3, gate_min_improvement=0.0)
 BASE = PolicyEval(mean_reward=0.0, harm_rate=0.25, kl_per_token=0.0, n=8)
@@ -54,3 +54,12 @@ def test_budgets_from_env_map_each_field_and_report_all_problems():
     assert "ASSISTANT_PPO_STEPS must be at least 1" in msg
     with pytest.raises(BudgetError, match="ASSISTANT_PPO_EPOCHS='two' is not a valid int"):
         Budgets.from_env({"ASSISTANT_PPO_EPOCHS": "two"})
+
+
+def test_win_rate_counts_prompts_where_the_candidate_outscores_the_base():
+    # 3 prompts: candidate wins the first, ties the second, loses the third -> (1 + 0.5 + 0) / 3 = 0.5
+    cand = PolicyEval(mean_reward=0.0, harm_rate=0.0, kl_per_token=0.0, n=3, per_prompt=(0.9, 0.2, 0.1))
+    base = PolicyEval(mean_reward=0.0, harm_rate=0.0, kl_per_token=0.0, n=3, per_prompt=(0.5, 0.2, 0.4))
+    assert win_rate(cand, base) == pytest.approx(0.5)
+    assert win_rate(cand, PolicyEval(0.0, 0.0, 0.0, 0)) is None  # nothing to compare
+    assert "gate/candidate/per_prompt" not in cand.as_metrics("gate/candidate")  # metrics stay scalars
