@@ -531,16 +531,17 @@ function userNode(step) {
       if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
       if (e.key === 'Escape') { e.preventDefault(); cancel(); }
     });
-    const node = el('article', attrs, el('div', { class: 'edit-box' }, input,
+    const node = el('div', { class: 'user-turn', 'data-testid': 'user-turn' }, el('article', attrs, el('div', { class: 'edit-box' }, input,
       el('div', { class: 'row end' },
         el('button', { type: 'button', class: 'button-quiet small', 'data-testid': 'edit-cancel', onclick: cancel }, 'Cancel'),
-        el('button', { type: 'button', class: 'button-primary small', 'data-testid': 'edit-send', onclick: send }, 'Send'))));
+        el('button', { type: 'button', class: 'button-primary small', 'data-testid': 'edit-send', onclick: send }, 'Send')))));
     requestAnimationFrame(() => input.focus());
     return node;
   }
   const busy = currentStreams().length > 0 || Boolean(S.pendingSend);
-  return el('article', attrs,
-    el('div', { class: 'msg-text' }, m.content),
+  // The controls sit beside the article, so the message element holds the user's text alone.
+  return el('div', { class: 'user-turn', 'data-testid': 'user-turn' },
+    el('article', attrs, el('div', { class: 'msg-text' }, m.content)),
     el('div', { class: 'user-meta' },
       userPager(step),
       typeof m.id === 'number' && !busy ? el('button', {

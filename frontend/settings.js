@@ -1,8 +1,9 @@
 // Settings: custom instructions (the system prompt of the user's new conversations), reply
 // defaults (temperature, length) used when a message does not say, and the theme. All stored
 // server-side (GET/PUT api/me/preferences), so they apply to the WebSocket and /v1 alike.
+// Also the user's API keys (api/me/api-keys): create (the key is shown once), copy, revoke.
 
-import { api, el, $ } from './util.js';
+import { api, el, $, confirmDialog, formatTime } from './util.js';
 import { applyTheme } from './theme.js';
 
 /** After sign-in: the server's saved theme wins over this browser's (it follows the user). */
@@ -104,5 +105,74 @@ export async function showSettings() {
       save.disabled = false;
     }
   });
-  root.replaceChildren(form);
+  root.replaceChildren(form, await apiKeysCard());
+}
+
+async function apiKeysCard() {
+  const card = el('section', { class: 'card', 'aria-labelledby': 'api-keys-title', 'data-testid': 'api-keys' });
+  const status = el('div', { 'aria-live': 'polite' });
+  const name = el('input', { id: 'api-key-name', 'data-testid': 'api-key-name', maxlength: 100, placeholder: 'e.g. laptop script' });
+  const create = el('button', { type: 'submit', class: 'button-primary', 'data-testid': 'api-key-create' }, 'Create key');
+  const list = el('div');
+
+  async function refresh() {
+    let keys;
+    try {
+      keys = await api('api/me/api-keys');
+    } catch (err) {
+      list.replaceChildren(note(`Could not load your keys: ${err.detail}`, 'error'));
+      return;
+    }
+    if (!keys.length) {
+      list.replaceChildren(el('p', { class: 'muted' }, 'No API keys yet.'));
+      return;
+    }
+    list.replaceChildren(el('table', { class: 'table' },
+      el('thead', {}, el('tr', {}, ['Name', 'Key', 'Created', 'Last used', ''].map((h) => el('th', { scope: 'col' }, h)))),
+      el('tbody', {}, keys.map((k) => el('tr', { 'data-testid': 'api-key-row' },
+        el('td', {}, k.name), el('td', {}, el('code', {}, `${k.prefix}…`)), el('td', {}, formatTime(k.created_at)),
+        el('td', {}, k.last_used_at ? formatTime(k.last_used_at) : 'never'),
+        el('td', {}, el('button', {
+          type: 'button', class: 'button-danger small', 'data-testid': 'api-key-revoke', 'aria-label': `Revoke key ${k.name}`,
+          onclick: async () => {
+            if (!(await confirmDialog(`Revoke the key “${k.name}”? Programs using it stop working at once.`, 'Revoke'))) return;
+            try {
+              await api(`api/me/api-keys/${k.id}`, { method: 'DELETE' });
+              status.replaceChildren(note(`Key “${k.name}” revoked.`));
+            } catch (err) {
+              status.replaceChildren(note(`Not revoked: ${err.detail}`, 'error'));
+            }
+            refresh();
+          },
+        }, 'Revoke')))))));
+  }
+
+  const form = el('form', { class: 'row wrap', novalidate: true },
+    el('label', { for: 'api-key-name', class: 'visually-hidden' }, 'Name of the new key'), name, create);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    if (!name.value.trim()) { status.replaceChildren(note('Give the key a name.', 'error')); name.focus(); return; }
+    create.disabled = true;
+    try {
+      const made = await api('api/me/api-keys', { method: 'POST', json: { name: name.value.trim() } });
+      const copy = el('button', { type: 'button', class: 'small', 'data-testid': 'api-key-copy' }, 'Copy');
+      copy.addEventListener('click', async () => {
+        try { await navigator.clipboard.writeText(made.key); copy.textContent = 'Copied'; } catch { copy.textContent = 'Copy failed'; }
+      });
+      status.replaceChildren(el('div', { class: 'note ok', role: 'status' },
+        el('p', {}, 'Your new key. Copy it now: it is not shown again.'),
+        el('code', { 'data-testid': 'api-key-value' }, made.key), ' ', copy));
+      name.value = '';
+      refresh();
+    } catch (err) {
+      status.replaceChildren(note(`Not created: ${err.detail}`, 'error'));
+    } finally {
+      create.disabled = false;
+    }
+  });
+  await refresh();
+  card.append(el('h2', { id: 'api-keys-title' }, 'API keys'),
+    el('p', { class: 'muted' }, 'For the OpenAI-compatible API (/v1) and scripts: send a key as “Authorization: Bearer <key>”. It acts as you, with your personalization.'),
+    form, status, list);
+  return card;
 }

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import crud
 from service.chat import ChatService
@@ -32,6 +34,7 @@ from service.middleware import BodySizeLimit, CookieOriginCheck, SecurityHeaders
 from service.auth import SignInThrottle
 from service.ratelimit import SlidingWindow
 from service.routes import admin, auth, chat_ws, conversations, health, me, openai_compat, users
+from service.routes.openai_compat import openai_error
 from service.settings import DEFAULT_SECRET, Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,11 @@ def _dev_secret(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(48))
     return path.read_text().strip()
+
+
+def _is_openai(request: Request) -> bool:
+    """Under /v1 every error is OpenAI's error object (its SDKs show nothing else)."""
+    return request.url.path == "/v1" or request.url.path.startswith("/v1/")
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -109,7 +117,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         # FastAPI's default echoes each bad value back ("input"): a password, or a NaN or lone
         # surrogate that cannot even be written as JSON (a 500). Say where and what, never the value.
         errors = [{"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")} for e in exc.errors()]
+        if _is_openai(request):  # OpenAI answers a bad parameter with 400 and names it
+            first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+            param = ".".join(p for p in first["loc"] if p != "body") or None
+            return openai_error(400, "; ".join(f"{'.'.join(p for p in e['loc'] if p != 'body')}: {e['msg']}" for e in errors),
+                                param=param, code="invalid_value")
         return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if _is_openai(request):
+            return openai_error(exc.status_code, str(exc.detail), param=getattr(exc, "param", None),
+                                code=getattr(exc, "code", None) or ("invalid_api_key" if exc.status_code == 401 else None),
+                                headers=getattr(exc, "headers", None))
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(UnicodeEncodeError)
     async def invalid_text(request: Request, exc: UnicodeEncodeError):
@@ -119,8 +140,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def database_busy(request: Request, exc: PoolTimeout):
         logger.warning("no free database connection within %.0f s for %s %s", settings.db_pool_timeout,
                        request.method, request.url.path)
-        return JSONResponse({"detail": "the server is busy (no free database connection); retry shortly"},
-                            status_code=503, headers={"Retry-After": "2"})
+        message = "the server is busy (no free database connection); retry shortly"
+        if _is_openai(request):
+            return openai_error(503, message, headers={"Retry-After": "2"})
+        return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "2"})
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

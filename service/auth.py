@@ -1,24 +1,28 @@
-"""Passwords (argon2), signed session tokens (JWT HS256), and the request dependencies.
+"""Passwords (argon2), signed session tokens (JWT HS256), API keys, and the request dependencies.
 
 A token is accepted from the ``Authorization: Bearer`` header or from the
-HttpOnly session cookie the web UI gets at sign-in. Tokens and passwords are
-never logged.
+HttpOnly session cookie the web UI gets at sign-in; an API key (``ak_…``, made
+on the Settings page or with ``POST /api/me/api-keys``) from the header. Tokens,
+keys and passwords are never logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import threading
 import time
+from datetime import timedelta, timezone
 from typing import Annotated
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, HTTPException, Request, status
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from service.models import Role, User
+from service.models import ApiKey, Role, User, utcnow
 from service.ratelimit import SlidingWindow
 from service.settings import Settings
 
@@ -64,10 +68,44 @@ def decode_token(settings: Settings, token: str) -> int | None:
     return claims[0] if claims else None
 
 
+API_KEY_PREFIX = "ak_"
+_LAST_USED_EVERY = timedelta(minutes=1)  # at most one write per key per minute, not one per request
+
+
+def new_api_key() -> tuple[str, str]:
+    """A fresh key and its stored hash."""
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, hash_api_key(key)
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _user_for_api_key(db, key: str) -> User | None:
+    with Session(db, expire_on_commit=False) as session:
+        row = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key))).first()
+        if row is None:
+            return None
+        now = utcnow()
+        last = row.last_used_at
+        if last is None or now - (last if last.tzinfo else last.replace(tzinfo=timezone.utc)) > _LAST_USED_EVERY:
+            row.last_used_at = now
+            session.add(row)
+            session.commit()
+        user = session.get(User, row.user_id)
+        if user is not None:
+            session.expunge(user)
+        return user
+
+
 def user_for_token(settings: Settings, db, token: str | None) -> User | None:
-    """The user a token signs in, read in a short session of its own (closed before returning, so a
-    caller that then waits on the engine holds no database connection); None if the token is
-    invalid or was ended by signing out or a password change (its version is older)."""
+    """The user a token or API key signs in, read in a short session of its own (closed before
+    returning, so a caller that then waits on the engine holds no database connection); None if the
+    token is invalid or was ended by signing out or a password change (its version is older), or
+    the API key was revoked."""
+    if token and token.startswith(API_KEY_PREFIX):
+        return _user_for_api_key(db, token)
     claims = _claims(settings, token) if token else None
     if claims is None:
         return None

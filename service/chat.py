@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from anyio import CapacityLimiter, to_thread
@@ -270,8 +270,20 @@ class ChatService:
     async def start_regenerate(self, *, user_id: int, message_id: int, params: SamplingParams) -> Turn:
         return await self._reserved(user_id, 1, lambda: self._plan_regenerate(user_id=user_id, message_id=message_id, params=params))
 
-    async def add_plain_conversation(self, *, user_id: int, messages: list[dict], params: SamplingParams) -> Turn:
-        """For the OpenAI route: store the given history as a new conversation, plan one reply."""
+    def resolve(self, session: Session, user_id: int, policy: str | None) -> Resolved:
+        """What serves a request: the user's own policy (None), or explicitly "base" or "global"
+        (the global adapter, or the base while none is promoted)."""
+        if policy == "base":
+            return Resolved(None, "base", None, None)
+        if policy == "global":
+            glob = active_version(session, None)
+            return Resolved(ref_for(self.settings, glob), "global", label_of(glob), glob.id) if glob else Resolved(None, "base", None, None)
+        return resolve_for_user(self.settings, session, user_id)
+
+    async def add_plain_conversation(self, *, user_id: int, messages: list[dict], params: SamplingParams, n: int = 1,
+                                     policy: str | None = None) -> Turn:
+        """For the OpenAI route: store the given history as a new conversation, plan ``n`` replies
+        (one alternative group, so they can be ranked) from ``policy`` (see ``resolve``)."""
         def work() -> Turn:
             with Session(self.db, expire_on_commit=False) as session:
                 instructions = self.instructions(session, user_id)
@@ -287,9 +299,9 @@ class ChatService:
                     parent = crud.add_message(session, conversation_id=conv.id, user_id=user_id, role=m["role"],
                                               content=m["content"], parent_id=parent.id if parent else None)
                 prompt_ids = self.render_prompt([{"role": m["role"], "content": m["content"]} for m in messages])
-                resolved = resolve_for_user(self.settings, session, user_id)
-                reply = self._plan_reply(session, user_id, conv.id, parent, 0, prompt_ids, params, resolved)
-                return Turn(conv.id, parent.id, [reply])
+                resolved = self.resolve(session, user_id, policy)
+                replies = [self._plan_reply(session, user_id, conv.id, parent, k, prompt_ids, params, resolved) for k in range(n)]
+                return Turn(conv.id, parent.id, replies)
 
         if len(messages) > self.settings.max_messages:
             raise ChatError("too_large", f"{len(messages)} messages is over the limit of {self.settings.max_messages} "
@@ -297,7 +309,9 @@ class ChatService:
         for m in messages:
             if len(m["content"]) > self.settings.max_message_chars:
                 raise ChatError("too_large", f"a message is over {self.settings.max_message_chars} characters", 413)
-        return await self._reserved(user_id, 1, work)
+        if not 1 <= n <= self.settings.max_alternatives:
+            raise ChatError("bad_frame", f"n must be between 1 and {self.settings.max_alternatives} (ASSISTANT_MAX_ALTERNATIVES)", 400)
+        return await self._reserved(user_id, n, work)
 
     # --- generation -----------------------------------------------------------------
     async def submit_turn(self, user_id: int, turn: Turn) -> tuple[list[tuple[PlannedReply, RequestStream]], ChatError | None]:
@@ -334,22 +348,48 @@ class ChatService:
         self.engine.cancel(entry[1])
         return True
 
-    async def relay(self, user_id: int, reply: PlannedReply, stream: RequestStream) -> AsyncIterator[TokenEvent | EndEvent]:
-        """Yield the engine's events; store the finished reply before yielding the end event."""
+    async def relay(self, user_id: int, reply: PlannedReply, stream: RequestStream,
+                    stop: Sequence[str] = ()) -> AsyncIterator[TokenEvent | EndEvent]:
+        """Yield the engine's events; store the finished reply before yielding the end event.
+
+        ``stop``: strings that end the reply (OpenAI's ``stop``). The text is cut before the first
+        one and generation is cancelled; text that could be the start of a stop string is held back
+        until it is known not to be, so a stream never shows what the stored reply does not hold."""
         started = time.perf_counter()
         first = None
-        parts: list[str] = []
+        text = ""  # the reply so far (cut at a stop string)
+        sent = 0  # how much of it has been yielded
+        hold = max((len(s) for s in stop), default=1) - 1
+        stopped = False
         try:
             async for ev in stream:
                 if isinstance(ev, TokenEvent):
                     if first is None:
                         first = time.perf_counter()
                         self.metrics.ttft.observe(first - started)
-                    parts.append(ev.text)
                     self.metrics.tokens.inc()
-                    yield ev
+                    if stopped:
+                        continue  # the tokens decoded before the cancel landed
+                    text += ev.text
+                    if stop:
+                        hits = [i for i in (text.find(s, max(0, sent - len(s))) for s in stop) if i >= 0]
+                        if hits:
+                            text, stopped = text[:min(hits)], True
+                            self.cancel(user_id=user_id, message_id=reply.message.id)
+                        upto = len(text) if stopped else max(sent, len(text) - hold)
+                        if upto > sent:
+                            yield TokenEvent(text[sent:upto], [])
+                            sent = upto
+                    else:
+                        sent = len(text)
+                        yield ev
                 else:
-                    await to_thread.run_sync(lambda: self._store(reply.message.id, "".join(parts), ev))
+                    if stopped:
+                        ev = EndEvent("stop", ev.completion_tokens, ev.prompt_tokens, ev.error)
+                    elif sent < len(text):  # held back, and no stop string came
+                        yield TokenEvent(text[sent:], [])
+                        sent = len(text)
+                    await to_thread.run_sync(lambda: self._store(reply.message.id, text, ev))
                     self.metrics.latency.observe(time.perf_counter() - started)
                     self.metrics.generations.labels(finish_reason=ev.finish_reason).inc()
                     yield ev

@@ -17,9 +17,10 @@ from sqlmodel import Session, col, select
 from service.settings import Settings
 
 from service.adapter_store import label_of
-from service.auth import hash_password, verify_password
+from service.auth import hash_password, new_api_key, verify_password
 from service.models import (
     ActiveAdapter,
+    ApiKey,
     AdapterVersion,
     Conversation,
     Feedback,
@@ -131,6 +132,32 @@ def search_conversations(session: Session, *, user_id: int, query: str, limit: i
                              .order_by(col(Message.id))).first()
         out.append((conv, first))
     return out
+
+
+MAX_API_KEYS = 25
+
+
+def create_api_key(session: Session, *, user_id: int, name: str) -> tuple[ApiKey, str]:
+    """A new key for the user: the row, and the key itself (shown once, never stored)."""
+    held = session.exec(select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user_id)).one()
+    if held >= MAX_API_KEYS:
+        raise Conflict(f"you have {held} API keys, the most one user may hold; revoke one you no longer use")
+    key, digest = new_api_key()
+    row = ApiKey(user_id=user_id, name=name, prefix=key[:10], key_hash=digest)
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row, key
+
+
+def list_api_keys(session: Session, *, user_id: int) -> Sequence[ApiKey]:
+    return session.exec(select(ApiKey).where(ApiKey.user_id == user_id).order_by(col(ApiKey.id))).all()
+
+
+def delete_api_key(session: Session, *, user_id: int, key_id: int) -> bool:
+    n = session.execute(sa_delete(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id)).rowcount
+    session.commit()
+    return bool(n)
 
 
 def get_preferences(session: Session, *, user_id: int) -> UserPreference:
@@ -327,6 +354,7 @@ def delete_account(session: Session, *, user_id: int) -> None:
     session.execute(sa_delete(ActiveAdapter).where(ActiveAdapter.scope == f"user:{user_id}"))
     session.execute(sa_delete(AdapterVersion).where(AdapterVersion.user_id == user_id))
     session.execute(sa_delete(UserPreference).where(UserPreference.user_id == user_id))
+    session.execute(sa_delete(ApiKey).where(ApiKey.user_id == user_id))
     session.execute(sa_delete(User).where(User.id == user_id))
     session.commit()
 

@@ -78,6 +78,20 @@ class UserPreference(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class ApiKey(SQLModel, table=True):
+    """A user's API key for ``/v1`` and ``/api`` (``Authorization: Bearer``). Only its SHA-256 is
+    stored: a key is 256 random bits, so a fast hash is as safe as a slow one and costs nothing per
+    request. Deleting the row revokes the key at once."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    name: str = Field(max_length=100)
+    prefix: str = Field(max_length=16)  # the key's first characters, to tell keys apart
+    key_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+
+
 class Conversation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="user.id", index=True)

@@ -55,6 +55,23 @@ class ConversationPublic(BaseModel):
 Theme = Literal["light", "dark", "system"]
 
 
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")
+
+
+class ApiKeyPublic(BaseModel):
+    id: int
+    name: str
+    prefix: str  # the key's first characters
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str  # shown once: only its hash is stored
+
+
 class PreferencesPublic(BaseModel):
     instructions: str
     temperature: float | None
@@ -187,19 +204,72 @@ class AuthFrame(BaseModel):
 
 # --- OpenAI-compatible ----------------------------------------------------------
 
+class OAIContentPart(BaseModel):
+    """One part of a content array. Only text parts are served; others are refused by name (400)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = Field(default=None, pattern=NO_NUL)
+
+
 class OAIMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(pattern=NO_NUL)
+    model_config = ConfigDict(extra="allow")  # name, tool_call_id, …: accepted, not used
+    # "developer" is OpenAI's newer name for the system role; "tool" turns carry tool results (refused)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[OAIContentPart] | None = None
+
+    def text(self) -> str:
+        """The message's text: a string, or the text parts of an array joined by newlines."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(p.text or "" for p in self.content)
+
+    @field_validator("content")
+    @classmethod
+    def _no_nul(cls, v):
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("content must not contain NUL characters")
+        return v
+
+
+class OAIStreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
 
 
 class OAIChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted and ignored
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted; known unsupported ones get a 400
     model: str | None = None
     messages: list[OAIMessage] = Field(min_length=1)
     stream: bool = False
+    stream_options: OAIStreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=8)  # and at most ASSISTANT_MAX_ALTERNATIVES (checked in the route)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)  # torch seeds are 64-bit
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, v):
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if isinstance(v, list) and any(len(s) > 200 for s in v) or isinstance(v, str) and len(v) > 200:
+            raise ValueError("stop sequences are limited to 200 characters")
+        return v

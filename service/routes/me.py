@@ -1,6 +1,8 @@
 """The signed-in user's own pages: their settings, their adapter, and what it learned from them.
 
     GET|PUT    /api/me/preferences   custom instructions, reply defaults, theme
+    GET|POST   /api/me/api-keys      own API keys (the key is shown once, at creation)
+    DELETE     /api/me/api-keys/{id} revoke one (it answers 401 from the next request)
     GET|DELETE /api/me/adapter       own versions / back to the global adapter or base
     GET        /api/me/learned       what the reward model learned from their ratings, per round
 
@@ -15,16 +17,16 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from service import adapter_store, crud
 from service.auth import CurrentUser, SessionDep, SettingsDep
-from service.models import AdapterVersion, Feedback, Ranking, UserPreference
+from service.models import AdapterVersion, ApiKey, Feedback, Ranking, UserPreference
 from service.routes.admin import MyAdapterPublic, version_public, versions_of
-from service.schemas import PreferencesPublic, PreferencesUpdate
+from service.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, IdPath, PreferencesPublic, PreferencesUpdate
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/me", tags=["me"])
@@ -58,6 +60,36 @@ def put_preferences(body: PreferencesUpdate, user: CurrentUser, session: Session
         if key in fields and fields[key] is None:
             del fields[key]
     return preferences_public(crud.save_preferences(session, user_id=user.id, **fields), settings)
+
+
+# --- API keys ------------------------------------------------------------------------------------------
+
+
+def api_key_public(row: ApiKey) -> ApiKeyPublic:
+    return ApiKeyPublic(id=row.id, name=row.name, prefix=row.prefix, created_at=row.created_at, last_used_at=row.last_used_at)
+
+
+@router.get("/api-keys", response_model=list[ApiKeyPublic])
+def list_api_keys(user: CurrentUser, session: SessionDep) -> list[ApiKeyPublic]:
+    return [api_key_public(k) for k in crud.list_api_keys(session, user_id=user.id)]
+
+
+@router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+def create_api_key(body: ApiKeyCreate, user: CurrentUser, session: SessionDep) -> ApiKeyCreated:
+    try:
+        row, key = crud.create_api_key(session, user_id=user.id, name=body.name.strip() or "key")
+    except crud.Conflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    logger.info("user %s created API key %s (%s)", user.id, row.id, row.prefix)
+    return ApiKeyCreated(**api_key_public(row).model_dump(), key=key)
+
+
+@router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_api_key(key_id: IdPath, user: CurrentUser, session: SessionDep) -> Response:
+    if not crud.delete_api_key(session, user_id=user.id, key_id=key_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"API key {key_id} not found")
+    logger.info("user %s revoked API key %s", user.id, key_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 # --- the adapter -------------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
 """OpenAI-compatible chat completions: ``POST /v1/chat/completions``, ``GET /v1/models``.
 
-The completion ``id`` is the stored assistant message id (as a string), so a
-client can rate it with ``POST /api/messages/{id}/feedback``. Replies come from
-the caller's own adapter, like the web chat.
+The completion ``id`` is the stored assistant message id (as a string), so a client can rate it
+with ``POST /api/messages/{id}/feedback``; with ``n`` > 1 every choice carries its own
+``message_id``, and the choices are one alternative group, so ``POST /api/rankings`` ranks them.
+
+Models: ``<name>`` serves the caller's own policy (their adapter, else the global one, else the
+base), ``<name>:global`` and ``<name>:base`` the others; anything else is 404 ``model_not_found``.
+Every error under ``/v1`` is OpenAI's error object (see ``openai_error``), and parameters this
+server does not implement are refused by name (400), never silently ignored.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import time
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.auth import ApprovedUser, CurrentUser
 from service.chat import ChatError, ChatService
@@ -20,6 +25,28 @@ from service.engine.base import EndEvent
 from service.schemas import OAIChatRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+_DRAINING: set[asyncio.Task] = set()
+
+POLICIES = {"": None, ":global": "global", ":base": "base"}  # model id suffix -> policy
+FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               409: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class OpenAIError(HTTPException):
+    """An HTTP error that names the offending parameter and OpenAI's error code."""
+
+    def __init__(self, status_code: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(status_code, message)
+        self.param, self.code = param, code
+
+
+def openai_error(status_code: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error body, ``{"error": {"message", "type", "param", "code"}}``: what its SDKs parse."""
+    kind = ERROR_TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status_code, headers=headers)
 
 
 def _model_name(request: Request) -> str:
@@ -29,82 +56,155 @@ def _model_name(request: Request) -> str:
 @router.get("/models")
 def models(request: Request, _: CurrentUser) -> dict:
     name = _model_name(request)
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "assistant"}]}
+    return {"object": "list", "data": [{"id": name + suffix, "object": "model", "created": 0, "owned_by": "assistant"}
+                                       for suffix in POLICIES]}
 
 
-def _http(exc: ChatError) -> HTTPException:
-    return HTTPException(exc.http_status, exc.detail)
+def _policy(request: Request, model: str | None) -> str | None:
+    name = _model_name(request)
+    if model is None:
+        return None
+    for suffix, policy in POLICIES.items():
+        if model == name + suffix:
+            return policy
+    raise OpenAIError(404, f"The model '{model}' does not exist; GET /v1/models lists {name}, {name}:global and {name}:base",
+                      param="model", code="model_not_found")
+
+
+def _refuse_unsupported(body: OAIChatRequest) -> None:
+    """A clear 400 for what this server does not do, instead of an answer that ignores it."""
+    if body.tools or body.functions:
+        raise OpenAIError(400, "tools and function calling are not supported by this server", param="tools", code="unsupported_parameter")
+    if body.tool_choice not in (None, "none"):
+        raise OpenAIError(400, "tool_choice is not supported (no tools)", param="tool_choice", code="unsupported_parameter")
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise OpenAIError(400, "response_format: only {\"type\": \"text\"} is supported (no JSON mode)", param="response_format",
+                          code="unsupported_parameter")
+    if body.logprobs or body.top_logprobs:
+        raise OpenAIError(400, "logprobs are not supported yet", param="logprobs", code="unsupported_parameter")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name):
+            raise OpenAIError(400, f"{name} is not supported yet (only 0)", param=name, code="unsupported_parameter")
+    for i, m in enumerate(body.messages):
+        if m.role == "tool":
+            raise OpenAIError(400, "tool messages are not supported (no tools)", param=f"messages[{i}].role", code="unsupported_parameter")
+        if isinstance(m.content, list):
+            for j, part in enumerate(m.content):
+                if part.type != "text" or part.text is None:
+                    raise OpenAIError(400, f"content parts of type '{part.type}' are not supported; send text parts",
+                                      param=f"messages[{i}].content[{j}]", code="unsupported_content_type")
+    if body.messages[-1].role != "user":
+        raise OpenAIError(400, "the last message must have role 'user'", param="messages")
+    if body.stream_options is not None and not body.stream:
+        raise OpenAIError(400, "stream_options is only allowed with stream: true", param="stream_options")
+
+
+def _http(exc: ChatError) -> OpenAIError:
+    return OpenAIError(exc.http_status, exc.detail, code=exc.code)
 
 
 # Documents both answers: JSON, or server-sent events when the request says "stream": true.
 @router.post("/chat/completions", responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}})
 async def chat_completions(body: OAIChatRequest, request: Request, user: ApprovedUser):
     chat: ChatService = request.app.state.chat
-    if body.messages[-1].role != "user":
-        raise HTTPException(422, "the last message must have role 'user'")
+    _refuse_unsupported(body)
+    policy = _policy(request, body.model)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     try:
         params = await chat.user_sampling(user.id, max_new_tokens=body.max_completion_tokens or body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed)
-        turn = await chat.add_plain_conversation(user_id=user.id, messages=[m.model_dump() for m in body.messages], params=params)
+        turn = await chat.add_plain_conversation(user_id=user.id, messages=messages, params=params, n=body.n, policy=policy)
     except ChatError as exc:
         raise _http(exc) from exc
     started, error = await chat.submit_turn(user.id, turn)
     if error is not None:
+        for reply, _ in started:  # all or nothing: the ones that did start stop at once (stored as cancelled)
+            chat.cancel(user_id=user.id, message_id=reply.message.id)
+        for reply, stream in started:
+            async for _ in chat.relay(user.id, reply, stream):
+                pass
         raise _http(error)
-    reply, stream = started[0]
-    completion_id = str(reply.message.id)
+    stop = body.stop_strings()
+    completion_id = str(started[0][0].message.id)
     created = int(time.time())
-    model = _model_name(request)
-    finish_map = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
-    extra = {"adapter_version": reply.resolved.label, "conversation_id": turn.conversation_id}
+    model = body.model or _model_name(request)
+    extra = {"adapter_version": started[0][0].resolved.label, "conversation_id": turn.conversation_id}
+
+    def usage(ends: list[EndEvent]) -> dict:
+        prompt = ends[0].prompt_tokens if ends else 0
+        completion = sum(e.completion_tokens for e in ends)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     if not body.stream:
-        parts: list[str] = []
-        end: EndEvent | None = None
-        async for ev in chat.relay(user.id, reply, stream):
-            if isinstance(ev, EndEvent):
-                end = ev
-            else:
-                parts.append(ev.text)
-        assert end is not None
+        async def collect(reply, stream) -> tuple[str, EndEvent]:
+            parts, end = [], None
+            async for ev in chat.relay(user.id, reply, stream, stop):
+                if isinstance(ev, EndEvent):
+                    end = ev
+                else:
+                    parts.append(ev.text)
+            return "".join(parts), end
+
+        results = await asyncio.gather(*(collect(r, s) for r, s in started))
         return {
             "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                         "finish_reason": finish_map.get(end.finish_reason, "stop")}],
-            "usage": {"prompt_tokens": end.prompt_tokens, "completion_tokens": end.completion_tokens,
-                      "total_tokens": end.prompt_tokens + end.completion_tokens},
+            "choices": [{"index": k, "message": {"role": "assistant", "content": text}, "finish_reason": FINISH.get(end.finish_reason, "stop"),
+                         "logprobs": None, "message_id": reply.message.id}
+                        for k, ((reply, _), (text, end)) in enumerate(zip(started, results))],
+            "usage": usage([end for _, end in results]),
             **extra,
         }
 
-    def chunk(delta: dict, finish: str | None, usage: dict | None = None) -> str:
-        body_ = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        if usage is not None:
-            body_["usage"] = usage
+    def chunk(choices: list[dict], usage_: dict | None = None) -> str:
+        body_ = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices, **extra}
+        if usage_ is not None:
+            body_["usage"] = usage_
         return f"data: {json.dumps(body_)}\n\n"
 
-    relay = chat.relay(user.id, reply, stream)
-
-    async def drain() -> None:
-        async for _ in relay:  # stores the partial reply when the engine ends it
-            pass
+    relays = [chat.relay(user.id, reply, stream, stop) for reply, stream in started]
 
     async def events():
-        done = False
+        # One queue merges the choices' events in arrival order; each pump ends with (k, None).
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(k: int, relay) -> None:
+            try:
+                async for ev in relay:
+                    await queue.put((k, ev))
+            finally:
+                await queue.put((k, None))
+
+        tasks = [asyncio.create_task(pump(k, relay)) for k, relay in enumerate(relays)]
+        done, ends = 0, []
         try:
-            yield chunk({"role": "assistant", "content": ""}, None)
-            async for ev in relay:
-                if isinstance(ev, EndEvent):
-                    usage = {"prompt_tokens": ev.prompt_tokens, "completion_tokens": ev.completion_tokens,
-                             "total_tokens": ev.prompt_tokens + ev.completion_tokens}
-                    yield chunk({}, finish_map.get(ev.finish_reason, "stop"), usage)
+            for k, (reply, _) in enumerate(started):
+                yield chunk([{"index": k, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "message_id": reply.message.id}])
+            while done < len(tasks):
+                k, ev = await queue.get()
+                if ev is None:
+                    done += 1
+                elif isinstance(ev, EndEvent):
+                    ends.append(ev)
+                    yield chunk([{"index": k, "delta": {}, "finish_reason": FINISH.get(ev.finish_reason, "stop")}])
                 elif ev.text:
-                    yield chunk({"content": ev.text}, None)
-            done = True
+                    yield chunk([{"index": k, "delta": {"content": ev.text}, "finish_reason": None}])
+            if body.stream_options is not None and body.stream_options.include_usage:
+                yield chunk([], usage(ends))  # OpenAI's usage chunk: after the last choice, with no choices
             yield "data: [DONE]\n\n"
         finally:
-            if not done:  # the client went away: free the compute, still store what was generated
-                chat.cancel(user_id=user.id, message_id=reply.message.id)
-                asyncio.get_running_loop().create_task(drain())
+            if done < len(tasks):  # the client went away: free the compute, still store what was generated
+                for reply, _ in started:
+                    chat.cancel(user_id=user.id, message_id=reply.message.id)
+                # the pumps keep draining their relays (each stores its reply) with no reader left;
+                # held here so the event loop's weak references do not drop them mid-reply
+                for t in tasks:
+                    _DRAINING.add(t)
+                    t.add_done_callback(_DRAINING.discard)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def unknown_endpoint(rest: str, request: Request):
+    raise OpenAIError(404, f"Unknown endpoint {request.method} /v1/{rest}; this server implements GET /v1/models and "
+                           "POST /v1/chat/completions", code="unknown_url")

@@ -48,7 +48,17 @@ def server(request, tmp_path_factory):
         url, data_dir = external.split(",", 1)
         yield Server(url.rstrip("/"), Path(data_dir), None, Path(data_dir) / "server.log")
         return
-    model_data_dir = request.getfixturevalue("model_data_dir")
+    yield from _serve(request.getfixturevalue("model_data_dir"), tmp_path_factory)
+
+
+@pytest.fixture
+def own_server(model_data_dir, tmp_path_factory):
+    """A server of the test's own, for a test whose data (a training run) would show on the shared
+    server's operator pages."""
+    yield from _serve(model_data_dir, tmp_path_factory)
+
+
+def _serve(model_data_dir: Path, tmp_path_factory):
     data = tmp_path_factory.mktemp("browserdata")
     (data / "models").symlink_to(model_data_dir / "models")
     port = free_port()

@@ -42,14 +42,14 @@ def test_edit_and_resend_stores_a_branch_the_pager_reaches(page, server):
     wait_reply_done(page, page.get_by_test_id("message-assistant").nth(1))
     conv = conversation_id(page)
 
-    second = page.get_by_test_id("message-user").nth(1)
-    old_id = int(second.get_attribute("data-message-id"))
+    second = page.get_by_test_id("user-turn").nth(1)
+    old_id = int(second.get_by_test_id("message-user").get_attribute("data-message-id"))
     second.get_by_test_id("edit-message").click()
     page.get_by_test_id("edit-input").fill("And their toys?")
     shot(page, "edit-message")
     page.get_by_test_id("edit-send").click()
-    edited = page.get_by_test_id("message-user").nth(1)
-    expect(edited).to_contain_text("And their toys?")
+    edited = page.get_by_test_id("user-turn").nth(1)
+    expect(edited.get_by_test_id("message-user")).to_have_text("And their toys?")
     expect(edited.get_by_test_id("user-pager")).to_contain_text("2/2")
     wait_reply_done(page, page.get_by_test_id("message-assistant").nth(1))
 
@@ -59,8 +59,8 @@ def test_edit_and_resend_stores_a_branch_the_pager_reaches(page, server):
     assert new["parent_id"] == old["parent_id"] is not None and new["id"] != old_id  # a sibling: the old branch stays
 
     edited.get_by_role("button", name="Previous version").click()
-    shown = page.get_by_test_id("message-user").nth(1)
-    expect(shown).to_contain_text("And their food?")
+    shown = page.get_by_test_id("user-turn").nth(1)
+    expect(shown.get_by_test_id("message-user")).to_have_text("And their food?")
     expect(shown.get_by_test_id("user-pager")).to_contain_text("1/2")
     expect(page.get_by_test_id("message-assistant")).to_have_count(2)  # the old branch's reply is back
     page.reload()  # both branches survive a reload; the newest shows
@@ -141,7 +141,7 @@ def test_highlighted_code_copy_reply_and_theme_that_persists(page, server, conte
     # A conversation whose earlier turn holds a code block (sent as context over /v1, as a client would).
     code = "```python\ndef add(a, b):\n    return a + b\n```"
     r = httpx.post(server.url + "/v1/chat/completions", headers=headers, timeout=120, json={
-        "model": "x", "max_tokens": 8, "messages": [
+        "model": "smollm2-135m-instruct", "max_tokens": 8, "messages": [
             {"role": "user", "content": "Show me a Python function."}, {"role": "assistant", "content": code},
             {"role": "user", "content": "Thanks. Now say hi."}]})
     assert r.status_code == 200, r.text
@@ -199,11 +199,11 @@ def test_show_me_another_after_thumbs_down_becomes_a_ranked_pair(page, server):
     assert page.js_errors == []
 
 
-def test_compare_keyboard_shortcuts_then_what_the_assistant_learned(page, server):
+def test_compare_keyboard_shortcuts_then_what_the_assistant_learned(page, own_server):
     """Six compared pairs picked with the keyboard train this user's adapter (a real, tiny run);
     My personalization then shows what it learned from exactly those ratings."""
     name = unique_name()
-    sign_up(page, server, name)
+    sign_up(page, own_server, name)
     page.get_by_test_id("compare-toggle").check()
     picked = []
     for i, question in enumerate(["Name a colour.", "Name an animal.", "Name a city.", "Name a drink.", "Name a tree.", "Name a sport."]):
@@ -221,7 +221,7 @@ def test_compare_keyboard_shortcuts_then_what_the_assistant_learned(page, server
     blur(page)
     page.keyboard.press("b")  # "both bad" on the last pair: two thumbs down
     expect(page.locator(".compare").last.get_by_test_id("pick-both-bad")).to_have_attribute("aria-pressed", "true")
-    stored = [json.loads(r[0]) for r in server.db_rows("SELECT message_ids FROM ranking")]
+    stored = [json.loads(r[0]) for r in own_server.db_rows("SELECT message_ids FROM ranking")]
     assert all(p in stored for p in picked)
 
     page.get_by_role("link", name="My personalization").click()
@@ -235,12 +235,12 @@ def test_compare_keyboard_shortcuts_then_what_the_assistant_learned(page, server
     from tests.learning.conftest import tiny_budgets
 
     me = api_get(page, "/api/me")
-    admin = bearer(server, "admin", ADMIN_PASSWORD)
-    r = httpx.post(server.url + "/api/admin/training-runs", json={"user_ids": [me["id"]]}, headers=admin)
+    admin = bearer(own_server, "admin", ADMIN_PASSWORD)
+    r = httpx.post(own_server.url + "/api/admin/training-runs", json={"user_ids": [me["id"]]}, headers=admin)
     assert r.status_code == 202, r.text
-    worker = Worker(Settings(data_dir=server.data_dir, dev_mode=True, admin_password=ADMIN_PASSWORD), budgets=tiny_budgets())
+    worker = Worker(Settings(data_dir=own_server.data_dir, dev_mode=True, admin_password=ADMIN_PASSWORD), budgets=tiny_budgets())
     assert worker.run_pending_once() == r.json()["id"]
-    run = httpx.get(f"{server.url}/api/admin/training-runs/{r.json()['id']}", headers=admin).json()
+    run = httpx.get(f"{own_server.url}/api/admin/training-runs/{r.json()['id']}", headers=admin).json()
     assert run["status"] == "succeeded" and run["results"][0]["adapter_version"] is not None, run  # trained, not skipped
 
     page.reload()

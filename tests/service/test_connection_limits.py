@@ -50,7 +50,7 @@ def test_sockets_per_user_are_capped_and_idle_ones_closed(app_factory):
 def test_requests_per_minute_and_storage_quota(app_factory):
     client = app_factory(requests_per_minute=2)
     u = signup(client, "eager")
-    body = {"model": "x", "max_tokens": 1, "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": "smollm2-135m-instruct", "max_tokens": 1, "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
     assert [client.post("/v1/chat/completions", json=body, headers=u["headers"]).status_code for _ in range(2)] == [200, 200]
     assert client.post("/v1/chat/completions", json=body, headers=u["headers"]).status_code == 429
     assert chat_turn(client, u["token"], "hi", max_new_tokens=1)["error"]["code"] == "rate_limited"
@@ -60,4 +60,4 @@ def test_requests_per_minute_and_storage_quota(app_factory):
     assert client.post("/v1/chat/completions", json=body, headers=v["headers"]).status_code == 200  # 2 messages
     assert client.post("/v1/chat/completions", json=body, headers=v["headers"]).status_code == 200  # 4: over now
     r = client.post("/v1/chat/completions", json=body, headers=v["headers"])
-    assert r.status_code == 413 and "limit is 3" in r.json()["detail"]
+    assert r.status_code == 413 and "limit is 3" in r.json()["error"]["message"]

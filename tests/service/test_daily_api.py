@@ -63,7 +63,7 @@ def test_instructions_become_the_system_message_of_new_conversations(client):
 
     # /v1 alike: the user's instructions first, then the client's own system prompt
     r = client.post("/v1/chat/completions", headers=alice["headers"], json={
-        "model": "x", "max_tokens": 3, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]})
+        "model": "smollm2-135m-instruct", "max_tokens": 3, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]})
     assert r.status_code == 200, r.text
     v1 = _messages(client, r.json()["conversation_id"], alice["headers"])
     assert v1[0]["role"] == "system" and v1[0]["content"] == "Always answer in French, in one short sentence.\n\nBe brief."

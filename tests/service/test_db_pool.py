@@ -20,7 +20,7 @@ TOKENS = 24
 
 
 def _v1(client: TestClient, user: dict, stream: bool) -> tuple[int, str]:
-    body = {"model": "x", "messages": [{"role": "user", "content": "Tell me about rivers."}],
+    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Tell me about rivers."}],
             "max_tokens": TOKENS, "temperature": 0, "stream": stream}
     if not stream:
         r = client.post("/v1/chat/completions", json=body, headers=user["headers"])

@@ -18,9 +18,9 @@ def test_http_limits(app_factory):
     r = client.post("/api/auth/register", content=b'{"username":"' + b"x" * 8000 + b'"}', headers={"content-type": "application/json"})
     assert r.status_code == 413 and "bytes" in r.json()["detail"]
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 65}, headers=u["headers"])
-    assert r.status_code == 422 and "limit" in r.json()["detail"]
+    assert r.status_code == 422 and "limit" in r.json()["error"]["message"]  # /v1 errors are OpenAI's error object
     r = client.post("/v1/chat/completions", json={"messages": []}, headers=u["headers"])
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     r = client.post("/api/messages/1/feedback", json={"rating": "meh"}, headers=u["headers"])
     assert r.status_code == 422
     r = client.post("/api/messages/1/feedback", json={"rating": "up", "reasons": ["made_up_reason"]}, headers=u["headers"])
@@ -154,7 +154,7 @@ def test_prompt_preparation_has_its_own_bounded_pool(app_factory):
         return render(messages)
 
     chat.render_prompt = slow_render
-    body = {"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": "smollm2-135m-instruct", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(client.post, "/v1/chat/completions", json=body, headers=u["headers"]) for u in users]
         time.sleep(0.3)

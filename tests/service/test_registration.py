@@ -29,9 +29,9 @@ def test_approval_mode_waits_for_an_operator(app_factory):
     assert eve["approved"] is False
     assert client.get("/api/me", headers=eve["headers"]).json()["approved"] is False  # she can sign in
 
-    body = {"model": "x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": "smollm2-135m-instruct", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
     r = client.post("/v1/chat/completions", json=body, headers=eve["headers"])
-    assert r.status_code == 403 and "approval" in r.json()["detail"]
+    assert r.status_code == 403 and "approval" in r.json()["error"]["message"]
     assert client.post("/api/messages/1/feedback", json={"rating": "up"}, headers=eve["headers"]).status_code == 403
     with client.websocket_connect("/api/chat") as ws:
         ws.send_json({"type": "auth", "token": eve["token"]})
