@@ -7,6 +7,7 @@
     assistant simulate [...]                              simulated users over the public API, then evaluate
     assistant evaluate [...]                              win rates, harm, reward accuracy, KL -> reports
     assistant reward-curve [...]                          reward-model accuracy vs labels per user -> reports
+    assistant export-feedback --out DIR [--format F]      everyone's labels as TRL JSONL (preference, kto)
     assistant bench serve [...]                           engine benchmark vs the naive baseline
 
 ``serve`` starts the learning worker as a separate process (never inside the
@@ -22,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from service.settings import Settings, SettingsError
 
@@ -102,6 +104,29 @@ def cmd_reward_curve(args: argparse.Namespace) -> None:
     main_reward_curve(args, _settings())
 
 
+def cmd_export_feedback(args: argparse.Namespace) -> None:
+    """Everyone's labels (approved accounts) as TRL JSONL: <out>/<format>.jsonl."""
+    from sqlmodel import Session
+
+    from service import exports
+    from service.db import init_db, make_engine
+
+    settings = _settings()
+    engine = make_engine(settings)
+    init_db(engine)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt in exports.FORMATS if args.format == "all" else (args.format,):
+        path = out / f"{fmt}.jsonl"
+        n = 0
+        with Session(engine) as session, open(path, "w", encoding="utf-8") as f:
+            for line in exports.jsonl(exports.rows(session, fmt, user_ids=exports.approved_user_ids(session))):
+                f.write(line)
+                n += 1
+        print(f"{path}: {n} rows")
+    engine.dispose()
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from service.bench import main_bench
 
@@ -146,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("reward-curve", help="reward-model held-out accuracy vs labels per user, on stored replies")
     add_reward_curve_arguments(rc)
     rc.set_defaults(func=cmd_reward_curve)
+
+    ex = sub.add_parser("export-feedback", help="everyone's labels as JSONL in TRL's formats (preference, kto), for training elsewhere")
+    ex.add_argument("--format", choices=["preference", "kto", "all"], default="all")
+    ex.add_argument("--out", required=True, help="directory to write <format>.jsonl into")
+    ex.set_defaults(func=cmd_export_feedback)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)

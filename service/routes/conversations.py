@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from service import adapter_store, crud
+from service import adapter_store, crud, exports
 from service.auth import COOKIE_NAME, ApprovedUser, CurrentUser, SessionDep, SettingsDep
 from service.models import Message, Role, is_generated_reply
 from service.schemas import (
@@ -142,18 +142,44 @@ def rank(body: RankingCreate, user: ApprovedUser, session: SessionDep, request: 
 
 
 @router.get("/me/feedback/export")
-def export_feedback(user: CurrentUser, session: SessionDep) -> JSONResponse:
+def export_feedback(
+    user: CurrentUser, session: SessionDep,
+    format: Annotated[Literal["json", "preference", "kto"], Query(description="json (everything, one document); preference or "
+                      "kto: JSONL rows in TRL's conversational formats (see service/exports.py)")] = "json",
+) -> Response:
+    if format != "json":
+        body = "".join(exports.jsonl(exports.rows(session, format, user_ids=[user.id])))
+        return Response(body, media_type="application/x-ndjson",
+                        headers={"Content-Disposition": f'attachment; filename="my-feedback-{format}.jsonl"'})
     fbs = crud.list_feedback(session, user_id=user.id)
     ranks = crud.list_rankings(session, user_id=user.id)
+    replies = {m.id: m for m in (crud.get_message(session, user_id=user.id, message_id=f.message_id) for f in fbs) if m}
     body = {
         "user": {"id": user.id, "username": user.username},
         "feedback": [
             {"id": f.id, "message_id": f.message_id, "rating": f.rating.value, "reasons": f.reasons, "comment": f.comment,
+             "reply": replies[f.message_id].content if f.message_id in replies else None,
              "created_at": f.created_at.isoformat(), "updated_at": f.updated_at.isoformat()} for f in fbs
         ],
         "rankings": [{"id": r.id, "message_ids": r.message_ids, "created_at": r.created_at.isoformat()} for r in ranks],
     }
     return JSONResponse(body, headers={"Content-Disposition": 'attachment; filename="my-feedback.json"'})
+
+
+@router.get("/me/export")
+def export_conversations(user: CurrentUser, session: SessionDep) -> JSONResponse:
+    """Every conversation of the user with all its messages (every branch), for keeping or moving."""
+    convs = crud.list_conversations(session, user_id=user.id)
+    out = []
+    for conv in convs:
+        msgs = crud.list_messages(session, conversation_id=conv.id)
+        labels = crud.adapter_labels(session, ids={m.adapter_version_id for m in msgs if m.adapter_version_id})
+        fbs = crud.feedback_for(session, user_id=user.id, message_ids=[m.id for m in msgs])
+        out.append({"id": conv.id, "title": conv.title, "created_at": conv.created_at.isoformat(),
+                    "updated_at": conv.updated_at.isoformat(),
+                    "messages": [message_public(m, labels, fbs).model_dump(mode="json") for m in msgs]})
+    return JSONResponse({"user": {"id": user.id, "username": user.username}, "conversations": out},
+                        headers={"Content-Disposition": 'attachment; filename="my-conversations.json"'})
 
 
 @router.delete("/me/feedback", status_code=status.HTTP_204_NO_CONTENT)
