@@ -105,6 +105,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     docs = {} if settings.dev_mode else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="assistant", version="0.1.0", lifespan=lifespan, **docs)
     app.state.settings, app.state.db, app.state.metrics, app.state.engine = settings, db, metrics, engine
+    metrics.watch_engine(lambda: app.state.engine.stats() if app.state.engine is not None else {})
+    metrics.watch_training(db)
     app.state.registrations = SlidingWindow(settings.registration_limit, 3600.0)
     app.state.sign_in = SignInThrottle(settings)
     app.state.ws_handshakes = SlidingWindow(settings.handshake_limit, 60.0)

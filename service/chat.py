@@ -49,6 +49,7 @@ class PlannedReply:
     prompt_ids: list[int]
     params: SamplingParams
     resolved: Resolved
+    request: GenerationRequest | None = None  # once submitted: the engine stamps its queue time on it
 
 
 @dataclass
@@ -110,6 +111,7 @@ class ChatService:
 
     def reserve(self, user_id: int, n: int) -> None:
         if self._active[user_id] + n > self.settings.max_concurrent_per_user:
+            self.metrics.refusals.labels(reason="too_many").inc()
             raise ChatError(
                 "too_many",
                 f"at most {self.settings.max_concurrent_per_user} generations at once per user; wait for one to finish",
@@ -240,6 +242,7 @@ class ChatService:
         Refused first if the user is over their request rate or storage quota."""
         wait = self._rate.hit(str(user_id))
         if wait is not None:
+            self.metrics.refusals.labels(reason="rate_limited").inc()
             raise ChatError("rate_limited", f"at most {self.settings.request_limit} requests per minute; "
                                             f"try again in {int(wait) + 1} s", 429)
         self.reserve(user_id, n)
@@ -248,6 +251,7 @@ class ChatService:
             with Session(self.db) as session:
                 held = crud.count_messages(session, user_id=user_id)
             if held >= self.settings.max_messages_per_user:
+                self.metrics.refusals.labels(reason="quota").inc()
                 raise ChatError("quota", f"you store {held} messages, the limit is {self.settings.max_messages_per_user}: "
                                          "delete conversations you no longer need", 413)
             return plan()
@@ -322,13 +326,16 @@ class ChatService:
         for k, reply in enumerate(turn.replies):
             req_id = f"m{reply.message.id}-{uuid.uuid4().hex[:8]}"
             stream = RequestStream(asyncio.get_running_loop())
+            request = GenerationRequest(req_id, reply.prompt_ids, reply.params, reply.resolved.adapter, stream=stream)
             try:
-                self.engine.submit(GenerationRequest(req_id, reply.prompt_ids, reply.params, reply.resolved.adapter, stream=stream))
+                self.engine.submit(request)
             except QueueFull:
+                self.metrics.refusals.labels(reason="busy").inc()
                 rest = turn.replies[k:]
                 self.release(user_id, len(rest))
                 await to_thread.run_sync(lambda: self._drop_rows([r.message.id for r in rest]))
                 return started, ChatError("busy", "the server is busy; try again in a few seconds", 429)
+            reply.request = request
             self._requests[reply.message.id] = (user_id, req_id)
             started.append((reply, stream))
         return started, None
@@ -356,7 +363,7 @@ class ChatService:
         one and generation is cancelled; text that could be the start of a stop string is held back
         until it is known not to be, so a stream never shows what the stored reply does not hold."""
         started = time.perf_counter()
-        first = None
+        first = last = None
         text = ""  # the reply so far (cut at a stop string)
         sent = 0  # how much of it has been yielded
         hold = max((len(s) for s in stop), default=1) - 1
@@ -364,9 +371,13 @@ class ChatService:
         try:
             async for ev in stream:
                 if isinstance(ev, TokenEvent):
+                    now = time.perf_counter()
                     if first is None:
-                        first = time.perf_counter()
+                        first = now
                         self.metrics.ttft.observe(first - started)
+                    else:
+                        self.metrics.inter_token.observe(now - last)
+                    last = now
                     self.metrics.tokens.inc()
                     if stopped:
                         continue  # the tokens decoded before the cancel landed
@@ -391,6 +402,11 @@ class ChatService:
                         sent = len(text)
                     await to_thread.run_sync(lambda: self._store(reply.message.id, text, ev))
                     self.metrics.latency.observe(time.perf_counter() - started)
+                    self.metrics.prompt_tokens.inc(ev.prompt_tokens)
+                    self.metrics.generation_tokens.inc(ev.completion_tokens)
+                    req = reply.request
+                    if req is not None and req.scheduled_at is not None:
+                        self.metrics.queue_time.observe(max(0.0, req.scheduled_at - req.submitted_at))
                     self.metrics.generations.labels(finish_reason=ev.finish_reason).inc()
                     yield ev
         finally:

@@ -105,7 +105,8 @@ class GenerationRequest:
     adapter: AdapterRef | None = None  # None = base model
     stream: RequestStream = field(default_factory=RequestStream)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted_at: float = 0.0
+    submitted_at: float = 0.0  # perf_counter() when enqueued
+    scheduled_at: float | None = None  # when the engine started running it (its queue time ends)
 
 
 class Engine(Protocol):

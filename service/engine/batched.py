@@ -582,6 +582,7 @@ class BatchedEngine:
                 if lora is None:
                     continue  # still loading: keeps its place, admitted at a later step
             taken.append(req)
+            req.scheduled_at = time.perf_counter()
             budget -= len(req.prompt_ids)
             p = req.params
             new.append(_Row(

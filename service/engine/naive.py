@@ -88,6 +88,7 @@ class NaiveEngine:
                 req = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
+            req.scheduled_at = time.perf_counter()
             try:
                 self._generate(req)
             except Exception as exc:  # report the failure to the one request, keep serving
