@@ -27,6 +27,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from service.engine.base import AdapterRef
+from service.model_loading import base_model_id
 from service.models import ActiveAdapter, AdapterStatus, AdapterVersion, utcnow
 from service.settings import Settings
 
@@ -107,6 +108,14 @@ def publish(
     tmp.mkdir(parents=True)
     for name in REQUIRED_FILES:
         shutil.copyfile(src_dir / name, tmp / name)
+    # PEFT records the base model's local path, which means nothing on another machine: name the
+    # model instead (the metadata keeps its hash), so vLLM, PEFT and TRL elsewhere can load the files.
+    config_path = tmp / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    local_base = config.get("base_model_name_or_path")
+    config["base_model_name_or_path"] = base_model_id(settings)
+    config_path.write_text(json.dumps(config, indent=2))
+    metadata = {**metadata, "base_model_local_path": local_base}
     # training_run_id: which run wrote the files, so clean-up can tell a failed run's leftover from a
     # version this database does not know (learning.pipeline._remove_orphan_dirs)
     (tmp / "metadata.json").write_text(json.dumps({**metadata, "version": version, "user_id": user_id,

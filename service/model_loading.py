@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,12 +82,39 @@ def provision_embedded(settings: Settings) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "PROVISIONED").write_text(json.dumps({"source": str(gguf.name)}))
+        readable_by_all(tmp)
         if target.exists():
             import shutil
 
             shutil.rmtree(target)
         tmp.rename(target)
         return target
+
+
+def readable_by_all(directory: Path) -> None:
+    """Give every file the mode a plain ``open`` would (0644 under the usual umask).
+
+    safetensors writes through a private temporary file, so ``model.safetensors`` came out 0600:
+    a model provisioned as root (the Docker image's build step) was unreadable by the non-root
+    server, which then never became healthy. The weights are not secret; the data dir's own
+    permissions decide who may reach them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in directory.rglob("*"):
+        if f.is_file():
+            f.chmod(0o666 & ~umask | 0o444)
+        elif f.is_dir():
+            f.chmod(0o777 & ~umask | 0o555)
+    directory.chmod(0o777 & ~umask | 0o555)
+
+
+# The embedded model's name where others look models up (vLLM, PEFT's adapter_config.json).
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def base_model_id(settings: Settings) -> str:
+    """The base model's portable name: the hub id for the embedded model, else the configured one."""
+    return EMBEDDED_HUB_ID if settings.model == EMBEDDED_MODEL else settings.model
 
 
 def resolve_model_path(settings: Settings) -> str:
