@@ -256,3 +256,26 @@ def test_compare_keyboard_shortcuts_then_what_the_assistant_learned(page, own_se
     expect(panel.get_by_test_id("learned-round").first).to_contain_text("0 thumbs up · 2 thumbs down · 6 rankings")
     shot(page, "learned", full_page=True)
     assert page.js_errors == []
+
+
+def test_api_keys_page_creates_copies_and_revokes(page, server, context):
+    name = unique_name()
+    sign_up(page, server, name)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page.get_by_test_id("nav-settings").click()
+    page.get_by_test_id("api-key-name").fill("my script")
+    page.get_by_test_id("api-key-create").click()
+    key = page.get_by_test_id("api-key-value").inner_text()
+    assert key.startswith("ak_")
+    page.get_by_test_id("api-key-copy").click()
+    assert page.evaluate("navigator.clipboard.readText()") == key
+    expect(page.get_by_test_id("api-key-row")).to_have_count(1)
+    shot(page, "api-keys", full_page=True)
+    me = httpx.get(server.url + "/api/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.status_code == 200 and me.json()["username"] == name
+
+    page.get_by_test_id("api-key-revoke").click()
+    page.locator("#confirm-ok").click()
+    expect(page.get_by_test_id("api-key-row")).to_have_count(0)
+    assert httpx.get(server.url + "/api/me", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert page.js_errors == []
