@@ -1,4 +1,4 @@
-"""Passwords (argon2), signed session tokens (JWT HS256), API keys, and the request dependencies.
+"""Who is asking: sign-in, signed session tokens (JWT HS256), API keys, and the request dependencies.
 
 A token is accepted from the ``Authorization: Bearer`` header or from the
 HttpOnly session cookie the web UI gets at sign-in; an API key (``ak_…``, made
@@ -8,43 +8,25 @@ keys and passwords are never logged.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import secrets
-import threading
 import time
 from datetime import timedelta, timezone
 from typing import Annotated
 
 import jwt
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, HTTPException, Request, status
 from sqlmodel import Session, select
 
+from service import crud
+from service.api_keys import API_KEY_PREFIX, hash_api_key
 from service.models import ApiKey, Role, User, utcnow
+from service.passwords import check_password
 from service.ratelimit import SlidingWindow
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 COOKIE_NAME = "assistant_session"
-_hasher = PasswordHasher()
-# Verifying against this keeps the timing of "no such user" close to "wrong password".
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
-
-
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
-
-
-def verify_password(password: str, password_hash: str) -> bool:
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
-
-
 def create_token(settings: Settings, user: User) -> str:
     now = int(time.time())
     payload = {"sub": str(user.id), "role": user.role.value, "tv": user.token_version, "iat": now,
@@ -68,18 +50,7 @@ def decode_token(settings: Settings, token: str) -> int | None:
     return claims[0] if claims else None
 
 
-API_KEY_PREFIX = "ak_"
 _LAST_USED_EVERY = timedelta(minutes=1)  # at most one write per key per minute, not one per request
-
-
-def new_api_key() -> tuple[str, str]:
-    """A fresh key and its stored hash."""
-    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    return key, hash_api_key(key)
-
-
-def hash_api_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _user_for_api_key(db, key: str) -> User | None:
@@ -144,19 +115,9 @@ class SignInThrottle:
         return self.accounts.count(account)
 
 
-# Argon2 costs ~50 ms and 64 MiB per verification: a burst of sign-ins must not take every core.
-_HASHING = threading.BoundedSemaphore(2)
-
-
 def authenticate(session: Session, username: str, password: str) -> User | None:
-    from service import crud
-
     user = crud.get_user_by_username(session, username=username)
-    with _HASHING:
-        if user is None:
-            verify_password(password, _DUMMY_HASH)
-            return None
-        return user if verify_password(password, user.password_hash) else None
+    return user if check_password(password, user.password_hash if user else None) else None
 
 
 # --- dependencies -------------------------------------------------------------

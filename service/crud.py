@@ -17,7 +17,8 @@ from sqlmodel import Session, col, select
 from service.settings import Settings
 
 from service.adapter_store import label_of
-from service.auth import hash_password, new_api_key, verify_password
+from service.api_keys import new_api_key
+from service.passwords import hash_password, verify_password
 from service.models import (
     ActiveAdapter,
     ApiKey,

@@ -1,7 +1,38 @@
-"""The rule for a new password (issue 12, finding 16): 12 to 128 characters, not one of the
-passwords every guessing list starts with, and not the username."""
+"""Passwords: the rule for a new one (issue 12, finding 16: 12 to 128 characters, not one of the
+passwords every guessing list starts with, not the username), and hashing them (argon2)."""
 
 from __future__ import annotations
+
+import threading
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+_hasher = PasswordHasher()
+# Verifying against this keeps the timing of "no such user" close to "wrong password".
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+# Argon2 costs ~50 ms and 64 MiB per verification: a burst of sign-ins must not take every core.
+_HASHING = threading.BoundedSemaphore(2)
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password: str, password_hash: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def check_password(password: str, password_hash: str | None) -> bool:
+    """Sign-in's check, bounded to two at once; with no account (None) it costs the same and fails."""
+    with _HASHING:
+        if password_hash is None:
+            verify_password(password, _DUMMY_HASH)
+            return False
+        return verify_password(password, password_hash)
 
 MIN_LENGTH = 12
 MAX_LENGTH = 128
