@@ -17,7 +17,7 @@ import jwt
 from fastapi import Depends, HTTPException, Request, status
 from sqlmodel import Session, select
 
-from service import crud
+from service import crud, proxy
 from service.api_keys import API_KEY_PREFIX, hash_api_key
 from service.models import ApiKey, Role, User, utcnow
 from service.passwords import check_password
@@ -151,7 +151,13 @@ def token_from_request(request: Request) -> str | None:
 def get_current_user(request: Request, settings: SettingsDep) -> User:
     """The signed-in user. Not a ``SessionDep``: a route that waits on the engine (a reply
     generating) must not hold a database connection meanwhile (issue 12, finding 4)."""
-    user = user_for_token(settings, request.app.state.db, token_from_request(request))
+    token = token_from_request(request)
+    if proxy.is_proxy_key(settings, token):
+        try:
+            return proxy.user_for_proxy(request.app.state.db, request.headers)
+        except proxy.ProxyError as exc:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+    user = user_for_token(settings, request.app.state.db, token)
     if user is None:
         raise _UNAUTHORIZED
     return user

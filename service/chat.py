@@ -285,12 +285,14 @@ class ChatService:
         return resolve_for_user(self.settings, session, user_id)
 
     async def add_plain_conversation(self, *, user_id: int, messages: list[dict], params: SamplingParams, n: int = 1,
-                                     policy: str | None = None) -> Turn:
+                                     policy: str | None = None, with_instructions: bool = True) -> Turn:
         """For the OpenAI route: store the given history as a new conversation, plan ``n`` replies
-        (one alternative group, so they can be ranked) from ``policy`` (see ``resolve``)."""
+        (one alternative group, so they can be ranked) from ``policy`` (see ``resolve``).
+        ``with_instructions``: put the user's custom instructions first (not for a front end's
+        background calls, which have instructions of their own)."""
         def work() -> Turn:
             with Session(self.db, expire_on_commit=False) as session:
-                instructions = self.instructions(session, user_id)
+                instructions = self.instructions(session, user_id) if with_instructions else ""
                 if instructions:  # the user's own instructions come first, before a client's system prompt
                     if messages[0]["role"] == "system":
                         messages[0] = {"role": "system", "content": f"{instructions}\n\n{messages[0]['content']}"}
@@ -339,6 +341,16 @@ class ChatService:
             self._requests[reply.message.id] = (user_id, req_id)
             started.append((reply, stream))
         return started, None
+
+    async def forget_conversation(self, user_id: int, conversation_id: int) -> None:
+        """Delete a conversation that was only a means (a front end's background call)."""
+        def work() -> None:
+            with Session(self.db) as session:
+                conv = crud.get_conversation(session, user_id=user_id, conversation_id=conversation_id)
+                if conv is not None:
+                    crud.delete_conversation(session, conv=conv)
+
+        await to_thread.run_sync(work, limiter=self._planning)
 
     def _drop_rows(self, message_ids: list[int]) -> None:
         with Session(self.db) as session:

@@ -27,6 +27,8 @@ class UserCreate(BaseModel):
 
     @model_validator(mode="after")
     def _strong_enough(self) -> "UserCreate":
+        if self.username.lower().startswith("owui-"):
+            raise ValueError("usernames starting with owui- are reserved for users of a trusted proxy (service/proxy.py)")
         problem = password_problem(self.password, self.username)
         if problem:
             raise ValueError(problem)

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     secret_key: str = Field(DEFAULT_SECRET, description="Signs session tokens. Must be set (32+ chars) unless dev_mode.")
     dev_mode: bool = Field(False, description="Allows the default secret key; `make run` turns it on for local use.")
     admin_password: str | None = Field(None, description="Creates or updates the operator account `admin` at start.")
+    proxy_key: str | None = Field(None, description="Trusted-proxy mode (Open WebUI, LibreChat in front): a front end that sends this "
+                                  "key as its API key and the user headers Open WebUI forwards (X-OpenWebUI-User-Id, with "
+                                  "ENABLE_FORWARD_USER_INFO_HEADERS=true) acts as that user, each with their own adapter and "
+                                  "limits. 32+ characters; unset = off.")
     token_ttl_minutes: int = Field(60 * 24 * 7, ge=1, description="Lifetime of access tokens and session cookies.")
     sign_in_failures_per_account: int = Field(5, ge=0, description="Failed sign-ins per account in the window before 429 (0 = no limit).")
     sign_in_failures_per_address: int = Field(20, ge=0, description="Failed sign-ins per client address in the window before 429 (0 = no limit).")
@@ -110,6 +114,8 @@ class Settings(BaseSettings):
             )
         elif not self.dev_mode and len(self.secret_key) < 32:
             problems.append("ASSISTANT_SECRET_KEY must be at least 32 characters outside dev mode")
+        if self.proxy_key is not None and len(self.proxy_key) < 32:
+            problems.append("ASSISTANT_PROXY_KEY must be at least 32 characters (python -c 'import secrets; print(secrets.token_urlsafe(48))')")
         if self.dev_mode and self.host not in LOOPBACK_HOSTS:
             problems.append(f"ASSISTANT_DEV_MODE is for local use only: bind to 127.0.0.1 (ASSISTANT_HOST={self.host}), "
                             "or turn dev mode off and set ASSISTANT_SECRET_KEY")

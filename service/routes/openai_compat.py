@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from service.auth import ApprovedUser, CurrentUser
 from service.chat import ChatError, ChatService
 from service.engine.base import EndEvent
+from service.proxy import is_task_prompt
 from service.schemas import OAIChatRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -110,10 +111,14 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
     _refuse_unsupported(body)
     policy = _policy(request, body.model)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    # A front end's background call (title, tags, follow-ups): served, then not kept, so it never
+    # lists as a conversation nor becomes a training prompt.
+    task = is_task_prompt(messages)
     try:
         params = await chat.user_sampling(user.id, max_new_tokens=body.max_completion_tokens or body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed)
-        turn = await chat.add_plain_conversation(user_id=user.id, messages=messages, params=params, n=body.n, policy=policy)
+        turn = await chat.add_plain_conversation(user_id=user.id, messages=messages, params=params, n=body.n, policy=policy,
+                                                 with_instructions=not task)
     except ChatError as exc:
         raise _http(exc) from exc
     started, error = await chat.submit_turn(user.id, turn)
@@ -146,6 +151,8 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
             return "".join(parts), end
 
         results = await asyncio.gather(*(collect(r, s) for r, s in started))
+        if task:
+            await chat.forget_conversation(user.id, turn.conversation_id)
         return {
             "id": completion_id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": k, "message": {"role": "assistant", "content": text}, "finish_reason": FINISH.get(end.finish_reason, "stop"),
@@ -190,6 +197,8 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
                     yield chunk([{"index": k, "delta": {"content": ev.text}, "finish_reason": None}])
             if body.stream_options is not None and body.stream_options.include_usage:
                 yield chunk([], usage(ends))  # OpenAI's usage chunk: after the last choice, with no choices
+            if task:
+                await chat.forget_conversation(user.id, turn.conversation_id)
             yield "data: [DONE]\n\n"
         finally:
             if done < len(tasks):  # the client went away: free the compute, still store what was generated

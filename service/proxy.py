@@ -1,0 +1,70 @@
+"""Trusted-proxy mode: a chat front end (Open WebUI, LibreChat) in front of the product, one
+connection for all its users, each of them still their own product user.
+
+The front end sends the operator's proxy key (``ASSISTANT_PROXY_KEY``) as its API key and, per
+request, the user headers Open WebUI forwards when ``ENABLE_FORWARD_USER_INFO_HEADERS=true``:
+``X-OpenWebUI-User-Id`` (required), ``-Name``, ``-Email``, ``-Role``. Each id maps to the product
+user ``owui-<id>``, created on first sight (approved: the operator vouched for the proxy), with
+no password (they cannot sign in on the web UI). Their adapter, limits and data are theirs alone.
+
+A front end's background calls (titles, tags, follow-up questions, search queries) are not
+conversations: ``is_task_prompt`` tells them apart, and the route serves them without keeping
+them, so they neither list as conversations nor become training prompts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+
+from sqlmodel import Session
+
+from service import crud
+from service.models import User
+
+logger = logging.getLogger(__name__)
+
+USER_ID_HEADER = "x-openwebui-user-id"
+EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,58}$")  # Open WebUI's ids are UUIDs
+USERNAME_PREFIX = "owui-"
+
+# The first words of known front ends' background prompts (Open WebUI's task templates all start
+# "### Task:"; LibreChat's title prompt with the second).
+TASK_PREFIXES = ("### Task:", "Please generate a concise, 5-word-or-less title")
+
+
+def is_proxy_key(settings, token: str | None) -> bool:
+    return bool(settings.proxy_key and token and hmac.compare_digest(token.encode(), settings.proxy_key.encode()))
+
+
+class ProxyError(ValueError):
+    pass
+
+
+def user_for_proxy(db, headers) -> User:
+    """The product user a proxied request acts for (made on first sight)."""
+    external = (headers.get(USER_ID_HEADER) or "").strip()
+    if not external:
+        raise ProxyError("the proxy key needs an X-OpenWebUI-User-Id header naming the user (Open WebUI: "
+                         "ENABLE_FORWARD_USER_INFO_HEADERS=true)")
+    if not EXTERNAL_ID.match(external):
+        raise ProxyError("X-OpenWebUI-User-Id must be 1-58 letters, digits or _ . @ -")
+    username = USERNAME_PREFIX + external
+    with Session(db, expire_on_commit=False) as session:
+        user = crud.get_user_by_username(session, username=username)
+        if user is None:
+            try:
+                user = crud.create_user(session, username=username, password=secrets.token_urlsafe(32), approved=True)
+                logger.info("trusted proxy: new user %s for %s", user.id, username)
+            except crud.Conflict:  # made by a concurrent request meanwhile
+                user = crud.get_user_by_username(session, username=username)
+        session.expunge(user)
+        return user
+
+
+def is_task_prompt(messages: list[dict]) -> bool:
+    """A front end's background call (a title, tags, follow-ups), not the user talking."""
+    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return last.lstrip().startswith(TASK_PREFIXES)

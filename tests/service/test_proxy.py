@@ -1,0 +1,85 @@
+"""Trusted-proxy mode (issue 13): Open WebUI in front with one connection key; the user headers it
+forwards make each of its users their own product user, with their own data and their own adapter.
+The requests below carry the headers Open WebUI sends with ENABLE_FORWARD_USER_INFO_HEADERS=true
+(no Open WebUI process runs here)."""
+
+from __future__ import annotations
+
+import openai
+import torch
+
+from learning.worker import Worker
+from tests.learning.conftest import tiny_budgets
+from tests.service.conftest import signup
+
+PROXY_KEY = "proxy-key-for-open-webui-0123456789abcdef"
+MODEL = "smollm2-135m-instruct"
+
+
+def _as(external_id: str, name: str) -> dict:
+    return {"Authorization": f"Bearer {PROXY_KEY}", "X-OpenWebUI-User-Id": external_id, "X-OpenWebUI-User-Name": name,
+            "X-OpenWebUI-User-Email": f"{name.lower()}@example.org", "X-OpenWebUI-User-Role": "user"}
+
+
+def test_forwarded_users_are_separate_users_with_their_own_adapters(app_factory):
+    torch.manual_seed(0)
+    client = app_factory(proxy_key=PROXY_KEY, admin_password="operator-pass-1", exploration_share=0.0)
+    ann, ben = _as("3f9c2a1e-ann", "Ann"), _as("77b1d0c4-ben", "Ben")
+
+    # without the user header the key alone is refused; a wrong key is refused
+    assert client.get("/api/me", headers={"Authorization": f"Bearer {PROXY_KEY}"}).status_code == 401
+    r = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {PROXY_KEY}"},
+                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    assert r.status_code == 401 and "X-OpenWebUI-User-Id" in r.json()["error"]["message"]
+    assert client.get("/api/me", headers={**ann, "Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/me", headers={**ann, "X-OpenWebUI-User-Id": "bad id!"}).status_code == 401
+
+    me_ann, me_ben = client.get("/api/me", headers=ann).json(), client.get("/api/me", headers=ben).json()
+    assert me_ann["username"] == "owui-3f9c2a1e-ann" and me_ben["username"] == "owui-77b1d0c4-ben" and me_ann["id"] != me_ben["id"]
+    assert client.get("/api/me", headers=ann).json()["id"] == me_ann["id"]  # the same user next time
+    # nobody can register into the proxy's namespace
+    assert client.post("/api/auth/register", json={"username": "owui-x", "password": "tall-tree-shade-7"}).status_code == 422
+
+    # each one chats and ranks through the one connection, with opposite tastes
+    http = client
+    for headers, prefer_short in ((ann, True), (ben, False)):
+        oai = openai.OpenAI(api_key=PROXY_KEY, base_url="http://127.0.0.1:8000/v1", http_client=http, max_retries=0,
+                            default_headers={k: v for k, v in headers.items() if k != "Authorization"})
+        for q in ("How do I boil an egg?", "Give me a tip for sleeping well.", "What is a good breakfast?", "How do I relax?"):
+            raw = oai.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": q}],
+                                                                max_tokens=10, temperature=1.0, n=2).http_response.json()
+            (a, ta), (b, tb) = ((c["message_id"], c["message"]["content"]) for c in raw["choices"])
+            short, long_ = (a, b) if len(ta) <= len(tb) else (b, a)
+            best, worst = (short, long_) if prefer_short else (long_, short)
+            assert client.post("/api/rankings", json={"message_ids": [best, worst]}, headers=headers).status_code == 201
+            client.post(f"/api/messages/{best}/feedback", json={"rating": "up"}, headers=headers)
+            client.post(f"/api/messages/{worst}/feedback", json={"rating": "down"}, headers=headers)
+        # Open WebUI's background call for a title: answered, not kept
+        task = oai.chat.completions.create(model=MODEL, max_tokens=6, messages=[
+            {"role": "user", "content": "### Task:\nGenerate a concise, 3-5 word title with an emoji summarizing the chat history."}])
+        assert task.choices[0].message.content is not None
+    for headers in (ann, ben):
+        convs = client.get("/api/conversations", headers=headers).json()
+        assert len(convs) == 4 and not any("Task" in c["title"] for c in convs)
+    assert not client.get("/api/conversations", params={"q": "### Task"}, headers=ann).json()
+    ann_conv = client.get("/api/conversations", headers=ann).json()[0]["id"]
+    assert client.get(f"/api/conversations/{ann_conv}", headers=ben).status_code == 404  # their data stays theirs
+
+    # one run trains an adapter for each of them
+    tok = client.post("/api/auth/token", data={"username": "admin", "password": "operator-pass-1"}).json()["access_token"]
+    client.cookies.clear()
+    admin = {"Authorization": f"Bearer {tok}"}
+    r = client.post("/api/admin/training-runs", json={"user_ids": [me_ann["id"], me_ben["id"]]}, headers=admin)
+    assert r.status_code == 202, r.text
+    assert Worker(client.app.state.settings, budgets=tiny_budgets()).run_pending_once() == r.json()["id"]
+    run = client.get(f"/api/admin/training-runs/{r.json()['id']}", headers=admin).json()
+    trained = {res["user_id"]: res["adapter_version"] for res in run["results"]}
+    assert trained.get(me_ann["id"]) == 1 and trained.get(me_ben["id"]) == 1, run["results"]
+    for headers in (ann, ben):
+        versions = client.get("/api/me/adapter", headers=headers).json()["versions"]
+        assert len(versions) == 1 and versions[0]["label"].startswith(f"u{client.get('/api/me', headers=headers).json()['id']}-")
+
+
+def test_proxy_mode_is_off_without_a_key(client):
+    signup(client, "plain")
+    assert client.get("/api/me", headers=_as("someone", "Someone")).status_code == 401
