@@ -433,21 +433,31 @@ async function pickAnother(group, better) {
   renderThread();
 }
 
-function pagerNode(group, sibs, shown) {
-  if (sibs.length < 2) return null;
-  const i = sibs.indexOf(shown);
+/** `< 2/3 >` over sibling messages: `select(id)` remembers the choice; `words` name the items. */
+function pager({ items, shown, id, select, words, testid = null }) {
+  if (items.length < 2) return null;
+  const i = items.indexOf(shown);
   const go = (delta) => {
-    const next = sibs[i + delta];
+    const next = items[i + delta];
     if (!next) return;
-    S.selected.set(group, next.id);
+    select(next.id);
     renderThread();
-    const btn = document.querySelector(`[data-pager="${group}"][data-dir="${delta}"]`);
+    const btn = document.querySelector(`[data-pager="${id}"][data-dir="${delta}"]`);
     if (btn && !btn.disabled) btn.focus();
   };
-  return el('span', { class: 'pager', role: 'group', 'aria-label': 'Alternative replies' },
-    el('button', { type: 'button', class: 'icon-button small', 'aria-label': 'Previous alternative', 'data-pager': group, 'data-dir': -1, disabled: i === 0, onclick: () => go(-1) }, icon('chevron-left')),
-    el('span', { 'aria-live': 'polite' }, `${i + 1}/${sibs.length}`),
-    el('button', { type: 'button', class: 'icon-button small', 'aria-label': 'Next alternative', 'data-pager': group, 'data-dir': 1, disabled: i === sibs.length - 1, onclick: () => go(1) }, icon('chevron-right')));
+  const button = (delta, label, glyph) => el('button', {
+    type: 'button', class: 'icon-button small', 'aria-label': label, 'data-pager': id, 'data-dir': delta,
+    disabled: !items[i + delta], onclick: () => go(delta),
+  }, icon(glyph));
+  return el('span', { class: 'pager', role: 'group', 'aria-label': words.group, 'data-testid': testid },
+    button(-1, `Previous ${words.item}`, 'chevron-left'),
+    el('span', { 'aria-live': 'polite' }, `${i + 1}/${items.length}`),
+    button(1, `Next ${words.item}`, 'chevron-right'));
+}
+
+function pagerNode(group, sibs, shown) {
+  return pager({ items: sibs, shown, id: group, select: (id) => S.selected.set(group, id),
+    words: { group: 'Alternative replies', item: 'alternative' } });
 }
 
 const PICKS = [
@@ -504,20 +514,8 @@ function compareNode(group, cmp) {
 }
 
 function userPager({ users, user, key }) {
-  if (users.length < 2) return null;
-  const i = users.indexOf(user);
-  const go = (delta) => {
-    const next = users[i + delta];
-    if (!next) return;
-    S.selectedUser.set(key, next.id);
-    renderThread();
-    const btn = document.querySelector(`[data-pager="u${key}"][data-dir="${delta}"]`);
-    if (btn && !btn.disabled) btn.focus();
-  };
-  return el('span', { class: 'pager', role: 'group', 'aria-label': 'Versions of this message', 'data-testid': 'user-pager' },
-    el('button', { type: 'button', class: 'icon-button small', 'aria-label': 'Previous version', 'data-pager': `u${key}`, 'data-dir': -1, disabled: i === 0, onclick: () => go(-1) }, icon('chevron-left')),
-    el('span', { 'aria-live': 'polite' }, `${i + 1}/${users.length}`),
-    el('button', { type: 'button', class: 'icon-button small', 'aria-label': 'Next version', 'data-pager': `u${key}`, 'data-dir': 1, disabled: i === users.length - 1, onclick: () => go(1) }, icon('chevron-right')));
+  return pager({ items: users, shown: user, id: `u${key}`, select: (id) => S.selectedUser.set(key, id),
+    words: { group: 'Versions of this message', item: 'version' }, testid: 'user-pager' });
 }
 
 function userNode(step) {
