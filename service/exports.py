@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
+from service.adapter_store import label_of
 from service.models import AdapterVersion, Feedback, Message, Ranking, User, is_generated_reply
 
 Format = Literal["preference", "kto"]
@@ -43,7 +44,7 @@ class _Messages:
         versions = {m.adapter_version_id for m in self.by_id.values() if m.adapter_version_id} - set(self.labels)
         if versions:
             for v in self.session.exec(select(AdapterVersion).where(col(AdapterVersion.id).in_(sorted(versions)))).all():
-                self.labels[v.id] = f"global-v{v.version}" if v.user_id is None else f"u{v.user_id}-v{v.version}"
+                self.labels[v.id] = label_of(v)
 
     def prompt(self, reply: Message) -> list[dict[str, str]]:
         chain, seen, parent = [], set(), reply.parent_id
