@@ -10,6 +10,7 @@ model itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -71,7 +72,8 @@ class ChatService:
         self._planning = CapacityLimiter(settings.prompt_workers)
 
     # --- validation ---------------------------------------------------------------
-    def sampling(self, *, max_new_tokens: int | None, temperature: float | None, top_p: float | None = None, seed: int | None = None) -> SamplingParams:
+    def sampling(self, *, max_new_tokens: int | None, temperature: float | None, top_p: float | None = None, seed: int | None = None,
+                 presence_penalty: float | None = None, frequency_penalty: float | None = None) -> SamplingParams:
         s = self.settings
         n = s.default_max_new_tokens if max_new_tokens is None else max_new_tokens
         if n > s.max_new_tokens_limit:
@@ -81,10 +83,13 @@ class ChatService:
             temperature=s.default_temperature if temperature is None else temperature,
             top_p=s.default_top_p if top_p is None else top_p,
             seed=seed,
+            presence_penalty=presence_penalty or 0.0,
+            frequency_penalty=frequency_penalty or 0.0,
         )
 
     async def user_sampling(self, user_id: int, *, max_new_tokens: int | None, temperature: float | None,
-                            top_p: float | None = None, seed: int | None = None) -> SamplingParams:
+                            top_p: float | None = None, seed: int | None = None, presence_penalty: float | None = None,
+                            frequency_penalty: float | None = None) -> SamplingParams:
         """``sampling`` with the user's own reply defaults (their settings panel) where the request
         does not say. A saved length over a since-lowered limit is clamped, not refused."""
         def read():
@@ -96,7 +101,8 @@ class ChatService:
             max_new_tokens = min(prefs.max_new_tokens, self.settings.max_new_tokens_limit)
         if temperature is None:
             temperature = prefs.temperature
-        return self.sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        return self.sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
 
     def instructions(self, session: Session, user_id: int) -> str:
         """The user's custom instructions (empty: none, or the feature is off)."""
@@ -169,7 +175,7 @@ class ChatService:
             options.append((Resolved(ref_for(self.settings, glob), "explore:global", label_of(glob), glob.id), params))
         if main.policy != "base":
             options.append((Resolved(None, "explore:base", None, None), params))
-        hot = SamplingParams(params.max_new_tokens, min(2.0, max(params.temperature, 0.7) * 1.5), params.top_p, params.seed)
+        hot = dataclasses.replace(params, temperature=min(2.0, max(params.temperature, 0.7) * 1.5))
         options.append((Resolved(main.adapter, "explore:temperature", main.label, main.version_id), hot))
         return self._rng.choice(options)
 
@@ -328,7 +334,8 @@ class ChatService:
         for k, reply in enumerate(turn.replies):
             req_id = f"m{reply.message.id}-{uuid.uuid4().hex[:8]}"
             stream = RequestStream(asyncio.get_running_loop())
-            request = GenerationRequest(req_id, reply.prompt_ids, reply.params, reply.resolved.adapter, stream=stream)
+            request = GenerationRequest(req_id, reply.prompt_ids, reply.params, reply.resolved.adapter, stream=stream,
+                                        cache_salt=f"user:{user_id}")  # prefix reuse never crosses users
             try:
                 self.engine.submit(request)
             except QueueFull:

@@ -72,15 +72,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     from learning.worker import run_worker
+    from service.threads import apply_thread_budget
 
-    run_worker(_settings(), parent_pid=args.parent_pid)
+    settings = _settings()
+    apply_thread_budget("worker", settings.worker_threads, nice=settings.worker_nice)
+    run_worker(settings, parent_pid=args.parent_pid)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from learning.worker import RunBusy, RunConflict, train_foreground
+    from service.threads import apply_thread_budget
 
+    settings = _settings()
+    if args.now:  # the training runs in this process: give it the worker's budget
+        apply_thread_budget("worker", settings.worker_threads, nice=settings.worker_nice)
     try:
-        run_id = train_foreground(_settings(), user=args.user, now=args.now)
+        run_id = train_foreground(settings, user=args.user, now=args.now)
     except (RunConflict, RunBusy, LookupError) as exc:
         sys.exit(f"assistant train: {exc}")
     print(f"training run {run_id} {'finished' if args.now else 'queued (a worker will run it)'}")

@@ -127,9 +127,10 @@ def resolve_model_path(settings: Settings) -> str:
 
 
 def torch_dtype(settings: Settings):
+    """The dtype models are loaded in; ``auto`` loads float32 (the engine picks its serving dtype itself)."""
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
+    return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
 
 
 def load_tokenizer(settings: Settings) -> "PreTrainedTokenizerBase":

@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(20, ge=0, description="Extra connections opened under load beyond the pool size.")
     db_pool_timeout: float = Field(30.0, gt=0, description="Seconds a request waits for a free database connection before it fails (503).")
     model: str = Field(EMBEDDED_MODEL, description="Base model: the embedded SmolLM2-135M-Instruct, a local directory, or a Hugging Face id already in the local cache.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights dtype for serving.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Serving dtype. auto: at start the batched engine times float32 and bfloat16 on this machine's CPU/GPU "
+        "and keeps the faster one whose greedy tokens agree with float32 (reported in /healthz and the logs). Training is float32.")
     device: str = Field("cpu", description="torch device for serving and training (cpu, cuda, cuda:0).")
 
     # --- web ---------------------------------------------------------------
@@ -98,6 +100,14 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, description="Most requests in one forward pass.")
     max_queue: int = Field(64, ge=1, description="Waiting requests before new ones get 429 / an error frame.")
     adapter_cache_size: int = Field(32, ge=1, description="Adapters kept resident in the engine (LRU; in-use ones are pinned).")
+    prefill_chunk_tokens: int = Field(256, ge=16, description="Prompt tokens prefilled per engine step: a long prompt enters in chunks "
+                                      "of this size, so running replies keep streaming while it arrives.")
+    prefix_cache_mb: int = Field(256, ge=0, description="Memory for reusing the KV cache of a conversation's earlier turns (per user "
+                                 "and adapter, LRU). 0 turns prefix reuse off.")
+    server_threads: int | None = Field(None, ge=1, description="torch threads of the server process (default: every core).")
+    worker_threads: int | None = Field(None, ge=1, description="torch threads of the learning worker (default: every core).")
+    worker_nice: int = Field(10, ge=0, le=19, description="CPU priority the worker lowers itself by (Unix nice): while users chat, "
+                             "the server's generation comes first and training takes the idle time; 0 = equal priority.")
 
     # --- learning (the worker reads these) ----------------------------------
     schedule_cron: str = Field("0 2 * * *", description="Nightly training schedule (cron, local time); editable from the admin API.")

@@ -16,7 +16,9 @@ def build_engine(settings: Settings) -> Engine:
 
     from service.model_loading import load_base_model, load_tokenizer
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from service.threads import apply_thread_budget
+
+    apply_thread_budget("server", settings.server_threads)
     model = load_base_model(settings)
     tokenizer = load_tokenizer(settings)
     if settings.engine == "naive":
@@ -24,8 +26,17 @@ def build_engine(settings: Settings) -> Engine:
 
         return NaiveEngine(model, tokenizer, max_queue=settings.max_queue)
     from service.engine.batched import BatchedEngine
+    from service.engine.dtype_probe import DtypeReport, choose_dtype
 
-    return BatchedEngine(
+    if settings.dtype == "auto":
+        dtype, report = choose_dtype(model, tokenizer)
+    else:
+        dtype = getattr(torch, settings.dtype)
+        report = DtypeReport(chosen=settings.dtype, reason="set by ASSISTANT_DTYPE")
+    engine = BatchedEngine(
         model, tokenizer, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
-        adapter_cache_size=settings.adapter_cache_size,
+        adapter_cache_size=settings.adapter_cache_size, dtype=dtype,
+        prefill_chunk_tokens=settings.prefill_chunk_tokens, prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
     )
+    engine.dtype_report = report.as_dict()
+    return engine

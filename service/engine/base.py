@@ -37,6 +37,8 @@ class SamplingParams:
     temperature: float = 0.7  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    presence_penalty: float = 0.0  # OpenAI's: subtract once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtract per occurrence in the generated tokens
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks); honoured by BatchedEngine
 
 
@@ -103,6 +105,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: AdapterRef | None = None  # None = base model
+    cache_salt: str | None = None  # prefix-cache namespace (the server passes the user): no cross-user reuse
     stream: RequestStream = field(default_factory=RequestStream)
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = 0.0  # perf_counter() when enqueued

@@ -15,7 +15,7 @@ import time
 import torch
 
 from service.engine.base import AdapterRef, EndEvent, GenerationRequest, QueueFull, RequestStream, TokenEvent
-from service.engine.sampling import Detokenizer, sample_next, stop_token_ids
+from service.engine.sampling import BatchSampling, Detokenizer, sample_batch, stop_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ class NaiveEngine:
         device = next(self.model.parameters()).device
         ids = torch.tensor([req.prompt_ids], device=device)
         detok = Detokenizer(self.tokenizer)
+        sampling = BatchSampling.of([p], [gen])
+        generated: list[int] = []
         past = None
         n = 0
         finish = "length"
@@ -117,7 +119,8 @@ class NaiveEngine:
                 break
             out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
-            tok = sample_next(out.logits[0, -1], p.temperature, p.top_p, gen)
+            tok = sample_batch(out.logits[:, -1], sampling, [generated])[0]
+            generated.append(tok)
             n += 1
             self.tokens_generated += 1
             if tok in self._stop_ids and not p.ignore_eos:

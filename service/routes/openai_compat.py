@@ -83,9 +83,6 @@ def _refuse_unsupported(body: OAIChatRequest) -> None:
                           code="unsupported_parameter")
     if body.logprobs or body.top_logprobs:
         raise OpenAIError(400, "logprobs are not supported yet", param="logprobs", code="unsupported_parameter")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            raise OpenAIError(400, f"{name} is not supported yet (only 0)", param=name, code="unsupported_parameter")
     for i, m in enumerate(body.messages):
         if m.role == "tool":
             raise OpenAIError(400, "tool messages are not supported (no tools)", param=f"messages[{i}].role", code="unsupported_parameter")
@@ -116,7 +113,8 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
     task = is_task_prompt(messages)
     try:
         params = await chat.user_sampling(user.id, max_new_tokens=body.max_completion_tokens or body.max_tokens,
-                                          temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+                                          temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+                                          presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty)
         turn = await chat.add_plain_conversation(user_id=user.id, messages=messages, params=params, n=body.n, policy=policy,
                                                  with_instructions=not task)
     except ChatError as exc:

@@ -24,9 +24,10 @@ def running(engine: BatchedEngine):
         engine.stop()
 
 
-def request(rid: str, prompt: list[int], adapter=None, n: int = N, **params) -> GenerationRequest:
+def request(rid: str, prompt: list[int], adapter=None, n: int = N, cache_salt: str | None = None, **params) -> GenerationRequest:
     params.setdefault("temperature", 0.0)
-    return GenerationRequest(rid, prompt, SamplingParams(max_new_tokens=n, **params), adapter=adapter, stream=_TimedStream())
+    return GenerationRequest(rid, prompt, SamplingParams(max_new_tokens=n, **params), adapter=adapter, stream=_TimedStream(),
+                             cache_salt=cache_salt)
 
 
 def collect(req: GenerationRequest) -> tuple[list[int], EndEvent]:
@@ -141,7 +142,10 @@ def test_pinned_adapter_is_not_evicted_and_new_adapter_waits_for_room(base_model
         engine.submit(second)
         (f_toks, f_end), (s_toks, s_end) = collect(first), collect(second)
         stats = engine.stats()
-        engine.evict_adapter(a1.key)
+        engine.evict_adapter(a1.key)  # pinned until its row retires, then dropped
+        deadline = time.monotonic() + 10
+        while engine.adapters.resident_keys() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert engine.adapters.resident_keys() == []
     assert f_toks == reference(p0, a0, 16)
     assert s_toks == reference(p1, a1, 6)
@@ -190,3 +194,60 @@ def test_bfloat16_serves_adapters(engine_settings, tokenizer, prompts, adapters)
         assert end.finish_reason == "length" and len(toks) == 6
     text = tokenizer.decode(ends[0][0])
     assert text.strip(), "bf16 base model produced no text"
+
+
+def _next_turn(tokenizer, question: str, reply_ids: list[int], follow_up: str) -> list[int]:
+    """The prompt of turn 2: turn 1 with its reply, then a new user message (as the server renders it)."""
+    msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": tokenizer.decode(reply_ids, skip_special_tokens=True)},
+            {"role": "user", "content": follow_up}]
+    enc = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    return list(enc["input_ids"]) if hasattr(enc, "keys") else list(enc)
+
+
+def test_prefix_reuse_matches_hf_generate_and_stays_inside_adapter_and_salt(base_model, tokenizer, prompts, adapters, reference):
+    from tests.service.engine.conftest import QUESTIONS
+
+    a0, a1, _ = adapters
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=4)
+    with running(engine):
+        first = request("t1", prompts[0], a0, cache_salt="user-1")
+        engine.submit(first)
+        reply, _ = collect(first)
+        turn2 = _next_turn(tokenizer, QUESTIONS[0], reply, "Give an example.")
+        cold = engine.stats()["prefix_cache"]["reused_tokens"]
+        same = request("t2", turn2, a0, cache_salt="user-1")
+        other_user = request("t2-other-user", turn2, a0, cache_salt="user-2")
+        other_adapter = request("t2-other-adapter", turn2, a1, cache_salt="user-1")
+        for r in (same, other_user, other_adapter):
+            engine.submit(r)
+        outs = [collect(r)[0] for r in (same, other_user, other_adapter)]
+        reused = engine.stats()["prefix_cache"]["reused_tokens"] - cold
+    assert cold == 0
+    # turn 1's prompt and most of its reply came from the cache, for that user and adapter only
+    assert len(prompts[0]) <= reused < len(turn2)
+    assert outs[0] == outs[1] == reference(turn2, a0, N)
+    assert outs[2] == reference(turn2, a1, N)
+
+
+def test_chunked_prefill_matches_hf_generate_and_decoding_rows_keep_going(base_model, tokenizer, prompts, adapters, reference):
+    a0, a1, _ = adapters
+    # a long prompt: the three questions many times over, in one user message
+    long_text = " ".join(["Explain what a hash table is, then write a short poem about the sea."] * 20)
+    enc = tokenizer.apply_chat_template([{"role": "user", "content": long_text}], add_generation_prompt=True, tokenize=True)
+    long_ids = list(enc["input_ids"]) if hasattr(enc, "keys") else list(enc)
+    assert len(long_ids) > 300
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=4, prefill_chunk_tokens=32, prefix_cache_bytes=0)
+    with running(engine):
+        steady = request("steady", prompts[1], a1, n=40, ignore_eos=True)
+        engine.submit(steady)
+        wait_tokens(steady, 2)
+        long = request("long", long_ids, a0, n=8)
+        engine.submit(long)
+        long_toks, _ = collect(long)
+        steady_toks, _ = collect(steady)
+    # the long prompt took ceil(len / 32) chunk passes; the steady row decoded between them
+    during = [t for t in steady.stream.times if long.submitted_at <= t <= long.stream.times[0]]
+    assert len(during) >= len(long_ids) // 32 - 1
+    assert long_toks == reference(long_ids, a0, 8)
+    ref = reference(prompts[1], a1, 40)  # cut at its first stop token; the steady row ignores EOS
+    assert steady_toks[: len(ref)] == ref

@@ -1,0 +1,105 @@
+"""Pick the serving dtype by measuring it on this machine (``ASSISTANT_DTYPE=auto``).
+
+Machines of the same kind differ: on a CPU with AVX-512 BF16 a bfloat16 matmul of this
+model's shapes is faster than float32, on one without it ~55x slower. So at start the
+engine times the real forward pass in each candidate dtype (a few decode steps of a small
+batch through ``LlamaRunner``) and checks that the faster one still agrees with float32:
+greedy tokens on a few prompts must match float32's for their first ``agree_tokens``
+tokens on most prompts. The faster dtype that agrees wins; float32 is the fallback. The
+report (timings, agreement, the choice and why) goes to the logs and ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from service.engine.runner import LlamaRunner
+
+logger = logging.getLogger(__name__)
+
+PROBE_PROMPTS = ["Explain what a hash table is.", "Write a short poem about the sea.", "How do plants make food?"]
+
+
+@dataclass
+class DtypeReport:
+    chosen: str
+    reason: str
+    decode_ms: dict[str, float] = field(default_factory=dict)  # per decode step of the probe batch
+    agreement: dict[str, float] = field(default_factory=dict)  # share of prompts whose greedy prefix matches float32
+    probe_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _greedy(runner: LlamaRunner, prompt: list[int], n: int) -> list[int]:
+    logits = runner.extend([prompt], [0], first_row=0, use_lora=False)
+    out = [int(logits[0].argmax())]
+    length = len(prompt)
+    for _ in range(n - 1):
+        logits = runner.decode(torch.tensor([out[-1]]), torch.tensor([length]), use_lora=False)
+        length += 1
+        out.append(int(logits[0].argmax()))
+    return out
+
+
+def _decode_ms(runner: LlamaRunner, prompt: list[int], rows: int, steps: int) -> float:
+    runner.extend([prompt] * rows, [0] * rows, first_row=0, use_lora=False)
+    tokens = torch.zeros(rows, dtype=torch.long)
+    times = []
+    for i in range(steps + 1):  # the first step warms up
+        t0 = time.perf_counter()
+        runner.decode(tokens, torch.full((rows,), len(prompt) + i), use_lora=False)
+        times.append(time.perf_counter() - t0)
+    return 1000 * sorted(times[1:])[len(times[1:]) // 2]
+
+
+def _prompt_ids(tokenizer, text: str) -> list[int]:
+    enc = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    return list(enc["input_ids"]) if hasattr(enc, "keys") else list(enc)
+
+
+def choose_dtype(model, tokenizer, *, candidates: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16),
+                 rows: int = 8, steps: int = 6, agree_tokens: int = 8, min_speedup: float = 1.1) -> tuple[torch.dtype, DtypeReport]:
+    """Time each candidate dtype on the real forward pass; return the fastest that agrees with float32."""
+    t_start = time.perf_counter()
+    prompts = [_prompt_ids(tokenizer, p) for p in PROBE_PROMPTS]
+    timings: dict[torch.dtype, float] = {}
+    greedy: dict[torch.dtype, list[list[int]]] = {}
+    problems: dict[str, str] = {}
+    with torch.inference_mode():
+        for dt in candidates:
+            try:
+                runner = LlamaRunner(model, max_rows=rows, dtype=dt, initial_capacity=64)
+                timings[dt] = _decode_ms(runner, prompts[0], rows, steps)
+                greedy[dt] = [_greedy(runner, p, agree_tokens) for p in prompts]
+            except (RuntimeError, TypeError) as exc:  # a dtype this device cannot run
+                problems[str(dt)] = str(exc)
+    name = lambda dt: str(dt).removeprefix("torch.")  # noqa: E731
+    ref = greedy.get(torch.float32)
+    agreement = {name(dt): sum(a == b for a, b in zip(g, ref)) / len(ref) for dt, g in greedy.items()} if ref else {}
+    chosen, reason = torch.float32, "float32 is the reference"
+    base = timings.get(torch.float32)
+    for dt in candidates:
+        if dt == torch.float32 or dt not in timings or base is None:
+            continue
+        speedup = base / timings[dt]
+        if speedup < min_speedup:
+            reason = f"{name(dt)} is not faster here ({speedup:.2f}x float32)"
+        elif agreement.get(name(dt), 0.0) < 2 / 3:
+            reason = f"{name(dt)} is {speedup:.2f}x faster but its greedy tokens disagree with float32 ({agreement.get(name(dt), 0.0):.2f})"
+        else:
+            chosen, reason = dt, f"{name(dt)} is {speedup:.2f}x faster than float32 and agrees on greedy tokens"
+            break
+    if problems:
+        reason += "; could not run: " + ", ".join(f"{k} ({v})" for k, v in problems.items())
+    report = DtypeReport(
+        chosen=name(chosen), reason=reason, decode_ms={name(k): round(v, 2) for k, v in timings.items()},
+        agreement=agreement, probe_seconds=round(time.perf_counter() - t_start, 2),
+    )
+    logger.info("serving dtype: %s (%s; decode ms per step at %d rows: %s)", report.chosen, reason, rows, report.decode_ms)
+    return chosen, report

@@ -1,0 +1,383 @@
+"""The model runner: weights, per-row KV cache, per-row LoRA buffers, and the forward pass.
+
+``LlamaRunner`` re-implements the Hugging Face Llama forward (same operations in the
+same order, so greedy outputs match ``generate``) with three changes that make
+batching cheap on CPU:
+
+- a per-row KV cache: buffers (L, rows, kv_heads, capacity, head_dim) where row ``i``
+  holds its own tokens from position 0; an attention mask hides the unused tail, so
+  rows joining or leaving never re-align anybody's cache;
+- batched LoRA: each row's adapter factors are copied once, at admission, into per-row
+  buffers, and every adapted projection adds ``baddbmm(x @ A_rows, B_rows)``. The
+  modules that share an input (q/k/v, gate/up) share one A buffer and one
+  block-diagonal B buffer, so a layer costs four ``bmm`` and four ``baddbmm_`` whatever
+  the number of distinct adapters, with no Python loop over adapters (PEFT's
+  mixed-batch path loops over adapters per module);
+- ``extend``: rows may start from a non-zero position (a prefix copied from the prefix
+  cache, or the earlier chunks of a long prompt), so one pass covers a decode step
+  (one token per row), a fresh prompt, a chunk of a long prompt, or the suffix of a
+  prompt whose prefix was cached.
+
+The scheduler (``service.engine.scheduler``) decides which rows run; this module only
+computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from service.engine.adapter_cache import LORA_MODULES, LoraWeights
+
+
+class UnsupportedModel(RuntimeError):
+    """The batched engine's forward pass does not cover this architecture."""
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype, model) -> torch.dtype:
+    if dtype is None:
+        return next(model.parameters()).dtype
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    return dtype
+
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor  # (D,)
+    w_qkv: torch.Tensor  # (Dq + 2 Dkv, D): q_proj, k_proj, v_proj stacked
+    b_qkv: torch.Tensor | None
+    w_o: torch.Tensor  # (D, Dq)
+    b_o: torch.Tensor | None
+    ln2: torch.Tensor  # (D,)
+    w_gu: torch.Tensor  # (2 I, D): gate_proj, up_proj stacked
+    b_gu: torch.Tensor | None
+    w_down: torch.Tensor  # (D, I)
+    b_down: torch.Tensor | None
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm, operation for operation."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    var = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(var + eps)
+    return weight * h.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _check_supported(model) -> None:
+    cfg = model.config
+    core = getattr(model, "model", None)
+    if type(model).__name__.startswith("Peft") or core is None or not hasattr(core, "layers"):
+        raise UnsupportedModel(
+            f"BatchedEngine needs a plain *ForCausalLM base model with .model.layers, got {type(model).__name__}; "
+            "pass the base model (adapters are served per request) or set ASSISTANT_ENGINE=naive"
+        )
+    problems = []
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={cfg.hidden_act}")
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        problems.append("sliding-window attention")
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", "default") in ("dynamic", "longrope"):
+        problems.append(f"rope_type={rope.get('rope_type')}")
+    layer0 = core.layers[0]
+    for name in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm"):
+        if not hasattr(layer0, name):
+            problems.append(f"decoder layers without .{name}")
+    if problems:
+        raise UnsupportedModel(
+            f"BatchedEngine's forward pass covers Llama-style models; this one has {', '.join(problems)}. "
+            "Set ASSISTANT_ENGINE=naive to serve it."
+        )
+
+
+# The modules of a group share one input, one A buffer (their A factors side by side) and one
+# block-diagonal B buffer: group -> member modules, in the order of the fused output columns.
+_LORA_GROUPS = {
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gu": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
+
+
+class LlamaRunner:
+    """The Llama forward pass over a batch of rows, with per-row KV cache and LoRA buffers.
+
+    Rows are indices into the buffers; the scheduler keeps every pass's rows a contiguous
+    range, so every per-row tensor used in a pass is a slice (a view, never a gather).
+    """
+
+    def __init__(self, model, *, max_rows: int, dtype: torch.dtype, initial_capacity: int = 256) -> None:
+        _check_supported(model)
+        cfg, core = model.config, model.model
+        layer0 = core.layers[0]
+        self.dtype = dtype
+        self.n_layers = len(core.layers)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.d_model = cfg.hidden_size
+        self.d_q = self.n_heads * self.head_dim
+        self.d_kv = self.n_kv * self.head_dim
+        self.d_ff = cfg.intermediate_size
+        self.eps = float(layer0.input_layernorm.variance_epsilon)
+        self.scale = layer0.self_attn.scaling
+        self.max_positions = int(cfg.max_position_embeddings)
+        self.max_rows = max_rows
+        self.device = next(model.parameters()).device
+        # output columns of each module inside its group's fused projection
+        self._cols = {
+            "q_proj": (0, self.d_q), "k_proj": (self.d_q, self.d_q + self.d_kv),
+            "v_proj": (self.d_q + self.d_kv, self.d_q + 2 * self.d_kv), "o_proj": (0, self.d_model),
+            "gate_proj": (0, self.d_ff), "up_proj": (self.d_ff, 2 * self.d_ff), "down_proj": (0, self.d_model),
+        }
+        self._group_dims = {  # group -> (in, fused out)
+            "qkv": (self.d_model, self.d_q + 2 * self.d_kv), "o": (self.d_q, self.d_model),
+            "gu": (self.d_model, 2 * self.d_ff), "down": (self.d_ff, self.d_model),
+        }
+
+        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().to(dtype)
+
+        def cat(*ts: torch.Tensor | None) -> torch.Tensor | None:
+            return None if ts[0] is None else torch.cat([t.detach() for t in ts]).to(dtype)
+
+        with torch.inference_mode():
+            self.embed = cast(core.embed_tokens.weight)  # (V, D)
+            self.lm_head = cast(model.get_output_embeddings().weight)  # (V, D), tied or not
+            self.lm_head_bias = cast(getattr(model.get_output_embeddings(), "bias", None))
+            self.norm = cast(core.norm.weight)
+            self.layers: list[_Layer] = []
+            for layer in core.layers:
+                at, mlp = layer.self_attn, layer.mlp
+                self.layers.append(_Layer(
+                    ln1=cast(layer.input_layernorm.weight),
+                    w_qkv=cat(at.q_proj.weight, at.k_proj.weight, at.v_proj.weight),
+                    b_qkv=cat(at.q_proj.bias, at.k_proj.bias, at.v_proj.bias),
+                    w_o=cast(at.o_proj.weight), b_o=cast(at.o_proj.bias),
+                    ln2=cast(layer.post_attention_layernorm.weight),
+                    w_gu=cat(mlp.gate_proj.weight, mlp.up_proj.weight),
+                    b_gu=cat(mlp.gate_proj.bias, mlp.up_proj.bias),
+                    w_down=cast(mlp.down_proj.weight), b_down=cast(mlp.down_proj.bias),
+                ))
+            # RoPE tables from the model's own rotary module, so the numbers are identical.
+            pos = torch.arange(self.max_positions, device=self.device)[None]  # (1, P)
+            probe = torch.empty(0, dtype=dtype, device=self.device)
+            cos, sin = core.rotary_emb(probe, pos)
+            self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)  # (P, hd)
+            self.initial_capacity = min(initial_capacity, self.max_positions)
+            self.capacity = 0
+            self.k_cache = self.v_cache = torch.empty(0)
+            self._grow_cache(self.initial_capacity)
+            self.rank = 0  # LoRA buffers are allocated at the first adapter
+            self.lora: dict[str, torch.Tensor] = {}
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.n_layers * self.n_kv * self.head_dim * torch.empty(0, dtype=self.dtype).element_size()
+
+    # --- KV cache -------------------------------------------------------------------
+    def _grow_cache(self, capacity: int) -> None:
+        shape = (self.n_layers, self.max_rows, self.n_kv, capacity, self.head_dim)
+        k = torch.zeros(shape, dtype=self.dtype, device=self.device)  # (L, rows, Hkv, C, hd)
+        v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if self.capacity:
+            k[:, :, :, : self.capacity] = self.k_cache
+            v[:, :, :, : self.capacity] = self.v_cache
+        self.k_cache, self.v_cache, self.capacity = k, v, capacity
+
+    def shrink_cache(self) -> None:
+        """Give back a KV cache grown by long requests; only call with no rows running."""
+        if self.capacity > self.initial_capacity:
+            self.capacity = 0
+            self._grow_cache(self.initial_capacity)
+
+    def ensure_length(self, n: int) -> None:
+        if n > self.capacity:
+            new = self.capacity
+            while new < n:
+                new *= 2
+            self._grow_cache(min(new, self.max_positions))
+
+    def read_kv(self, row: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of row ``row``'s first ``n`` cached positions, each (L, Hkv, n, hd)."""
+        return self.k_cache[:, row, :, :n].clone(), self.v_cache[:, row, :, :n].clone()
+
+    def write_kv(self, row: int, k: torch.Tensor, v: torch.Tensor, n: int) -> None:
+        """Put the first ``n`` positions of ``k``/``v`` (L, Hkv, >=n, hd) into row ``row``."""
+        self.ensure_length(n)
+        self.k_cache[:, row, :, :n] = k[:, :, :n]
+        self.v_cache[:, row, :, :n] = v[:, :, :n]
+
+    def move_row(self, src: int, dst: int) -> None:
+        self.k_cache[:, dst] = self.k_cache[:, src]
+        self.v_cache[:, dst] = self.v_cache[:, src]
+        for buf in self.lora.values():
+            buf[:, dst] = buf[:, src]
+
+    # --- LoRA buffers ---------------------------------------------------------------
+    def ensure_rank(self, r: int) -> bool:
+        """Grow the LoRA buffers to rank ``r``; True when they were reallocated (rows need rewriting)."""
+        if r <= self.rank:
+            return False
+        L, R = self.n_layers, self.max_rows
+        self.lora = {}
+        for g, modules in _LORA_GROUPS.items():
+            d_in, d_out = self._group_dims[g]
+            k = len(modules) * r
+            self.lora[f"a_{g}"] = torch.zeros(L, R, d_in, k, dtype=self.dtype, device=self.device)  # (L, rows, in, k r)
+            self.lora[f"b_{g}"] = torch.zeros(L, R, k, d_out, dtype=self.dtype, device=self.device)  # block-diagonal
+        self.rank = r
+        return True
+
+    def set_row_adapter(self, row: int, w: LoraWeights | None) -> None:
+        """Copy an adapter's factors into row ``row`` (zeros for the base model)."""
+        for buf in self.lora.values():
+            buf[:, row].zero_()
+        if w is None:
+            return
+        r, R = w.rank, self.rank
+        for g, modules in _LORA_GROUPS.items():
+            for j, module in enumerate(modules):
+                if module not in w.a:
+                    continue
+                c0, c1 = self._cols[module]
+                self.lora[f"a_{g}"][:, row, :, j * R:j * R + r] = w.a[module].to(self.dtype)  # (L, in, r)
+                self.lora[f"b_{g}"][:, row, j * R:j * R + r, c0:c1] = w.b[module].to(self.dtype)  # (L, r, out)
+
+    # --- forward --------------------------------------------------------------------
+    def _add_lora(self, out: torch.Tensor, h: torch.Tensor, group: str, layer: int, rows: slice) -> None:
+        """``out`` (N, T, out) += per-row LoRA delta of ``group`` for input ``h`` (N, T, in)."""
+        x_a = torch.bmm(h, self.lora[f"a_{group}"][layer, rows])  # (N, T, k r)
+        out.baddbmm_(x_a, self.lora[f"b_{group}"][layer, rows])
+
+    def _layers(self, x: torch.Tensor, rows: slice, cos: torch.Tensor, sin: torch.Tensor, attend, use_lora: bool) -> torch.Tensor:
+        N, T, _ = x.shape
+        Dq, Dkv = self.d_q, self.d_kv
+        for i, ly in enumerate(self.layers):
+            # attention block
+            h = _rms_norm(x, ly.ln1, self.eps)  # (N, T, D)
+            qkv = F.linear(h, ly.w_qkv, ly.b_qkv)  # (N, T, Dq + 2 Dkv)
+            if use_lora:
+                self._add_lora(qkv, h, "qkv", i, rows)
+            q = qkv[..., :Dq].view(N, T, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, T, hd)
+            k = qkv[..., Dq:Dq + Dkv].view(N, T, self.n_kv, self.head_dim).transpose(1, 2)  # (N, Hkv, T, hd)
+            v = qkv[..., Dq + Dkv:].view(N, T, self.n_kv, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            att = attend(i, q, k, v)  # (N, H, T, hd)
+            att = att.transpose(1, 2).reshape(N, T, Dq)
+            o = F.linear(att, ly.w_o, ly.b_o)  # (N, T, D)
+            if use_lora:
+                self._add_lora(o, att, "o", i, rows)
+            x = x + o
+            # MLP block
+            h = _rms_norm(x, ly.ln2, self.eps)
+            gu = F.linear(h, ly.w_gu, ly.b_gu)  # (N, T, 2 I)
+            if use_lora:
+                self._add_lora(gu, h, "gu", i, rows)
+            m = F.silu(gu[..., : self.d_ff]) * gu[..., self.d_ff:]  # (N, T, I)
+            d = F.linear(m, ly.w_down, ly.b_down)  # (N, T, D)
+            if use_lora:
+                self._add_lora(d, m, "down", i, rows)
+            x = x + d
+        return x
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = _rms_norm(h, self.norm, self.eps)  # (N, D)
+        return F.linear(h, self.lm_head, self.lm_head_bias)  # (N, V)
+
+    def extend(self, chunks: list[list[int]], starts: list[int], first_row: int, use_lora: bool,
+               want_logits: list[bool] | None = None) -> torch.Tensor | None:
+        """Append ``chunks[j]`` to row ``first_row + j``, whose cache holds ``starts[j]`` tokens.
+
+        Returns the logits after each chunk's last token (R, V), for the rows in
+        ``want_logits`` (all when None; None when no row wants them: an intermediate
+        chunk of a long prompt skips the vocabulary projection).
+
+        Chunks are right-padded to the longest. Padding never reaches the cache (only
+        real positions are written) and its queries read position-clamped keys, so a
+        real position's output is the same as in a pass without the other rows.
+        A pass whose rows all start at 0 uses the causal kernel directly (numerically
+        identical to a single-prompt forward); its padding's keys land in the cache
+        beyond each row's length, where masks hide them until they are overwritten.
+        """
+        R, T = len(chunks), max(len(c) for c in chunks)
+        dev = self.device
+        lens = torch.tensor([len(c) for c in chunks], device=dev)  # (R,)
+        start = torch.tensor(starts, device=dev)  # (R,)
+        n_keys = int((start + lens).max())
+        self.ensure_length(n_keys)
+        ids = torch.zeros(R, T, dtype=torch.long, device=dev)  # (R, T)
+        for j, c in enumerate(chunks):
+            ids[j, : len(c)] = torch.tensor(c, dtype=torch.long)
+        rows = slice(first_row, first_row + R)
+        t = torch.arange(T, device=dev)
+        pos = start[:, None] + torch.minimum(t[None, :], lens[:, None] - 1)  # (R, T), padding clamped
+        real = t[None, :] < lens[:, None]  # (R, T)
+        if not any(starts):  # fresh prompts: padding sits after every real token, so causal hides it
+            cos, sin = self.cos[:T][None, None], self.sin[:T][None, None]  # (1, 1, T, hd)
+
+            def attend(i, q, k, v):
+                self.k_cache[i, rows, :, :T] = k
+                self.v_cache[i, rows, :, :T] = v
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+        else:
+            cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (R, 1, T, hd)
+            key_pos = torch.arange(n_keys, device=dev)
+            mask = (key_pos[None, None, :] <= pos[:, :, None])[:, None]  # (R, 1, T, n_keys)
+            r_idx = torch.arange(R, device=dev)[:, None].expand(R, T)[real]  # (n_real,)
+            p_idx = pos[real]  # (n_real,)
+
+            def attend(i, q, k, v):
+                kc, vc = self.k_cache[i, rows], self.v_cache[i, rows]  # (R, Hkv, C, hd)
+                kc[r_idx, :, p_idx] = k.transpose(1, 2)[real]  # (n_real, Hkv, hd)
+                vc[r_idx, :, p_idx] = v.transpose(1, 2)[real]
+                return F.scaled_dot_product_attention(
+                    q, kc[:, :, :n_keys], vc[:, :, :n_keys], attn_mask=mask, scale=self.scale, enable_gqa=True
+                )
+
+        x = F.embedding(ids, self.embed)  # (R, T, D)
+        x = self._layers(x, rows, cos, sin, attend, use_lora)
+        want = [True] * R if want_logits is None else want_logits
+        if not any(want):
+            return None
+        last = lens - 1
+        return self.logits(x[torch.arange(R, device=dev), last])  # (R, V)
+
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, use_lora: bool) -> torch.Tensor:
+        """One token for each of rows ``0..B-1``; ``tokens``/``positions`` (B,). Returns (B, V)."""
+        B = tokens.shape[0]
+        n_keys = int(positions.max()) + 1
+        self.ensure_length(n_keys)
+        rows = slice(0, B)
+        row_idx = torch.arange(B, device=self.device)
+        cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]  # (B, 1, 1, hd)
+        key_pos = torch.arange(n_keys, device=self.device)
+        mask = (key_pos[None, :] <= positions[:, None])[:, None, None, :]  # (B, 1, 1, n_keys)
+
+        def attend(i, q, k, v):
+            kc, vc = self.k_cache[i], self.v_cache[i]  # (rows, Hkv, C, hd)
+            kc[row_idx, :, positions] = k[:, :, 0]  # (B, Hkv, hd)
+            vc[row_idx, :, positions] = v[:, :, 0]
+            return F.scaled_dot_product_attention(
+                q, kc[rows, :, :n_keys], vc[rows, :, :n_keys], attn_mask=mask, scale=self.scale, enable_gqa=True
+            )
+
+        x = F.embedding(tokens[:, None], self.embed)  # (B, 1, D)
+        x = self._layers(x, rows, cos, sin, attend, use_lora)
+        return self.logits(x[:, 0])  # (B, V)
