@@ -9,7 +9,16 @@ ignored, so token counts are comparable):
 3. batched, ``users`` concurrent requests on ``adapters`` distinct adapters;
 4. batched, the same requests all on one adapter;
 5. batched, 64 concurrent requests on 64 distinct adapters vs all on one (the adapter
-   cache holds 32, so adapters load in the background during the run).
+   cache holds 32, so adapters load in the background during the run);
+6. prefix reuse: a five-turn conversation (system prompt, a user's adapter, replies of
+   ``max_new_tokens``) recorded once, then replayed with the prefix cache off and on;
+   TTFT of each turn, and turn 5's ratio;
+7. chunked prefill: 8 rows decoding while a ~1,900-token prompt arrives, with the
+   configured chunk and with the whole prompt in one pass; the running rows'
+   inter-token latency during its prefill, against their idle latency.
+
+``--api`` runs the 16-user scenario through a real server instead (``service.bench_api``),
+``--while-training`` measures chat beside a training process (``service.bench_training``).
 
 Scenarios alternate ``repeats`` times and each keeps its best run, so load from other
 processes sharing the cores distorts the ratios less. Times are taken in the engine thread when it emits each event (``_TimedStream``), so
@@ -150,6 +159,99 @@ def _run_requests(engine, prompts: list[list[int]], adapters: list[AdapterRef | 
     }
 
 
+SYSTEM_PROMPT = (
+    "You are a helpful, careful assistant. Answer clearly and concisely, use plain language, "
+    "say when you are unsure, prefer short paragraphs and lists for steps, and never invent facts. "
+    "When the user asks for code, give a short working example with a one-line explanation."
+)
+CONVERSATION = [
+    "I want to start running. How should I begin?",
+    "How many times a week should I run at first?",
+    "What should I eat before a morning run?",
+    "My knees hurt a little after running. What can I do?",
+    "Can you sum up your advice in three short points?",
+]
+LONG_PARAGRAPH = ("The history of the city begins with a small market by the river, where traders from the hills "
+                  "met fishermen from the coast and exchanged salt, wool, grain and news. ")
+
+
+def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(enc["input_ids"]) if hasattr(enc, "keys") else list(enc)
+
+
+def _generate(engine, ids: list[int], adapter: AdapterRef | None, n: int, *, ignore_eos: bool = False) -> tuple[GenerationRequest, list[int]]:
+    from service.engine.base import TokenEvent
+
+    req = GenerationRequest(request_id=f"bench-{uuid.uuid4().hex[:8]}", prompt_ids=ids, adapter=adapter, stream=_TimedStream(),
+                            params=SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=ignore_eos), cache_salt="bench")
+    engine.submit(req)
+    events = list(req.stream.iter_sync(timeout=600))
+    return req, [t for e in events if isinstance(e, TokenEvent) for t in e.token_ids]
+
+
+def _prefix_reuse(engine, tokenizer, adapter: AdapterRef | None, max_new_tokens: int) -> dict:
+    """6. TTFT of each turn of one conversation, replayed with the prefix cache off and on."""
+    budget = engine.prefix_cache.max_bytes
+    engine.prefix_cache.clear()
+    engine.prefix_cache.max_bytes = 0
+    messages, prompts = [{"role": "system", "content": SYSTEM_PROMPT}], []
+    for q in CONVERSATION:  # record: the replies the model gives, so both replays send the same prompts
+        messages.append({"role": "user", "content": q})
+        prompts.append(_chat_ids(tokenizer, messages))
+        _, toks = _generate(engine, prompts[-1], adapter, max_new_tokens)
+        messages.append({"role": "assistant", "content": tokenizer.decode(toks, skip_special_tokens=True)})
+    out: dict = {"prompt_tokens": [len(p) for p in prompts]}
+    for mode, size in (("without", 0), ("with", max(budget, 64 * 2**20))):
+        engine.prefix_cache.clear()
+        engine.prefix_cache.max_bytes = size
+        out[f"ttft_s_{mode}_reuse"] = []
+        for p in prompts:
+            req, _ = _generate(engine, p, adapter, max_new_tokens)
+            out[f"ttft_s_{mode}_reuse"].append(round(req.stream.times[0] - req.submitted_at, 4))
+    engine.prefix_cache.clear()
+    engine.prefix_cache.max_bytes = budget
+    out["turn5_with_vs_without"] = round(out["ttft_s_with_reuse"][-1] / out["ttft_s_without_reuse"][-1], 3)
+    return out
+
+
+def _long_prompt_join(engine, tokenizer, prompts: list[list[int]], refs: list[AdapterRef], chunk: int) -> dict:
+    """7. ITL of 8 decoding rows while a long prompt is prefilled in chunks of ``chunk`` tokens."""
+    long_ids = _chat_ids(tokenizer, [{"role": "user", "content": LONG_PARAGRAPH * 62 + "Summarize this."}])
+    # the KV cache grown for the long prompt beforehand, and no prefix reuse: only chunking differs
+    budget, engine.prefix_cache.max_bytes = engine.prefix_cache.max_bytes, 0
+    engine.prefix_cache.clear()
+    _generate(engine, long_ids, None, 1)
+    saved, engine.scheduler.chunk_tokens = engine.scheduler.chunk_tokens, chunk
+    steady = [GenerationRequest(request_id=f"bench-steady-{uuid.uuid4().hex[:6]}-{i}", prompt_ids=prompts[i], adapter=refs[i],
+                                stream=_TimedStream(), params=SamplingParams(max_new_tokens=96, temperature=0.0, ignore_eos=True))
+              for i in range(8)]
+    try:
+        for r in steady:
+            engine.submit(r)
+        deadline = time.monotonic() + 300
+        while min(len(r.stream.times) for r in steady) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        long_req, _ = _generate(engine, long_ids, refs[8 % len(refs)], 4)
+        for r in steady:
+            list(r.stream.iter_sync(timeout=600))
+    finally:
+        engine.scheduler.chunk_tokens = saved
+        engine.prefix_cache.max_bytes = budget
+    t_in, t_first = long_req.submitted_at, long_req.stream.times[0]
+    gaps_during, gaps_idle = [], []
+    for r in steady:
+        ts = r.stream.times[:-1]  # token events, not the end
+        for a, b in zip(ts, ts[1:]):
+            if b > t_in and a < t_first:
+                gaps_during.append(b - a)
+            elif b <= t_in:
+                gaps_idle.append(b - a)
+    return {"long_prompt_tokens": len(long_ids), "chunk_tokens": chunk, "long_ttft_s": round(t_first - t_in, 3),
+            "itl_idle_p50_s": round(_pct(gaps_idle, 50), 4), "itl_during_p95_s": round(_pct(gaps_during, 95), 4),
+            "itl_during_max_s": round(max(gaps_during, default=float("nan")), 4)}
+
+
 def run_serve_bench(
     settings: Settings,
     users: int = 16,
@@ -163,28 +265,33 @@ def run_serve_bench(
     skip_naive: bool = False,
     naive_requests: int | None = None,
     repeats: int = 2,
+    while_training: bool = False,
 ) -> dict:
     """Run the serving benchmark and return (and optionally write as JSON) its numbers."""
     import torch
 
     from service.engine.batched import BatchedEngine
+    from service.engine.dtype_probe import choose_dtype
     from service.engine.naive import NaiveEngine
-    from service.model_loading import load_base_model, load_tokenizer, torch_dtype
+    from service.model_loading import load_base_model, load_tokenizer
+    from service.threads import apply_thread_budget
 
+    threads = apply_thread_budget("server", settings.server_threads)
     dtype = dtype or settings.dtype
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype] if dtype else torch_dtype(settings)
     tokenizer = load_tokenizer(settings)
+    dtype_choice = None
+    if dtype == "auto":  # measured here, as the server does at start
+        _, report = choose_dtype(load_base_model(settings, dtype=torch.float32), tokenizer)
+        dtype, dtype_choice = report.chosen, report.as_dict()
+    tdtype = getattr(torch, dtype)
     model = load_base_model(settings, dtype=tdtype)
-    n_adapters = max(adapters, many_adapters)
-    prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], add_generation_prompt=True, tokenize=True)
-        for i in range(max(users, many_adapters))
-    ]
-    prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+    n_adapters = max(adapters, many_adapters, 9)
+    prompts = [_chat_ids(tokenizer, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(max(users, many_adapters, 9))]
     result: dict = {
         "config": {"users": users, "adapters": adapters, "many_adapters": many_adapters, "max_new_tokens": max_new_tokens,
-                   "dtype": dtype, "lora_rank": rank, "torch_threads": torch.get_num_threads(), "repeats": repeats,
-                   "naive_requests": 0 if skip_naive else min(users, naive_requests or users),
+                   "dtype": dtype, "dtype_choice": dtype_choice, "lora_rank": rank, "torch_threads": threads, "repeats": repeats,
+                   "naive_requests": 0 if skip_naive or while_training else min(users, naive_requests or users),
+                   "prefill_chunk_tokens": settings.prefill_chunk_tokens, "prefix_cache_mb": settings.prefix_cache_mb,
                    "load_avg_at_start": _loadavg(),
                    "prompt_tokens_mean": round(sum(map(len, prompts[:users])) / users, 1)},
     }
@@ -200,7 +307,18 @@ def run_serve_bench(
         # wraps a second copy of the model with PEFT layers; both stay up and the scenarios
         # alternate, best of ``repeats``, so a burst of load from other processes hits both.
         engine = BatchedEngine(model, tokenizer, max_batch_size=max(16, users), max_queue=max(64, users, many_adapters),
-                               adapter_cache_size=32, dtype=tdtype)
+                               adapter_cache_size=32, dtype=tdtype, prefill_chunk_tokens=settings.prefill_chunk_tokens,
+                               prefix_cache_bytes=settings.prefix_cache_mb * 2**20)
+        if while_training:
+            from service.bench_training import run_while_training_bench
+
+            engine.start()
+            try:
+                _run_requests(engine, prompts[:2], [None, None], 4)  # warm-up
+                result.update(run_while_training_bench(settings, engine, prompts[:8], max_new_tokens=max_new_tokens))
+            finally:
+                engine.stop()
+            return _write(result, out_path)
         naive = None if skip_naive else NaiveEngine(load_base_model(settings, dtype=tdtype), tokenizer, max_queue=max(64, users))
         n_naive = min(users, naive_requests or users)  # sequential: its tokens/s does not depend on the count
         scenarios: list[tuple[str, object, list[list[int]], list[AdapterRef]]] = []
@@ -227,6 +345,16 @@ def run_serve_bench(
                     logger.info("run %d %s: %s", rep, name, r)
                     if name not in result or r["tokens_per_s"] > result[name]["tokens_per_s"]:
                         result[name] = r
+            if naive is not None:
+                naive.stop()
+                naive = None
+            result["prefix_reuse"] = _prefix_reuse(engine, tokenizer, refs[0], max_new_tokens)  # 6.
+            logger.info("prefix reuse: %s", result["prefix_reuse"])
+            result["long_prompt_join"] = {  # 7.
+                "chunked": _long_prompt_join(engine, tokenizer, prompts, refs, settings.prefill_chunk_tokens),
+                "one_pass": _long_prompt_join(engine, tokenizer, prompts, refs, 1 << 16),
+            }
+            logger.info("long prompt join: %s", result["long_prompt_join"])
             result["engine_stats"] = engine.stats()
         finally:
             engine.stop()
@@ -237,15 +365,24 @@ def run_serve_bench(
     ratios = {
         "distinct_vs_one_adapter": round(b["tokens_per_s"] / result["batched_one_adapter"]["tokens_per_s"], 3),
         "ttft_p95_vs_single_user": round(b["ttft_p95_s"] / result["batched_1_user"]["ttft_p50_s"], 2),
+        "ttft_turn5_with_vs_without_prefix_reuse": result["prefix_reuse"]["turn5_with_vs_without"],
     }
+    lj = result["long_prompt_join"]
+    ratios["itl_p95_during_long_prompt_vs_idle_chunked"] = round(lj["chunked"]["itl_during_p95_s"] / lj["chunked"]["itl_idle_p50_s"], 2)
+    ratios["itl_p95_during_long_prompt_vs_idle_one_pass"] = round(lj["one_pass"]["itl_during_p95_s"] / lj["one_pass"]["itl_idle_p50_s"], 2)
     if "naive" in result:
         ratios["batched_vs_naive_tokens_per_s"] = round(b["tokens_per_s"] / result["naive"]["tokens_per_s"], 2)
         ratios["batched_vs_naive_tokens_per_cpu_s"] = round(b["tokens_per_cpu_s"] / result["naive"]["tokens_per_cpu_s"], 2)
+        ratios["batched_1_user_vs_naive_tokens_per_s"] = round(result["batched_1_user"]["tokens_per_s"] / result["naive"]["tokens_per_s"], 2)
     if many_adapters:
         ratios[f"{many_adapters}_distinct_vs_one_adapter"] = round(
             result[f"batched_{many_adapters}_distinct"]["tokens_per_s"] / result[f"batched_{many_adapters}_one_adapter"]["tokens_per_s"], 3
         )
     result["ratios"] = ratios
+    return _write(result, out_path)
+
+
+def _write(result: dict, out_path: Path | str | None) -> dict:
     result["config"]["load_avg_at_end"] = _loadavg()
     if out_path is not None:
         Path(out_path).write_text(json.dumps(result, indent=2))
@@ -259,11 +396,14 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per request (default 64)")
     parser.add_argument("--many-adapters", type=int, default=64, help="size of the many-adapters scenario; 0 skips it")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank of the random adapters (default 8)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="weights dtype (default: settings)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default=None,
+                        help="serving dtype (default: ASSISTANT_DTYPE; auto measures, as the server does)")
     parser.add_argument("--skip-naive", action="store_true", help="skip the (slow) naive baseline")
     parser.add_argument("--naive-requests", type=int, default=None,
                         help="serve only this many of the requests through the sequential baseline (default: all)")
     parser.add_argument("--repeats", type=int, default=2, help="alternate the scenarios this many times, keep each one's best")
+    parser.add_argument("--api", action="store_true", help="the users scenario through a real server's /v1 and WebSocket routes")
+    parser.add_argument("--while-training", action="store_true", help="one user's chat idle vs beside a training process")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     return parser
 
@@ -273,10 +413,18 @@ def main_bench(args: argparse.Namespace, settings: Settings | None = None) -> di
     from service.settings import get_settings
 
     settings = settings or get_settings()
+    if args.api:
+        from service.bench_api import run_api_bench
+
+        result = run_api_bench(settings, users=args.users, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
+        if args.out is not None:
+            Path(args.out).write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
+        return result
     result = run_serve_bench(
         settings, users=args.users, adapters=args.adapters, max_new_tokens=args.max_new_tokens, out_path=args.out,
         dtype=args.dtype, many_adapters=args.many_adapters, rank=args.rank, skip_naive=args.skip_naive,
-        naive_requests=args.naive_requests, repeats=args.repeats,
+        naive_requests=args.naive_requests, repeats=args.repeats, while_training=args.while_training,
     )
     print(json.dumps(result, indent=2))  # the command's output, not a log line
     return result

@@ -86,6 +86,7 @@ class BatchedEngine:
         self._stopping = threading.Event()
         self.tokens_generated = 0
         self.dtype_report: dict | None = None  # how build_engine chose the dtype (ASSISTANT_DTYPE=auto)
+        self.shrink_after_s = 300.0  # idle seconds before a grown KV cache is given back
 
     # --- public API -----------------------------------------------------------
     def start(self) -> None:
@@ -160,6 +161,7 @@ class BatchedEngine:
 
     # --- loop -----------------------------------------------------------------
     def _run(self) -> None:
+        last_busy = time.monotonic()
         with torch.inference_mode():
             while not self._stopping.is_set():
                 self._wake.clear()
@@ -172,7 +174,13 @@ class BatchedEngine:
                             self.scheduler.finish(row, "error", error=f"generation failed: {exc}")
                     self.scheduler.retire()
                     busy = False
-                if not busy:
+                if busy:
+                    last_busy = time.monotonic()
+                else:
+                    # a KV cache grown by long requests is given back after a quiet spell, not at once:
+                    # re-growing it for the next long request would cost more than keeping it a while
+                    if not self.scheduler.running and time.monotonic() - last_busy > self.shrink_after_s:
+                        self.runner.shrink_cache()
                     self._wake.wait(0.05)
 
     def step(self) -> bool:

@@ -184,6 +184,8 @@ class Scheduler:
             if self.runner.rank:
                 for row in new:
                     self.runner.set_row_adapter(row.slot, row.lora)
+            # one cache growth for everything these requests may need, not one per chunk or token
+            self.runner.ensure_length(max(len(r.req.prompt_ids) + r.req.params.max_new_tokens for r in new))
             for row in new:
                 self._reuse_prefix(row)
             self.running.extend(new)
@@ -272,5 +274,3 @@ class Scheduler:
                 row.slot = target
         self.running = sorted(decoding, key=lambda r: r.slot) + prefilling
         self.n_decoding = n
-        if not self.running:
-            self.runner.shrink_cache()

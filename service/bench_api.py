@@ -1,0 +1,175 @@
+"""``assistant bench serve --api``: the 16-user scenario through a real server's routes.
+
+Starts ``assistant serve --no-worker`` on a free loopback port with a fresh data dir
+(dev mode, open registration, the same model files), registers ``users`` accounts,
+then has all of them ask at once, first over ``/v1/chat/completions`` (streamed,
+with ``stream_options.include_usage``), then over the WebSocket ``/api/chat``. So
+sign-in, the database, prompt rendering, the engine and streaming are all in the
+numbers. Every request is greedy with the same token budget; a request that fails
+counts in ``failures`` (the target is none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from service.settings import Settings
+
+QUESTIONS = [
+    "Write a short poem about the sea.", "Explain what a hash table is.", "Give me three tips for learning a new language.",
+    "What is the capital of France and why is it famous?", "Describe a sunset in two sentences.", "How do plants make food?",
+    "Tell me a joke about computers.", "Summarize the plot of Romeo and Juliet.",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, round(q / 100 * (len(v) - 1)))]
+
+
+def _start_server(settings: Settings, data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    import httpx
+
+    from service.model_loading import resolve_model_path
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ASSISTANT_DEV_MODE": "1", "ASSISTANT_DATA_DIR": str(data_dir),
+           "ASSISTANT_MODEL": str(resolve_model_path(settings)), "ASSISTANT_REGISTRATION": "open",
+           "ASSISTANT_DEFAULT_TEMPERATURE": "0", "ASSISTANT_DTYPE": settings.dtype}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker", "--host", "127.0.0.1",
+                                 "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"the server did not answer /healthz; see {log}")
+
+
+async def _v1_request(client, base: str, token: str, question: str, max_tokens: int) -> dict:
+    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first, times, tokens = None, [], 0
+    async with client.stream("POST", f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}) as r:
+        if r.status_code != 200:
+            return {"error": f"HTTP {r.status_code}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                now = time.perf_counter()
+                first = first or now
+                times.append(now)
+    return {"ttft": (first or time.perf_counter()) - t0, "tokens": tokens, "times": times, "end": time.perf_counter()}
+
+
+async def _ws_request(base: str, token: str, question: str, max_tokens: int) -> dict:
+    import websockets
+
+    t0 = time.perf_counter()
+    first, times = None, []
+    async with websockets.connect(base.replace("http", "ws") + "/api/chat", origin=base) as ws:
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        if json.loads(await ws.recv())["type"] != "ready":
+            return {"error": "no ready frame"}
+        await ws.send(json.dumps({"type": "chat", "content": question, "max_new_tokens": max_tokens, "temperature": 0}))
+        while True:
+            f = json.loads(await ws.recv())
+            if f["type"] == "error":
+                return {"error": f.get("code", "error")}
+            if f["type"] == "token":
+                now = time.perf_counter()
+                first = first or now
+                times.append(now)
+            elif f["type"] == "end":
+                return {"ttft": (first or time.perf_counter()) - t0, "tokens": f["usage"]["completion_tokens"], "times": times,
+                        "end": time.perf_counter()}
+
+
+def _summary(results: list[dict], t0: float) -> dict:
+    ok = [r for r in results if "error" not in r]
+    wall = max((r["end"] for r in ok), default=t0) - t0
+    tokens = sum(r["tokens"] for r in ok)
+    itl = [b - a for r in ok for a, b in zip(r["times"], r["times"][1:])]
+    return {"requests": len(results), "failures": len(results) - len(ok), "errors": sorted({r["error"] for r in results if "error" in r}),
+            "tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2) if wall > 0 else 0.0,
+            "ttft_p50_s": round(_pct([r["ttft"] for r in ok], 50), 4), "ttft_p95_s": round(_pct([r["ttft"] for r in ok], 95), 4),
+            "itl_p95_s": round(_pct(itl, 95), 4)}
+
+
+async def _scenarios(base: str, users: int, max_tokens: int, repeats: int) -> dict:
+    import httpx
+
+    out: dict = {}
+    async with httpx.AsyncClient(timeout=600) as client:
+        tokens = []
+        for i in range(users):
+            name, pw = f"bench{i}", "bench-password-1"
+            r = await client.post(f"{base}/api/auth/register", json={"username": name, "password": pw})
+            if r.status_code not in (201, 409):
+                raise RuntimeError(f"could not register {name}: {r.status_code} {r.text}")
+            r = await client.post(f"{base}/api/auth/token", data={"username": name, "password": pw})
+            tokens.append(r.json()["access_token"])
+        await _v1_request(client, base, tokens[0], QUESTIONS[0], 4)  # warm-up
+        for _ in range(repeats):
+            for name, run in (
+                ("api_v1_1_user", lambda: [_v1_request(client, base, tokens[0], QUESTIONS[0], max_tokens)]),
+                ("api_v1_users", lambda: [_v1_request(client, base, t, QUESTIONS[i % 8], max_tokens) for i, t in enumerate(tokens)]),
+                ("api_ws_users", lambda: [_ws_request(base, t, QUESTIONS[i % 8], max_tokens) for i, t in enumerate(tokens)]),
+            ):
+                t0 = time.perf_counter()
+                s = _summary(await asyncio.gather(*run()), t0)
+                if name not in out or s["tokens_per_s"] > out[name]["tokens_per_s"]:
+                    out[name] = s
+    return out
+
+
+def run_api_bench(settings: Settings, *, users: int = 16, max_new_tokens: int = 64, repeats: int = 2) -> dict:
+    """Serve ``users`` simultaneous users through a real server; returns the numbers and ratios."""
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        port = _free_port()
+        log = Path(tmp) / "server.log"
+        proc = _start_server(settings, Path(tmp) / "data", port, log)
+        try:
+            result = asyncio.run(_scenarios(f"http://127.0.0.1:{port}", users, max_new_tokens, repeats))
+            import httpx
+
+            result["server_engine"] = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json().get("engine")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    one, many = result["api_v1_1_user"], result["api_v1_users"]
+    result["ratios"] = {
+        "api_v1_users_vs_1_user_tokens_per_s": round(many["tokens_per_s"] / one["tokens_per_s"], 2),
+        "api_v1_ttft_p95_vs_1_user": round(many["ttft_p95_s"] / one["ttft_p50_s"], 2),
+        "api_ws_users_vs_1_user_tokens_per_s": round(result["api_ws_users"]["tokens_per_s"] / one["tokens_per_s"], 2),
+    }
+    return result
