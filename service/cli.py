@@ -53,7 +53,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from service.app import create_app
 
+    from service.threads import single_threaded_control
+
     settings = _settings(host=args.host, port=args.port)
+    single_threaded_control()  # torch's work here runs in the engine thread (see service.threads)
     worker = None
     if not args.no_worker:
         env = dict(os.environ, ASSISTANT_HOST=settings.host, ASSISTANT_PORT=str(settings.port))

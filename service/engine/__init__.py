@@ -16,20 +16,20 @@ def build_engine(settings: Settings) -> Engine:
 
     from service.model_loading import load_base_model, load_tokenizer
 
-    from service.threads import apply_thread_budget
+    from service.threads import cores, run_in_thread
 
-    apply_thread_budget("server", settings.server_threads)
+    threads = settings.server_threads or cores()  # the engine thread's budget (see service.threads)
     model = load_base_model(settings)
     tokenizer = load_tokenizer(settings)
     if settings.engine == "naive":
         from service.engine.naive import NaiveEngine
 
-        return NaiveEngine(model, tokenizer, max_queue=settings.max_queue)
+        return NaiveEngine(model, tokenizer, max_queue=settings.max_queue, threads=threads)
     from service.engine.batched import BatchedEngine
     from service.engine.dtype_probe import DtypeReport, choose_dtype
 
     if settings.dtype == "auto":
-        dtype, report = choose_dtype(model, tokenizer)
+        dtype, report = run_in_thread(lambda: choose_dtype(model, tokenizer), threads=threads, name="dtype-probe")
     else:
         dtype = getattr(torch, settings.dtype)
         report = DtypeReport(chosen=settings.dtype, reason="set by ASSISTANT_DTYPE")
@@ -37,6 +37,7 @@ def build_engine(settings: Settings) -> Engine:
         model, tokenizer, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
         adapter_cache_size=settings.adapter_cache_size, dtype=dtype,
         prefill_chunk_tokens=settings.prefill_chunk_tokens, prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
+        threads=threads,
     )
     engine.dtype_report = report.as_dict()
     return engine

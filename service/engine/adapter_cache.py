@@ -290,6 +290,11 @@ class AdapterCache:
             self._thread.start()
 
     def _work(self) -> None:
+        # No OpenMP team of its own: a second pool kept alive in this process halves the engine
+        # thread's speed (see service.threads), and reading an adapter needs no parallel kernels.
+        from service.threads import omp_single_thread
+
+        omp_single_thread()
         while True:
             ref = self._jobs.get()
             if ref is None:

@@ -55,6 +55,7 @@ class BatchedEngine:
         dtype=None,
         prefill_chunk_tokens: int = 256,
         prefix_cache_bytes: int = 256 * 2**20,
+        threads: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be at least 1")
@@ -65,6 +66,7 @@ class BatchedEngine:
             )
         self.model = model
         self.tokenizer = tokenizer
+        self.threads = threads  # torch threads of the engine thread (None: leave torch's setting)
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.dtype = resolve_dtype(dtype, model)
@@ -161,6 +163,8 @@ class BatchedEngine:
 
     # --- loop -----------------------------------------------------------------
     def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
         last_busy = time.monotonic()
         with torch.inference_mode():
             while not self._stopping.is_set():

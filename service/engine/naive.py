@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 class NaiveEngine:
-    def __init__(self, model, tokenizer, *, max_queue: int = 64) -> None:
+    def __init__(self, model, tokenizer, *, max_queue: int = 64, threads: int | None = None) -> None:
+        self.threads = threads  # torch threads of the engine thread (None: leave torch's setting)
         self.base_model = model
         self.model = model
         self.tokenizer = tokenizer
@@ -83,6 +84,8 @@ class NaiveEngine:
         return nullcontext()
 
     def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
         while not self._stopping.is_set():
             try:
                 req = self._queue.get(timeout=0.1)
