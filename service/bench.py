@@ -131,7 +131,7 @@ def _run_requests(engine, prompts: list[list[int]], adapters: list[AdapterRef | 
         req = GenerationRequest(
             request_id=f"bench-{uuid.uuid4().hex[:8]}-{i}", prompt_ids=ids,
             params=SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True),
-            adapter=ad, stream=_TimedStream(),
+            adapter=ad, stream=_TimedStream(), cache_salt=uuid.uuid4().hex,  # fresh requests: no prefix reuse
         )
         engine.submit(req)
         reqs.append(req)

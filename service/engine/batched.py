@@ -73,7 +73,7 @@ class BatchedEngine:
         self.runner = LlamaRunner(model, max_rows=max_batch_size, dtype=self.dtype)
         self._wake = threading.Event()
         self.adapters = AdapterCache(
-            lambda ref: load_lora(ref, num_layers=self.runner.n_layers, dtype=self.dtype),
+            lambda ref: load_lora(ref, num_layers=self.runner.n_layers, dtype=self.runner.lora_dtype),
             capacity=adapter_cache_size,
             on_ready=self._wake.set,
         )
