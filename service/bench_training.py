@@ -68,7 +68,7 @@ def _finish_load(proc, q, stop) -> list[tuple[float, float]]:
     return steps
 
 
-def run_while_training_bench(settings: Settings, engine, prompts: list[list[int]], *, requests: int = 6,
+def run_while_training_bench(settings: Settings, engine, prompts: list[list[int]], *, requests: int = 12,
                              max_new_tokens: int = 64, load_seconds: float = 30.0) -> dict:
     """Chat idle vs beside a training load, and the load alone vs beside the chat."""
     from service.bench import _run_requests
@@ -92,7 +92,7 @@ def run_while_training_bench(settings: Settings, engine, prompts: list[list[int]
     t0 = time.time()
     busy = chat()
     t1 = time.time()
-    beside = [d for start, d in _finish_load(*load) if t0 <= start < t1] or [float("nan")]
+    beside = [d for start, d in _finish_load(*load) if start < t1 and start + d > t0] or [float("nan")]  # overlapping the chat
     step_alone = statistics.median(alone) if alone else float("nan")
     step_beside = statistics.median(beside)
     return {
