@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from service.bench import _pct
 from service.settings import Settings
 
 QUESTIONS = [
@@ -34,13 +35,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    return v[min(len(v) - 1, round(q / 100 * (len(v) - 1)))]
 
 
 def _start_server(settings: Settings, data_dir: Path, port: int, log: Path) -> subprocess.Popen:

@@ -155,7 +155,7 @@ class BatchedEngine:
             },
             "prefix_cache": {
                 "entries": len(self.prefix_cache), "bytes": self.prefix_cache.bytes, "max_bytes": self.prefix_cache.max_bytes,
-                "lookups": ps.lookups, "hits": ps.hits, "reused_tokens": c.prefix_reused_tokens,
+                "lookups": ps.lookups, "hits": ps.hits, "reused_tokens": ps.hit_tokens,
                 "hit_rate_tokens": round(ps.hit_tokens / ps.looked_up_tokens, 3) if ps.looked_up_tokens else 0.0,
                 "evictions": ps.evicted,
             },

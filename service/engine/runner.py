@@ -190,10 +190,6 @@ class LlamaRunner:
             # so with 16-bit weights the factors stay float32 and the delta is cast back once.
             self.lora_dtype = torch.float32 if self.device.type == "cpu" else dtype
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        return 2 * self.n_layers * self.n_kv * self.head_dim * torch.empty(0, dtype=self.dtype).element_size()
-
     # --- KV cache -------------------------------------------------------------------
     def _grow_cache(self, capacity: int) -> None:
         shape = (self.n_layers, self.max_rows, self.n_kv, capacity, self.head_dim)

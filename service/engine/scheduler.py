@@ -47,14 +47,9 @@ class Row:
     detok: Detokenizer
     generator: torch.Generator | None
     length: int = 0  # tokens in the KV cache
-    reused: int = 0  # of them, copied from the prefix cache
     last_token: int = -1  # sampled, not yet in the cache
     generated: list[int] = field(default_factory=list)  # every sampled token, in order
     finish: str | None = None  # set when the row has ended
-
-    @property
-    def prefilling(self) -> bool:
-        return self.length < len(self.req.prompt_ids)
 
     @property
     def adapter_key(self) -> str | None:
@@ -70,7 +65,6 @@ class Counters:
     steps: int = 0
     prefill_passes: int = 0
     prefill_tokens: int = 0
-    prefix_reused_tokens: int = 0
     decode_passes: int = 0
     decode_rows: int = 0
     forward_seconds: float = 0.0
@@ -196,8 +190,7 @@ class Scheduler:
         hit = self.prefix_cache.lookup(row.adapter_key, row.req.cache_salt, prompt, max_length=len(prompt) - 1)  # >= 1 token left to run
         if hit is not None:
             self.runner.write_kv(row.slot, hit.k, hit.v, hit.length)
-            row.length = row.reused = hit.length
-            self.counters.prefix_reused_tokens += hit.length
+            row.length = hit.length
 
     def _validate(self, req: GenerationRequest) -> str | None:
         n = len(req.prompt_ids)
@@ -252,7 +245,7 @@ class Scheduler:
             if row.lora is not None:
                 self.adapters.release(row.lora.key)
         for row in done:
-            if row.finish != "error" and self.prefix_cache.enabled and row.length:
+            if row.finish != "error" and self.prefix_cache.enabled and row.length >= self.prefix_cache.block_size:
                 k, v = self.runner.read_kv(row.slot, row.length)
                 self.prefix_cache.store(row.adapter_key, row.req.cache_salt, row.cached_tokens(), k, v)
         with self.lock:
