@@ -111,6 +111,16 @@ class Budgets:
     warm_start_lr: float = 2e-4
     """AdamW learning rate of the warm start's fine-tuning (LoRA weights only)."""
 
+    # --- rollouts -------------------------------------------------------------
+    rollout_engine: str = "batched"
+    """What samples the warm start's, PPO's and the gate's replies: "batched" (the serving engine:
+    continuous batching, the adapter folded into the weights, the dtype ASSISTANT_DTYPE picks; 2-3x
+    HF generate here) or "hf" (HF generate on the PEFT model, float32). Log-probabilities for
+    PPO are always read by the float32 training model."""
+
+    rollout_max_rows: int = 32
+    """Replies the batched rollout engine runs at once."""
+
     # --- PPO ----------------------------------------------------------------
     ppo_steps: int = 3
     """PPO iterations (rollout + update) per adapter."""
@@ -248,7 +258,7 @@ class Budgets:
         positive_ints = ("ppo_steps", "ppo_batch_size", "ppo_minibatch_size", "ppo_epochs", "ppo_max_new_tokens",
                          "ppo_group_size", "warm_start_samples", "warm_start_epochs",
                          "lora_r", "lora_alpha", "gate_prompts", "reward_steps", "max_prompt_tokens", "max_reply_tokens",
-                         "global_max_items_per_user", "harm_min_positive", "harm_steps")
+                         "global_max_items_per_user", "harm_min_positive", "harm_steps", "rollout_max_rows")
         if self.reward_components < 0:
             problems.append(f"{self.env_name('reward_components')} must be >= 0 (got {self.reward_components})")
         for name in positive_ints:
@@ -270,6 +280,8 @@ class Budgets:
         for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{self.env_name(name)} must be between 0 and 1 (got {getattr(self, name)})")
+        if self.rollout_engine not in ("batched", "hf"):
+            problems.append(f"{self.env_name('rollout_engine')} must be \"batched\" or \"hf\" (got {self.rollout_engine!r})")
         if not 0.0 < self.heldout_fraction < 1.0:
             problems.append(f"{self.env_name('heldout_fraction')} must be between 0 and 1 (got {self.heldout_fraction})")
         if self.ppo_temperature <= 0:

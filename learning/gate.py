@@ -31,7 +31,7 @@ import torch
 
 from learning.config import Budgets
 from learning.losses import masked_mean
-from learning.policy import forward_logprobs, sample, score_samples
+from learning.policy import Sampler, forward_logprobs, sample, score_samples
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +103,12 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
 
 @torch.no_grad()
 def evaluate_policy(model, tokenizer, prompts: Sequence[str], reward, harm, user_id: int | None, budgets: Budgets, *,
-                    harm_prompts: Sequence[str] = (), reference: bool = False, seed: int = 12345) -> PolicyEval:
+                    harm_prompts: Sequence[str] = (), reference: bool = False, seed: int = 12345,
+                    sampler: Sampler = sample) -> PolicyEval:
     """Sample the adapter now loaded in ``model`` (or the base, if ``reference``) on ``prompts`` and
     ``harm_prompts`` (one batch), and score it under ``reward`` (a ``RewardModel``) and ``harm``."""
     all_prompts = list(prompts) + list(harm_prompts)
-    samples = sample(model, tokenizer, all_prompts, budgets, seed, reference=reference)
+    samples = sampler(model, tokenizer, all_prompts, budgets, seed, reference=reference)
     held: dict[str, torch.Tensor] = {}
 
     def scorer(feats, ps, texts):
@@ -134,16 +135,16 @@ class Gate:
     """Evaluate base and current before training, the candidate after, then ``decide``."""
 
     def __init__(self, model, tokenizer, prompts: Sequence[str], harm_prompts: Sequence[str], reward, harm,
-                 user_id: int | None, budgets: Budgets) -> None:
+                 user_id: int | None, budgets: Budgets, sampler: Sampler = sample) -> None:
         self.model, self.tokenizer, self.reward, self.harm = model, tokenizer, reward, harm
         self.prompts, self.harm_prompts = list(prompts), list(harm_prompts)
-        self.user_id, self.budgets = user_id, budgets
+        self.user_id, self.budgets, self.sampler = user_id, budgets, sampler
         self.base: PolicyEval | None = None
         self.current: PolicyEval | None = None
 
     def _eval(self, *, reference: bool = False) -> PolicyEval:
         return evaluate_policy(self.model, self.tokenizer, self.prompts, self.reward, self.harm, self.user_id, self.budgets,
-                               harm_prompts=self.harm_prompts, reference=reference)
+                               harm_prompts=self.harm_prompts, reference=reference, sampler=self.sampler)
 
     def measure_start(self, *, serving_adapter: bool) -> None:
         """The yardsticks: the base, and what serves this scope now (the adapter loaded in the model)."""

@@ -30,8 +30,11 @@ logger = logging.getLogger(__name__)
 
 # features (B, F), rendered prompts and reply texts -> (user reward (B,), harm probability (B,))
 Scorer = Callable[[torch.Tensor, list[str], list[str]], tuple[torch.Tensor, torch.Tensor]]
+# ``sample``'s signature: (model, tokenizer, prompts, budgets, seed, *, reference, per_prompt, temperature) -> Samples;
+# ``learning.rollouts.EngineSampler`` is the fast one
+Sampler = Callable[..., "Samples"]
 
-__all__ = ["Samples", "Scorer", "ValueHead", "forward_logprobs", "load_adapter_dir", "load_lora_state", "lora_state",
+__all__ = ["Sampler", "Samples", "Scorer", "ValueHead", "forward_logprobs", "load_adapter_dir", "load_lora_state", "lora_state",
            "make_policy", "reference_mode", "sample", "score_samples", "select"]
 
 

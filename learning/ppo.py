@@ -9,7 +9,7 @@ plus a per-token KL penalty toward the reference at every token.
 
 One iteration of ``train_ppo``:
     1. rollout: ``ppo_batch_size / ppo_group_size`` prompts, ``ppo_group_size`` replies each,
-       sampled at ``ppo_temperature`` in one batched ``generate``
+       sampled at ``ppo_temperature`` in one batch (the rollout engine, ``learning.rollouts``, or HF ``generate``)
     2. log-probs and values under the policy (no grad)
     3. reference log-probs and reward features under the reference (one forward pass)
     4. scores; minus the leave-one-out mean of the other replies to the same prompt (RLOO's
@@ -39,7 +39,7 @@ from torch import nn
 from learning.config import Budgets
 from learning.losses import (compute_gae, kl_penalized_rewards, leave_one_out_baseline, masked_mean, masked_whiten,
                              ppo_policy_loss, ppo_value_loss)
-from learning.policy import Samples, Scorer, ValueHead, forward_logprobs, sample, score_samples, select
+from learning.policy import Sampler, Samples, Scorer, ValueHead, forward_logprobs, sample, score_samples, select
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -78,11 +78,11 @@ class PPOResult:
 
 
 def rollout(model, value_head: ValueHead, tokenizer, prompts: Sequence[str], scorer: Scorer, budgets: Budgets, seed: int,
-            *, harm_lambda: float | None = None, group_size: int = 1) -> Trajectory:
+            *, harm_lambda: float | None = None, group_size: int = 1, sampler: Sampler = sample) -> Trajectory:
     """Sample ``group_size`` replies for each prompt and score them (steps 1-4a)."""
     harm_lambda = budgets.ppo_harm_lambda if harm_lambda is None else harm_lambda
     # 1. rollout
-    samples = sample(model, tokenizer, prompts, budgets, seed, per_prompt=group_size)
+    samples = sampler(model, tokenizer, prompts, budgets, seed, per_prompt=group_size)
     # 2. policy log-probs and values
     with torch.no_grad():
         logprobs, values, _ = forward_logprobs(model, samples, budgets.ppo_temperature, value_head)
@@ -157,7 +157,7 @@ def ppo_update(model, value_head: ValueHead, optimizer: torch.optim.Optimizer, t
 
 def train_ppo(model: "PeftModel", tokenizer, scorer: Scorer, prompts: Sequence[str], budgets: Budgets,
               progress: Progress | None = None, *, harm_target: float | None = None,
-              harm_prompts: Sequence[str] = ()) -> PPOResult:
+              harm_prompts: Sequence[str] = (), sampler: Sampler = sample) -> PPOResult:
     """Run ``budgets.ppo_steps`` iterations on the adapter currently loaded in ``model``.
 
     ``harm_target``: the constraint E[P(harm)] <= target for the multiplier's dual ascent (None keeps
@@ -183,7 +183,7 @@ def train_ppo(model: "PeftModel", tokenizer, scorer: Scorer, prompts: Sequence[s
         t0 = time.monotonic()
         batch = _pick(picker, prompts, n_prompts - n_harm) + _pick(picker, harm_prompts, n_harm)
         traj = rollout(model, value_head, tokenizer, batch, scorer, budgets, seed=budgets.seed * 100003 + step,
-                       harm_lambda=harm_lambda, group_size=group)
+                       harm_lambda=harm_lambda, group_size=group, sampler=sampler)
         t_rollout = time.monotonic() - t0
         metrics = ppo_update(model, value_head, optimizer, traj, budgets, rng)
         # 7. the harm multiplier (dual ascent on E[P(harm)] <= target)

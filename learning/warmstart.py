@@ -6,7 +6,7 @@ The labels and the reward model already say which replies the user prefers, so t
 closer to them (RAFT, Dong et al. 2023; best-of-n distillation as in BOND, Sessa et al. 2024):
 
     1. sample ``warm_start_samples`` replies to each of ``warm_start_prompts`` prompts from the
-       adapter PPO will start from (one batched ``generate``);
+       adapter PPO will start from (one batch, through the rollout engine when there is one);
     2. score them as PPO does (the reward's lower bound - lambda P(harm) - no end-of-turn penalty);
     3. keep each prompt's best reply when it beats the mean of its siblings;
     4. add the replies the user themself preferred (ranked first, or thumbs up), at most
@@ -31,7 +31,7 @@ from torch import nn
 
 from learning.config import Budgets
 from learning.losses import masked_mean
-from learning.policy import Scorer, encode_replies, forward_logprobs, sample, score_samples
+from learning.policy import Sampler, Scorer, encode_replies, forward_logprobs, sample, score_samples
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def sft_loss(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], b
 
 
 def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Sequence[tuple[str, str]], budgets: Budgets,
-               *, harm_lambda: float | None = None, seed: int = 0) -> WarmStartResult:
+               *, harm_lambda: float | None = None, seed: int = 0, sampler: Sampler = sample) -> WarmStartResult:
     """Fine-tune the adapter loaded in ``model`` on best-of-n replies and the user's own preferred ones."""
     started = time.monotonic()
     picker = random.Random(seed)
@@ -69,7 +69,7 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
     if budgets.warm_start_prompts and pool and n > 1:
         picks = picker.sample(pool, min(len(pool), budgets.warm_start_prompts))
         # 1-2. sample and score, as PPO would
-        samples = sample(model, tokenizer, picks, budgets, seed, per_prompt=n)
+        samples = sampler(model, tokenizer, picks, budgets, seed, per_prompt=n)
         _, rewards, harm = score_samples(model, samples, scorer, budgets)
         scores = (rewards - harm_lambda * harm - budgets.ppo_no_eos_penalty * (~samples.finished).float()).view(-1, n)  # (G, n)
         sampled = scores.numel()

@@ -84,23 +84,31 @@ def load_lora(ref: AdapterRef, *, num_layers: int, dtype: torch.dtype = torch.fl
     alpha = float(cfg.get("lora_alpha", r))
     scaling = alpha / r**0.5 if cfg.get("use_rslora") else alpha / r
 
-    tensors = load_file(str(weights_path))
+    return lora_from_tensors(ref.key, load_file(str(weights_path)), rank=r, scaling=scaling, num_layers=num_layers,
+                             dtype=dtype)
+
+
+def lora_from_tensors(key: str, tensors: dict[str, torch.Tensor], *, rank: int, scaling: float, num_layers: int,
+                      dtype: torch.dtype = torch.float32) -> LoraWeights:
+    """PEFT LoRA tensors (``...layers.N.self_attn.q_proj.lora_A.weight`` etc., as in a file or
+    ``get_peft_model_state_dict``) stacked into the engine's layout, B pre-multiplied by ``scaling``."""
+    r = rank
     found: dict[str, dict[str, dict[int, torch.Tensor]]] = {}  # module -> "A"/"B" -> layer -> weight
     for name, t in tensors.items():
         m = _KEY_RE.search(name)
         if m is None:
-            raise AdapterLoadError(f"adapter {ref.key!r}: unexpected tensor {name!r}")
+            raise AdapterLoadError(f"adapter {key!r}: unexpected tensor {name!r}")
         layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
         if module not in LORA_MODULES:
-            raise AdapterLoadError(f"adapter {ref.key!r} targets {module!r}; served modules are {LORA_MODULES}")
+            raise AdapterLoadError(f"adapter {key!r} targets {module!r}; served modules are {LORA_MODULES}")
         if layer >= num_layers:
-            raise AdapterLoadError(f"adapter {ref.key!r} has layer {layer} but the base model has {num_layers}")
-        found.setdefault(module, {}).setdefault(ab, {})[layer] = t
+            raise AdapterLoadError(f"adapter {key!r} has layer {layer} but the base model has {num_layers}")
+        found.setdefault(module, {}).setdefault(ab, {})[layer] = t.detach()
     a: dict[str, torch.Tensor] = {}
     b: dict[str, torch.Tensor] = {}
     for module, parts in found.items():
         if set(parts) != {"A", "B"}:
-            raise AdapterLoadError(f"adapter {ref.key!r}: {module} lacks lora_A or lora_B")
+            raise AdapterLoadError(f"adapter {key!r}: {module} lacks lora_A or lora_B")
         any_a, any_b = next(iter(parts["A"].values())), next(iter(parts["B"].values()))
         a_stack = torch.zeros(num_layers, any_a.shape[1], r, dtype=dtype)  # (L, in, r)
         b_stack = torch.zeros(num_layers, r, any_b.shape[0], dtype=dtype)  # (L, r, out)
@@ -110,8 +118,8 @@ def load_lora(ref: AdapterRef, *, num_layers: int, dtype: torch.dtype = torch.fl
             b_stack[layer] = (w.float() * scaling).t().to(dtype)
         a[module], b[module] = a_stack, b_stack
     if not a:
-        raise AdapterLoadError(f"adapter {ref.key!r} at {path} holds no LoRA weights")
-    return LoraWeights(key=ref.key, rank=r, a=a, b=b)
+        raise AdapterLoadError(f"adapter {key!r} holds no LoRA weights")
+    return LoraWeights(key=key, rank=r, a=a, b=b)
 
 
 @dataclass

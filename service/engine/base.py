@@ -84,6 +84,11 @@ class RequestStream:
             if isinstance(ev, EndEvent):
                 return
 
+    def ended(self) -> bool:
+        """True once the final ``EndEvent`` was put (streams made without an event loop only)."""
+        with self._cond:
+            return bool(self._sync) and isinstance(self._sync[-1], EndEvent)
+
     def iter_sync(self, timeout: float | None = None):
         """Blocking iteration for threads, benchmarks and tests."""
         i = 0

@@ -24,6 +24,9 @@ computes.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 from dataclasses import dataclass
 
 import torch
@@ -263,6 +266,33 @@ class LlamaRunner:
                 c0, c1 = self._cols[module]
                 self.lora[f"a_{g}"][:, row, :, j * R:j * R + r] = w.a[module].to(self.lora_dtype)  # (L, in, r)
                 self.lora[f"b_{g}"][:, row, j * R:j * R + r, c0:c1] = w.b[module].to(self.lora_dtype)  # (L, r, out)
+
+    @contextlib.contextmanager
+    def merged(self, w: LoraWeights):
+        """Every pass inside uses W + (A B)^T for one adapter, folded into the weights (rows then
+        run without LoRA: ``use_lora=False``, adapter ``None``). For batches that all share one
+        adapter, such as the trainer's rollouts, this costs one pass over the weights and makes each
+        step as fast as the base model's. The original weights are restored on exit, untouched."""
+        groups = {"qkv": "w_qkv", "o": "w_o", "gu": "w_gu", "down": "w_down"}
+        original = self.layers
+        merged: list[_Layer] = []
+        with torch.inference_mode():
+            for i, ly in enumerate(original):
+                new = dataclasses.replace(ly)
+                for g, attr in groups.items():
+                    base = getattr(ly, attr)  # (out, in)
+                    delta = torch.zeros(base.shape, dtype=torch.float32, device=self.device)
+                    for module in _LORA_GROUPS[g]:
+                        if module in w.a:
+                            c0, c1 = self._cols[module]
+                            delta[c0:c1] = (w.a[module][i].float() @ w.b[module][i].float()).t()  # (out_m, in)
+                    setattr(new, attr, (base.float() + delta).to(self.dtype))
+                merged.append(new)
+        self.layers = merged
+        try:
+            yield self
+        finally:
+            self.layers = original
 
     # --- forward --------------------------------------------------------------------
     def _masked_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -69,14 +69,18 @@ def sample_batch(logits: torch.Tensor, s: BatchSampling, history: list[list[int]
         probs, order = torch.sort(probs, dim=-1, descending=True)
         keep = probs.cumsum(-1) - probs < top_p[:, None]  # always keeps the top token
         probs = probs.masked_fill(~keep, 0.0)
-    noise = torch.empty_like(probs)  # (M, V) Exp(1)
+    # Exp(1) noise as -log(U), U ~ uniform [0, 1): on CPU ``rand`` + ``log`` is ~4x faster than
+    # ``exponential_`` (16 x 49k: 7 vs 31 ms). U = 0 gives infinite noise, so that token cannot win:
+    # a 2^-24 chance per entry, never the other way round (noise 0 would make a token always win).
+    noise = torch.empty_like(probs)  # (M, V)
     own = [(m, s.generators[j]) for m, j in enumerate(sampled.tolist()) if s.generators[j] is not None]
     for m, g in own:
-        noise[m].exponential_(generator=g)
+        torch.rand(noise.shape[1], generator=g, out=noise[m])
     if len(own) < len(sampled):
         shared = torch.ones(len(sampled), dtype=torch.bool)
         shared[[m for m, _ in own]] = False
-        noise[shared] = torch.empty_like(noise[shared]).exponential_()
+        noise[shared] = torch.rand_like(noise[shared])
+    noise.log_().neg_()
     choice = (probs / noise).argmax(-1, keepdim=True)  # (M, 1)
     if order is not None:
         choice = order.gather(1, choice)
