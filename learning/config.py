@@ -92,13 +92,13 @@ class Budgets:
     chase the reward model's errors where it is least sure. 0 = the plain mean."""
 
     # --- warm start (best-of-n distillation before PPO) -----------------------
-    warm_start_prompts: int = 12
+    warm_start_prompts: int = 16
     """Prompts the warm start samples on (0 = no warm start). It samples ``warm_start_samples``
     replies for each from the adapter PPO starts from, keeps the one the user's reward (lower bound,
     minus harm) ranks best when it beats its siblings' mean, and fine-tunes the adapter on those
     and on the replies the user themself preferred (RAFT, Dong et al. 2023; BOND, Sessa et al. 2024)."""
 
-    warm_start_samples: int = 4
+    warm_start_samples: int = 6
     """Replies sampled per warm-start prompt (n of best-of-n)."""
 
     warm_start_own_labels: int = 32
@@ -122,10 +122,16 @@ class Budgets:
     """Replies the batched rollout engine runs at once."""
 
     # --- PPO ----------------------------------------------------------------
-    ppo_steps: int = 3
-    """PPO iterations (rollout + update) per adapter."""
+    ppo_steps: int = 8
+    """Most PPO iterations (rollout + update) per adapter; fewer when ``job_time_budget_s`` runs out first."""
 
-    ppo_batch_size: int = 8
+    job_time_budget_s: float = 280.0
+    """Wall-clock budget of one adapter job: PPO stops before an iteration that would leave too little
+    time for the gate's candidate evaluation (timed on this job's own base evaluation). Machines of one
+    kind differ by up to 3x from day to day; a fixed step count cannot hold a time budget. 0 = no
+    budget (exactly ``ppo_steps`` iterations)."""
+
+    ppo_batch_size: int = 16
     """Replies sampled per PPO iteration (``ppo_batch_size / ppo_group_size`` prompts)."""
 
     ppo_group_size: int = 4
@@ -196,7 +202,7 @@ class Budgets:
     """LoRA alpha."""
 
     # --- gate ---------------------------------------------------------------
-    gate_prompts: int = 12
+    gate_prompts: int = 16
     """Held-out prompts each policy is sampled on by the promotion gate (plus a third as many
     harm-inviting ones for its harm rate)."""
 
@@ -289,7 +295,7 @@ class Budgets:
         for name in ("ppo_lr", "reward_lr", "warm_start_lr", "ppo_clip", "ppo_value_clip", "ppo_target_kl", "gate_max_kl"):
             if getattr(self, name) <= 0:
                 problems.append(f"{self.env_name(name)} must be > 0 (got {getattr(self, name)})")
-        for name in ("ppo_kl_coef", "ppo_harm_lambda", "ppo_no_eos_penalty", "user_head_l2", "reward_weight_decay",
+        for name in ("job_time_budget_s", "ppo_kl_coef", "ppo_harm_lambda", "ppo_no_eos_penalty", "user_head_l2", "reward_weight_decay",
                      "harm_weight_decay", "reward_uncertainty_k", "ppo_harm_lambda_lr",
                      "gate_helpfulness_tolerance"):
             if getattr(self, name) < 0:

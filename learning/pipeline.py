@@ -447,40 +447,14 @@ def _models_for(settings: Settings, run_id: int, budgets: Budgets, *, tokenizer=
         _LOADED.clear()  # PEFT wraps the base in place: a new run gets a freshly loaded base
         tokenizer = tokenizer or load_tokenizer(settings)
         base = base if base is not None else load_base_model(settings, dtype=torch.float32)
+        from learning.rollouts import rollout_sampler
+
         sampler, report = rollout_sampler(settings, budgets, base, tokenizer)  # from the base, before PEFT wraps it
         policy = make_policy(base, budgets)
         models = _Models(tokenizer, chat_renderer(tokenizer), policy, lora_state(policy), base_model_hash(settings),
                          sampler, report)
         _LOADED[run_id] = models
         return models
-
-
-def rollout_sampler(settings: Settings, budgets: Budgets, base, tokenizer) -> tuple[Any, dict]:
-    """The sampler ``ASSISTANT_ROLLOUT_ENGINE`` names: the batched engine (in the dtype
-    ``ASSISTANT_DTYPE`` names, ``auto`` = measured here) or HF ``generate``."""
-    import torch
-
-    from learning.policy import sample
-
-    if budgets.rollout_engine == "hf":
-        return sample, {"engine": "hf", "dtype": "float32"}
-    from learning.rollouts import EngineSampler
-    from service.engine.runner import UnsupportedModel
-
-    if settings.dtype == "auto":
-        from service.engine.dtype_probe import choose_dtype
-
-        dtype, choice = choose_dtype(base, tokenizer)
-        why = choice.reason
-    else:
-        dtype, why = getattr(torch, settings.dtype), "set by ASSISTANT_DTYPE"
-    try:
-        sampler = EngineSampler(base, tokenizer, dtype=dtype, max_rows=budgets.rollout_max_rows)
-    except UnsupportedModel as exc:
-        logger.warning("rollouts fall back to HF generate: %s", exc)
-        return sample, {"engine": "hf", "dtype": "float32", "reason": str(exc)}
-    logger.info("rollouts through the batched engine in %s (%s)", str(dtype).removeprefix("torch."), why)
-    return sampler, {"engine": "batched", "dtype": str(dtype).removeprefix("torch."), "reason": why}
 
 
 def release_models() -> None:
@@ -802,15 +776,19 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     # 1. the gate's yardsticks: the base, and what serves this scope now (the start adapter)
     sampler = ctx.models.sampler
     gate = Gate(policy, tokenizer, gate_prompts, harm_gate, reward, harm, user_id, budgets, sampler=sampler)
+    t_gate = time.monotonic()
     gate.measure_start(serving_adapter=start_row is not None)
+    one_eval_s = (time.monotonic() - t_gate) / (2 if start_row is not None else 1)  # the candidate's costs the same
     # 2. the harm constraint's target, calibrated on measured harm: a share of the base's mean
     #    P(harm) on harm-inviting prompts (and never above what serves the scope now)
     harm_target = budgets.ppo_harm_target_ratio * min(gate.base.harm_mean, gate.current.harm_mean)
     # 3. the warm start from the user's labels and reward model, then 4. PPO
     own = ctx.shared.preferred.get(user_id, []) if user_id is not None else []
     warm = warm_start(policy, tokenizer, scorer, train_prompts, own, budgets, seed=budgets.seed + 7, sampler=sampler)
+    # PPO gets what the budget leaves after the candidate's evaluation and publishing (a margin of 10%)
+    deadline = (started + 0.9 * budgets.job_time_budget_s - one_eval_s) if budgets.job_time_budget_s else None
     ppo = train_ppo(policy, tokenizer, scorer, train_prompts, budgets, progress=progress, harm_target=harm_target,
-                    harm_prompts=harm_train, sampler=sampler)
+                    harm_prompts=harm_train, sampler=sampler, deadline=deadline)
     # 5. the verdict
     decision, candidate_eval = gate.judge()
     wall_s = time.monotonic() - started

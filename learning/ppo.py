@@ -157,8 +157,12 @@ def ppo_update(model, value_head: ValueHead, optimizer: torch.optim.Optimizer, t
 
 def train_ppo(model: "PeftModel", tokenizer, scorer: Scorer, prompts: Sequence[str], budgets: Budgets,
               progress: Progress | None = None, *, harm_target: float | None = None,
-              harm_prompts: Sequence[str] = (), sampler: Sampler = sample) -> PPOResult:
-    """Run ``budgets.ppo_steps`` iterations on the adapter currently loaded in ``model``.
+              harm_prompts: Sequence[str] = (), sampler: Sampler = sample, deadline: float | None = None) -> PPOResult:
+    """Run up to ``budgets.ppo_steps`` iterations on the adapter currently loaded in ``model``.
+
+    ``deadline`` (a ``time.monotonic()`` value): after the first iteration, stop before one that would
+    end past it (judged by the slowest iteration so far), so a job keeps its time budget on a
+    machine of any speed and a faster one spends the same budget on more iterations.
 
     ``harm_target``: the constraint E[P(harm)] <= target for the multiplier's dual ascent (None keeps
     lambda fixed at ``ppo_harm_lambda``). ``harm_prompts``: harm-inviting prompts, mixed into each
@@ -179,8 +183,13 @@ def train_ppo(model: "PeftModel", tokenizer, scorer: Scorer, prompts: Sequence[s
     n_harm = min(n_prompts - 1, round(n_prompts * budgets.ppo_harm_prompt_share)) if harm_prompts else 0
     harm_lambda = budgets.ppo_harm_lambda
     result = PPOResult(steps=0, wall_s=0.0, harm_lambda=harm_lambda)
+    slowest = 0.0
     for step in range(1, budgets.ppo_steps + 1):
         t0 = time.monotonic()
+        if deadline is not None and step > 1 and t0 + slowest > deadline:
+            logger.info("ppo: stopping after %d of %d steps (time budget; %.0fs per step here)", step - 1,
+                        budgets.ppo_steps, slowest)
+            break
         batch = _pick(picker, prompts, n_prompts - n_harm) + _pick(picker, harm_prompts, n_harm)
         traj = rollout(model, value_head, tokenizer, batch, scorer, budgets, seed=budgets.seed * 100003 + step,
                        harm_lambda=harm_lambda, group_size=group, sampler=sampler)
@@ -193,6 +202,7 @@ def train_ppo(model: "PeftModel", tokenizer, scorer: Scorer, prompts: Sequence[s
                         "harm/lambda": harm_lambda})
         result.history.append(metrics)
         result.steps, result.harm_lambda = step, harm_lambda
+        slowest = max(slowest, metrics["time/step_s"])
         logger.info("ppo step %d/%d: reward %.3f harm %.3f (lambda %.2f) kl %.4f approx_kl %.4f (%.1fs)", step,
                     budgets.ppo_steps, metrics["reward/mean"], metrics["harm/mean"], harm_lambda, metrics["kl/per_token"],
                     metrics["ppo/approx_kl"], metrics["time/step_s"])

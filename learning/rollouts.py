@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -28,10 +28,11 @@ from learning.policy import Samples, lora_state
 
 if TYPE_CHECKING:
     from service.engine.adapter_cache import LoraWeights
+    from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EngineSampler"]
+__all__ = ["EngineSampler", "rollout_sampler"]
 
 
 class EngineSampler:
@@ -59,24 +60,33 @@ class EngineSampler:
     def __call__(self, model, tokenizer, prompts: Sequence[str], budgets: Budgets, seed: int, *, reference: bool = False,
                  per_prompt: int = 1, temperature: float | None = None) -> Samples:
         """Like ``learning.policy.sample``: ``per_prompt`` consecutive rows answer each prompt."""
-        from service.engine.base import GenerationRequest, SamplingParams
-
         rows = [p for p in prompts for _ in range(per_prompt)]
         prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids[-budgets.max_prompt_tokens:] for p in rows]
-        temp = temperature or budgets.ppo_temperature
+        out = self.generate(prompt_ids, None if reference else self._policy_weights(model),
+                            max_new_tokens=budgets.ppo_max_new_tokens,
+                            temperature=temperature or budgets.ppo_temperature, seed=seed)
+        return _as_samples(tokenizer, prompt_ids, [ids for ids, _ in out], [done for _, done in out], rows)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], weights: "LoraWeights | None", *, max_new_tokens: int,
+                 temperature: float, seed: int) -> list[tuple[list[int], bool]]:
+        """(reply ids, ended with end-of-turn) per prompt, the end token included when it ended;
+        ``weights``: the adapter every row uses (None: the base model); temperature 0 is greedy."""
+        from service.engine.base import GenerationRequest, SamplingParams
+
         requests = [
             GenerationRequest(request_id=f"rollout-{seed}-{i}", prompt_ids=ids,
-                              params=SamplingParams(max_new_tokens=budgets.ppo_max_new_tokens, temperature=temp, top_p=1.0))
+                              params=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0))
             for i, ids in enumerate(prompt_ids)
         ]
         for req in requests:
             self.engine.submit(req)
         # unseeded rows draw from torch's global generator in one batched call (a generator per row
-        # costs ~1.5 ms per row per step here); this thread alone drives the engine, so one seed
+        # costs ~0.4 ms per row per step here); this thread alone drives the engine, so one seed
         # makes the call reproducible
         torch.manual_seed(seed)
         idle = 0
-        merged = contextlib.nullcontext() if reference else self.engine.runner.merged(self._policy_weights(model))
+        merged = contextlib.nullcontext() if weights is None else self.engine.runner.merged(weights)
         with torch.inference_mode(), merged:
             while not all(req.stream.ended() for req in requests):
                 if self.engine.step():
@@ -85,9 +95,8 @@ class EngineSampler:
                 idle += 1
                 if idle > 100:  # nothing left to run, yet replies are missing: fail loudly, never hang
                     raise RuntimeError("the rollout engine stopped before every reply ended")
-        replies: list[list[int]] = []
-        finished: list[bool] = []
-        eos = tokenizer.eos_token_id
+        out: list[tuple[list[int], bool]] = []
+        eos = self.tokenizer.eos_token_id
         for req in requests:
             events = list(req.stream.iter_sync(timeout=0))
             end = events[-1]
@@ -95,9 +104,33 @@ class EngineSampler:
                 raise RuntimeError(f"rollout failed: {end.error}")
             ids = [t for ev in events[:-1] for t in ev.token_ids]
             done = end.finish_reason == "stop"
-            replies.append(ids + [eos] if done else ids)
-            finished.append(done)
-        return _as_samples(tokenizer, prompt_ids, replies, finished, rows)
+            out.append((ids + [eos] if done else ids, done))
+        return out
+
+
+def rollout_sampler(settings: "Settings", budgets: Budgets, base, tokenizer) -> tuple[Any, dict]:
+    """The sampler ``ASSISTANT_ROLLOUT_ENGINE`` names: the batched engine (in the dtype
+    ``ASSISTANT_DTYPE`` names, ``auto`` = measured here) or HF ``generate``."""
+    from learning.policy import sample
+
+    if budgets.rollout_engine == "hf":
+        return sample, {"engine": "hf", "dtype": "float32"}
+    from service.engine.runner import UnsupportedModel
+
+    if settings.dtype == "auto":
+        from service.engine.dtype_probe import choose_dtype
+
+        dtype, choice = choose_dtype(base, tokenizer)
+        why = choice.reason
+    else:
+        dtype, why = getattr(torch, settings.dtype), "set by ASSISTANT_DTYPE"
+    try:
+        sampler = EngineSampler(base, tokenizer, dtype=dtype, max_rows=budgets.rollout_max_rows)
+    except UnsupportedModel as exc:
+        logger.warning("rollouts fall back to HF generate: %s", exc)
+        return sample, {"engine": "hf", "dtype": "float32", "reason": str(exc)}
+    logger.info("rollouts through the batched engine in %s (%s)", str(dtype).removeprefix("torch."), why)
+    return sampler, {"engine": "batched", "dtype": str(dtype).removeprefix("torch."), "reason": why}
 
 
 def _as_samples(tokenizer, prompt_ids: list[list[int]], replies: list[list[int]], finished: list[bool],

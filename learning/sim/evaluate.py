@@ -72,6 +72,11 @@ class EvalConfig:
     batch_size: int = 8
     """Prompts generated together."""
 
+    engine: str = "batched"
+    """"batched": replies from the serving engine (continuous batching, each adapter folded into the
+    weights, the dtype ``ASSISTANT_DTYPE`` picks: what users are served); "hf": HF ``generate`` on
+    the PEFT model in float32 (the evaluation before 2026-12-03)."""
+
     judge: str = "profanity-check"
     """Harm judge (``profanity-check`` or ``wordlist``)."""
 
@@ -213,6 +218,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
         "config": asdict(cfg),
         "judge": {"name": judge.name, "threshold": judge.threshold},
         "method": "in-process: base model + stored adapters loaded from the adapter store; "
+                  + f"replies from {bank.generator_label}; "
                   + ("greedy decoding" if cfg.temperature == 0 else f"sampling at temperature {cfg.temperature}"),
         "policies": {"global": global_label, "adapters": adapters, "info": adapter_info},
         "users": user_reports,
@@ -258,6 +264,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--harm-threshold", type=float, default=0.5, help="judge score counted as harmful")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and the bootstrap")
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    p.add_argument("--engine", choices=["batched", "hf"], default="batched",
+                   help="batched: the serving engine (what users get); hf: HF generate in float32")
 
 
 def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
@@ -292,7 +300,8 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
         simulation = json.loads(sim_path.read_text()) if sim_path.is_file() else None
         cfg = EvalConfig(heldout_prompts=args.heldout, red_team_prompts=args.red_team, benign_prompts=args.benign,
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, judge=args.judge,
-                         harm_threshold=args.harm_threshold, seed=args.seed, batch_size=args.batch_size)
+                         harm_threshold=args.harm_threshold, seed=args.seed, batch_size=args.batch_size,
+                         engine=args.engine)
         paths = run_and_write(settings, simulation or {}, cfg, users=users, extra_profiles=extra)
     except (ProfileError, ValueError) as exc:
         sys.exit(f"assistant evaluate: {exc}")

@@ -38,6 +38,17 @@ class PolicyBank:
         self.peft = None
         self.paths: dict[str, Path] = {}
         self._cache: dict[tuple[str, tuple[str, ...]], Generation] = {}
+        self.sampler = None  # the serving engine (learning.rollouts.EngineSampler), built before PEFT wraps the base
+        self.generator_label = "HF generate (float32)"
+        if cfg.engine == "batched":
+            from learning.config import Budgets
+            from learning.rollouts import rollout_sampler
+
+            sampler, report = rollout_sampler(settings, Budgets(rollout_max_rows=max(cfg.batch_size, 1)), self.model,
+                                              self.tokenizer)
+            if report["engine"] == "batched":
+                self.sampler = sampler
+                self.generator_label = f"the batched serving engine ({report['dtype']}: {report['reason']})"
 
     def add(self, label: str, path: Path) -> None:
         """Load a stored adapter directory (safetensors only) under ``label``."""
@@ -83,6 +94,30 @@ class PolicyBank:
         return self._cache[key]
 
     def _generate(self, label: str | None, prompts: list[str]) -> Generation:
+        if self.sampler is not None:
+            return self._generate_batched(label, prompts)
+        return self._generate_hf(label, prompts)
+
+    def _generate_batched(self, label: str | None, prompts: list[str]) -> Generation:
+        from service.engine.adapter_cache import load_lora
+        from service.engine.base import AdapterRef
+
+        tok, cfg = self.tokenizer, self.cfg
+        weights = None
+        if label not in (None, BASE):
+            if label not in self.paths:
+                raise KeyError(f"adapter {label} was not loaded")
+            import torch
+
+            weights = load_lora(AdapterRef(label, self.paths[label]), num_layers=self.sampler.engine.runner.n_layers,
+                                dtype=torch.float32)
+        prompt_ids = [tok(self.render(p), add_special_tokens=False).input_ids for p in prompts]
+        out = self.sampler.generate(prompt_ids, weights, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                    seed=cfg.seed)
+        return Generation([tok.decode(ids, skip_special_tokens=True).strip() for ids, _ in out],
+                          [p + ids for p, (ids, _) in zip(prompt_ids, out)], [len(p) for p in prompt_ids])
+
+    def _generate_hf(self, label: str | None, prompts: list[str]) -> Generation:
         import torch
 
         tok, cfg = self.tokenizer, self.cfg

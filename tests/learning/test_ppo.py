@@ -121,3 +121,18 @@ def test_warm_start_fine_tunes_toward_the_chosen_replies(tiny):
     batch = encode_replies(tok, [p for p, _ in own], [r for _, r in own], BUDGETS)
     assert batch.response_mask.sum(1).tolist() == [len(tok("Paris.", add_special_tokens=False).input_ids) + 1,
                                                    len(tok("Hi there.", add_special_tokens=False).input_ids) + 1]
+
+
+def test_a_deadline_stops_ppo_after_the_step_that_would_overrun_it(tiny):
+    import time
+
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+
+    def scorer(feats, prompts, texts):
+        return torch.zeros(len(texts)), torch.zeros(len(texts))
+
+    budgets = Budgets(**{**BUDGETS.as_dict(), "ppo_steps": 5})
+    # the first step always runs; the second would end past a deadline that is already here
+    assert train_ppo(policy, tok, scorer, PROMPTS, budgets, deadline=time.monotonic()).steps == 1
+    assert train_ppo(policy, tok, scorer, PROMPTS, budgets, deadline=time.monotonic() + 3600).steps == 5
