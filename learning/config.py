@@ -4,11 +4,13 @@
 field (``ppo_steps`` <- ``ASSISTANT_PPO_STEPS``) and validates all of them at
 once, so an operator sees every mistake in one message together with the fix.
 
-The defaults fit one user adapter in under 5 minutes on a 2-core CPU with the embedded
-SmolLM2-135M (measured 2026-12-01 at 44 tok/s for a batch of 16 sampled replies): the gate's
-three samplings (12 + 4 prompts x 48 tokens) ~70 s, the warm start (12 prompts x 4 replies, then
-2 epochs of fine-tuning) ~75 s, three PPO steps (2 prompts x 4 replies x 48 tokens, 2 epochs) ~80 s.
-A GPU runs the same code; raise the budgets there.
+The defaults hold one adapter job to ``job_time_budget_s`` (280 s, under the 5-minute target) on a
+2-core CPU with the embedded SmolLM2-135M: rollouts through the batched engine (measured
+2026-12-02: ~130 tok/s for 16 sampled replies in bfloat16, ~2x HF generate in float32), the warm
+start (16 prompts x best-of-6, then 2 epochs of fine-tuning) ~65 s, the gate's three evaluations
+(16 + 5 prompts) ~20 s each, and PPO iterations of ~30 s (4 prompts x 4 replies x 48 tokens,
+2 epochs) until the budget is spent (5 here). A faster machine or a GPU runs more iterations
+within the same budget, up to ``ppo_steps``.
 """
 
 from __future__ import annotations
