@@ -27,6 +27,9 @@ from service.schemas import OAIChatRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 _DRAINING: set[asyncio.Task] = set()
+# A streamed response whose body has not started this long after the route returned was abandoned
+# before its first byte (issue 12, finding 18); its replies are cancelled and stored.
+UNREAD_STREAM_TIMEOUT_S = 30.0
 
 POLICIES = {"": None, ":global": "global", ":base": "base"}  # model id suffix -> policy
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
@@ -167,8 +170,13 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
         return f"data: {json.dumps(body_)}\n\n"
 
     relays = [chat.relay(user.id, reply, stream, stop) for reply, stream in started]
+    body_started, abandoned = asyncio.Event(), asyncio.Event()
 
     async def events():
+        body_started.set()
+        if abandoned.is_set():  # started after the guard below gave the replies up
+            yield f"data: {json.dumps({'error': {'message': 'the response started too late; the reply was cancelled', 'type': 'server_error'}})}\n\n"
+            return
         # One queue merges the choices' events in arrival order; each pump ends with (k, None).
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -205,10 +213,32 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
                 # the pumps keep draining their relays (each stores its reply) with no reader left;
                 # held here so the event loop's weak references do not drop them mid-reply
                 for t in tasks:
-                    _DRAINING.add(t)
-                    t.add_done_callback(_DRAINING.discard)
+                    _keep_until_done(t)
 
+    async def unread_guard() -> None:
+        """Issue 12, finding 18: a client that leaves before the response starts never runs ``events()``
+        (nor its ``finally``), and its replies would stay "generating" with the engine still at them.
+        This clean-up depends on nothing but time: unread after ``UNREAD_STREAM_TIMEOUT_S``, the
+        replies are cancelled and their relays drained, which stores each one as cancelled."""
+        try:
+            await asyncio.wait_for(body_started.wait(), UNREAD_STREAM_TIMEOUT_S)
+            return
+        except asyncio.TimeoutError:
+            abandoned.set()
+        for reply, _ in started:
+            chat.cancel(user_id=user.id, message_id=reply.message.id)
+        for relay in relays:
+            async for _ in relay:
+                pass
+
+    _keep_until_done(asyncio.create_task(unread_guard()))
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _keep_until_done(task: asyncio.Task) -> None:
+    """Hold a task no one awaits, so the event loop's weak references do not drop it mid-way."""
+    _DRAINING.add(task)
+    task.add_done_callback(_DRAINING.discard)
 
 
 @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
