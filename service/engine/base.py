@@ -40,12 +40,24 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI's: subtract once from every token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtract per occurrence in the generated tokens
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks); honoured by BatchedEngine
+    logprobs: int | None = None  # OpenAI's logprobs: None = off, k >= 0 = the chosen token's and the k likeliest
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability under the model (before temperature and penalties, as
+    OpenAI reports them) and the ``top`` likeliest alternatives at that position, best first."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
 
 
 @dataclass
 class TokenEvent:
     text: str
     token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None  # when the request asked (SamplingParams.logprobs)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from service.engine.adapter_cache import AdapterCache, load_lora
 from service.engine.base import EndEvent, GenerationRequest, RequestStream, TokenEvent
 from service.engine.prefix_cache import PrefixCache
 from service.engine.runner import LlamaRunner, UnsupportedModel, resolve_dtype
-from service.engine.sampling import BatchSampling, sample_batch, stop_token_ids
+from service.engine.sampling import BatchSampling, sample_batch, stop_token_ids, token_logprobs
 from service.engine.scheduler import Counters, Row, Scheduler
 
 logger = logging.getLogger(__name__)
@@ -238,13 +238,14 @@ class BatchedEngine:
         """4. pick, emit and account one token per row; ``logits`` (len(rows), V)."""
         params = [r.req.params for r in rows]
         tokens = sample_batch(logits, BatchSampling.of(params, [r.generator for r in rows]), [r.generated for r in rows])
-        for row, p, tok in zip(rows, params, tokens):
+        logprobs = token_logprobs(self.tokenizer, logits, tokens, [p.logprobs for p in params])
+        for row, p, tok, lp in zip(rows, params, tokens, logprobs):
             row.generated.append(tok)
             row.last_token = tok
             self.tokens_generated += 1
             if tok in self._stop_ids and not p.ignore_eos:
                 self.scheduler.finish(row, "stop")
                 continue
-            row.req.stream.put(TokenEvent(text=row.detok.add(tok), token_ids=[tok]))
+            row.req.stream.put(TokenEvent(text=row.detok.add(tok), token_ids=[tok], logprobs=lp))
             if len(row.generated) >= p.max_new_tokens:
                 self.scheduler.finish(row, "length")

@@ -15,7 +15,7 @@ import time
 import torch
 
 from service.engine.base import AdapterRef, EndEvent, GenerationRequest, QueueFull, RequestStream, TokenEvent
-from service.engine.sampling import BatchSampling, Detokenizer, sample_batch, stop_token_ids
+from service.engine.sampling import BatchSampling, Detokenizer, sample_batch, stop_token_ids, token_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ class NaiveEngine:
             out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
             tok = sample_batch(out.logits[:, -1], sampling, [generated])[0]
+            lp = token_logprobs(self.tokenizer, out.logits[:, -1], [tok], [p.logprobs])[0]
             generated.append(tok)
             n += 1
             self.tokens_generated += 1
@@ -130,6 +131,6 @@ class NaiveEngine:
                 finish = "stop"
                 break
             text = detok.add(tok)
-            req.stream.put(TokenEvent(text=text, token_ids=[tok]))
+            req.stream.put(TokenEvent(text=text, token_ids=[tok], logprobs=lp))
             ids = torch.tensor([[tok]], device=device)
         req.stream.put(EndEvent(finish, n, len(req.prompt_ids)))

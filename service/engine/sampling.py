@@ -88,6 +88,26 @@ def sample_batch(logits: torch.Tensor, s: BatchSampling, history: list[list[int]
     return out.tolist()
 
 
+def token_logprobs(tokenizer, logits: torch.Tensor, tokens: list[int], wanted: list[int | None]) -> list:
+    """Per row: ``[TokenLogprob]`` for the chosen token when ``wanted[i]`` is not None (with the
+    ``wanted[i]`` likeliest alternatives), else None. Read from the raw logits (N, V), like OpenAI."""
+    from service.engine.base import TokenLogprob
+
+    rows = [i for i, k in enumerate(wanted) if k is not None]
+    out: list = [None] * len(tokens)
+    if not rows:
+        return out
+    lp = torch.log_softmax(logits[rows].float(), dim=-1)  # (R, V)
+    k_max = max(wanted[i] for i in rows)
+    top_v, top_i = lp.topk(k_max, dim=-1) if k_max else (None, None)
+    text = lambda t: tokenizer.decode([t])  # noqa: E731
+    for j, i in enumerate(rows):
+        k = wanted[i]
+        top = [(text(int(t)), float(v)) for t, v in zip(top_i[j, :k], top_v[j, :k])] if k else []
+        out[i] = [TokenLogprob(text(tokens[i]), float(lp[j, tokens[i]]), top)]
+    return out
+
+
 class Detokenizer:
     """Turns a growing list of token ids into text deltas without splitting UTF-8 characters.
 

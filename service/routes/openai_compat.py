@@ -13,6 +13,7 @@ server does not implement are refused by name (400), never silently ignored.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -84,8 +85,11 @@ def _refuse_unsupported(body: OAIChatRequest) -> None:
     if body.response_format and body.response_format.get("type") not in (None, "text"):
         raise OpenAIError(400, "response_format: only {\"type\": \"text\"} is supported (no JSON mode)", param="response_format",
                           code="unsupported_parameter")
-    if body.logprobs or body.top_logprobs:
-        raise OpenAIError(400, "logprobs are not supported yet", param="logprobs", code="unsupported_parameter")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    if body.logprobs and body.stop_strings():
+        raise OpenAIError(400, "logprobs together with stop strings are not supported (the text is cut where a stop "
+                          "string starts, not at a token)", param="logprobs", code="unsupported_parameter")
     for i, m in enumerate(body.messages):
         if m.role == "tool":
             raise OpenAIError(400, "tool messages are not supported (no tools)", param=f"messages[{i}].role", code="unsupported_parameter")
@@ -118,6 +122,8 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
         params = await chat.user_sampling(user.id, max_new_tokens=body.max_completion_tokens or body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed,
                                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty)
+        if body.logprobs:
+            params = dataclasses.replace(params, logprobs=body.top_logprobs or 0)
         turn = await chat.add_plain_conversation(user_id=user.id, messages=messages, params=params, n=body.n, policy=policy,
                                                  with_instructions=not task)
     except ChatError as exc:
@@ -142,14 +148,15 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     if not body.stream:
-        async def collect(reply, stream) -> tuple[str, EndEvent]:
-            parts, end = [], None
+        async def collect(reply, stream) -> tuple[str, EndEvent, list]:
+            parts, end, lps = [], None, []
             async for ev in chat.relay(user.id, reply, stream, stop):
                 if isinstance(ev, EndEvent):
                     end = ev
                 else:
                     parts.append(ev.text)
-            return "".join(parts), end
+                    lps.extend(ev.logprobs or ())
+            return "".join(parts), end, lps
 
         results = await asyncio.gather(*(collect(r, s) for r, s in started))
         if task:
@@ -157,9 +164,9 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
         return {
             "id": completion_id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": k, "message": {"role": "assistant", "content": text}, "finish_reason": FINISH.get(end.finish_reason, "stop"),
-                         "logprobs": None, "message_id": reply.message.id}
-                        for k, ((reply, _), (text, end)) in enumerate(zip(started, results))],
-            "usage": usage([end for _, end in results]),
+                         "logprobs": _logprobs(lps) if body.logprobs else None, "message_id": reply.message.id}
+                        for k, ((reply, _), (text, end, lps)) in enumerate(zip(started, results))],
+            "usage": usage([end for _, end, _ in results]),
             **extra,
         }
 
@@ -199,8 +206,11 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
                 elif isinstance(ev, EndEvent):
                     ends.append(ev)
                     yield chunk([{"index": k, "delta": {}, "finish_reason": FINISH.get(ev.finish_reason, "stop")}])
-                elif ev.text:
-                    yield chunk([{"index": k, "delta": {"content": ev.text}, "finish_reason": None}])
+                elif ev.text or (body.logprobs and ev.logprobs):
+                    choice = {"index": k, "delta": {"content": ev.text}, "finish_reason": None}
+                    if body.logprobs:
+                        choice["logprobs"] = _logprobs(ev.logprobs or [])
+                    yield chunk([choice])
             if body.stream_options is not None and body.stream_options.include_usage:
                 yield chunk([], usage(ends))  # OpenAI's usage chunk: after the last choice, with no choices
             if task:
@@ -233,6 +243,15 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
 
     _keep_until_done(asyncio.create_task(unread_guard()))
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _logprobs(items) -> dict:
+    """OpenAI's ``logprobs`` object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(a, lp) for a, lp in t.top]} for t in items],
+            "refusal": None}
 
 
 def _keep_until_done(task: asyncio.Task) -> None:

@@ -83,7 +83,7 @@ def test_models_policies_and_openai_error_objects(client):
     refusals = {  # what the server does not do is refused by name, never ignored
         "tools": dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         "response_format": dict(response_format={"type": "json_object"}),
-        "logprobs": dict(logprobs=True, top_logprobs=2),
+        "logprobs": dict(logprobs=True, top_logprobs=2, stop=["."]),  # logprobs alone are served (below)
     }
     for param, kwargs in refusals.items():
         try:
@@ -179,3 +179,28 @@ def test_n_choices_are_one_rankable_alternative_group(client):
         raise AssertionError("n over ASSISTANT_MAX_ALTERNATIVES must be refused")
     except openai.BadRequestError as exc:
         assert "ASSISTANT_MAX_ALTERNATIVES" in exc.message
+
+
+def test_logprobs_streamed_and_not(client):
+    """Issue 13: logprobs and top_logprobs as OpenAI returns them (the openai client parses them)."""
+    u = signup(client, "logprober")
+    oai = openai.OpenAI(api_key=u["token"], base_url="http://127.0.0.1:8000/v1", http_client=client)
+    ask = dict(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=6,
+               temperature=0, logprobs=True, top_logprobs=3)
+    resp = oai.chat.completions.create(**ask)
+    content = resp.choices[0].logprobs.content
+    assert content and "".join(t.token for t in content) == resp.choices[0].message.content
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3 and bytes(t.bytes).decode() == t.token
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+        # greedy: the chosen token is the likeliest one
+        assert t.token == t.top_logprobs[0].token and abs(t.logprob - t.top_logprobs[0].logprob) < 1e-5
+    streamed = [c for c in oai.chat.completions.create(**ask, stream=True) if c.choices and c.choices[0].logprobs]
+    tokens = [t for c in streamed for t in c.choices[0].logprobs.content]
+    assert [t.token for t in tokens] == [t.token for t in content]
+    plain = oai.chat.completions.create(**{k: v for k, v in ask.items() if k not in ("logprobs", "top_logprobs")})
+    assert plain.choices[0].logprobs is None
+    r = client.post("/v1/chat/completions", json={**ask, "stop": ["\n"]}, headers=u["headers"])
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+    r = client.post("/v1/chat/completions", json={**{k: v for k, v in ask.items() if k != "logprobs"}}, headers=u["headers"])
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
