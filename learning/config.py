@@ -219,6 +219,18 @@ class Budgets:
     """A personal candidate may score at most this much below the base under the population's reward
     (what all users agree on, in reward standard deviations): a personal style must not cost general quality."""
 
+    gate_preference: str = "labels"
+    """What decides whether a personal candidate is preferred: "labels" (the user's own held-out
+    ratings: the candidate must raise the likelihood of the replies they preferred over those they did
+    not, relative to the base and to what serves them now, on more than half of the comparisons) or
+    "reward" (the user's reward model scores the gate's samples). "labels" falls back to "reward"
+    while a user has fewer than gate_min_labels held-out comparisons; the global adapter always uses
+    the reward model."""
+
+    gate_min_labels: int = 6
+    """Held-out comparisons (ranked pairs, plus min(thumbs up, thumbs down)) a user needs before
+    gate_preference="labels" judges their candidate."""
+
     # --- harm flagger --------------------------------------------------------
     harm_judge: str = "none"
     """Automated harm flagger: "none", "keywords" (a built-in word list), "profanity-check"
@@ -266,7 +278,7 @@ class Budgets:
         positive_ints = ("ppo_steps", "ppo_batch_size", "ppo_minibatch_size", "ppo_epochs", "ppo_max_new_tokens",
                          "ppo_group_size", "warm_start_samples", "warm_start_epochs",
                          "lora_r", "lora_alpha", "gate_prompts", "reward_steps", "max_prompt_tokens", "max_reply_tokens",
-                         "global_max_items_per_user", "harm_min_positive", "harm_steps", "rollout_max_rows")
+                         "global_max_items_per_user", "harm_min_positive", "harm_steps", "rollout_max_rows", "gate_min_labels")
         if self.reward_components < 0:
             problems.append(f"{self.env_name('reward_components')} must be >= 0 (got {self.reward_components})")
         for name in positive_ints:
@@ -288,6 +300,8 @@ class Budgets:
         for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{self.env_name(name)} must be between 0 and 1 (got {getattr(self, name)})")
+        if self.gate_preference not in ("labels", "reward"):
+            problems.append(f"{self.env_name('gate_preference')} must be \"labels\" or \"reward\" (got {self.gate_preference!r})")
         if self.rollout_engine not in ("batched", "hf"):
             problems.append(f"{self.env_name('rollout_engine')} must be \"batched\" or \"hf\" (got {self.rollout_engine!r})")
         if not 0.0 < self.heldout_fraction < 1.0:

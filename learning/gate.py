@@ -18,11 +18,20 @@ promoted only if
    at least ``MIN_HELDOUT_PAIRS`` of them): a model that disagrees with the user's own votes must
    not decide what they are served.
 
+For a personal candidate with ``gate_preference="labels"`` (the default) and at least
+``gate_min_labels`` held-out comparisons, criterion 1 (and 5) is replaced by the user's own held-out
+labels, read directly: relative to the base, and to what serves them now, the candidate must raise
+the log-likelihood of the reply they preferred more than that of the reply they did not (a DPO-style
+implicit-reward margin) on more than half of their comparisons (``label_agreement``). The full-size
+round-1 run measured why: at round-1 counts the user's reward model rejected candidates that won
+68-90% and promoted ones that won 39-56%.
+
 ``decide`` is a pure function of the evaluations (unit-tested); ``evaluate_policy`` produces one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -31,7 +40,8 @@ import torch
 
 from learning.config import Budgets
 from learning.losses import masked_mean
-from learning.policy import Sampler, forward_logprobs, sample, score_samples
+from learning.policy import Sampler, encode_replies, forward_logprobs, reference_mode, sample, score_samples
+from learning.shared import HeldoutLabels
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +77,56 @@ def win_rate(candidate: PolicyEval, base: PolicyEval) -> float | None:
     return sum(1.0 if c > b else 0.5 if c == b else 0.0 for c, b in pairs) / len(pairs)
 
 
+@torch.no_grad()
+def reply_logprobs(model, tokenizer, replies: Sequence[tuple[str, str]], budgets: Budgets, *,
+                   reference: bool = False) -> dict[tuple[str, str], float]:
+    """Sum of log-probabilities (temperature 1) of each stored (rendered prompt, reply) under the
+    adapter loaded in ``model`` (or the base, if ``reference``), replies cut as the policy samples them."""
+    out: dict[tuple[str, str], float] = {}
+    items = list(replies)
+    step = budgets.ppo_batch_size
+    for i in range(0, len(items), step):
+        chunk = items[i:i + step]
+        batch = encode_replies(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
+        with reference_mode(model) if reference else contextlib.nullcontext():
+            logprobs, _, _ = forward_logprobs(model, batch, 1.0)
+        sums = (logprobs.float().cpu() * batch.response_mask).sum(1)
+        out.update(zip(chunk, sums.tolist()))
+    return out
+
+
+def label_agreement(labels: HeldoutLabels, candidate: dict[tuple[str, str], float],
+                    other: dict[tuple[str, str], float]) -> float | None:
+    """Share of the user's held-out comparisons on which the candidate moved, relative to ``other``,
+    toward what they preferred: for a ranked pair, log p_cand/p_other rose more for the chosen reply
+    than for the rejected one; for thumbs, the same between every (up, down) reply, the thumbs
+    together weighing min(ups, downs) comparisons. Ties count half; None without comparisons."""
+    def gain(prompt: str, reply: str) -> float:
+        return candidate[(prompt, reply)] - other[(prompt, reply)]
+
+    def agree(a: float, b: float) -> float:
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+
+    total = sum(agree(gain(pc, c), gain(pr, r)) for pc, c, pr, r in labels.pairs)
+    weight = float(len(labels.pairs))
+    ups = [gain(p, r) for p, r, y in labels.points if y == 1]
+    downs = [gain(p, r) for p, r, y in labels.points if y != 1]
+    if ups and downs:
+        auc = sum(agree(u, d) for u in ups for d in downs) / (len(ups) * len(downs))
+        w = min(len(ups), len(downs))
+        total, weight = total + auc * w, weight + w
+    return total / weight if weight else None
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    """The candidate against the user's held-out labels (``label_agreement``) vs the base and vs current."""
+
+    vs_base: float
+    vs_current: float
+    comparisons: int
+
+
 @dataclass(frozen=True)
 class Decision:
     promote: bool
@@ -74,15 +134,24 @@ class Decision:
 
 
 def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets: Budgets, *, personal: bool = False,
-           heldout_accuracy: float | None = None, heldout_pairs: int = 0) -> Decision:
-    """Promote only if the candidate is better than both, no more harmful than either, close to the
-    base, (personal) no worse for everyone, and judged by a reward model that agrees with its user."""
+           heldout_accuracy: float | None = None, heldout_pairs: int = 0, labels: LabelCheck | None = None) -> Decision:
+    """Promote only if the candidate is better than both (by the user's held-out labels, or by the
+    reward model), no more harmful than either, close to the base, (personal) no worse for everyone,
+    and judged by a reward model that agrees with its user."""
     failures = []
     margin = budgets.gate_min_improvement
-    for name, other in (("current", current), ("base", base)):
-        if not candidate.lower > other.lower + margin:
-            failures.append(f"mean reward {candidate.lower:.3f} does not beat {name} {other.lower:.3f}"
-                            + (f" by more than {margin}" if margin else ""))
+    by_labels = (personal and budgets.gate_preference == "labels" and labels is not None
+                 and labels.comparisons >= budgets.gate_min_labels)
+    if by_labels:
+        for name, share in (("current", labels.vs_current), ("base", labels.vs_base)):
+            if not share > 0.5:
+                failures.append(f"moves toward the user's held-out preferences on only {share:.0%} of "
+                                f"{labels.comparisons} comparisons vs {name}")
+    else:
+        for name, other in (("current", current), ("base", base)):
+            if not candidate.lower > other.lower + margin:
+                failures.append(f"mean reward {candidate.lower:.3f} does not beat {name} {other.lower:.3f}"
+                                + (f" by more than {margin}" if margin else ""))
     for name, other in (("current", current), ("base", base)):
         if candidate.harm_rate > other.harm_rate:
             failures.append(f"harm rate {candidate.harm_rate:.2f} exceeds {name} {other.harm_rate:.2f}")
@@ -91,13 +160,16 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
     if personal and candidate.population_reward < base.population_reward - budgets.gate_helpfulness_tolerance:
         failures.append(f"population reward {candidate.population_reward:.3f} is more than "
                         f"{budgets.gate_helpfulness_tolerance} below the base's {base.population_reward:.3f}")
-    if personal and heldout_accuracy is not None and heldout_pairs >= MIN_HELDOUT_PAIRS and heldout_accuracy < 0.5:
+    if (personal and not by_labels and heldout_accuracy is not None and heldout_pairs >= MIN_HELDOUT_PAIRS
+            and heldout_accuracy < 0.5):
         failures.append(f"the user's reward model agrees with only {heldout_accuracy:.0%} of their {heldout_pairs} "
                         "held-out pairs")
     if failures:
         return Decision(False, "rejected: " + "; ".join(failures))
-    return Decision(True, f"promoted: reward lower bound {candidate.lower:.3f} vs current {current.lower:.3f} "
-                          f"and base {base.lower:.3f}; harm rate {candidate.harm_rate:.2f}; "
+    preferred = (f"moves toward the user's held-out preferences on {labels.vs_current:.0%} (vs current) and "
+                 f"{labels.vs_base:.0%} (vs base) of {labels.comparisons} comparisons" if by_labels else
+                 f"reward lower bound {candidate.lower:.3f} vs current {current.lower:.3f} and base {base.lower:.3f}")
+    return Decision(True, f"promoted: {preferred}; harm rate {candidate.harm_rate:.2f}; "
                           f"KL {candidate.kl_per_token:.3f}/token")
 
 
@@ -135,12 +207,21 @@ class Gate:
     """Evaluate base and current before training, the candidate after, then ``decide``."""
 
     def __init__(self, model, tokenizer, prompts: Sequence[str], harm_prompts: Sequence[str], reward, harm,
-                 user_id: int | None, budgets: Budgets, sampler: Sampler = sample) -> None:
+                 user_id: int | None, budgets: Budgets, sampler: Sampler = sample, labels: HeldoutLabels | None = None) -> None:
         self.model, self.tokenizer, self.reward, self.harm = model, tokenizer, reward, harm
         self.prompts, self.harm_prompts = list(prompts), list(harm_prompts)
         self.user_id, self.budgets, self.sampler = user_id, budgets, sampler
+        self.labels = labels if labels is not None and labels.comparisons() > 0 else None
         self.base: PolicyEval | None = None
         self.current: PolicyEval | None = None
+        self._base_lp: dict[tuple[str, str], float] = {}
+        self._current_lp: dict[tuple[str, str], float] = {}
+        self.label_check: LabelCheck | None = None
+
+    def _logprobs(self, *, reference: bool = False) -> dict[tuple[str, str], float]:
+        if self.labels is None:
+            return {}
+        return reply_logprobs(self.model, self.tokenizer, self.labels.replies(), self.budgets, reference=reference)
 
     def _eval(self, *, reference: bool = False) -> PolicyEval:
         return evaluate_policy(self.model, self.tokenizer, self.prompts, self.reward, self.harm, self.user_id, self.budgets,
@@ -150,16 +231,23 @@ class Gate:
         """The yardsticks: the base, and what serves this scope now (the adapter loaded in the model)."""
         self.base = self._eval(reference=True)
         self.current = self._eval() if serving_adapter else self.base
+        self._base_lp = self._logprobs(reference=True)
+        self._current_lp = self._logprobs() if serving_adapter else self._base_lp
 
     def judge(self) -> tuple[Decision, PolicyEval]:
         """Evaluate the candidate now loaded in the model and decide."""
         if self.base is None or self.current is None:
             raise RuntimeError("Gate.measure_start must run before training")
         candidate = self._eval()
+        if self.labels is not None:
+            lp = self._logprobs()
+            self.label_check = LabelCheck(label_agreement(self.labels, lp, self._base_lp),
+                                          label_agreement(self.labels, lp, self._current_lp), self.labels.comparisons())
         personal = self.user_id is not None and self.reward.is_personal(self.user_id)
         per_user = self.reward.metrics.get("reward/per_user", {}).get(str(self.user_id), {}) if personal else {}
         decision = decide(candidate, self.current, self.base, self.budgets, personal=personal,
-                          heldout_accuracy=per_user.get("accuracy"), heldout_pairs=int(per_user.get("heldout_pairs") or 0))
+                          heldout_accuracy=per_user.get("accuracy"), heldout_pairs=int(per_user.get("heldout_pairs") or 0),
+                          labels=self.label_check)
         return decision, candidate
 
     def metrics(self, candidate: PolicyEval) -> dict[str, float]:
@@ -168,4 +256,8 @@ class Gate:
         wins = win_rate(candidate, self.base)
         if wins is not None:
             out["gate/win_rate_vs_base"] = round(wins, 4)
+        if self.label_check is not None:
+            out["gate/labels_vs_base"] = round(self.label_check.vs_base, 4)
+            out["gate/labels_vs_current"] = round(self.label_check.vs_current, 4)
+            out["gate/label_comparisons"] = self.label_check.comparisons
         return out

@@ -554,7 +554,7 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
 
     from learning.harm import HarmModel, judge_flagger, make_judge
     from learning.reward import FeatureCache, RewardModel
-    from learning.shared import SharedModels, preferred_replies
+    from learning.shared import SharedModels, heldout_labels, preferred_replies
 
     judge = make_judge(budgets.harm_judge)  # fails early on an unknown name
     progress(0.0, "loading the base model")
@@ -584,7 +584,8 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
         session.add(row)
         session.commit()
     flagged = list(dict.fromkeys(h.prompt for h in sorted(pool.harm, key=lambda h: h.updated_at) if h.harmful))
-    SharedModels(reward, harm, flagged, preferred_replies(full, budgets.heldout_fraction)).save(_shared_path(settings, run_id))
+    SharedModels(reward, harm, flagged, preferred_replies(full, budgets.heldout_fraction),
+                 heldout_labels(full, budgets.heldout_fraction)).save(_shared_path(settings, run_id))
     progress(SHARED_SHARE, f"reward model: held-out accuracy {reward_metrics.get('reward/heldout_accuracy')} "
                            f"(longer-wins {reward_metrics.get('reward/length_baseline_accuracy')})")
 
@@ -775,7 +776,8 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
 
     # 1. the gate's yardsticks: the base, and what serves this scope now (the start adapter)
     sampler = ctx.models.sampler
-    gate = Gate(policy, tokenizer, gate_prompts, harm_gate, reward, harm, user_id, budgets, sampler=sampler)
+    gate = Gate(policy, tokenizer, gate_prompts, harm_gate, reward, harm, user_id, budgets, sampler=sampler,
+                labels=ctx.shared.heldout.get(user_id) if user_id is not None else None)
     t_gate = time.monotonic()
     gate.measure_start(serving_adapter=start_row is not None)
     one_eval_s = (time.monotonic() - t_gate) / (2 if start_row is not None else 1)  # the candidate's costs the same

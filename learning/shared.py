@@ -20,6 +20,32 @@ if TYPE_CHECKING:
     from learning.reward import RewardModel
 
 
+@dataclass(frozen=True)
+class HeldoutLabels:
+    """One user's held-out labels as texts: ranked pairs (chosen prompt, chosen, rejected prompt,
+    rejected) and thumbs (prompt, reply, 1 = up)."""
+
+    pairs: tuple[tuple[str, str, str, str], ...] = ()
+    points: tuple[tuple[str, str, int], ...] = ()
+
+    def comparisons(self) -> int:
+        """How many comparisons they make: each pair, plus min(ups, downs) for the thumbs."""
+        ups = sum(label == 1 for _, _, label in self.points)
+        return len(self.pairs) + min(ups, len(self.points) - ups)
+
+    def replies(self) -> list[tuple[str, str]]:
+        """Every distinct (prompt, reply) they mention, in first-seen order."""
+        items = [x for pc, c, pr, r in self.pairs for x in ((pc, c), (pr, r))] + [(p, r) for p, r, _ in self.points]
+        return list(dict.fromkeys(items))
+
+    def as_json(self) -> dict:
+        return {"pairs": [list(x) for x in self.pairs], "points": [list(x) for x in self.points]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "HeldoutLabels":
+        return cls(tuple(tuple(x) for x in data.get("pairs", [])), tuple((p, r, int(y)) for p, r, y in data.get("points", [])))
+
+
 @dataclass
 class SharedModels:
     reward: "RewardModel"
@@ -29,10 +55,13 @@ class SharedModels:
     preferred: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
     """Per user: (rendered prompt, reply) the user preferred (ranked above another, or thumbs up),
     training split only, oldest first: the warm start's own-label targets."""
+    heldout: dict[int, "HeldoutLabels"] = field(default_factory=dict)
+    """Per user: their held-out labels (never trained on), which the gate reads directly."""
 
     def save(self, path: Path) -> None:
         data = {"reward": self.reward.state_dict(), "harm": self.harm.state_dict(), "harm_prompts": self.harm_prompts,
-                "preferred": {str(u): [list(x) for x in xs] for u, xs in self.preferred.items()}}
+                "preferred": {str(u): [list(x) for x in xs] for u, xs in self.preferred.items()},
+                "heldout": {str(u): h.as_json() for u, h in self.heldout.items()}}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "w") as f:
@@ -49,7 +78,8 @@ class SharedModels:
         data = json.loads(path.read_text())
         return cls(RewardModel.from_state(data["reward"], budgets), HarmModel.from_state(data["harm"], budgets),
                    list(data.get("harm_prompts", [])),
-                   {int(u): [(p, r) for p, r in xs] for u, xs in data.get("preferred", {}).items()})
+                   {int(u): [(p, r) for p, r in xs] for u, xs in data.get("preferred", {}).items()},
+                   {int(u): HeldoutLabels.from_json(h) for u, h in data.get("heldout", {}).items()})
 
 
 def preferred_replies(dataset, heldout_fraction: float) -> dict[int, list[tuple[str, str]]]:
@@ -64,3 +94,18 @@ def preferred_replies(dataset, heldout_fraction: float) -> dict[int, list[tuple[
         if (prompt, reply) not in out.setdefault(uid, []):
             out[uid].append((prompt, reply))
     return out
+
+
+def heldout_labels(dataset, heldout_fraction: float) -> dict[int, HeldoutLabels]:
+    """Each user's held-out split (``is_heldout``: what the reward model and the warm start never see)."""
+    from learning.reward import is_heldout
+
+    pairs: dict[int, list] = {}
+    points: dict[int, list] = {}
+    for p in dataset.pairs:
+        if is_heldout(p.key, heldout_fraction):
+            pairs.setdefault(p.user_id, []).append((p.prompt, p.chosen, p.prompt_of_rejected, p.rejected))
+    for p in dataset.points:
+        if is_heldout(p.key, heldout_fraction):
+            points.setdefault(p.user_id, []).append((p.prompt, p.reply, int(p.label)))
+    return {u: HeldoutLabels(tuple(pairs.get(u, ())), tuple(points.get(u, ()))) for u in sorted(set(pairs) | set(points))}

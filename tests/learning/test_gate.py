@@ -63,3 +63,62 @@ def test_win_rate_counts_prompts_where_the_candidate_outscores_the_base():
     assert win_rate(cand, base) == pytest.approx(0.5)
     assert win_rate(cand, PolicyEval(0.0, 0.0, 0.0, 0)) is None  # nothing to compare
     assert "gate/candidate/per_prompt" not in cand.as_metrics("gate/candidate")  # metrics stay scalars
+
+
+def test_label_agreement_reads_pairs_and_thumbs_relative_to_the_other_policy():
+    from learning.gate import label_agreement
+    from learning.shared import HeldoutLabels
+
+    labels = HeldoutLabels(pairs=(("p1", "good", "p1", "bad"), ("p2", "good2", "p2", "bad2")),
+                           points=(("p3", "up", 1), ("p4", "down", 0), ("p5", "down2", 0)))
+    other = {("p1", "good"): -10.0, ("p1", "bad"): -10.0, ("p2", "good2"): -5.0, ("p2", "bad2"): -9.0,
+             ("p3", "up"): -8.0, ("p4", "down"): -8.0, ("p5", "down2"): -8.0}
+    # vs other: pair 1 chosen gains 2 vs 0 (agree); pair 2 chosen gains 0 vs 1 (disagree);
+    # thumbs: up gains 1, downs gain 0 and 1 -> AUC (1 + 0.5) / 2 = 0.75, weighing min(1, 2) = 1
+    cand = {**other, ("p1", "good"): -8.0, ("p2", "bad2"): -8.0, ("p3", "up"): -7.0, ("p5", "down2"): -7.0}
+    assert labels.comparisons() == 3
+    assert label_agreement(labels, cand, other) == pytest.approx((1 + 0 + 0.75) / 3)
+    assert label_agreement(labels, other, other) == pytest.approx(0.5)  # no movement: all ties
+    assert label_agreement(HeldoutLabels(points=(("p3", "up", 1),)), cand, other) is None  # nothing to compare
+    # the raw likelihood of the chosen reply does not matter, only its change: a pair whose chosen
+    # reply is already far likelier but gains less than the rejected one counts against
+    assert label_agreement(HeldoutLabels(pairs=(("p2", "good2", "p2", "bad2"),)), cand, other) == 0.0
+
+
+def test_enough_held_out_labels_decide_a_personal_candidate_instead_of_the_reward_model():
+    from learning.gate import LabelCheck
+
+    loses_on_reward = cand(reward=0.1)  # the reward model prefers current (0.4)
+    good = LabelCheck(vs_base=0.8, vs_current=0.7, comparisons=10)
+    d = decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=True, labels=good)
+    assert d.promote and "held-out preferences on 70% (vs current)" in d.reason
+    # ... and a candidate the reward model likes is rejected when it moved away from the user's labels
+    bad = LabelCheck(vs_base=0.6, vs_current=0.5, comparisons=10)
+    d = decide(cand(reward=0.9), CURRENT, BASE, BUDGETS, personal=True, labels=bad)
+    assert not d.promote and "only 50% of 10 comparisons vs current" in d.reason
+    # too few labels, the global scope, or gate_preference="reward": the reward model decides
+    few = LabelCheck(vs_base=0.9, vs_current=0.9, comparisons=BUDGETS.gate_min_labels - 1)
+    assert not decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=True, labels=few).promote
+    assert not decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=False, labels=good).promote
+    assert not decide(loses_on_reward, CURRENT, BASE, Budgets(gate_preference="reward"), personal=True, labels=good).promote
+    # the other criteria still hold under labels
+    assert not decide(cand(harm=0.5), CURRENT, BASE, BUDGETS, personal=True, labels=good).promote
+    with pytest.raises(BudgetError, match="ASSISTANT_GATE_PREFERENCE must be"):
+        Budgets(gate_preference="votes")
+
+
+def test_held_out_labels_round_trip_and_hold_only_the_held_out_split():
+    from datetime import datetime, timezone
+
+    from learning.data import Dataset, PointLabel, PreferencePair
+    from learning.reward import is_heldout
+    from learning.shared import HeldoutLabels, heldout_labels
+
+    now = datetime.now(timezone.utc)
+    pairs = [PreferencePair(1, f"p{i}", f"c{i}", f"r{i}", 2 * i, 2 * i + 1, f"ranking:{i}", now) for i in range(40)]
+    points = [PointLabel(1, f"q{i}", f"t{i}", i % 2, 100 + i, i, now) for i in range(40)]
+    got = heldout_labels(Dataset(pairs=pairs, points=points), 0.2)[1]
+    assert len(got.pairs) == sum(is_heldout(p.key, 0.2) for p in pairs) > 0
+    assert len(got.points) == sum(is_heldout(p.key, 0.2) for p in points) > 0
+    assert all(is_heldout(f"pair:1:{int(c[1:]) * 2}:{int(c[1:]) * 2 + 1}", 0.2) for _, c, _, _ in got.pairs)
+    assert HeldoutLabels.from_json(got.as_json()) == got

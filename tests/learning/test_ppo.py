@@ -136,3 +136,25 @@ def test_a_deadline_stops_ppo_after_the_step_that_would_overrun_it(tiny):
     # the first step always runs; the second would end past a deadline that is already here
     assert train_ppo(policy, tok, scorer, PROMPTS, budgets, deadline=time.monotonic()).steps == 1
     assert train_ppo(policy, tok, scorer, PROMPTS, budgets, deadline=time.monotonic() + 3600).steps == 5
+
+
+def test_the_gate_reads_held_out_labels_as_likelihood_changes_against_the_base(tiny):
+    from learning.gate import label_agreement, reply_logprobs
+    from learning.shared import HeldoutLabels
+
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+    labels = HeldoutLabels(pairs=((PROMPTS[1], "Paris.", PROMPTS[1], "London."),),
+                           points=((PROMPTS[0], "Hi there.", 1), (PROMPTS[0], "Go away.", 0)))
+    base = reply_logprobs(policy, tok, labels.replies(), BUDGETS, reference=True)
+    fresh = reply_logprobs(policy, tok, labels.replies(), BUDGETS)
+    assert label_agreement(labels, fresh, base) == pytest.approx(0.5)  # a fresh adapter (B = 0) is the base: ties
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(10):  # fine-tune on the preferred replies only
+        optimizer.zero_grad()
+        sft_loss(policy, tok, [PROMPTS[1], PROMPTS[0]], ["Paris.", "Hi there."], BUDGETS).backward()
+        optimizer.step()
+    trained = reply_logprobs(policy, tok, labels.replies(), BUDGETS)
+    assert trained[(PROMPTS[1], "Paris.")] > base[(PROMPTS[1], "Paris.")]
+    assert label_agreement(labels, trained, base) == 1.0  # moved toward both preferred replies
+    assert label_agreement(labels, base, trained) == 0.0  # and the other way round, away
