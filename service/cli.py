@@ -8,6 +8,7 @@
     assistant evaluate [...]                              win rates, harm, reward accuracy, KL -> reports
     assistant reward-curve [...]                          reward-model accuracy vs labels per user -> reports
     assistant export-feedback --out DIR [--format F]      everyone's labels as TRL JSONL (preference, kto)
+    assistant import-openwebui-feedback FILE [--dry-run]  Open WebUI's thumbs (its feedback export) as ratings here
     assistant bench serve [...]                           engine benchmark vs the naive baseline
 
 ``serve`` starts the learning worker as a separate process (never inside the
@@ -143,6 +144,32 @@ def cmd_bench(args: argparse.Namespace) -> None:
     main_bench(args, _settings())
 
 
+def cmd_import_openwebui_feedback(args: argparse.Namespace) -> None:
+    """Open WebUI's feedback export (a JSON array) -> thumbs ratings of the replies generated here."""
+    import json
+
+    from sqlmodel import Session
+
+    from service.db import init_db, make_engine
+    from service.openwebui_import import import_feedback
+
+    try:
+        records = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read {args.file}: {exc}")
+    if not isinstance(records, list):
+        raise SystemExit(f"{args.file} is not Open WebUI's feedback export (a JSON array of feedback records)")
+    settings = _settings()
+    engine = make_engine(settings)
+    init_db(engine)
+    with Session(engine) as session:
+        report = import_feedback(session, records, dry_run=args.dry_run)
+    engine.dispose()
+    for line in report.skipped:
+        print(f"skipped {line}")
+    print(("dry run: would import " if args.dry_run else "") + report.summary())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="assistant", description="A chat assistant that learns from its users.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -186,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["preference", "kto", "all"], default="all")
     ex.add_argument("--out", required=True, help="directory to write <format>.jsonl into")
     ex.set_defaults(func=cmd_export_feedback)
+
+    ow = sub.add_parser("import-openwebui-feedback",
+                        help="Open WebUI's thumbs (Admin Panel > Evaluations > Feedbacks > Export) as ratings of the replies generated here")
+    ow.add_argument("file", help="the exported JSON file")
+    ow.add_argument("--dry-run", action="store_true", help="match and report, write nothing")
+    ow.set_defaults(func=cmd_import_openwebui_feedback)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)

@@ -1,0 +1,173 @@
+"""Open WebUI's thumbs into the learning loop: an importer of its feedback export.
+
+Open WebUI keeps the ratings its users give in its own database (table ``feedback``). An operator
+exports them (Admin Panel -> Evaluations -> Feedbacks -> Export, or
+``GET /api/v1/evaluations/feedbacks/all/export`` with an admin token): a JSON array of records
+
+    {"id", "user_id", "type": "rating",
+     "data": {"rating": 1 | -1, "reason", "comment", "tags", "details": {"rating": 1-10}, "model_id", ...},
+     "meta": {"chat_id", "message_id", "message_index", "model_id", ...},
+     "snapshot": {"chat": {"id", "user_id", "title", "chat": {"history": {"messages": {id: {"role",
+                  "content", "parentId", ...}}}}}},
+     "created_at", "updated_at"}
+
+``import_feedback`` maps each record to the reply this server generated for it: the Open WebUI user
+is the trusted-proxy user ``owui-<user_id>`` (``service.proxy``); the rated message's text (and its
+parent, the user's prompt) are read from the record's chat snapshot and matched, exactly after
+trimming, against that user's generated replies (the newest match wins). A match becomes that
+user's thumbs rating (``crud.upsert_feedback``: one per reply, so importing the same export twice
+changes nothing and a changed vote replaces the old one). Open WebUI's reason strings map onto
+this product's reasons by keywords; its comment is kept. Records that match nothing (another
+model's reply, a user who never chatted through the proxy, a reply edited in Open WebUI) are
+counted and listed, never guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from service import crud
+from service.models import GENERATED, Message, Rating, User
+from service.proxy import USERNAME_PREFIX
+
+logger = logging.getLogger(__name__)
+
+MAX_COMMENT = 2000  # as the feedback route (service.schemas.FeedbackCreate)
+
+# Keywords in Open WebUI's reason strings (its thumbs dialogs offer e.g. "Accurate information",
+# "Too verbose", "Not factually correct") -> this product's reasons (service.models.REASONS).
+REASON_KEYWORDS: tuple[tuple[str, str], ...] = (
+    ("verbose", "too_long"), ("too long", "too_long"), ("too short", "too_short"), ("brief", "too_short"),
+    ("factual", "inaccurate"), ("incorrect", "inaccurate"), ("inaccurate", "inaccurate"),
+    ("refus", "refused"), ("harm", "harmful"), ("offens", "offensive"), ("rude", "rude"),
+    ("off topic", "off_topic"), ("off-topic", "off_topic"), ("lazy", "unhelpful"), ("not helpful", "unhelpful"),
+    ("didn't fully follow", "unhelpful"), ("accurate", "accurate"), ("creativ", "creative"),
+    ("attention to detail", "detailed"), ("thorough", "detailed"), ("detail", "detailed"),
+    ("positive attitude", "friendly"), ("friendly", "friendly"), ("followed instructions", "helpful"),
+    ("helpful", "helpful"), ("concise", "concise"), ("format", "well_formatted"),
+)
+NEGATIVE_ONLY = {"too_long", "too_short", "inaccurate", "refused", "harmful", "offensive", "rude", "off_topic", "unhelpful"}
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0  # ratings written (new or changed)
+    unchanged: int = 0  # already there with the same rating, reasons and comment
+    skipped: list[str] = field(default_factory=list)  # one line per record that matched nothing
+
+    def summary(self) -> str:
+        return f"{self.imported} imported, {self.unchanged} unchanged, {len(self.skipped)} skipped"
+
+
+def _rating(data: dict[str, Any]) -> Rating | None:
+    raw = data.get("rating")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return Rating.up if value > 0 else Rating.down if value < 0 else None
+
+
+def map_reasons(reason: Any, tags: Any, rating: Rating) -> list[str]:
+    """This product's reasons for Open WebUI's reason string and tags, by keywords, in first-seen order."""
+    texts = [reason] if isinstance(reason, str) else []
+    texts += [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+    out: list[str] = []
+    for text in texts:
+        low = text.lower()
+        for word, ours in REASON_KEYWORDS:
+            if word in low and ours not in out and (ours in NEGATIVE_ONLY) == (rating == Rating.down):
+                out.append(ours)
+                break
+    return out
+
+
+def _chat_messages(record: dict[str, Any]) -> dict[str, Any]:
+    chat = ((record.get("snapshot") or {}).get("chat")) or {}
+    inner = chat.get("chat") if isinstance(chat.get("chat"), dict) else chat
+    messages = ((inner.get("history") or {}).get("messages")) or {}
+    return messages if isinstance(messages, dict) else {}
+
+
+def _text(message: Any) -> str | None:
+    content = message.get("content") if isinstance(message, dict) else None
+    return content.strip() if isinstance(content, str) else None
+
+
+class _Replies:
+    """Each user's generated replies by their trimmed text (newest first), read once per user."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.by_user: dict[int, dict[str, list[Message]]] = {}
+
+    def match(self, user: User, reply: str, prompt: str | None) -> Message | None:
+        """The newest generated reply of ``user`` with this text (and this prompt before it, when known)."""
+        if user.id not in self.by_user:
+            index: dict[str, list[Message]] = {}
+            rows = self.session.exec(select(Message).where(Message.user_id == user.id, Message.role == "assistant",
+                                                           Message.origin == GENERATED).order_by(col(Message.id).desc()))
+            for m in rows:
+                index.setdefault(m.content.strip(), []).append(m)
+            self.by_user[user.id] = index
+        for m in self.by_user[user.id].get(reply, []):
+            if prompt is None:
+                return m
+            parent = self.session.get(Message, m.parent_id) if m.parent_id is not None else None
+            if parent is not None and parent.content.strip() == prompt:
+                return m
+        return None
+
+
+def import_feedback(session: Session, records: Iterable[Any], *, dry_run: bool = False) -> ImportReport:
+    """Write each Open WebUI rating that matches a reply generated here as that user's thumbs rating
+    (``dry_run``: only count what would be written)."""
+    report = ImportReport()
+    users: dict[str, User | None] = {}
+    replies = _Replies(session)
+    for i, record in enumerate(records):
+        where = f"record {i}" + (f" ({record.get('id')})" if isinstance(record, dict) and record.get("id") else "")
+        if not isinstance(record, dict) or record.get("type", "rating") != "rating":
+            report.skipped.append(f"{where}: not a rating")
+            continue
+        data, meta = record.get("data") or {}, record.get("meta") or {}
+        rating = _rating(data) if isinstance(data, dict) else None
+        if rating is None:
+            report.skipped.append(f"{where}: no thumbs rating (data.rating must be 1 or -1)")
+            continue
+        owui_id = str(record.get("user_id") or "")
+        if owui_id not in users:
+            users[owui_id] = crud.get_user_by_username(session, username=USERNAME_PREFIX + owui_id) if owui_id else None
+        user = users[owui_id]
+        if user is None:
+            report.skipped.append(f"{where}: no product user {USERNAME_PREFIX}{owui_id} (only users who chatted "
+                                  "through the trusted proxy can be matched)")
+            continue
+        messages = _chat_messages(record)
+        rated = messages.get(str(meta.get("message_id") or ""))
+        reply = _text(rated)
+        if not reply:
+            report.skipped.append(f"{where}: the chat snapshot lacks the rated message's text")
+            continue
+        prompt = _text(messages.get(str(rated.get("parentId") or ""))) if rated.get("parentId") else None
+        msg = replies.match(user, reply, prompt)
+        if msg is None:
+            report.skipped.append(f"{where}: no reply generated here for {user.username} has this text")
+            continue
+        reasons = map_reasons(data.get("reason"), data.get("tags"), rating)
+        comment = data.get("comment") if isinstance(data.get("comment"), str) and data.get("comment").strip() else None
+        comment = comment[:MAX_COMMENT].replace("\x00", "") if comment else None
+        before = crud.feedback_for(session, user_id=user.id, message_ids=[msg.id]).get(msg.id)
+        if before is not None and (before.rating, list(before.reasons), before.comment) == (rating, reasons, comment):
+            report.unchanged += 1
+            continue
+        if not dry_run:
+            crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=rating, reasons=reasons, comment=comment)
+        report.imported += 1
+    logger.info("Open WebUI feedback import: %s", report.summary())
+    return report
