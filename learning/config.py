@@ -113,6 +113,14 @@ class Budgets:
     warm_start_lr: float = 2e-4
     """AdamW learning rate of the warm start's fine-tuning (LoRA weights only)."""
 
+    warm_start_dpo_pairs: int = 32
+    """At most this many of the user's own ranked pairs (training split, newest) add a DPO loss to
+    the warm start's fine-tuning (Rafailov et al. 2023; the reference is the base): the adapter learns
+    the contrast the user drew, not only the replies they liked. 0 = off."""
+
+    warm_start_dpo_beta: float = 0.1
+    """DPO's beta (how far the implicit reward may move from the base) in the warm start."""
+
     # --- rollouts -------------------------------------------------------------
     rollout_engine: str = "batched"
     """What samples the warm start's, PPO's and the gate's replies: "batched" (the serving engine:
@@ -294,7 +302,7 @@ class Budgets:
                 f"{self.env_name('ppo_group_size')}={self.ppo_group_size} must divide "
                 f"{self.env_name('ppo_batch_size')}={self.ppo_batch_size}; e.g. set it to 4 and the batch to 16"
             )
-        for name in ("warm_start_prompts", "warm_start_own_labels"):
+        for name in ("warm_start_prompts", "warm_start_own_labels", "warm_start_dpo_pairs"):
             if getattr(self, name) < 0:
                 problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
         for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share"):
@@ -308,7 +316,8 @@ class Budgets:
             problems.append(f"{self.env_name('heldout_fraction')} must be between 0 and 1 (got {self.heldout_fraction})")
         if self.ppo_temperature <= 0:
             problems.append(f"{self.env_name('ppo_temperature')} must be > 0 (got {self.ppo_temperature})")
-        for name in ("ppo_lr", "reward_lr", "warm_start_lr", "ppo_clip", "ppo_value_clip", "ppo_target_kl", "gate_max_kl"):
+        for name in ("ppo_lr", "reward_lr", "warm_start_lr", "ppo_clip", "ppo_value_clip", "ppo_target_kl", "gate_max_kl",
+                     "warm_start_dpo_beta"):
             if getattr(self, name) <= 0:
                 problems.append(f"{self.env_name(name)} must be > 0 (got {getattr(self, name)})")
         for name in ("job_time_budget_s", "ppo_kl_coef", "ppo_harm_lambda", "ppo_no_eos_penalty", "user_head_l2", "reward_weight_decay",

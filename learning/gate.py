@@ -40,7 +40,7 @@ import torch
 
 from learning.config import Budgets
 from learning.losses import masked_mean
-from learning.policy import Sampler, encode_replies, forward_logprobs, reference_mode, sample, score_samples
+from learning.policy import Sampler, forward_logprobs, reference_mode, reply_logprob_sums, sample, score_samples
 from learning.shared import HeldoutLabels
 
 logger = logging.getLogger(__name__)
@@ -87,10 +87,8 @@ def reply_logprobs(model, tokenizer, replies: Sequence[tuple[str, str]], budgets
     step = budgets.ppo_batch_size
     for i in range(0, len(items), step):
         chunk = items[i:i + step]
-        batch = encode_replies(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
         with reference_mode(model) if reference else contextlib.nullcontext():
-            logprobs, _, _ = forward_logprobs(model, batch, 1.0)
-        sums = (logprobs.float().cpu() * batch.response_mask).sum(1)
+            sums = reply_logprob_sums(model, tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
         out.update(zip(chunk, sums.tolist()))
     return out
 

@@ -554,7 +554,7 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
 
     from learning.harm import HarmModel, judge_flagger, make_judge
     from learning.reward import FeatureCache, RewardModel
-    from learning.shared import SharedModels, heldout_labels, preferred_replies
+    from learning.shared import SharedModels, heldout_labels, preferred_replies, training_pairs
 
     judge = make_judge(budgets.harm_judge)  # fails early on an unknown name
     progress(0.0, "loading the base model")
@@ -585,7 +585,8 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
         session.commit()
     flagged = list(dict.fromkeys(h.prompt for h in sorted(pool.harm, key=lambda h: h.updated_at) if h.harmful))
     SharedModels(reward, harm, flagged, preferred_replies(full, budgets.heldout_fraction),
-                 heldout_labels(full, budgets.heldout_fraction)).save(_shared_path(settings, run_id))
+                 heldout_labels(full, budgets.heldout_fraction),
+                 training_pairs(full, budgets.heldout_fraction)).save(_shared_path(settings, run_id))
     progress(SHARED_SHARE, f"reward model: held-out accuracy {reward_metrics.get('reward/heldout_accuracy')} "
                            f"(longer-wins {reward_metrics.get('reward/length_baseline_accuracy')})")
 
@@ -786,7 +787,9 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     harm_target = budgets.ppo_harm_target_ratio * min(gate.base.harm_mean, gate.current.harm_mean)
     # 3. the warm start from the user's labels and reward model, then 4. PPO
     own = ctx.shared.preferred.get(user_id, []) if user_id is not None else []
-    warm = warm_start(policy, tokenizer, scorer, train_prompts, own, budgets, seed=budgets.seed + 7, sampler=sampler)
+    pairs = ctx.shared.pairs.get(user_id, []) if user_id is not None else []
+    warm = warm_start(policy, tokenizer, scorer, train_prompts, own, budgets, seed=budgets.seed + 7, sampler=sampler,
+                      pairs=pairs)
     # PPO gets what the budget leaves after the candidate's evaluation and publishing (a margin of 10%)
     deadline = (started + 0.9 * budgets.job_time_budget_s - one_eval_s) if budgets.job_time_budget_s else None
     ppo = train_ppo(policy, tokenizer, scorer, train_prompts, budgets, progress=progress, harm_target=harm_target,

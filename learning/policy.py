@@ -170,6 +170,14 @@ def score_samples(model, samples: Samples, scorer: Scorer, budgets: Budgets) -> 
     return ref_logprobs.cpu(), rewards.float(), harm.float()
 
 
+def reply_logprob_sums(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], budgets: Budgets) -> torch.Tensor:
+    """(B,) summed log-probs (temperature 1) of each stored reply given its prompt, under the model as
+    it is called (wrap in ``reference_mode`` for the base; in ``torch.no_grad`` unless training)."""
+    batch = encode_replies(tokenizer, prompts, replies, budgets)
+    logprobs, _, _ = forward_logprobs(model, batch, 1.0)  # (B, T)
+    return (logprobs.float().cpu() * batch.response_mask).sum(1)
+
+
 def encode_replies(tokenizer, prompts: Sequence[str], replies: Sequence[str], budgets: Budgets) -> Samples:
     """Given (prompt, reply) texts as a ``Samples`` batch (left-padded prompts, each reply ended with
     end-of-turn), so stored replies can be read with ``forward_logprobs`` like sampled ones."""

@@ -57,11 +57,15 @@ class SharedModels:
     training split only, oldest first: the warm start's own-label targets."""
     heldout: dict[int, "HeldoutLabels"] = field(default_factory=dict)
     """Per user: their held-out labels (never trained on), which the gate reads directly."""
+    pairs: dict[int, list[tuple[str, str, str, str]]] = field(default_factory=dict)
+    """Per user: their ranked pairs (chosen prompt, chosen, rejected prompt, rejected), training
+    split only, oldest first: the warm start's DPO pairs."""
 
     def save(self, path: Path) -> None:
         data = {"reward": self.reward.state_dict(), "harm": self.harm.state_dict(), "harm_prompts": self.harm_prompts,
                 "preferred": {str(u): [list(x) for x in xs] for u, xs in self.preferred.items()},
-                "heldout": {str(u): h.as_json() for u, h in self.heldout.items()}}
+                "heldout": {str(u): h.as_json() for u, h in self.heldout.items()},
+                "pairs": {str(u): [list(x) for x in xs] for u, xs in self.pairs.items()}}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "w") as f:
@@ -79,7 +83,8 @@ class SharedModels:
         return cls(RewardModel.from_state(data["reward"], budgets), HarmModel.from_state(data["harm"], budgets),
                    list(data.get("harm_prompts", [])),
                    {int(u): [(p, r) for p, r in xs] for u, xs in data.get("preferred", {}).items()},
-                   {int(u): HeldoutLabels.from_json(h) for u, h in data.get("heldout", {}).items()})
+                   {int(u): HeldoutLabels.from_json(h) for u, h in data.get("heldout", {}).items()},
+                   {int(u): [tuple(x) for x in xs] for u, xs in data.get("pairs", {}).items()})
 
 
 def preferred_replies(dataset, heldout_fraction: float) -> dict[int, list[tuple[str, str]]]:
@@ -93,6 +98,17 @@ def preferred_replies(dataset, heldout_fraction: float) -> dict[int, list[tuple[
     for _, uid, prompt, reply in sorted(items, key=lambda x: x[0]):
         if (prompt, reply) not in out.setdefault(uid, []):
             out[uid].append((prompt, reply))
+    return out
+
+
+def training_pairs(dataset, heldout_fraction: float) -> dict[int, list[tuple[str, str, str, str]]]:
+    """Each user's ranked pairs outside the held-out split, oldest first."""
+    from learning.reward import is_heldout
+
+    out: dict[int, list[tuple[str, str, str, str]]] = {}
+    for p in sorted(dataset.pairs, key=lambda p: p.updated_at):
+        if not is_heldout(p.key, heldout_fraction) and p.chosen.strip() and p.rejected.strip():
+            out.setdefault(p.user_id, []).append((p.prompt, p.chosen, p.prompt_of_rejected, p.rejected))
     return out
 
 

@@ -12,7 +12,10 @@ closer to them (RAFT, Dong et al. 2023; best-of-n distillation as in BOND, Sessa
     4. add the replies the user themself preferred (ranked first, or thumbs up), at most
        ``warm_start_own_labels``;
     5. ``warm_start_epochs`` passes of supervised fine-tuning (next-token NLL on the reply tokens,
-       end-of-turn included) on the LoRA weights only.
+       end-of-turn included) on the LoRA weights only, plus, on the user's own ranked pairs (at most
+       ``warm_start_dpo_pairs``), DPO's loss against the base (Rafailov et al. 2023; RS-DPO,
+       Khaki et al. 2024): -log sigmoid(beta * (log-ratio of the chosen - log-ratio of the rejected)),
+       so the adapter learns the contrast the user drew, not only what they liked.
 
 PPO then trains the adapter from there; the gate judges the result against the base and the
 current adapter, so a warm start that hurts is never served.
@@ -31,7 +34,8 @@ from torch import nn
 
 from learning.config import Budgets
 from learning.losses import masked_mean
-from learning.policy import Sampler, Scorer, encode_replies, forward_logprobs, sample, score_samples
+from learning.policy import (Sampler, Scorer, encode_replies, forward_logprobs, reference_mode, reply_logprob_sums, sample,
+                             score_samples)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,9 @@ class WarmStartResult:
     loss_first: float  # mean NLL of the first and the last pass
     loss_last: float
     wall_s: float
+    dpo_pairs: int = 0  # the user's ranked pairs in the DPO term
+    dpo_loss_first: float = 0.0  # mean DPO loss of the first and the last pass (log 2 = no preference yet)
+    dpo_loss_last: float = 0.0
 
     def as_metrics(self) -> dict[str, float]:
         return {f"warm_start/{k}": float(v) for k, v in self.__dict__.items()}
@@ -56,9 +63,24 @@ def sft_loss(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], b
     return -masked_mean(logprobs.cpu(), batch.response_mask)
 
 
+def _pair_sums(model, tokenizer, pairs: Sequence[tuple[str, str, str, str]], budgets: Budgets) -> torch.Tensor:
+    """(k, 2) summed log-probs of each pair's chosen and rejected reply, one forward pass."""
+    prompts = [pc for pc, _, _, _ in pairs] + [pr for _, _, pr, _ in pairs]
+    replies = [c for _, c, _, _ in pairs] + [r for _, _, _, r in pairs]
+    return reply_logprob_sums(model, tokenizer, prompts, replies, budgets).view(2, -1).T
+
+
+def dpo_loss(policy_sums: torch.Tensor, reference_sums: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO's loss for (k, 2) [chosen, rejected] summed log-probs of the policy and the reference."""
+    ratios = policy_sums - reference_sums  # (k, 2)
+    return -torch.nn.functional.logsigmoid(beta * (ratios[:, 0] - ratios[:, 1])).mean()
+
+
 def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Sequence[tuple[str, str]], budgets: Budgets,
-               *, harm_lambda: float | None = None, seed: int = 0, sampler: Sampler = sample) -> WarmStartResult:
-    """Fine-tune the adapter loaded in ``model`` on best-of-n replies and the user's own preferred ones."""
+               *, harm_lambda: float | None = None, seed: int = 0, sampler: Sampler = sample,
+               pairs: Sequence[tuple[str, str, str, str]] = ()) -> WarmStartResult:
+    """Fine-tune the adapter loaded in ``model`` on best-of-n replies and the user's own preferred ones,
+    with DPO on the user's own ranked ``pairs`` (chosen prompt, chosen, rejected prompt, rejected)."""
     started = time.monotonic()
     picker = random.Random(seed)
     harm_lambda = budgets.ppo_harm_lambda if harm_lambda is None else harm_lambda
@@ -82,27 +104,50 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
     # 4. the user's own preferred replies
     own = list(own)[-budgets.warm_start_own_labels:] if budgets.warm_start_own_labels else []
     data = chosen + [(p, r) for p, r in own if r.strip()]
-    if not data:
+    pairs = list(pairs)[-budgets.warm_start_dpo_pairs:] if budgets.warm_start_dpo_pairs else []
+    if not data and not pairs:
         return WarmStartResult(sampled, 0, 0, 0.0, 0.0, time.monotonic() - started)
-    # 5. supervised fine-tuning on the LoRA weights
+    mb = budgets.ppo_minibatch_size
+    ref_sums = None
+    if pairs:  # the DPO reference: the base (adapter off), as PPO's KL reference
+        with torch.no_grad(), reference_mode(model):
+            ref_sums = torch.cat([_pair_sums(model, tokenizer, pairs[i:i + mb], budgets) for i in range(0, len(pairs), mb)])
+    # 5. supervised fine-tuning (and DPO) on the LoRA weights
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=budgets.warm_start_lr, weight_decay=0.0)
-    mb = budgets.ppo_minibatch_size
     losses: list[list[float]] = []
+    dpo_losses: list[list[float]] = []
+    order = list(range(len(pairs)))
     for _epoch in range(budgets.warm_start_epochs):
         picker.shuffle(data)
-        epoch = []
-        for start in range(0, len(data), mb):
-            chunk = data[start:start + mb]
-            loss = sft_loss(model, tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
+        picker.shuffle(order)
+        epoch, dpo_epoch = [], []
+        for step in range(max(-(-len(data) // mb), -(-len(order) // mb))):
+            chunk = data[step * mb:(step + 1) * mb]
+            rows = order[step * mb:(step + 1) * mb]
+            loss = torch.zeros(())
+            if chunk:
+                sft = sft_loss(model, tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
+                loss = loss + sft
+                epoch.append(float(sft.detach()))
+            if rows:
+                dpo = dpo_loss(_pair_sums(model, tokenizer, [pairs[i] for i in rows], budgets), ref_sums[rows],
+                               budgets.warm_start_dpo_beta)
+                loss = loss + dpo
+                dpo_epoch.append(float(dpo.detach()))
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(params, budgets.ppo_max_grad_norm)
             optimizer.step()
-            epoch.append(float(loss.detach()))
         losses.append(epoch)
-    result = WarmStartResult(sampled, n_distilled, len(data) - n_distilled, sum(losses[0]) / len(losses[0]),
-                             sum(losses[-1]) / len(losses[-1]), time.monotonic() - started)
-    logger.info("warm start: %d best-of-%d and %d own replies, NLL %.3f -> %.3f (%.1fs)", result.distilled, n, result.own,
-                result.loss_first, result.loss_last, result.wall_s)
+        dpo_losses.append(dpo_epoch)
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs) if xs else 0.0
+
+    result = WarmStartResult(sampled, n_distilled, len(data) - n_distilled, mean(losses[0]), mean(losses[-1]),
+                             time.monotonic() - started, len(pairs), mean(dpo_losses[0]), mean(dpo_losses[-1]))
+    logger.info("warm start: %d best-of-%d and %d own replies, NLL %.3f -> %.3f; %d own pairs, DPO %.3f -> %.3f (%.1fs)",
+                result.distilled, n, result.own, result.loss_first, result.loss_last, result.dpo_pairs, result.dpo_loss_first,
+                result.dpo_loss_last, result.wall_s)
     return result

@@ -158,3 +158,34 @@ def test_the_gate_reads_held_out_labels_as_likelihood_changes_against_the_base(t
     assert trained[(PROMPTS[1], "Paris.")] > base[(PROMPTS[1], "Paris.")]
     assert label_agreement(labels, trained, base) == 1.0  # moved toward both preferred replies
     assert label_agreement(labels, base, trained) == 0.0  # and the other way round, away
+
+
+def test_warm_start_dpo_on_the_users_pairs_separates_chosen_from_rejected(tiny):
+    import dataclasses
+    import math
+
+    from learning.policy import reference_mode, reply_logprob_sums
+    from learning.warmstart import dpo_loss
+
+    assert float(dpo_loss(torch.zeros(3, 2), torch.zeros(3, 2), 0.1)) == pytest.approx(math.log(2))  # no preference yet
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+    pairs = [(PROMPTS[1], "Paris.", PROMPTS[1], "London."), (PROMPTS[0], "Hi there.", PROMPTS[0], "Go away.")]
+    budgets = dataclasses.replace(BUDGETS, warm_start_prompts=0, warm_start_own_labels=0, warm_start_epochs=10,
+                                  warm_start_dpo_beta=1.0)
+
+    def margins():
+        prompts = [pc for pc, *_ in pairs] + [pr for _, _, pr, _ in pairs]
+        replies = [c for _, c, _, _ in pairs] + [r for *_, r in pairs]
+        with torch.no_grad():
+            pol = reply_logprob_sums(policy, tok, prompts, replies, budgets).view(2, -1)
+            with reference_mode(policy):
+                ref = reply_logprob_sums(policy, tok, prompts, replies, budgets).view(2, -1)
+        return (pol - ref)[0] - (pol - ref)[1]  # per pair: chosen's log-ratio minus rejected's
+
+    assert torch.allclose(margins(), torch.zeros(2))
+    result = warm_start(policy, tok, lambda f, p, t: (torch.zeros(len(t)), torch.zeros(len(t))), PROMPTS, [], budgets,
+                        pairs=pairs)
+    assert result.dpo_pairs == 2 and result.own == 0 and result.distilled == 0
+    assert result.dpo_loss_last < result.dpo_loss_first
+    assert (margins() > 0).all()  # both chosen replies gained on their rejected ones, relative to the base
