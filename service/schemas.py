@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -275,3 +275,119 @@ class OAIChatRequest(BaseModel):
         if isinstance(v, list) and any(len(s) > 200 for s in v) or isinstance(v, str) and len(v) > 200:
             raise ValueError("stop sequences are limited to 200 characters")
         return v
+
+
+# --- the learning loop: operator routes (service.routes.admin) and a user's view (service.routes.me) ---
+
+
+class TrainingRunCreate(BaseModel):
+    user_ids: list[int] | None = Field(None, description="Users to train; null = the global adapter and everyone with enough feedback.")
+
+
+class TrainingRunQueued(BaseModel):
+    id: int
+    status: str
+
+
+class TrainingResultPublic(BaseModel):
+    user_id: int | None
+    adapter_version: int | None
+    promoted: bool
+    reason: str | None
+    metrics: dict[str, Any]
+
+
+class TrainingRunPublic(BaseModel):
+    id: int
+    status: str
+    trigger: str
+    user_ids: list[int] | None
+    progress: float
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    results: list[TrainingResultPublic]
+
+
+class AdapterVersionPublic(BaseModel):
+    version: int
+    label: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    metrics: dict[str, Any]
+
+
+class AdapterScopePublic(BaseModel):
+    user_id: int | None
+    username: str | None
+    active_version: int | None
+    versions: list[AdapterVersionPublic]
+
+
+class MyAdapterPublic(BaseModel):
+    policy: str  # user | global | base: what serves you now
+    active_version: int | None
+    active_label: str | None
+    versions: list[AdapterVersionPublic]
+
+
+class SchedulePublic(BaseModel):
+    cron: str
+    enabled: bool
+    last_fired_at: datetime | None = None
+
+
+class ScheduleUpdate(BaseModel):
+    cron: str = Field(..., max_length=64, description="Five-field crontab, local time, e.g. '0 2 * * *'.")
+    enabled: bool = True
+
+
+class StatsPublic(BaseModel):
+    feedback_per_day: list[dict[str, Any]]
+    reward_model: dict[str, Any] | None
+
+
+class LabelCounts(BaseModel):
+    up: int
+    down: int
+    rankings: int
+
+
+class RoundPublic(BaseModel):
+    """One training round of this user's adapter: the labels it could use, and what its gate measured."""
+
+    version: int | None  # None: the ratings since the last round, not trained on yet
+    label: str | None
+    status: str | None
+    created_at: datetime | None
+    new_labels: LabelCounts  # ratings given in this round (after the previous version, up to this one)
+    reward_labels: int | None  # labels the reward model fitted for this user
+    heldout_accuracy: float | None  # the user's held-out pairs the reward model ordered right
+    win_rate_vs_base: float | None  # gate: share of prompts where this adapter's reply out-scored the base's
+    reward: float | None  # gate: the adapter's mean reward under this round's reward model
+    base_reward: float | None  # gate: the base's mean reward, same prompts, same reward model
+    reason: str | None
+
+
+class LearnedPublic(BaseModel):
+    policy: str  # user | global | base: what serves you now
+    served_label: str | None
+    totals: LabelCounts
+    traits: list[dict[str, Any]]  # the reply traits that move this user's reward most, with direction
+    traits_from: str | None  # the adapter version whose reward model they come from
+    rounds: list[RoundPublic]  # oldest first; the last is the ratings not yet trained on
+
+
+# --- operator user management (service.routes.users) ---
+
+
+class UserAdminPublic(BaseModel):
+    id: int
+    username: str
+    role: str
+    approved: bool
+    created_at: str
+    feedback: int
+    rankings: int

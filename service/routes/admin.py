@@ -23,14 +23,24 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from sqlalchemy import func
 from sqlmodel import Session, select
 
 from service import adapter_store, run_queue
 from service.crud import get_or_create_schedule
 from service.auth import CurrentUser, OperatorUser, SessionDep, SettingsDep
-from service.schemas import IdPath
+from service.schemas import (
+    IdPath,
+    TrainingRunCreate,
+    TrainingRunQueued,
+    TrainingResultPublic,
+    TrainingRunPublic,
+    AdapterVersionPublic,
+    AdapterScopePublic,
+    SchedulePublic,
+    ScheduleUpdate,
+    StatsPublic,
+)
 from service.models import (
     AdapterStatus,
     AdapterVersion,
@@ -49,75 +59,6 @@ router = APIRouter(tags=["learning"])
 
 
 # --- schemas ---------------------------------------------------------------------------------------
-
-
-class TrainingRunCreate(BaseModel):
-    user_ids: list[int] | None = Field(None, description="Users to train; null = the global adapter and everyone with enough feedback.")
-
-
-class TrainingRunQueued(BaseModel):
-    id: int
-    status: str
-
-
-class TrainingResultPublic(BaseModel):
-    user_id: int | None
-    adapter_version: int | None
-    promoted: bool
-    reason: str | None
-    metrics: dict[str, Any]
-
-
-class TrainingRunPublic(BaseModel):
-    id: int
-    status: str
-    trigger: str
-    user_ids: list[int] | None
-    progress: float
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    results: list[TrainingResultPublic]
-
-
-class AdapterVersionPublic(BaseModel):
-    version: int
-    label: str
-    status: str
-    reason: str | None
-    created_at: datetime
-    metrics: dict[str, Any]
-
-
-class AdapterScopePublic(BaseModel):
-    user_id: int | None
-    username: str | None
-    active_version: int | None
-    versions: list[AdapterVersionPublic]
-
-
-class MyAdapterPublic(BaseModel):
-    policy: str  # user | global | base: what serves you now
-    active_version: int | None
-    active_label: str | None
-    versions: list[AdapterVersionPublic]
-
-
-class SchedulePublic(BaseModel):
-    cron: str
-    enabled: bool
-    last_fired_at: datetime | None = None
-
-
-class ScheduleUpdate(BaseModel):
-    cron: str = Field(..., max_length=64, description="Five-field crontab, local time, e.g. '0 2 * * *'.")
-    enabled: bool = True
-
-
-class StatsPublic(BaseModel):
-    feedback_per_day: list[dict[str, Any]]
-    reward_model: dict[str, Any] | None
 
 
 # --- data access (one function per operation, keyword-only) ------------------------------------------

@@ -15,18 +15,27 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
-from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from service import adapter_store, crud
 from service.auth import CurrentUser, SessionDep, SettingsDep
 from service.models import AdapterVersion, ApiKey, Feedback, Ranking, UserPreference
-from service.routes.admin import MyAdapterPublic, version_public, versions_of
-from service.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, IdPath, PreferencesPublic, PreferencesUpdate
+from service.routes.admin import version_public, versions_of
+from service.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyPublic,
+    IdPath,
+    LabelCounts,
+    LearnedPublic,
+    MyAdapterPublic,
+    PreferencesPublic,
+    PreferencesUpdate,
+    RoundPublic,
+)
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/me", tags=["me"])
@@ -111,37 +120,6 @@ def reset_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsD
 
 
 # --- what it learned -----------------------------------------------------------------------------------
-
-
-class LabelCounts(BaseModel):
-    up: int
-    down: int
-    rankings: int
-
-
-class RoundPublic(BaseModel):
-    """One training round of this user's adapter: the labels it could use, and what its gate measured."""
-
-    version: int | None  # None: the ratings since the last round, not trained on yet
-    label: str | None
-    status: str | None
-    created_at: datetime | None
-    new_labels: LabelCounts  # ratings given in this round (after the previous version, up to this one)
-    reward_labels: int | None  # labels the reward model fitted for this user
-    heldout_accuracy: float | None  # the user's held-out pairs the reward model ordered right
-    win_rate_vs_base: float | None  # gate: share of prompts where this adapter's reply out-scored the base's
-    reward: float | None  # gate: the adapter's mean reward under this round's reward model
-    base_reward: float | None  # gate: the base's mean reward, same prompts, same reward model
-    reason: str | None
-
-
-class LearnedPublic(BaseModel):
-    policy: str  # user | global | base: what serves you now
-    served_label: str | None
-    totals: LabelCounts
-    traits: list[dict[str, Any]]  # the reply traits that move this user's reward most, with direction
-    traits_from: str | None  # the adapter version whose reward model they come from
-    rounds: list[RoundPublic]  # oldest first; the last is the ratings not yet trained on
 
 
 def _counts(session: Session, user_id: int, after: datetime | None, until: datetime | None) -> LabelCounts:

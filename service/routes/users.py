@@ -13,27 +13,16 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import Session, select
 
 from service import crud
 from service.auth import OperatorUser, SessionDep
 from service.models import Feedback, Ranking, Role, User
-from service.schemas import IdPath, UserCreate
+from service.schemas import IdPath, UserAdminPublic, UserCreate
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/admin/users", tags=["users"])
-
-
-class UserAdminPublic(BaseModel):
-    id: int
-    username: str
-    role: str
-    approved: bool
-    created_at: str
-    feedback: int
-    rankings: int
 
 
 def _counts(session: Session, model) -> dict[int, int]:
