@@ -204,6 +204,78 @@ class AuthFrame(BaseModel):
     token: str
 
 
+# server → client frames on /api/chat (a fixed contract: fields are added, never renamed or dropped)
+
+
+class FrameUser(BaseModel):
+    id: int
+    username: str
+    role: str
+    approved: bool
+
+
+class ReadyFrame(BaseModel):
+    """Sent once the connection is signed in."""
+
+    type: Literal["ready"] = "ready"
+    user: FrameUser
+
+
+class StartFrame(BaseModel):
+    """A reply began: its message id, which alternative it is, and the policy writing it."""
+
+    type: Literal["start"] = "start"
+    conversation_id: int
+    user_message_id: int
+    message_id: int
+    alternative: int
+    adapter_version: str | None  # the adapter's label, e.g. u7-v2 / global-v3; None = the base
+    policy: str  # user | global | base
+
+
+class TokenFrame(BaseModel):
+    type: Literal["token"] = "token"
+    message_id: int
+    text: str
+
+
+class FrameUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class EndFrame(BaseModel):
+    """A reply ended (stored by then); ``detail`` only when generation failed."""
+
+    type: Literal["end"] = "end"
+    message_id: int
+    finish_reason: str
+    adapter_version: str | None
+    usage: FrameUsage
+    detail: str | None = None
+
+
+class ErrorFrame(BaseModel):
+    type: Literal["error"] = "error"
+    code: str
+    detail: str
+
+
+class PongFrame(BaseModel):
+    type: Literal["pong"] = "pong"
+
+
+ServerFrame = ReadyFrame | StartFrame | TokenFrame | EndFrame | ErrorFrame | PongFrame
+
+
+def frame_json(frame: ServerFrame) -> dict:
+    """A server frame as the JSON object sent (an ``end`` frame's ``detail`` only when it has one)."""
+    data = frame.model_dump(mode="json")
+    if isinstance(frame, EndFrame) and frame.detail is None:
+        del data["detail"]
+    return data
+
+
 # --- OpenAI-compatible ----------------------------------------------------------
 
 class OAIContentPart(BaseModel):
@@ -275,6 +347,106 @@ class OAIChatRequest(BaseModel):
         if isinstance(v, list) and any(len(s) > 200 for s in v) or isinstance(v, str) and len(v) > 200:
             raise ValueError("stop sequences are limited to 200 characters")
         return v
+
+
+# OpenAI's response shapes (chat.completion, chat.completion.chunk, model list), plus this
+# server's own fields: each choice's ``message_id`` (rate or rank it), ``adapter_version`` and
+# ``conversation_id``.
+
+
+class OAIUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class OAITopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class OAITokenLogprob(OAITopLogprob):
+    top_logprobs: list[OAITopLogprob]
+
+
+class OAILogprobs(BaseModel):
+    content: list[OAITokenLogprob]
+    refusal: None = None
+
+
+class OAIAssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class OAIChoice(BaseModel):
+    index: int
+    message: OAIAssistantMessage
+    finish_reason: str
+    logprobs: OAILogprobs | None
+    message_id: int
+
+
+class OAIChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[OAIChoice]
+    usage: OAIUsage
+    adapter_version: str | None
+    conversation_id: int
+
+
+class OAIDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class OAIChunkChoice(BaseModel):
+    index: int
+    delta: OAIDelta
+    finish_reason: str | None = None
+    logprobs: OAILogprobs | None = None  # sent only when asked for
+    message_id: int | None = None  # on each choice's first chunk
+
+
+class OAIChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[OAIChunkChoice]
+    adapter_version: str | None
+    conversation_id: int
+    usage: OAIUsage | None = None  # only on the last chunk, with stream_options.include_usage
+
+
+def chunk_json(chunk: OAIChatCompletionChunk) -> dict:
+    """A chunk as sent: OpenAI's optional fields (a delta's role/content, a choice's logprobs and
+    message_id, the usage) appear only when they have a value."""
+    data = chunk.model_dump(mode="json")
+    for choice in data["choices"]:
+        choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+        for key in ("logprobs", "message_id"):
+            if choice[key] is None:
+                del choice[key]
+    if data["usage"] is None:
+        del data["usage"]
+    return data
+
+
+class OAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "assistant"
+
+
+class OAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OAIModel]
 
 
 # --- the learning loop: operator routes (service.routes.admin) and a user's view (service.routes.me) ---

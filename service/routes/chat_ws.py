@@ -22,7 +22,22 @@ from service.auth import COOKIE_NAME, NOT_APPROVED, user_for_token
 from service.chat import ChatError, ChatService, PlannedReply, Turn
 from service.engine.base import EndEvent
 from service.models import User
-from service.schemas import AuthFrame, CancelFrame, ChatFrame, RegenerateFrame
+from service.schemas import (
+    AuthFrame,
+    CancelFrame,
+    ChatFrame,
+    EndFrame,
+    ErrorFrame,
+    FrameUsage,
+    FrameUser,
+    PongFrame,
+    ReadyFrame,
+    RegenerateFrame,
+    ServerFrame,
+    StartFrame,
+    TokenFrame,
+    frame_json,
+)
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -38,27 +53,25 @@ class Connection:
         self.lock = asyncio.Lock()
         self.open = True
 
-    async def send(self, frame: dict) -> None:
+    async def send(self, frame: ServerFrame) -> None:
         if not self.open:
             return
         async with self.lock:
             try:
-                await self.ws.send_json(frame)
+                await self.ws.send_json(frame_json(frame))
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self.open = False
 
     async def error(self, code: str, detail: str) -> None:
-        await self.send({"type": "error", "code": code, "detail": detail})
+        await self.send(ErrorFrame(code=code, detail=detail))
 
     async def start(self, turn: Turn) -> None:
         """Submit every planned reply; replies the engine refuses get one error frame."""
         started, error = await self.chat.submit_turn(self.user.id, turn)
         for reply, stream in started:
-            await self.send({
-                "type": "start", "conversation_id": turn.conversation_id, "user_message_id": turn.user_message_id,
-                "message_id": reply.message.id, "alternative": reply.message.alternative_index,
-                "adapter_version": reply.resolved.label, "policy": reply.resolved.policy,
-            })
+            await self.send(StartFrame(
+                conversation_id=turn.conversation_id, user_message_id=turn.user_message_id, message_id=reply.message.id,
+                alternative=reply.message.alternative_index, adapter_version=reply.resolved.label, policy=reply.resolved.policy))
             self.tasks[reply.message.id] = asyncio.create_task(self.pump(reply, stream))
         if error is not None:
             await self.error(error.code, error.detail)
@@ -68,14 +81,12 @@ class Connection:
         try:
             async for ev in self.chat.relay(self.user.id, reply, stream):
                 if isinstance(ev, EndEvent):
-                    frame = {"type": "end", "message_id": mid, "finish_reason": ev.finish_reason,
-                             "adapter_version": reply.resolved.label, "usage": {
-                                 "prompt_tokens": ev.prompt_tokens, "completion_tokens": ev.completion_tokens}}
-                    if ev.error:
-                        frame["detail"] = "generation failed; see the server log"
-                    await self.send(frame)
+                    await self.send(EndFrame(
+                        message_id=mid, finish_reason=ev.finish_reason, adapter_version=reply.resolved.label,
+                        usage=FrameUsage(prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens),
+                        detail="generation failed; see the server log" if ev.error else None))
                 elif ev.text:
-                    await self.send({"type": "token", "message_id": mid, "text": ev.text})
+                    await self.send(TokenFrame(message_id=mid, text=ev.text))
                 if not self.open:  # the client left: stop generating, keep draining so the row is stored
                     self.chat.cancel(user_id=self.user.id, message_id=mid)
         finally:
@@ -114,7 +125,7 @@ class Connection:
                 if not self.chat.cancel(user_id=self.user.id, message_id=frame.message_id):
                     await self.error("not_found", f"no running generation {frame.message_id}")
             elif kind == "ping":
-                await self.send({"type": "pong"})
+                await self.send(PongFrame())
             else:
                 await self.error("bad_frame", "unknown frame type; expected chat, regenerate, cancel or ping")
         except ValidationError as exc:
@@ -163,21 +174,21 @@ async def chat_socket(ws: WebSocket) -> None:
             user = None
         if user is None:
             if ws.client_state == WebSocketState.CONNECTED:
-                await ws.send_json({"type": "error", "code": "unauthorized", "detail": "send {\"type\":\"auth\",\"token\":...} first"})
+                await ws.send_json(frame_json(ErrorFrame(code="unauthorized", detail="send {\"type\":\"auth\",\"token\":...} first")))
                 await ws.close(code=1008)
             return
     sockets: dict[int, int] = ws.app.state.ws_sockets
     if sockets.get(user.id, 0) >= settings.ws_per_user:
-        await ws.send_json({"type": "error", "code": "too_many",
-                            "detail": f"at most {settings.ws_per_user} open chat connections per user; close another tab"})
+        await ws.send_json(frame_json(ErrorFrame(
+            code="too_many", detail=f"at most {settings.ws_per_user} open chat connections per user; close another tab")))
         await ws.close(code=1008)
         return
     sockets[user.id] = sockets.get(user.id, 0) + 1
     conn = Connection(ws, ws.app.state.chat, user)
     metrics = ws.app.state.metrics
     metrics.ws_connections.inc()
-    await conn.send({"type": "ready", "user": {"id": user.id, "username": user.username, "role": user.role.value,
-                                               "approved": user.approved}})
+    await conn.send(ReadyFrame(user=FrameUser(id=user.id, username=user.username, role=user.role.value,
+                                              approved=user.approved)))
     try:
         while True:
             try:

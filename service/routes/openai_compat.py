@@ -24,7 +24,22 @@ from service.auth import ApprovedUser, CurrentUser
 from service.chat import ChatError, ChatService
 from service.engine.base import EndEvent
 from service.proxy import is_task_prompt
-from service.schemas import OAIChatRequest
+from service.schemas import (
+    OAIAssistantMessage,
+    OAIChatCompletion,
+    OAIChatCompletionChunk,
+    OAIChatRequest,
+    OAIChoice,
+    OAIChunkChoice,
+    OAIDelta,
+    OAILogprobs,
+    OAIModel,
+    OAIModelList,
+    OAITokenLogprob,
+    OAITopLogprob,
+    OAIUsage,
+    chunk_json,
+)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 _DRAINING: set[asyncio.Task] = set()
@@ -58,11 +73,10 @@ def _model_name(request: Request) -> str:
     return request.app.state.settings.model.split("/")[-1].replace("embedded:", "")
 
 
-@router.get("/models")
-def models(request: Request, _: CurrentUser) -> dict:
+@router.get("/models", response_model=OAIModelList)
+def models(request: Request, _: CurrentUser) -> OAIModelList:
     name = _model_name(request)
-    return {"object": "list", "data": [{"id": name + suffix, "object": "model", "created": 0, "owned_by": "assistant"}
-                                       for suffix in POLICIES]}
+    return OAIModelList(data=[OAIModel(id=name + suffix) for suffix in POLICIES])
 
 
 def _policy(request: Request, model: str | None) -> str | None:
@@ -109,7 +123,8 @@ def _http(exc: ChatError) -> OpenAIError:
 
 
 # Documents both answers: JSON, or server-sent events when the request says "stream": true.
-@router.post("/chat/completions", responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}})
+@router.post("/chat/completions", response_model=OAIChatCompletion,
+             responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}})
 async def chat_completions(body: OAIChatRequest, request: Request, user: ApprovedUser):
     chat: ChatService = request.app.state.chat
     _refuse_unsupported(body)
@@ -140,12 +155,13 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
     completion_id = str(started[0][0].message.id)
     created = int(time.time())
     model = body.model or _model_name(request)
-    extra = {"adapter_version": started[0][0].resolved.label, "conversation_id": turn.conversation_id}
+    ids = {"id": completion_id, "created": created, "model": model, "adapter_version": started[0][0].resolved.label,
+           "conversation_id": turn.conversation_id}
 
-    def usage(ends: list[EndEvent]) -> dict:
+    def usage(ends: list[EndEvent]) -> OAIUsage:
         prompt = ends[0].prompt_tokens if ends else 0
         completion = sum(e.completion_tokens for e in ends)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return OAIUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
     if not body.stream:
         async def collect(reply, stream) -> tuple[str, EndEvent, list]:
@@ -161,20 +177,14 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
         results = await asyncio.gather(*(collect(r, s) for r, s in started))
         if task:
             await chat.forget_conversation(user.id, turn.conversation_id)
-        return {
-            "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": k, "message": {"role": "assistant", "content": text}, "finish_reason": FINISH.get(end.finish_reason, "stop"),
-                         "logprobs": _logprobs(lps) if body.logprobs else None, "message_id": reply.message.id}
-                        for k, ((reply, _), (text, end, lps)) in enumerate(zip(started, results))],
-            "usage": usage([end for _, end, _ in results]),
-            **extra,
-        }
+        return OAIChatCompletion(
+            choices=[OAIChoice(index=k, message=OAIAssistantMessage(content=text), finish_reason=FINISH.get(end.finish_reason, "stop"),
+                               logprobs=_logprobs(lps) if body.logprobs else None, message_id=reply.message.id)
+                     for k, ((reply, _), (text, end, lps)) in enumerate(zip(started, results))],
+            usage=usage([end for _, end, _ in results]), **ids)
 
-    def chunk(choices: list[dict], usage_: dict | None = None) -> str:
-        body_ = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices, **extra}
-        if usage_ is not None:
-            body_["usage"] = usage_
-        return f"data: {json.dumps(body_)}\n\n"
+    def chunk(choices: list[OAIChunkChoice], usage_: OAIUsage | None = None) -> str:
+        return f"data: {json.dumps(chunk_json(OAIChatCompletionChunk(choices=choices, usage=usage_, **ids)))}\n\n"
 
     relays = [chat.relay(user.id, reply, stream, stop) for reply, stream in started]
     body_started, abandoned = asyncio.Event(), asyncio.Event()
@@ -198,19 +208,17 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
         done, ends = 0, []
         try:
             for k, (reply, _) in enumerate(started):
-                yield chunk([{"index": k, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "message_id": reply.message.id}])
+                yield chunk([OAIChunkChoice(index=k, delta=OAIDelta(role="assistant", content=""), message_id=reply.message.id)])
             while done < len(tasks):
                 k, ev = await queue.get()
                 if ev is None:
                     done += 1
                 elif isinstance(ev, EndEvent):
                     ends.append(ev)
-                    yield chunk([{"index": k, "delta": {}, "finish_reason": FINISH.get(ev.finish_reason, "stop")}])
+                    yield chunk([OAIChunkChoice(index=k, delta=OAIDelta(), finish_reason=FINISH.get(ev.finish_reason, "stop"))])
                 elif ev.text or (body.logprobs and ev.logprobs):
-                    choice = {"index": k, "delta": {"content": ev.text}, "finish_reason": None}
-                    if body.logprobs:
-                        choice["logprobs"] = _logprobs(ev.logprobs or [])
-                    yield chunk([choice])
+                    yield chunk([OAIChunkChoice(index=k, delta=OAIDelta(content=ev.text),
+                                                logprobs=_logprobs(ev.logprobs or []) if body.logprobs else None)])
             if body.stream_options is not None and body.stream_options.include_usage:
                 yield chunk([], usage(ends))  # OpenAI's usage chunk: after the last choice, with no choices
             if task:
@@ -245,13 +253,11 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _logprobs(items) -> dict:
+def _logprobs(items) -> OAILogprobs:
     """OpenAI's ``logprobs`` object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
-    def entry(token: str, logprob: float) -> dict:
-        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
-
-    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(a, lp) for a, lp in t.top]} for t in items],
-            "refusal": None}
+    return OAILogprobs(content=[OAITokenLogprob(token=t.token, logprob=t.logprob, bytes=list(t.token.encode("utf-8")),
+                                                top_logprobs=[OAITopLogprob(token=a, logprob=lp, bytes=list(a.encode("utf-8")))
+                                                              for a, lp in t.top]) for t in items])
 
 
 def _keep_until_done(task: asyncio.Task) -> None:
