@@ -36,6 +36,16 @@ class Budgets:
     shared pool; the newest are kept. Bounds how far one account can steer the global reward, harm
     model and global adapter (poisoning defence). The user's own models see all of their labels."""
 
+    pool_outlier_min_flagged: int = 3
+    """A user whose thumbs-up land on at least this many replies the harm judge flags (and on at least
+    ``pool_outlier_share`` of all their thumbs-up) is kept out of the shared pool: their labels still
+    train their own reward head and adapter (which the global harm constraint and the gate still
+    bound), never the global reward and harm models. Needs ASSISTANT_HARM_JUDGE. 0 = off."""
+
+    pool_outlier_share: float = 0.25
+    """The share of a user's thumbs-up on judge-flagged replies that, with ``pool_outlier_min_flagged``,
+    keeps them out of the shared pool."""
+
     min_user_labels: int = 8
     """A user needs at least this many labels (pairs + thumbs) for a personal reward head and a
     personal adapter; below it they are served the global adapter."""
@@ -302,10 +312,10 @@ class Budgets:
                 f"{self.env_name('ppo_group_size')}={self.ppo_group_size} must divide "
                 f"{self.env_name('ppo_batch_size')}={self.ppo_batch_size}; e.g. set it to 4 and the batch to 16"
             )
-        for name in ("warm_start_prompts", "warm_start_own_labels", "warm_start_dpo_pairs"):
+        for name in ("warm_start_prompts", "warm_start_own_labels", "warm_start_dpo_pairs", "pool_outlier_min_flagged"):
             if getattr(self, name) < 0:
                 problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
-        for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share"):
+        for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{self.env_name(name)} must be between 0 and 1 (got {getattr(self, name)})")
         if self.gate_preference not in ("labels", "reward"):

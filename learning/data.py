@@ -280,17 +280,49 @@ def build_dataset(
     return ds
 
 
-def shared_pool(dataset: Dataset, budgets: Budgets) -> Dataset:
-    """The capped view of all users' examples that the global models train on."""
+def pool_audit(dataset: Dataset, budgets: Budgets) -> dict[int, dict[str, Any]]:
+    """Per user, what they would feed the shared models, and whether they are kept out of them.
+
+    The outlier signal is disagreement with the automated harm judge (its flags are harm labels of
+    no user in ``dataset``): thumbs-up on replies it flags. A user with at least
+    ``pool_outlier_min_flagged`` of them, making at least ``pool_outlier_share`` of their thumbs-up,
+    is ``excluded``: their labels train only their own models. Without a judge nothing is flagged."""
+    flagged = {h.message_id for h in dataset.harm if h.user_id is None and h.harmful}
+    ups: dict[int, list[PointLabel]] = defaultdict(list)
+    for p in dataset.points:
+        if p.label == 1:
+            ups[p.user_id].append(p)
+    harm_flags: dict[int, int] = defaultdict(int)
+    for h in dataset.harm:
+        if h.user_id is not None and h.harmful:
+            harm_flags[h.user_id] += 1
+    out: dict[int, dict[str, Any]] = {}
+    for uid in dataset.user_ids():
+        mine = ups.get(uid, [])
+        on_flagged = sum(p.message_id in flagged for p in mine)
+        excluded = (budgets.pool_outlier_min_flagged > 0 and on_flagged >= budgets.pool_outlier_min_flagged
+                    and on_flagged >= budgets.pool_outlier_share * len(mine))
+        out[uid] = {"labels": dataset.label_count(uid), "thumbs_up": len(mine), "thumbs_up_on_flagged": on_flagged,
+                    "harm_flags": harm_flags.get(uid, 0), "excluded": excluded,
+                    "reason": f"{on_flagged} of {len(mine)} thumbs-up on replies the harm judge flags" if excluded else None}
+    return out
+
+
+def shared_pool(dataset: Dataset, budgets: Budgets, *, excluded: Iterable[int] = ()) -> Dataset:
+    """The capped view of all users' examples that the global models train on, without the
+    ``excluded`` users' (``pool_audit``); the judge's own labels stay."""
+    out = set(excluded)
     cap = budgets.global_max_items_per_user
     pooled = Dataset(
-        pairs=cap_per_user(dataset.pairs, cap),
-        points=cap_per_user(dataset.points, cap),
-        harm=cap_per_user(dataset.harm, cap),
+        pairs=cap_per_user([p for p in dataset.pairs if p.user_id not in out], cap),
+        points=cap_per_user([p for p in dataset.points if p.user_id not in out], cap),
+        harm=cap_per_user([h for h in dataset.harm if h.user_id not in out], cap),
     )
+    if out:
+        logger.warning("shared pool: kept out the labels of users %s (thumbs-up on judge-flagged replies)", sorted(out))
     dropped = dataset.label_count() - pooled.label_count()
     if dropped:
-        logger.info("shared pool: dropped %d labels above the per-user cap of %d", dropped, cap)
+        logger.info("shared pool: dropped %d labels (per-user cap %d, kept-out users)", dropped, cap)
     return pooled
 
 

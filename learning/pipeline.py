@@ -54,7 +54,8 @@ from service.models import (AdapterStatus, AdapterVersion, RunStatus, TrainingRe
 from service.settings import Settings
 
 from learning.config import Budgets
-from learning.data import build_dataset, chat_renderer, recent_prompts, save_snapshot, shared_pool, split_shared_prompts
+from learning.data import (build_dataset, chat_renderer, pool_audit, recent_prompts, save_snapshot, shared_pool,
+                           split_shared_prompts)
 
 logger = logging.getLogger(__name__)
 
@@ -568,8 +569,10 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
         full = build_dataset(session, render, budgets, judge_flags=flags)
         if full.label_count() == 0:
             raise ValueError("no ratings or rankings to learn from yet; rate some replies first")
-        pool = shared_pool(full, budgets)
-        snapshot = save_snapshot(session, full, run_id=run_id, extra={"pool_labels": pool.label_count()})
+        audit = pool_audit(full, budgets)
+        pool = shared_pool(full, budgets, excluded=[u for u, row in audit.items() if row["excluded"]])
+        snapshot = save_snapshot(session, full, run_id=run_id, extra={
+            "pool_labels": pool.label_count(), "pool_audit": {str(u): row for u, row in audit.items()}})
     progress(0.05, f"snapshot {snapshot.sha256[:12]}: {full.stats['pairs']} pairs, {full.stats['points']} thumbs")
 
     # 2. reward and harm models on frozen backbone features (before any LoRA wraps the base)

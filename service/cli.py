@@ -9,6 +9,7 @@
     assistant reward-curve [...]                          reward-model accuracy vs labels per user -> reports
     assistant export-feedback --out DIR [--format F]      everyone's labels as TRL JSONL (preference, kto)
     assistant import-openwebui-feedback FILE [--dry-run]  Open WebUI's thumbs (its feedback export) as ratings here
+    assistant pool-audit                                  who would feed the shared models now, and who is kept out
     assistant bench serve [...]                           engine benchmark vs the naive baseline
 
 ``serve`` starts the learning worker as a separate process (never inside the
@@ -170,6 +171,36 @@ def cmd_import_openwebui_feedback(args: argparse.Namespace) -> None:
     print(("dry run: would import " if args.dry_run else "") + report.summary())
 
 
+def cmd_pool_audit(args: argparse.Namespace) -> None:
+    """Before a run: per user, the labels they would feed the shared models, their thumbs-up on
+    replies the harm judge flags, and whether the next run keeps them out (``learning.data.pool_audit``)."""
+    from sqlmodel import Session, select
+
+    from learning.config import Budgets
+    from learning.data import build_dataset, chat_renderer, pool_audit
+    from learning.harm import judge_flagger, make_judge
+    from service.db import init_db, make_engine
+    from service.model_loading import load_tokenizer
+    from service.models import User
+
+    settings, budgets = _settings(), Budgets.from_env()
+    judge = make_judge(budgets.harm_judge)
+    engine = make_engine(settings)
+    init_db(engine)
+    render = chat_renderer(load_tokenizer(settings))
+    with Session(engine) as session:
+        flags = judge_flagger(judge, budgets.harm_judge_threshold) if judge is not None else None
+        audit = pool_audit(build_dataset(session, render, budgets, judge_flags=flags), budgets)
+        names = dict(session.exec(select(User.id, User.username)).all())
+    engine.dispose()
+    if judge is None:
+        print("no harm judge configured (ASSISTANT_HARM_JUDGE=none): nothing is flagged, nobody is kept out")
+    print(f"{'user':<24} {'labels':>6} {'up':>5} {'up on flagged':>13} {'harm flags':>10}  shared pool")
+    for uid, row in sorted(audit.items(), key=lambda kv: (not kv[1]["excluded"], -kv[1]["thumbs_up_on_flagged"])):
+        print(f"{names.get(uid, uid)!s:<24} {row['labels']:>6} {row['thumbs_up']:>5} {row['thumbs_up_on_flagged']:>13} "
+              f"{row['harm_flags']:>10}  {'KEPT OUT: ' + row['reason'] if row['excluded'] else 'used'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="assistant", description="A chat assistant that learns from its users.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -219,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     ow.add_argument("file", help="the exported JSON file")
     ow.add_argument("--dry-run", action="store_true", help="match and report, write nothing")
     ow.set_defaults(func=cmd_import_openwebui_feedback)
+
+    pa = sub.add_parser("pool-audit", help="before a run: who would feed the shared models, and who is kept out "
+                                           "(thumbs-up on replies the harm judge flags)")
+    pa.set_defaults(func=cmd_pool_audit)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)

@@ -519,6 +519,9 @@ class ScheduleUpdate(BaseModel):
 class StatsPublic(BaseModel):
     feedback_per_day: list[dict[str, Any]]
     reward_model: dict[str, Any] | None
+    # the newest run's audit of who fed the shared models: per user, labels, thumbs-up on replies
+    # the harm judge flags, and whether their labels were kept out of the shared pool
+    pool_audit: list[dict[str, Any]] | None = None
 
 
 class LabelCounts(BaseModel):

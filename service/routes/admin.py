@@ -125,6 +125,17 @@ def latest_reward_metrics(session: Session) -> dict[str, Any] | None:
     }
 
 
+def latest_pool_audit(session: Session) -> list[dict[str, Any]] | None:
+    """The newest run's per-user audit of the shared pool (``learning.data.pool_audit``), usernames added."""
+    snap = session.exec(select(TrainingSnapshot).where(TrainingSnapshot.run_id.is_not(None))
+                        .order_by(TrainingSnapshot.id.desc())).first()
+    audit = (snap.stats or {}).get("pool_audit") if snap is not None else None
+    if not audit:
+        return None
+    names = dict(session.exec(select(User.id, User.username).where(User.id.in_([int(u) for u in audit]))).all())
+    return [{"user_id": int(u), "username": names.get(int(u)), "run_id": snap.run_id, **row} for u, row in audit.items()]
+
+
 # --- operator routes ----------------------------------------------------------------------------------
 
 
@@ -213,7 +224,7 @@ def put_schedule(body: ScheduleUpdate, operator: OperatorUser, session: SessionD
 @router.get("/api/admin/stats", response_model=StatsPublic)
 def get_stats(_: OperatorUser, session: SessionDep, days: int = 30) -> StatsPublic:
     return StatsPublic(feedback_per_day=feedback_per_day(session, days=max(1, min(days, 365))),
-                       reward_model=latest_reward_metrics(session))
+                       reward_model=latest_reward_metrics(session), pool_audit=latest_pool_audit(session))
 
 
 @router.get("/api/admin/eval/latest")

@@ -145,3 +145,35 @@ def test_judge_flags_become_harm_labels_of_no_user(db, seeder):
     ds = build(db, judge_flags=judge_flagger(KeywordJudge(), 0.5))
     flagged = [h for h in ds.harm if h.user_id is None]
     assert [(h.reply, h.harmful) for h in flagged] == [("Fuck you, do it yourself.", 1)]
+
+
+def test_users_who_upvote_what_the_harm_judge_flags_are_kept_out_of_the_shared_pool(db, seeder):
+    from learning.data import pool_audit
+
+    troll, honest = seeder.user("troll"), seeder.user("honest")
+    for i in range(4):  # 4 of the troll's 5 thumbs-up are on replies the keyword judge flags
+        nasty, fine = seeder.turn(troll, f"q{i}", [f"Fuck you {i}, do it yourself.", f"Sure, here is how {i}."])
+        seeder.rate(troll, nasty, "up")
+        seeder.rate(troll, fine, "down")
+    (ok,) = seeder.turn(troll, "q9", ["Happy to help."])
+    seeder.rate(troll, ok, "up")
+    for i in range(3):
+        nasty, fine = seeder.turn(honest, f"h{i}", [f"Fuck you {i}.", f"Glad to help {i}."])
+        seeder.rate(honest, fine, "up")
+        seeder.rate(honest, nasty, "down", ["harmful"])
+    (slip,) = seeder.turn(honest, "h9", ["Fuck you, that is a good question."])  # one upvote on a flagged reply: no outlier
+    seeder.rate(honest, slip, "up")
+
+    ds = build(db, judge_flags=judge_flagger(KeywordJudge(), 0.5))
+    audit = pool_audit(ds, Budgets())
+    assert audit[troll]["thumbs_up"] == 5 and audit[troll]["thumbs_up_on_flagged"] == 4 and audit[troll]["excluded"]
+    assert "4 of 5 thumbs-up" in audit[troll]["reason"]
+    assert not audit[honest]["excluded"] and audit[honest]["harm_flags"] == 3
+    pool = shared_pool(ds, Budgets(), excluded=[u for u, row in audit.items() if row["excluded"]])
+    assert not any(x.user_id == troll for x in pool.pairs + pool.points + pool.harm)  # nothing of the troll's
+    assert any(h.user_id is None for h in pool.harm) and any(p.user_id == honest for p in pool.points)
+    assert ds.label_count(troll) == 13  # their own models still see all of their labels (4 pairs + 9 thumbs)
+    # the threshold is a setting; 0 turns the exclusion off; without a judge nothing is flagged
+    assert not pool_audit(ds, Budgets(pool_outlier_min_flagged=0))[troll]["excluded"]
+    assert not pool_audit(ds, Budgets(pool_outlier_min_flagged=5))[troll]["excluded"]
+    assert not pool_audit(build(db), Budgets())[troll]["excluded"]
