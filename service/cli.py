@@ -11,6 +11,7 @@
     assistant import-openwebui-feedback FILE [--dry-run]  Open WebUI's thumbs (its feedback export) as ratings here
     assistant pool-audit                                  who would feed the shared models now, and who is kept out
     assistant bench serve [...]                           engine benchmark vs the naive baseline
+    assistant bench rollouts [...]                        training rollouts: HF generate vs the batched engine
 
 ``serve`` starts the learning worker as a separate process (never inside the
 web server's lifespan) unless ``--no-worker``. This module is the only place in
@@ -171,6 +172,12 @@ def cmd_import_openwebui_feedback(args: argparse.Namespace) -> None:
     print(("dry run: would import " if args.dry_run else "") + report.summary())
 
 
+def cmd_bench_rollouts(args: argparse.Namespace) -> None:
+    from learning.rollouts_bench import main as bench_rollouts
+
+    bench_rollouts(args, _settings())
+
+
 def cmd_pool_audit(args: argparse.Namespace) -> None:
     """Before a run: per user, the labels they would feed the shared models, their thumbs-up on
     replies the harm judge flags, and whether the next run keeps them out (``learning.data.pool_audit``)."""
@@ -262,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_args(bs)
     bs.set_defaults(func=cmd_bench)
+    br = bsub.add_parser("rollouts", help="the training loop's sampling: HF generate vs the batched engine (tok/s, ratio)")
+    br.add_argument("--prompts", type=int, default=16, help="prompts per batch (default 16)")
+    br.add_argument("--per-prompt", type=int, default=1, help="replies per prompt (default 1)")
+    br.add_argument("--max-new-tokens", type=int, default=48, help="tokens per reply at most (default 48)")
+    br.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16, as ASSISTANT_LORA_R)")
+    br.add_argument("--repeats", type=int, default=2, help="alternate the samplers this many times, keep each one's best")
+    br.add_argument("--out", default=None, help="also write the results as JSON here")
+    br.set_defaults(func=cmd_bench_rollouts)
     return p
 
 

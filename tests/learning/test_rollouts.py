@@ -53,3 +53,15 @@ def test_engine_samples_follow_the_adapter_being_trained(tiny):  # noqa: F811
     assert base.texts != mine.texts  # and the reference really is the base
     # the engine's own weights are restored after the call: the base model's greedy replies again
     assert sampler(policy, tok, PROMPTS, BUDGETS, seed=0, temperature=greedy, reference=True).texts == base.texts
+
+
+def test_rollout_benchmark_command_prints_both_samplers_and_their_ratio(model_data_dir):
+    """`assistant bench rollouts` on the real model, at smoke size: both rates, the ratio, the one-stream speed."""
+    from learning.rollouts_bench import run
+    from service.settings import Settings
+
+    result = run(Settings(data_dir=model_data_dir, dev_mode=True, dtype="float32"), prompts=2, max_new_tokens=4, rank=4,
+                 repeats=1)
+    assert result["engine"] == "batched" and result["engine_dtype"] == "float32"
+    assert result["hf_generate_tok_s"] > 0 and result["batched_engine_tok_s"] > 0 and result["one_stream_tok_s"] > 0
+    assert result["speedup"] == round(result["batched_engine_tok_s"] / result["hf_generate_tok_s"], 2)
