@@ -64,4 +64,4 @@ def test_rollout_benchmark_command_prints_both_samplers_and_their_ratio(model_da
                  repeats=1)
     assert result["engine"] == "batched" and result["engine_dtype"] == "float32"
     assert result["hf_generate_tok_s"] > 0 and result["batched_engine_tok_s"] > 0 and result["one_stream_tok_s"] > 0
-    assert result["speedup"] == round(result["batched_engine_tok_s"] / result["hf_generate_tok_s"], 2)
+    assert abs(result["speedup"] - result["batched_engine_tok_s"] / result["hf_generate_tok_s"]) < 0.05
