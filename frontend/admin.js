@@ -256,17 +256,17 @@ async function refreshStats() {
 /** Who fed the shared models in the newest run: thumbs-up on replies the harm judge flags, and who was kept out. */
 export function poolAuditTable(audit) {
   if (!Array.isArray(audit) || !audit.length) {
-    return el('p', { class: 'muted', 'data-testid': 'pool-audit' }, 'Shared-pool audit: no run yet (or no harm judge configured).');
+    return el('p', { class: 'muted', 'data-testid': 'pool-audit' }, 'Shared-pool audit: no finished run yet.');
   }
-  const rows = [...audit].sort((a, b) => Number(b.excluded) - Number(a.excluded) || (b.thumbs_up_on_flagged ?? 0) - (a.thumbs_up_on_flagged ?? 0));
+  const rows = [...audit].sort((a, b) => Number(b.excluded) - Number(a.excluded) || (b.favoured_flagged ?? 0) - (a.favoured_flagged ?? 0));
   return el('div', { class: 'table-wrap', 'data-testid': 'pool-audit' }, el('table', {},
-    el('caption', {}, `Shared-pool audit, run ${rows[0].run_id}: thumbs-up on replies the harm judge flags`),
-    el('thead', {}, el('tr', {}, ['User', 'Labels', 'Thumbs up', 'Up on flagged', 'Harm flags', 'Shared pool'].map((h) => el('th', { scope: 'col' }, h)))),
+    el('caption', {}, `Shared-pool audit, run ${rows[0].run_id}: replies each user favoured that the harm judge flags`),
+    el('thead', {}, el('tr', {}, ['User', 'Labels', 'Favoured', 'Favoured and flagged', 'Harm flags', 'Shared pool'].map((h) => el('th', { scope: 'col' }, h)))),
     el('tbody', {}, rows.map((r) => el('tr', {},
       el('td', {}, r.username ?? `#${r.user_id}`),
       el('td', {}, formatNumber(r.labels ?? 0)),
-      el('td', {}, formatNumber(r.thumbs_up ?? 0)),
-      el('td', {}, formatNumber(r.thumbs_up_on_flagged ?? 0)),
+      el('td', {}, formatNumber(r.favoured ?? 0)),
+      el('td', {}, formatNumber(r.favoured_flagged ?? 0)),
       el('td', {}, formatNumber(r.harm_flags ?? 0)),
       el('td', {}, r.excluded ? el('span', { class: 'badge bad', title: r.reason || '' }, 'kept out') : el('span', { class: 'badge ok' }, 'used')))))));
 }

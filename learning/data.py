@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 Renderer = Callable[[list[dict[str, str]]], str]
 
 
+def split_key(user_id: int, prompt: str) -> str:
+    return f"group:{user_id}:{hashlib.sha256(prompt.encode()).hexdigest()[:16]}"
+
+
 @dataclass(frozen=True)
 class PreferencePair:
     user_id: int
@@ -56,6 +60,12 @@ class PreferencePair:
     @property
     def key(self) -> str:
         return f"pair:{self.user_id}:{self.chosen_id}:{self.rejected_id}"
+
+    @property
+    def split_key(self) -> str:
+        """What decides the train/held-out split: the user and the prompt, so every label about the
+        replies to one prompt (its pairs and thumbs) falls on one side and no reply is on both."""
+        return split_key(self.user_id, self.prompt)
 
     @property
     def prompt_of_rejected(self) -> str:
@@ -75,6 +85,10 @@ class PointLabel:
     @property
     def key(self) -> str:
         return f"point:{self.feedback_id}"
+
+    @property
+    def split_key(self) -> str:
+        return split_key(self.user_id, self.prompt)
 
 
 @dataclass(frozen=True)
@@ -284,27 +298,33 @@ def pool_audit(dataset: Dataset, budgets: Budgets) -> dict[int, dict[str, Any]]:
     """Per user, what they would feed the shared models, and whether they are kept out of them.
 
     The outlier signal is disagreement with the automated harm judge (its flags are harm labels of
-    no user in ``dataset``): thumbs-up on replies it flags. A user with at least
-    ``pool_outlier_min_flagged`` of them, making at least ``pool_outlier_share`` of their thumbs-up,
-    is ``excluded``: their labels train only their own models. Without a judge nothing is flagged."""
+    no user in ``dataset``): replies the user favoured (thumbs-up, or ranked above another) that it
+    flags. A user with at least ``pool_outlier_min_flagged`` of them, making at least
+    ``pool_outlier_share`` of the replies they favoured, is ``excluded``: their labels train only
+    their own models. Without a judge nothing is flagged."""
     flagged = {h.message_id for h in dataset.harm if h.user_id is None and h.harmful}
-    ups: dict[int, list[PointLabel]] = defaultdict(list)
+    favoured: dict[int, set[int]] = defaultdict(set)
+    ups: dict[int, int] = defaultdict(int)
     for p in dataset.points:
         if p.label == 1:
-            ups[p.user_id].append(p)
+            favoured[p.user_id].add(p.message_id)
+            ups[p.user_id] += 1
+    for pair in dataset.pairs:
+        favoured[pair.user_id].add(pair.chosen_id)
     harm_flags: dict[int, int] = defaultdict(int)
     for h in dataset.harm:
         if h.user_id is not None and h.harmful:
             harm_flags[h.user_id] += 1
     out: dict[int, dict[str, Any]] = {}
     for uid in dataset.user_ids():
-        mine = ups.get(uid, [])
-        on_flagged = sum(p.message_id in flagged for p in mine)
+        mine = favoured.get(uid, set())
+        on_flagged = len(mine & flagged)
         excluded = (budgets.pool_outlier_min_flagged > 0 and on_flagged >= budgets.pool_outlier_min_flagged
                     and on_flagged >= budgets.pool_outlier_share * len(mine))
-        out[uid] = {"labels": dataset.label_count(uid), "thumbs_up": len(mine), "thumbs_up_on_flagged": on_flagged,
-                    "harm_flags": harm_flags.get(uid, 0), "excluded": excluded,
-                    "reason": f"{on_flagged} of {len(mine)} thumbs-up on replies the harm judge flags" if excluded else None}
+        out[uid] = {"labels": dataset.label_count(uid), "thumbs_up": ups.get(uid, 0), "favoured": len(mine),
+                    "favoured_flagged": on_flagged, "harm_flags": harm_flags.get(uid, 0), "excluded": excluded,
+                    "reason": (f"{on_flagged} of the {len(mine)} replies they favoured (thumbs-up or ranked first) "
+                               "are flagged by the harm judge") if excluded else None}
     return out
 
 

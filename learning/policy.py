@@ -180,10 +180,14 @@ def reply_logprob_sums(model, tokenizer, prompts: Sequence[str], replies: Sequen
 
 def encode_replies(tokenizer, prompts: Sequence[str], replies: Sequence[str], budgets: Budgets) -> Samples:
     """Given (prompt, reply) texts as a ``Samples`` batch (left-padded prompts, each reply ended with
-    end-of-turn), so stored replies can be read with ``forward_logprobs`` like sampled ones."""
+    end-of-turn unless it had to be cut at ``ppo_max_new_tokens``), so stored replies can be read with
+    ``forward_logprobs`` like sampled ones."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     p_ids = [tokenizer(p, add_special_tokens=False).input_ids[-budgets.max_prompt_tokens:] for p in prompts]
-    r_ids = [tokenizer(r, add_special_tokens=False).input_ids[: budgets.ppo_max_new_tokens - 1] + [eos] for r in replies]
+    # a reply longer than the budget is cut without an end token: a cut is not where the reply ended
+    r_ids = [ids + [eos] if len(ids) < budgets.ppo_max_new_tokens else ids[: budgets.ppo_max_new_tokens]
+             for ids in (tokenizer(r, add_special_tokens=False).input_ids for r in replies)]
+    finished = torch.tensor([bool(ids) and ids[-1] == eos for ids in r_ids])
     P, T = max(len(x) for x in p_ids), max(len(x) for x in r_ids)
     B = len(prompts)
     qr = torch.full((B, P + T), pad, dtype=torch.long)  # (B, P + T)
@@ -192,4 +196,4 @@ def encode_replies(tokenizer, prompts: Sequence[str], replies: Sequence[str], bu
     for i, (p, r) in enumerate(zip(p_ids, r_ids)):
         qr[i, P - len(p):P], attn[i, P - len(p):P] = torch.tensor(p), 1
         qr[i, P:P + len(r)], attn[i, P:P + len(r)], mask[i, :len(r)] = torch.tensor(r), 1, 1.0
-    return Samples(qr, attn, mask, torch.ones(B, dtype=torch.bool), P, list(replies), list(prompts))
+    return Samples(qr, attn, mask, finished, P, list(replies), list(prompts))

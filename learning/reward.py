@@ -408,8 +408,8 @@ class RewardModel:
         """The basis and population weights on ``pool`` (capped per user), each user's weights on all of
         their own labels in ``full``. Held-out labels (``is_heldout``) are used only to measure."""
         frac = self.budgets.heldout_fraction
-        train_pairs = [p for p in pool.pairs if not is_heldout(p.key, frac)]
-        train_points = [p for p in pool.points if not is_heldout(p.key, frac)]
+        train_pairs = [p for p in pool.pairs if not is_heldout(p.split_key, frac)]
+        train_points = [p for p in pool.points if not is_heldout(p.split_key, frac)]
         if not train_pairs and not train_points:  # a handful of labels, all in the held-out split
             logger.warning("every label fell in the held-out split; training on all of them (accuracy is not held out)")
             train_pairs, train_points = list(pool.pairs), list(pool.points)
@@ -439,8 +439,8 @@ class RewardModel:
         prior = torch.cat([self.population.weight, torch.tensor([self.population.thumbs_bias])])
         for user_id in full.user_ids():
             mine = full.for_user(user_id)
-            upairs = [p for p in mine.pairs if not is_heldout(p.key, frac)]
-            upoints = [p for p in mine.points if not is_heldout(p.key, frac)]
+            upairs = [p for p in mine.pairs if not is_heldout(p.split_key, frac)]
+            upoints = [p for p in mine.points if not is_heldout(p.split_key, frac)]
             if not upairs and not upoints:
                 continue
             self.users[user_id] = self._fit_scope(upairs, upoints, prior, self.budgets.user_head_l2, center, train_z)
@@ -482,7 +482,7 @@ class RewardModel:
     def evaluate(self, full: Dataset) -> dict[str, object]:
         """Held-out pairwise accuracy, global and per user, beside "longer reply wins"."""
         frac = self.budgets.heldout_fraction
-        held = [p for p in full.pairs if is_heldout(p.key, frac)]
+        held = [p for p in full.pairs if is_heldout(p.split_key, frac)]
         out: dict[str, object] = {
             "reward/heldout_pairs": len(held),
             "reward/heldout_accuracy": self.pair_accuracy(None, held),

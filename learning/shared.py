@@ -92,9 +92,9 @@ def preferred_replies(dataset, heldout_fraction: float) -> dict[int, list[tuple[
     from learning.reward import is_heldout
 
     out: dict[int, list[tuple[str, str]]] = {}
-    items = [(p.updated_at, p.user_id, p.prompt, p.chosen) for p in dataset.pairs if not is_heldout(p.key, heldout_fraction)]
+    items = [(p.updated_at, p.user_id, p.prompt, p.chosen) for p in dataset.pairs if not is_heldout(p.split_key, heldout_fraction)]
     items += [(p.updated_at, p.user_id, p.prompt, p.reply) for p in dataset.points
-              if p.label == 1 and not is_heldout(p.key, heldout_fraction)]
+              if p.label == 1 and not is_heldout(p.split_key, heldout_fraction)]
     for _, uid, prompt, reply in sorted(items, key=lambda x: x[0]):
         if (prompt, reply) not in out.setdefault(uid, []):
             out[uid].append((prompt, reply))
@@ -107,21 +107,26 @@ def training_pairs(dataset, heldout_fraction: float) -> dict[int, list[tuple[str
 
     out: dict[int, list[tuple[str, str, str, str]]] = {}
     for p in sorted(dataset.pairs, key=lambda p: p.updated_at):
-        if not is_heldout(p.key, heldout_fraction) and p.chosen.strip() and p.rejected.strip():
+        if not is_heldout(p.split_key, heldout_fraction) and p.chosen.strip() and p.rejected.strip():
             out.setdefault(p.user_id, []).append((p.prompt, p.chosen, p.prompt_of_rejected, p.rejected))
     return out
 
 
-def heldout_labels(dataset, heldout_fraction: float) -> dict[int, HeldoutLabels]:
-    """Each user's held-out split (``is_heldout``: what the reward model and the warm start never see)."""
+GATE_MAX_HELDOUT = 64  # the gate reads at most the newest 64 held-out pairs and 64 thumbs of a user
+
+
+def heldout_labels(dataset, heldout_fraction: float, limit: int = GATE_MAX_HELDOUT) -> dict[int, HeldoutLabels]:
+    """Each user's held-out split (``is_heldout`` by prompt: what the reward model and the warm start
+    never see, reply for reply), the newest ``limit`` pairs and ``limit`` thumbs."""
     from learning.reward import is_heldout
 
     pairs: dict[int, list] = {}
     points: dict[int, list] = {}
-    for p in dataset.pairs:
-        if is_heldout(p.key, heldout_fraction):
+    for p in sorted(dataset.pairs, key=lambda p: p.updated_at):
+        if is_heldout(p.split_key, heldout_fraction):
             pairs.setdefault(p.user_id, []).append((p.prompt, p.chosen, p.prompt_of_rejected, p.rejected))
-    for p in dataset.points:
-        if is_heldout(p.key, heldout_fraction):
+    for p in sorted(dataset.points, key=lambda p: p.updated_at):
+        if is_heldout(p.split_key, heldout_fraction):
             points.setdefault(p.user_id, []).append((p.prompt, p.reply, int(p.label)))
-    return {u: HeldoutLabels(tuple(pairs.get(u, ())), tuple(points.get(u, ()))) for u in sorted(set(pairs) | set(points))}
+    return {u: HeldoutLabels(tuple(pairs.get(u, ())[-limit:]), tuple(points.get(u, ())[-limit:]))
+            for u in sorted(set(pairs) | set(points))}

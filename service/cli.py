@@ -202,9 +202,9 @@ def cmd_pool_audit(args: argparse.Namespace) -> None:
     engine.dispose()
     if judge is None:
         print("no harm judge configured (ASSISTANT_HARM_JUDGE=none): nothing is flagged, nobody is kept out")
-    print(f"{'user':<24} {'labels':>6} {'up':>5} {'up on flagged':>13} {'harm flags':>10}  shared pool")
-    for uid, row in sorted(audit.items(), key=lambda kv: (not kv[1]["excluded"], -kv[1]["thumbs_up_on_flagged"])):
-        print(f"{names.get(uid, uid)!s:<24} {row['labels']:>6} {row['thumbs_up']:>5} {row['thumbs_up_on_flagged']:>13} "
+    print(f"{'user':<24} {'labels':>6} {'favoured':>8} {'flagged':>7} {'harm flags':>10}  shared pool")
+    for uid, row in sorted(audit.items(), key=lambda kv: (not kv[1]["excluded"], -kv[1]["favoured_flagged"])):
+        print(f"{names.get(uid, uid)!s:<24} {row['labels']:>6} {row['favoured']:>8} {row['favoured_flagged']:>7} "
               f"{row['harm_flags']:>10}  {'KEPT OUT: ' + row['reason'] if row['excluded'] else 'used'}")
 
 

@@ -127,8 +127,8 @@ def latest_reward_metrics(session: Session) -> dict[str, Any] | None:
 
 def latest_pool_audit(session: Session) -> list[dict[str, Any]] | None:
     """The newest run's per-user audit of the shared pool (``learning.data.pool_audit``), usernames added."""
-    snap = session.exec(select(TrainingSnapshot).where(TrainingSnapshot.run_id.is_not(None))
-                        .order_by(TrainingSnapshot.id.desc())).first()
+    snap = session.exec(select(TrainingSnapshot).join(TrainingRun, TrainingRun.id == TrainingSnapshot.run_id)
+                        .where(TrainingRun.status == RunStatus.succeeded).order_by(TrainingSnapshot.id.desc())).first()
     audit = (snap.stats or {}).get("pool_audit") if snap is not None else None
     if not audit:
         return None

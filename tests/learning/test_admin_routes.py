@@ -102,8 +102,8 @@ def test_queue_runs_with_conflicts_and_read_them_back(app):
                              metrics={"ppo/steps": 2}, status=RunStatus.succeeded))
         s.add(TrainingSnapshot(run_id=first, sha256="f" * 64, stats={"models": {
             "reward/heldout_accuracy": 0.75, "reward/length_baseline_accuracy": 0.5, "reward/heldout_pairs": 4},
-            "pool_audit": {str(alice): {"labels": 9, "thumbs_up": 5, "thumbs_up_on_flagged": 4, "harm_flags": 0,
-                                        "excluded": True, "reason": "4 of 5 thumbs-up on replies the harm judge flags"}}}))
+            "pool_audit": {str(alice): {"labels": 9, "thumbs_up": 5, "favoured": 5, "favoured_flagged": 4, "harm_flags": 0,
+                                        "excluded": True, "reason": "4 of the 5 replies they favoured"}}}))
         s.commit()
 
     detail = client.get(f"/api/admin/training-runs/{first}", headers=op).json()
@@ -115,8 +115,8 @@ def test_queue_runs_with_conflicts_and_read_them_back(app):
     stats = client.get("/api/admin/stats", headers=op).json()
     assert stats["reward_model"]["accuracy"] == 0.75 and stats["reward_model"]["length_baseline_accuracy"] == 0.5
     assert stats["pool_audit"] == [{"user_id": alice, "username": "alice", "run_id": first, "labels": 9, "thumbs_up": 5,
-                                    "thumbs_up_on_flagged": 4, "harm_flags": 0, "excluded": True,
-                                    "reason": "4 of 5 thumbs-up on replies the harm judge flags"}]
+                                    "favoured": 5, "favoured_flagged": 4, "harm_flags": 0, "excluded": True,
+                                    "reason": "4 of the 5 replies they favoured"}]
 
 
 def test_adapters_listing_and_rollback(app):

@@ -166,8 +166,8 @@ def test_users_who_upvote_what_the_harm_judge_flags_are_kept_out_of_the_shared_p
 
     ds = build(db, judge_flags=judge_flagger(KeywordJudge(), 0.5))
     audit = pool_audit(ds, Budgets())
-    assert audit[troll]["thumbs_up"] == 5 and audit[troll]["thumbs_up_on_flagged"] == 4 and audit[troll]["excluded"]
-    assert "4 of 5 thumbs-up" in audit[troll]["reason"]
+    assert audit[troll]["thumbs_up"] == 5 and audit[troll]["favoured"] == 5 and audit[troll]["favoured_flagged"] == 4
+    assert audit[troll]["excluded"] and "4 of the 5 replies they favoured" in audit[troll]["reason"]
     assert not audit[honest]["excluded"] and audit[honest]["harm_flags"] == 3
     pool = shared_pool(ds, Budgets(), excluded=[u for u, row in audit.items() if row["excluded"]])
     assert not any(x.user_id == troll for x in pool.pairs + pool.points + pool.harm)  # nothing of the troll's
@@ -177,3 +177,34 @@ def test_users_who_upvote_what_the_harm_judge_flags_are_kept_out_of_the_shared_p
     assert not pool_audit(ds, Budgets(pool_outlier_min_flagged=0))[troll]["excluded"]
     assert not pool_audit(ds, Budgets(pool_outlier_min_flagged=5))[troll]["excluded"]
     assert not pool_audit(build(db), Budgets())[troll]["excluded"]
+    # ranking the flagged reply first counts too, not only thumbs-up
+    ranker = seeder.user("ranker")
+    for i in range(3):
+        nasty, fine = seeder.turn(ranker, f"r{i}", [f"Fuck you {i}.", f"Here you go {i}."])
+        seeder.rank(ranker, [nasty, fine])
+    ranked = pool_audit(build(db, judge_flags=judge_flagger(KeywordJudge(), 0.5)), Budgets())[ranker]
+    assert ranked["thumbs_up"] == 0 and ranked["favoured_flagged"] == 3 and ranked["excluded"]
+
+
+def test_pool_audit_command_shows_who_the_next_run_keeps_out(seeder, settings, model_data_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (settings.data_dir / "models").symlink_to(model_data_dir / "models")
+    troll = seeder.user("troll")
+    for i in range(3):
+        (nasty,) = seeder.turn(troll, f"q{i}", [f"Fuck you {i}."])
+        seeder.rate(troll, nasty, "up")
+    env = {**os.environ, "ASSISTANT_DATA_DIR": str(settings.data_dir), "ASSISTANT_DEV_MODE": "1", "HF_HUB_OFFLINE": "1",
+           "ASSISTANT_HARM_JUDGE": "keywords"}
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "service.cli", "pool-audit"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("troll"))
+    assert "KEPT OUT: 3 of the 3 replies they favoured (thumbs-up or ranked first) are flagged" in line
+    off = subprocess.run([sys.executable, "-m", "service.cli", "pool-audit"], cwd=repo, capture_output=True, text=True,
+                         timeout=120, env={**env, "ASSISTANT_HARM_JUDGE": "none"})
+    assert "no harm judge configured" in off.stdout and "KEPT OUT" not in off.stdout

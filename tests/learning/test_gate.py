@@ -114,11 +114,19 @@ def test_held_out_labels_round_trip_and_hold_only_the_held_out_split():
     from learning.reward import is_heldout
     from learning.shared import HeldoutLabels, heldout_labels
 
+    from learning.shared import preferred_replies, training_pairs
+
     now = datetime.now(timezone.utc)
+    # 40 prompts, each with a ranked pair and thumbs on both of its replies (ids 2i, 2i + 1)
     pairs = [PreferencePair(1, f"p{i}", f"c{i}", f"r{i}", 2 * i, 2 * i + 1, f"ranking:{i}", now) for i in range(40)]
-    points = [PointLabel(1, f"q{i}", f"t{i}", i % 2, 100 + i, i, now) for i in range(40)]
-    got = heldout_labels(Dataset(pairs=pairs, points=points), 0.2)[1]
-    assert len(got.pairs) == sum(is_heldout(p.key, 0.2) for p in pairs) > 0
-    assert len(got.points) == sum(is_heldout(p.key, 0.2) for p in points) > 0
-    assert all(is_heldout(f"pair:1:{int(c[1:]) * 2}:{int(c[1:]) * 2 + 1}", 0.2) for _, c, _, _ in got.pairs)
+    points = [PointLabel(1, f"p{i}", f"c{i}", 1, 2 * i, 2 * i, now) for i in range(40)]
+    points += [PointLabel(1, f"p{i}", f"r{i}", 0, 2 * i + 1, 100 + i, now) for i in range(40)]
+    ds = Dataset(pairs=pairs, points=points)
+    got = heldout_labels(ds, 0.2)[1]
+    assert len(got.pairs) == sum(is_heldout(p.split_key, 0.2) for p in pairs) > 0
+    assert len(got.points) == 2 * len(got.pairs)  # a prompt's thumbs are held out with its pair
+    # no held-out reply is ever trained on: not in the warm start's preferred replies, nor in its DPO pairs
+    held_replies = set(got.replies())
+    assert not held_replies & set(preferred_replies(ds, 0.2)[1])
+    assert not held_replies & {x for pc, c, pr, r in training_pairs(ds, 0.2)[1] for x in ((pc, c), (pr, r))}
     assert HeldoutLabels.from_json(got.as_json()) == got
