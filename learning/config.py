@@ -37,14 +37,15 @@ class Budgets:
     model and global adapter (poisoning defence). The user's own models see all of their labels."""
 
     pool_outlier_min_flagged: int = 3
-    """A user whose thumbs-up land on at least this many replies the harm judge flags (and on at least
-    ``pool_outlier_share`` of all their thumbs-up) is kept out of the shared pool: their labels still
+    """A user who favoured (thumbs-up, or ranked above another) at least this many replies the harm
+    judge flags (and at least ``pool_outlier_share`` of the replies they favoured) is kept out of the
+    shared pool: their labels still
     train their own reward head and adapter (which the global harm constraint and the gate still
     bound), never the global reward and harm models. Needs ASSISTANT_HARM_JUDGE. 0 = off."""
 
     pool_outlier_share: float = 0.25
-    """The share of a user's thumbs-up on judge-flagged replies that, with ``pool_outlier_min_flagged``,
-    keeps them out of the shared pool."""
+    """The share of the replies a user favoured that the judge flags which, with
+    ``pool_outlier_min_flagged``, keeps them out of the shared pool."""
 
     min_user_labels: int = 8
     """A user needs at least this many labels (pairs + thumbs) for a personal reward head and a

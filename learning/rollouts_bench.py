@@ -36,7 +36,8 @@ def run(settings, *, prompts: int = 16, per_prompt: int = 1, max_new_tokens: int
     from learning.rollouts import rollout_sampler
     from service.model_loading import load_base_model, load_tokenizer
 
-    budgets = Budgets(ppo_max_new_tokens=max_new_tokens, lora_r=rank, lora_alpha=2 * rank, rollout_max_rows=prompts * per_prompt)
+    budgets = Budgets.from_env(ppo_max_new_tokens=max_new_tokens, lora_r=rank, lora_alpha=2 * rank,
+                               rollout_max_rows=prompts * per_prompt)  # the rest (temperature, dtype) as the worker's
     tokenizer = load_tokenizer(settings)
     base = load_base_model(settings, dtype=torch.float32)
     engine_sampler, report = rollout_sampler(settings, dataclasses.replace(budgets, rollout_engine="batched"), base, tokenizer)

@@ -363,6 +363,10 @@ def delete_account(session: Session, *, user_id: int) -> None:
 def delete_feedback(session: Session, *, user_id: int) -> int:
     n = session.execute(sa_delete(Feedback).where(Feedback.user_id == user_id)).rowcount
     m = session.execute(sa_delete(Ranking).where(Ranking.user_id == user_id)).rowcount
+    user = session.get(User, user_id)
+    if user is not None:  # importers of ratings kept elsewhere must not bring these back
+        user.ratings_deleted_at = utcnow()
+        session.add(user)
     session.commit()
     return int(n or 0) + int(m or 0)
 

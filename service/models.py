@@ -63,6 +63,9 @@ class User(SQLModel, table=True):
     # Carried in every session token; signing out or a new password bumps it, which ends every
     # session at once (a token with an older version is refused). Migration 0005.
     token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # When the user last deleted all their ratings (DELETE /api/me/feedback): importers of ratings kept
+    # elsewhere (Open WebUI's export) skip ratings made before it. Migration 0008.
+    ratings_deleted_at: datetime | None = None
 
 
 class UserPreference(SQLModel, table=True):

@@ -19,7 +19,9 @@ user's thumbs rating (``crud.upsert_feedback``: one per reply, so importing the 
 changes nothing and a changed vote replaces the old one). Open WebUI's reason strings map onto
 this product's reasons by keywords; its comment is kept. Records that match nothing (another
 model's reply, a user who never chatted through the proxy, a reply edited in Open WebUI) are
-counted and listed, never guessed.
+counted and listed, never guessed. Records apply oldest first (by their ``updated_at``), so the
+newest vote on a reply wins; a rating made before the user deleted their ratings here
+(``User.ratings_deleted_at``) is never brought back; a malformed record is skipped, not fatal.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -64,11 +67,15 @@ class ImportReport:
         return f"{self.imported} imported, {self.unchanged} unchanged, {len(self.skipped)} skipped"
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _rating(data: dict[str, Any]) -> Rating | None:
     raw = data.get("rating")
     try:
         value = int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return Rating.up if value > 0 else Rating.down if value < 0 else None
 
@@ -88,10 +95,18 @@ def map_reasons(reason: Any, tags: Any, rating: Rating) -> list[str]:
 
 
 def _chat_messages(record: dict[str, Any]) -> dict[str, Any]:
-    chat = ((record.get("snapshot") or {}).get("chat")) or {}
+    chat = _dict(_dict(record.get("snapshot")).get("chat"))
     inner = chat.get("chat") if isinstance(chat.get("chat"), dict) else chat
-    messages = ((inner.get("history") or {}).get("messages")) or {}
-    return messages if isinstance(messages, dict) else {}
+    return _dict(_dict(inner.get("history")).get("messages"))
+
+
+def _when(record: dict[str, Any]) -> float:
+    """The record's last change, in Unix seconds (0 when it does not say)."""
+    for key in ("updated_at", "created_at"):
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e11:
+            return float(value)
+    return 0.0
 
 
 def _text(message: Any) -> str | None:
@@ -130,44 +145,61 @@ def import_feedback(session: Session, records: Iterable[Any], *, dry_run: bool =
     report = ImportReport()
     users: dict[str, User | None] = {}
     replies = _Replies(session)
-    for i, record in enumerate(records):
-        where = f"record {i}" + (f" ({record.get('id')})" if isinstance(record, dict) and record.get("id") else "")
+    numbered = list(enumerate(records))
+    numbered.sort(key=lambda item: _when(item[1]) if isinstance(item[1], dict) else 0.0)  # oldest first: the newest vote wins
+    for i, record in numbered:
+        where = f"record {i}" + (f" ({str(record.get('id'))[:64]})" if isinstance(record, dict) and record.get("id") else "")
         if not isinstance(record, dict) or record.get("type", "rating") != "rating":
             report.skipped.append(f"{where}: not a rating")
             continue
-        data, meta = record.get("data") or {}, record.get("meta") or {}
-        rating = _rating(data) if isinstance(data, dict) else None
-        if rating is None:
-            report.skipped.append(f"{where}: no thumbs rating (data.rating must be 1 or -1)")
-            continue
-        owui_id = str(record.get("user_id") or "")
-        if owui_id not in users:
-            users[owui_id] = crud.get_user_by_username(session, username=USERNAME_PREFIX + owui_id) if owui_id else None
-        user = users[owui_id]
-        if user is None:
-            report.skipped.append(f"{where}: no product user {USERNAME_PREFIX}{owui_id} (only users who chatted "
-                                  "through the trusted proxy can be matched)")
-            continue
-        messages = _chat_messages(record)
-        rated = messages.get(str(meta.get("message_id") or ""))
-        reply = _text(rated)
-        if not reply:
-            report.skipped.append(f"{where}: the chat snapshot lacks the rated message's text")
-            continue
-        prompt = _text(messages.get(str(rated.get("parentId") or ""))) if rated.get("parentId") else None
-        msg = replies.match(user, reply, prompt)
-        if msg is None:
-            report.skipped.append(f"{where}: no reply generated here for {user.username} has this text")
-            continue
-        reasons = map_reasons(data.get("reason"), data.get("tags"), rating)
-        comment = data.get("comment") if isinstance(data.get("comment"), str) and data.get("comment").strip() else None
-        comment = comment[:MAX_COMMENT].replace("\x00", "") if comment else None
-        before = crud.feedback_for(session, user_id=user.id, message_ids=[msg.id]).get(msg.id)
-        if before is not None and (before.rating, list(before.reasons), before.comment) == (rating, reasons, comment):
-            report.unchanged += 1
-            continue
-        if not dry_run:
-            crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=rating, reasons=reasons, comment=comment)
-        report.imported += 1
+        try:
+            _import_one(session, record, where, report, users, replies, dry_run)
+        except (TypeError, ValueError, AttributeError) as exc:  # a malformed record: skip it, keep going
+            session.rollback()
+            report.skipped.append(f"{where}: malformed record ({type(exc).__name__})")
     logger.info("Open WebUI feedback import: %s", report.summary())
     return report
+
+
+def _import_one(session: Session, record: dict[str, Any], where: str, report: ImportReport, users: dict[str, User | None],
+                replies: _Replies, dry_run: bool) -> None:
+    data, meta = _dict(record.get("data")), _dict(record.get("meta"))
+    rating = _rating(data)
+    if rating is None:
+        report.skipped.append(f"{where}: no thumbs rating (data.rating must be 1 or -1)")
+        return
+    owui_id = str(record.get("user_id") or "")
+    if owui_id not in users:
+        users[owui_id] = crud.get_user_by_username(session, username=USERNAME_PREFIX + owui_id) if owui_id else None
+    user = users[owui_id]
+    if user is None:
+        report.skipped.append(f"{where}: no product user {USERNAME_PREFIX}{owui_id[:64]} (only users who chatted "
+                              "through the trusted proxy can be matched)")
+        return
+    deleted = user.ratings_deleted_at
+    if deleted is not None:
+        deleted = deleted if deleted.tzinfo else deleted.replace(tzinfo=timezone.utc)
+        if datetime.fromtimestamp(_when(record), timezone.utc) <= deleted:
+            report.skipped.append(f"{where}: made before {user.username} deleted their ratings here")
+            return
+    messages = _chat_messages(record)
+    rated = _dict(messages.get(str(meta.get("message_id") or "")))
+    reply = _text(rated)
+    if not reply:
+        report.skipped.append(f"{where}: the chat snapshot lacks the rated message's text")
+        return
+    prompt = _text(messages.get(str(rated.get("parentId")))) if rated.get("parentId") else None
+    msg = replies.match(user, reply, prompt)
+    if msg is None:
+        report.skipped.append(f"{where}: no reply generated here for {user.username} has this text")
+        return
+    reasons = map_reasons(data.get("reason"), data.get("tags"), rating)
+    comment = data.get("comment") if isinstance(data.get("comment"), str) and data["comment"].strip() else None
+    comment = comment[:MAX_COMMENT].replace("\x00", "") if comment else None
+    before = crud.feedback_for(session, user_id=user.id, message_ids=[msg.id]).get(msg.id)
+    if before is not None and (before.rating, list(before.reasons), before.comment) == (rating, reasons, comment):
+        report.unchanged += 1
+        return
+    if not dry_run:
+        crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=rating, reasons=reasons, comment=comment)
+    report.imported += 1

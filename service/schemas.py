@@ -453,7 +453,8 @@ class OAIModelList(BaseModel):
 
 
 class TrainingRunCreate(BaseModel):
-    user_ids: list[int] | None = Field(None, description="Users to train; null = the global adapter and everyone with enough feedback.")
+    user_ids: list[DbId] | None = Field(None, max_length=10_000,
+                                        description="Users to train; null = the global adapter and everyone with enough feedback.")
 
 
 class TrainingRunQueued(BaseModel):

@@ -210,8 +210,10 @@ def put_schedule(body: ScheduleUpdate, operator: OperatorUser, session: SessionD
     try:
         CronTrigger.from_crontab(cron)
     except ValueError as exc:
+        # the problem in words, never the input itself (finding 12: errors do not echo what was sent)
+        why = str(exc) if cron not in str(exc) and not any(f and f in str(exc) for f in cron.split()) else "a field is not valid"
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"invalid cron {body.cron!r}: {exc}; use five fields 'minute hour day month weekday', "
+                            f"invalid cron ({why}); use five fields 'minute hour day month weekday', "
                             "e.g. '0 2 * * *' for 02:00 every night") from exc
     row = get_or_create_schedule(session, settings=settings)
     row.cron, row.enabled, row.updated_at = cron, body.enabled, utcnow()

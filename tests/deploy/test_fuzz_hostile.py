@@ -17,6 +17,10 @@ from tests.service.conftest import signup
 
 MARKER = "zq9hostile"  # in every hostile string: a response must never repeat it
 MAX_EXAMPLES = 12
+ADMIN_PASSWORD = "operator-pass-for-fuzz-1"
+# Operations that end the fuzzing session or erase what it fuzzes: never sent (each has its own tests)
+DESTRUCTIVE = {("DELETE", "/api/me"), ("POST", "/api/auth/logout"), ("POST", "/api/auth/logout-all"),
+               ("DELETE", "/api/me/feedback"), ("POST", "/api/me/password")}
 
 
 def _raw(value) -> str:
@@ -49,26 +53,38 @@ def _operations(client) -> list[tuple[str, str, list[str], list[str]]]:
             body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
             ref = body.get("$ref", "").rsplit("/", 1)[-1]
             fields = list(schemas.get(ref, body).get("properties", {}))
-            if params or fields or body:
+            if (params or fields or body) and (method.upper(), path) not in DESTRUCTIVE:
                 ops.append((method.upper(), path, params, fields))
     return ops
 
 
+def _operator_headers(client) -> dict:
+    r = client.post("/api/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
+    assert r.status_code == 200, r.text
+    client.cookies.clear()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
 def test_hostile_inputs_get_a_clear_4xx_everywhere_and_are_never_echoed(app_factory):
-    client = app_factory(max_new_tokens_limit=4, default_max_new_tokens=2)
+    client = app_factory(max_new_tokens_limit=4, default_max_new_tokens=2, admin_password=ADMIN_PASSWORD)
     user = signup(client, "fuzzer")
     client.cookies.clear()
-    headers = {**user["headers"], "Content-Type": "application/json"}
     ops = _operations(client)
     assert len(ops) >= 10  # the schema lists the routes (dev mode)
     failures: list[str] = []
+    as_user = {**user["headers"], "Content-Type": "application/json"}
+    as_operator = {**_operator_headers(client), "Content-Type": "application/json"}
 
     def check(method: str, path: str, body: str | None) -> None:
+        # the admin routes as the operator (a user gets 403 before the body is read), the rest as the user
+        headers = as_operator if path.startswith("/api/admin") else as_user
         r = client.request(method, path, content=body, headers=headers)
         if r.status_code >= 500:
             failures.append(f"{method} {path}: {r.status_code} for {body[:80] if body else None!r}")
         elif MARKER in r.text:
             failures.append(f"{method} {path}: the response echoes the hostile input")
+        elif r.status_code in (401, 403):
+            failures.append(f"{method} {path}: {r.status_code}: the fuzzing session was lost or refused")
 
     @given(value=hostile_value, ident=hostile_id, pick=st.integers(min_value=0, max_value=10**6))
     @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -85,6 +101,9 @@ def test_hostile_inputs_get_a_clear_4xx_everywhere_and_are_never_echoed(app_fact
 
     fuzz()
     assert not failures, "\n".join(failures[:20])
+    # both sessions survived the fuzz: nothing above was skipped by a sign-out
+    assert client.get("/api/me", headers=as_user).status_code == 200
+    assert client.get("/api/admin/users", headers=as_operator).status_code == 200
 
 
 def test_hostile_websocket_frames_answer_bad_frame_and_keep_the_socket_open(app_factory):

@@ -1,6 +1,7 @@
 """The batched rollout engine draws the same kind of ``Samples`` as HF ``generate``, from the adapter
 being trained: layout and masks, grouping, and greedy replies equal to the PEFT model's."""
 
+import pytest
 import torch
 
 from learning.policy import forward_logprobs, make_policy, sample
@@ -64,4 +65,4 @@ def test_rollout_benchmark_command_prints_both_samplers_and_their_ratio(model_da
                  repeats=1)
     assert result["engine"] == "batched" and result["engine_dtype"] == "float32"
     assert result["hf_generate_tok_s"] > 0 and result["batched_engine_tok_s"] > 0 and result["one_stream_tok_s"] > 0
-    assert abs(result["speedup"] - result["batched_engine_tok_s"] / result["hf_generate_tok_s"]) < 0.05
+    assert result["speedup"] == pytest.approx(result["batched_engine_tok_s"] / result["hf_generate_tok_s"], rel=0.05)

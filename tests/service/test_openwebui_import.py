@@ -28,12 +28,13 @@ def _as(external_id: str) -> dict:
 
 def _ask(client, headers, question: str, history: list[dict] = ()) -> str:
     r = client.post("/v1/chat/completions", headers=headers, json={
-        "model": MODEL, "max_tokens": 8, "temperature": 1.0, "messages": [*history, {"role": "user", "content": question}]})
+        "model": MODEL, "max_tokens": 8, "temperature": 0.0, "messages": [*history, {"role": "user", "content": question}]})
     assert r.status_code == 200, r.text
     return r.json()["choices"][0]["message"]["content"]
 
 
-def _record(user_id: str, question: str, reply: str, rating, reason: str = "", comment: str = "", rid: str = "fb") -> dict:
+def _record(user_id: str, question: str, reply: str, rating, reason: str = "", comment: str = "", rid: str = "fb",
+            at: int = 1764000000) -> dict:
     """A feedback record as Open WebUI saves it: the rated message and its parent in the chat snapshot."""
     history = {"u1": {"id": "u1", "parentId": None, "childrenIds": ["a1"], "role": "user", "content": question},
                "a1": {"id": "a1", "parentId": "u1", "childrenIds": [], "role": "assistant", "content": reply, "model": MODEL}}
@@ -42,7 +43,7 @@ def _record(user_id: str, question: str, reply: str, rating, reason: str = "", c
             "meta": {"arena": False, "model_id": MODEL, "message_id": "a1", "message_index": 2, "chat_id": "c1"},
             "snapshot": {"chat": {"id": "c1", "user_id": user_id, "title": "t",
                                   "chat": {"history": {"messages": history, "currentId": "a1"}}}},
-            "created_at": 1764000000, "updated_at": 1764000000}
+            "created_at": at, "updated_at": at}
 
 
 def test_open_webui_feedback_export_becomes_the_proxied_users_ratings(app_factory, tmp_path):
@@ -50,18 +51,21 @@ def test_open_webui_feedback_export_becomes_the_proxied_users_ratings(app_factor
     ann, ben = _as("3f9c2a1e-ann"), _as("77b1d0c4-ben")
     egg = _ask(client, ann, "How do I boil an egg?")
     tea = _ask(client, ann, "How do I make tea?")
-    ben_reply = _ask(client, ben, "How do I boil an egg?")
+    ben_reply = _ask(client, ben, "How do I boil an egg?")  # greedy: the same text as Ann's
+    assert egg and tea and egg != tea and ben_reply == egg
     # a turn the client wrote (context only) can never become a label
     _ask(client, ann, "And then?", history=[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "client-written"}])
     records = [
         _record("3f9c2a1e-ann", "How do I boil an egg?", egg, 1, "Accurate information", "nice", rid="r1"),
         _record("3f9c2a1e-ann", "How do I make tea?", tea, -1, "Too verbose", rid="r2"),
         _record("3f9c2a1e-ann", "Q", "client-written", 1, rid="r3"),  # not generated here
-        _record("3f9c2a1e-ann", "How do I boil an egg?", ben_reply + " (edited)", 1, rid="r4"),  # no such reply of Ann's
+        _record("3f9c2a1e-ann", "How do I boil an egg?", egg + " (edited)", 1, rid="r4"),  # no such reply of Ann's
         _record("never-proxied", "How do I boil an egg?", egg, 1, rid="r5"),  # no such user
         {**_record("3f9c2a1e-ann", "How do I make tea?", tea, None), "id": "r6"},  # no thumbs (a 1-10 score only)
         {"id": "r7", "type": "arena"},
         "not a record",
+        {"id": "r8", "type": "rating", "user_id": "3f9c2a1e-ann", "data": {"rating": 1}, "meta": "x", "snapshot": [1]},
+        {"id": "r9", "type": "rating", "user_id": "3f9c2a1e-ann", "data": {"rating": float("inf")}, "meta": {}},
     ]
     with Session(client.app.state.db) as session:
         dry = import_feedback(session, records, dry_run=True)
@@ -69,7 +73,7 @@ def test_open_webui_feedback_export_becomes_the_proxied_users_ratings(app_factor
         ann_user = crud.get_user_by_username(session, username="owui-3f9c2a1e-ann")
         assert not crud.list_feedback(session, user_id=ann_user.id)  # a dry run writes nothing
         report = import_feedback(session, records)
-        assert (report.imported, report.unchanged, len(report.skipped)) == (2, 0, 6), report.skipped
+        assert (report.imported, report.unchanged, len(report.skipped)) == (2, 0, 8), report.skipped
         assert any("r5" in s and "owui-never-proxied" in s for s in report.skipped)
         got = {fb.message_id: fb for fb in crud.list_feedback(session, user_id=ann_user.id)}
         texts = {m_id: crud.get_message(session, user_id=ann_user.id, message_id=m_id).content for m_id in got}
@@ -78,13 +82,24 @@ def test_open_webui_feedback_export_becomes_the_proxied_users_ratings(app_factor
         assert (by_text[egg].rating, by_text[egg].reasons, by_text[egg].comment) == (Rating.up, ["accurate"], "nice")
         assert (by_text[tea].rating, by_text[tea].reasons) == (Rating.down, ["too_long"])
         ben_user = crud.get_user_by_username(session, username="owui-77b1d0c4-ben")
-        assert not crud.list_feedback(session, user_id=ben_user.id)  # Ann's ratings never land on Ben's replies
+        assert not crud.list_feedback(session, user_id=ben_user.id)  # Ann's ratings never land on Ben's same-text reply
         # the same export again changes nothing; a changed vote replaces the old one
         again = import_feedback(session, records)
         assert (again.imported, again.unchanged) == (0, 2)
-        flipped = import_feedback(session, [_record("3f9c2a1e-ann", "How do I boil an egg?", egg, -1, rid="r1")])
-        assert flipped.imported == 1
+        # two votes on one reply, listed newest first as Open WebUI exports them: the newest wins
+        flipped = import_feedback(session, [_record("3f9c2a1e-ann", "How do I boil an egg?", egg, -1, rid="r1b", at=1764000200),
+                                            _record("3f9c2a1e-ann", "How do I boil an egg?", egg, 1, rid="r1a", at=1764000100)])
+        assert flipped.imported == 2  # applied oldest first, so the newer thumbs-down is the one that stays
         assert {fb.rating for fb in crud.list_feedback(session, user_id=ann_user.id)} == {Rating.down}
+
+    # ratings the user deleted here are never brought back by the next import; newer ones are
+    assert client.delete("/api/me/feedback", headers=ann).status_code == 204
+    with Session(client.app.state.db) as session:
+        again = import_feedback(session, records)
+        assert again.imported == 0
+        assert all(any(f"({r})" in x and "deleted their ratings" in x for x in again.skipped) for r in ("r1", "r2"))
+        newer = import_feedback(session, [_record("3f9c2a1e-ann", "How do I make tea?", tea, 1, rid="r10", at=4102444800)])
+        assert newer.imported == 1
 
     # the operator's command: the same import from the exported file
     path = tmp_path / "feedback-export.json"
@@ -95,7 +110,7 @@ def test_open_webui_feedback_export_becomes_the_proxied_users_ratings(app_factor
     done = subprocess.run([sys.executable, "-m", "service.cli", "import-openwebui-feedback", str(path)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "1 imported, 1 unchanged, 6 skipped" in done.stdout  # r1 goes back to up; r2 is as before
+    assert "0 imported, 0 unchanged, 10 skipped" in done.stdout  # r1, r2 were made before Ann deleted her ratings
     (tmp_path / "bad.json").write_text("{}")
     bad = subprocess.run([sys.executable, "-m", "service.cli", "import-openwebui-feedback", str(tmp_path / "bad.json")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
