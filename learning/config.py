@@ -238,17 +238,17 @@ class Budgets:
     """A personal candidate may score at most this much below the base under the population's reward
     (what all users agree on, in reward standard deviations): a personal style must not cost general quality."""
 
-    gate_preference: str = "labels"
-    """What decides whether a personal candidate is preferred: "labels" (the user's own held-out
-    ratings: the candidate must raise the likelihood of the replies they preferred over those they did
-    not, relative to the base and to what serves them now, on more than half of the comparisons) or
-    "reward" (the user's reward model scores the gate's samples). "labels" falls back to "reward"
-    while a user has fewer than gate_min_labels held-out comparisons; the global adapter always uses
-    the reward model."""
+    gate_preference: str = "either"
+    """What says a personal candidate is preferred: "labels" (the user's own held-out ratings: the
+    candidate must raise the likelihood of the replies they preferred over those they did not,
+    relative to the base and to what serves them now, on more than half of the comparisons),
+    "reward" (the user's reward model scores the gate's samples), or "either" (one of the two is
+    enough). "labels" and "either" fall back to "reward" while a user has fewer than gate_min_labels
+    held-out comparisons; the global adapter always uses the reward model."""
 
     gate_min_labels: int = 6
     """Held-out comparisons (ranked pairs, plus min(thumbs up, thumbs down)) a user needs before
-    gate_preference="labels" judges their candidate."""
+    their held-out labels judge their candidate (gate_preference "labels" or "either")."""
 
     # --- harm flagger --------------------------------------------------------
     harm_judge: str = "none"
@@ -319,8 +319,9 @@ class Budgets:
         for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{self.env_name(name)} must be between 0 and 1 (got {getattr(self, name)})")
-        if self.gate_preference not in ("labels", "reward"):
-            problems.append(f"{self.env_name('gate_preference')} must be \"labels\" or \"reward\" (got {self.gate_preference!r})")
+        if self.gate_preference not in ("either", "labels", "reward"):
+            problems.append(f"{self.env_name('gate_preference')} must be \"either\", \"labels\" or \"reward\" "
+                            f"(got {self.gate_preference!r})")
         if self.rollout_engine not in ("batched", "hf"):
             problems.append(f"{self.env_name('rollout_engine')} must be \"batched\" or \"hf\" (got {self.rollout_engine!r})")
         if not 0.0 < self.heldout_fraction < 1.0:

@@ -18,13 +18,14 @@ promoted only if
    at least ``MIN_HELDOUT_PAIRS`` of them): a model that disagrees with the user's own votes must
    not decide what they are served.
 
-For a personal candidate with ``gate_preference="labels"`` (the default) and at least
-``gate_min_labels`` held-out comparisons, criterion 1 (and 5) is replaced by the user's own held-out
-labels, read directly: relative to the base, and to what serves them now, the candidate must raise
-the log-likelihood of the reply they preferred more than that of the reply they did not (a DPO-style
-implicit-reward margin) on more than half of their comparisons (``label_agreement``). The full-size
-round-1 run measured why: at round-1 counts the user's reward model rejected candidates that won
-68-90% and promoted ones that won 39-56%.
+For a personal candidate with at least ``gate_min_labels`` held-out comparisons, the user's own
+held-out labels, read directly, are a second yardstick for criterion 1 (and 5): relative to the
+base, and to what serves them now, the candidate must raise the log-likelihood of the reply they
+preferred more than that of the reply they did not (a DPO-style implicit-reward margin) on more
+than half of their comparisons (``label_agreement``). ``gate_preference`` says how the two combine:
+"either" (the default: one that says "better" is enough), "labels" (labels alone) or "reward" (the
+reward model alone). Why: in the full-size round-1 runs both yardsticks, at round-1 counts, rejected
+candidates that won 57-90% against the base; each rejected different ones (README, Results).
 
 ``decide`` is a pure function of the evaluations (unit-tested); ``evaluate_policy`` produces one.
 """
@@ -133,23 +134,33 @@ class Decision:
 
 def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets: Budgets, *, personal: bool = False,
            heldout_accuracy: float | None = None, heldout_pairs: int = 0, labels: LabelCheck | None = None) -> Decision:
-    """Promote only if the candidate is better than both (by the user's held-out labels, or by the
-    reward model), no more harmful than either, close to the base, (personal) no worse for everyone,
-    and judged by a reward model that agrees with its user."""
-    failures = []
+    """Promote only if the candidate is better than both (by the user's held-out labels and/or the
+    reward model, as ``gate_preference`` says), no more harmful than either, close to the base, and
+    (personal) no worse for everyone."""
     margin = budgets.gate_min_improvement
-    by_labels = (personal and budgets.gate_preference == "labels" and labels is not None
-                 and labels.comparisons >= budgets.gate_min_labels)
-    if by_labels:
+    enough = personal and labels is not None and labels.comparisons >= budgets.gate_min_labels
+    by_labels: list[str] = []
+    if enough:
         for name, share in (("current", labels.vs_current), ("base", labels.vs_base)):
             if not share > 0.5:
-                failures.append(f"moves toward the user's held-out preferences on only {share:.0%} of "
-                                f"{labels.comparisons} comparisons vs {name}")
+                by_labels.append(f"moves toward the user's held-out preferences on only {share:.0%} of "
+                                 f"{labels.comparisons} comparisons vs {name}")
+    by_reward: list[str] = []
+    for name, other in (("current", current), ("base", base)):
+        if not candidate.lower > other.lower + margin:
+            by_reward.append(f"mean reward {candidate.lower:.3f} does not beat {name} {other.lower:.3f}"
+                             + (f" by more than {margin}" if margin else ""))
+    if personal and heldout_accuracy is not None and heldout_pairs >= MIN_HELDOUT_PAIRS and heldout_accuracy < 0.5:
+        by_reward.append(f"the user's reward model agrees with only {heldout_accuracy:.0%} of their {heldout_pairs} "
+                         "held-out pairs")
+    mode = budgets.gate_preference if enough else "reward"
+    if mode == "labels":
+        failures, passed = list(by_labels), ["labels"]
+    elif mode == "either":  # one yardstick that says "better" is enough; both must fail to reject
+        failures = by_labels + by_reward if by_labels and by_reward else []
+        passed = [k for k, fails in (("labels", by_labels), ("reward", by_reward)) if not fails]
     else:
-        for name, other in (("current", current), ("base", base)):
-            if not candidate.lower > other.lower + margin:
-                failures.append(f"mean reward {candidate.lower:.3f} does not beat {name} {other.lower:.3f}"
-                                + (f" by more than {margin}" if margin else ""))
+        failures, passed = list(by_reward), ["reward"]
     for name, other in (("current", current), ("base", base)):
         if candidate.harm_rate > other.harm_rate:
             failures.append(f"harm rate {candidate.harm_rate:.2f} exceeds {name} {other.harm_rate:.2f}")
@@ -158,16 +169,12 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
     if personal and candidate.population_reward < base.population_reward - budgets.gate_helpfulness_tolerance:
         failures.append(f"population reward {candidate.population_reward:.3f} is more than "
                         f"{budgets.gate_helpfulness_tolerance} below the base's {base.population_reward:.3f}")
-    if (personal and not by_labels and heldout_accuracy is not None and heldout_pairs >= MIN_HELDOUT_PAIRS
-            and heldout_accuracy < 0.5):
-        failures.append(f"the user's reward model agrees with only {heldout_accuracy:.0%} of their {heldout_pairs} "
-                        "held-out pairs")
     if failures:
         return Decision(False, "rejected: " + "; ".join(failures))
-    preferred = (f"moves toward the user's held-out preferences on {labels.vs_current:.0%} (vs current) and "
-                 f"{labels.vs_base:.0%} (vs base) of {labels.comparisons} comparisons" if by_labels else
-                 f"reward lower bound {candidate.lower:.3f} vs current {current.lower:.3f} and base {base.lower:.3f}")
-    return Decision(True, f"promoted: {preferred}; harm rate {candidate.harm_rate:.2f}; "
+    said = {"labels": f"moves toward the user's held-out preferences on {labels.vs_current:.0%} (vs current) and "
+                      f"{labels.vs_base:.0%} (vs base) of {labels.comparisons} comparisons" if enough else "",
+            "reward": f"reward lower bound {candidate.lower:.3f} vs current {current.lower:.3f} and base {base.lower:.3f}"}
+    return Decision(True, f"promoted: {' and '.join(said[k] for k in passed)}; harm rate {candidate.harm_rate:.2f}; "
                           f"KL {candidate.kl_per_token:.3f}/token")
 
 

@@ -85,23 +85,34 @@ def test_label_agreement_reads_pairs_and_thumbs_relative_to_the_other_policy():
     assert label_agreement(HeldoutLabels(pairs=(("p2", "good2", "p2", "bad2"),)), cand, other) == 0.0
 
 
-def test_enough_held_out_labels_decide_a_personal_candidate_instead_of_the_reward_model():
+def test_held_out_labels_and_the_reward_model_combine_as_gate_preference_says():
     from learning.gate import LabelCheck
 
     loses_on_reward = cand(reward=0.1)  # the reward model prefers current (0.4)
+    wins_on_reward = cand(reward=0.9)
     good = LabelCheck(vs_base=0.8, vs_current=0.7, comparisons=10)
-    d = decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=True, labels=good)
-    assert d.promote and "held-out preferences on 70% (vs current)" in d.reason
-    # ... and a candidate the reward model likes is rejected when it moved away from the user's labels
     bad = LabelCheck(vs_base=0.6, vs_current=0.5, comparisons=10)
-    d = decide(cand(reward=0.9), CURRENT, BASE, BUDGETS, personal=True, labels=bad)
+    labels_only, reward_only = Budgets(gate_preference="labels"), Budgets(gate_preference="reward")
+    assert BUDGETS.gate_preference == "either"  # the default
+    # "either": one yardstick that says better is enough; both must say no to reject
+    d = decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=True, labels=good)
+    assert d.promote and "held-out preferences on 70% (vs current)" in d.reason and "reward lower bound" not in d.reason
+    d = decide(wins_on_reward, CURRENT, BASE, BUDGETS, personal=True, labels=bad)
+    assert d.promote and "reward lower bound 0.900" in d.reason
+    d = decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=True, labels=bad)
+    assert not d.promote and "only 50% of 10 comparisons vs current" in d.reason and "does not beat current" in d.reason
+    # "labels": the labels alone, both ways
+    d = decide(loses_on_reward, CURRENT, BASE, labels_only, personal=True, labels=good)
+    assert d.promote and "held-out preferences on 70% (vs current)" in d.reason
+    d = decide(wins_on_reward, CURRENT, BASE, labels_only, personal=True, labels=bad)
     assert not d.promote and "only 50% of 10 comparisons vs current" in d.reason
-    # too few labels, the global scope, or gate_preference="reward": the reward model decides
+    # "reward", too few labels, or the global scope: the reward model alone
     few = LabelCheck(vs_base=0.9, vs_current=0.9, comparisons=BUDGETS.gate_min_labels - 1)
     assert not decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=True, labels=few).promote
     assert not decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=False, labels=good).promote
-    assert not decide(loses_on_reward, CURRENT, BASE, Budgets(gate_preference="reward"), personal=True, labels=good).promote
-    # the other criteria still hold under labels
+    assert not decide(loses_on_reward, CURRENT, BASE, reward_only, personal=True, labels=good).promote
+    assert decide(wins_on_reward, CURRENT, BASE, reward_only, personal=True, labels=bad).promote
+    # the other criteria hold whatever says "better"
     assert not decide(cand(harm=0.5), CURRENT, BASE, BUDGETS, personal=True, labels=good).promote
     with pytest.raises(BudgetError, match="ASSISTANT_GATE_PREFERENCE must be"):
         Budgets(gate_preference="votes")
