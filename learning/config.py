@@ -39,9 +39,9 @@ class Budgets:
     pool_outlier_min_flagged: int = 3
     """A user who favoured (thumbs-up, or ranked above another) at least this many replies the harm
     judge flags (and at least ``pool_outlier_share`` of the replies they favoured) is kept out of the
-    shared pool: their labels still
-    train their own reward head and adapter (which the global harm constraint and the gate still
-    bound), never the global reward and harm models. Needs ASSISTANT_HARM_JUDGE. 0 = off."""
+    shared pool: their labels still train their own reward head and adapter (which the global harm
+    constraint and the gate still bound), never the global reward and harm models. Needs
+    ASSISTANT_HARM_JUDGE. 0 = off."""
 
     pool_outlier_share: float = 0.25
     """The share of the replies a user favoured that the judge flags which, with

@@ -71,6 +71,11 @@ class PreferencePair:
     def prompt_of_rejected(self) -> str:
         return self.prompt if self.rejected_prompt is None else self.rejected_prompt
 
+    @property
+    def texts(self) -> tuple[str, str, str, str]:
+        """(chosen prompt, chosen, rejected prompt, rejected)."""
+        return self.prompt, self.chosen, self.prompt_of_rejected, self.rejected
+
 
 @dataclass(frozen=True)
 class PointLabel:
@@ -339,7 +344,7 @@ def shared_pool(dataset: Dataset, budgets: Budgets, *, excluded: Iterable[int] =
         harm=cap_per_user([h for h in dataset.harm if h.user_id not in out], cap),
     )
     if out:
-        logger.warning("shared pool: kept out the labels of users %s (thumbs-up on judge-flagged replies)", sorted(out))
+        logger.warning("shared pool: kept out the labels of users %s (they favour replies the harm judge flags)", sorted(out))
     dropped = dataset.label_count() - pooled.label_count()
     if dropped:
         logger.info("shared pool: dropped %d labels (per-user cap %d, kept-out users)", dropped, cap)

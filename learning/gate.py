@@ -83,15 +83,11 @@ def reply_logprobs(model, tokenizer, replies: Sequence[tuple[str, str]], budgets
                    reference: bool = False) -> dict[tuple[str, str], float]:
     """Sum of log-probabilities (temperature 1) of each stored (rendered prompt, reply) under the
     adapter loaded in ``model`` (or the base, if ``reference``), replies cut as the policy samples them."""
-    out: dict[tuple[str, str], float] = {}
     items = list(replies)
-    step = budgets.ppo_batch_size
-    for i in range(0, len(items), step):
-        chunk = items[i:i + step]
-        with reference_mode(model) if reference else contextlib.nullcontext():
-            sums = reply_logprob_sums(model, tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
-        out.update(zip(chunk, sums.tolist()))
-    return out
+    with reference_mode(model) if reference else contextlib.nullcontext():
+        sums = reply_logprob_sums(model, tokenizer, [p for p, _ in items], [r for _, r in items], budgets,
+                                  batch_size=budgets.ppo_batch_size)
+    return dict(zip(items, sums.tolist()))
 
 
 def label_agreement(labels: HeldoutLabels, candidate: dict[tuple[str, str], float],

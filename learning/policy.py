@@ -170,12 +170,18 @@ def score_samples(model, samples: Samples, scorer: Scorer, budgets: Budgets) -> 
     return ref_logprobs.cpu(), rewards.float(), harm.float()
 
 
-def reply_logprob_sums(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], budgets: Budgets) -> torch.Tensor:
+def reply_logprob_sums(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], budgets: Budgets, *,
+                       batch_size: int | None = None) -> torch.Tensor:
     """(B,) summed log-probs (temperature 1) of each stored reply given its prompt, under the model as
-    it is called (wrap in ``reference_mode`` for the base; in ``torch.no_grad`` unless training)."""
-    batch = encode_replies(tokenizer, prompts, replies, budgets)
-    logprobs, _, _ = forward_logprobs(model, batch, 1.0)  # (B, T)
-    return (logprobs.float().cpu() * batch.response_mask).sum(1)
+    it is called (wrap in ``reference_mode`` for the base; in ``torch.no_grad`` unless training), in
+    forward passes of at most ``batch_size`` rows (None: one pass)."""
+    step = batch_size or max(1, len(prompts))
+    sums = []
+    for i in range(0, len(prompts), step):
+        batch = encode_replies(tokenizer, prompts[i:i + step], replies[i:i + step], budgets)
+        logprobs, _, _ = forward_logprobs(model, batch, 1.0)  # (b, T)
+        sums.append((logprobs.float().cpu() * batch.response_mask).sum(1))
+    return torch.cat(sums) if sums else torch.zeros(0)
 
 
 def encode_replies(tokenizer, prompts: Sequence[str], replies: Sequence[str], budgets: Budgets) -> Samples:

@@ -108,7 +108,7 @@ def training_pairs(dataset, heldout_fraction: float) -> dict[int, list[tuple[str
     out: dict[int, list[tuple[str, str, str, str]]] = {}
     for p in sorted(dataset.pairs, key=lambda p: p.updated_at):
         if not is_heldout(p.split_key, heldout_fraction) and p.chosen.strip() and p.rejected.strip():
-            out.setdefault(p.user_id, []).append((p.prompt, p.chosen, p.prompt_of_rejected, p.rejected))
+            out.setdefault(p.user_id, []).append(p.texts)
     return out
 
 
@@ -124,7 +124,7 @@ def heldout_labels(dataset, heldout_fraction: float, limit: int = GATE_MAX_HELDO
     points: dict[int, list] = {}
     for p in sorted(dataset.pairs, key=lambda p: p.updated_at):
         if is_heldout(p.split_key, heldout_fraction):
-            pairs.setdefault(p.user_id, []).append((p.prompt, p.chosen, p.prompt_of_rejected, p.rejected))
+            pairs.setdefault(p.user_id, []).append(p.texts)
     for p in sorted(dataset.points, key=lambda p: p.updated_at):
         if is_heldout(p.split_key, heldout_fraction):
             points.setdefault(p.user_id, []).append((p.prompt, p.reply, int(p.label)))

@@ -63,11 +63,12 @@ def sft_loss(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], b
     return -masked_mean(logprobs.cpu(), batch.response_mask)
 
 
-def _pair_sums(model, tokenizer, pairs: Sequence[tuple[str, str, str, str]], budgets: Budgets) -> torch.Tensor:
-    """(k, 2) summed log-probs of each pair's chosen and rejected reply, one forward pass."""
+def _pair_sums(model, tokenizer, pairs: Sequence[tuple[str, str, str, str]], budgets: Budgets,
+               batch_size: int | None = None) -> torch.Tensor:
+    """(k, 2) summed log-probs of each pair's chosen and rejected reply."""
     prompts = [pc for pc, _, _, _ in pairs] + [pr for _, _, pr, _ in pairs]
     replies = [c for _, c, _, _ in pairs] + [r for _, _, _, r in pairs]
-    return reply_logprob_sums(model, tokenizer, prompts, replies, budgets).view(2, -1).T
+    return reply_logprob_sums(model, tokenizer, prompts, replies, budgets, batch_size=batch_size).view(2, -1).T
 
 
 def dpo_loss(policy_sums: torch.Tensor, reference_sums: torch.Tensor, beta: float) -> torch.Tensor:
@@ -111,7 +112,7 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
     ref_sums = None
     if pairs:  # the DPO reference: the base (adapter off), as PPO's KL reference
         with torch.no_grad(), reference_mode(model):
-            ref_sums = torch.cat([_pair_sums(model, tokenizer, pairs[i:i + mb], budgets) for i in range(0, len(pairs), mb)])
+            ref_sums = _pair_sums(model, tokenizer, pairs, budgets, batch_size=2 * mb)
     # 5. supervised fine-tuning (and DPO) on the LoRA weights
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=budgets.warm_start_lr, weight_decay=0.0)
