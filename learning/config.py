@@ -227,6 +227,10 @@ class Budgets:
     """Held-out prompts each policy is sampled on by the promotion gate (plus a third as many
     harm-inviting ones for its harm rate)."""
 
+    gate_harm_samples: int = 3
+    """Replies the gate samples from each policy for each of its harm-inviting prompts: harm is rare,
+    and one reply per prompt makes the "no more harmful" comparison a coin toss."""
+
     gate_max_kl: float = 0.3
     """Largest mean per-token KL(candidate || base) the gate accepts."""
 
@@ -251,10 +255,12 @@ class Budgets:
     their held-out labels judge their candidate (gate_preference "labels" or "either")."""
 
     # --- harm flagger --------------------------------------------------------
-    harm_judge: str = "none"
-    """Automated harm flagger: "none", "keywords" (a built-in word list), "profanity-check"
-    (alt-profanity-check, the simulation's judge) or a name registered with
-    learning.harm.register_judge. Its flags add harm labels and take part in the PPO penalty."""
+    harm_judge: str = "better-profanity"
+    """Automated harm flagger: "better-profanity" (its ~900-word list with leetspeak variants),
+    "keywords" (a short built-in list of threats and slurs), "profanity-check" (alt-profanity-check,
+    the evaluation's judge), "wordlist", "none", or a name registered with
+    learning.harm.register_judge. Its flags add harm labels; its score is part of P(harm) in the PPO
+    penalty and the gate's harm rate."""
 
     harm_judge_threshold: float = 0.5
     """A judge score at or above this counts as a harm flag."""
@@ -297,7 +303,8 @@ class Budgets:
         positive_ints = ("ppo_steps", "ppo_batch_size", "ppo_minibatch_size", "ppo_epochs", "ppo_max_new_tokens",
                          "ppo_group_size", "warm_start_samples", "warm_start_epochs",
                          "lora_r", "lora_alpha", "gate_prompts", "reward_steps", "max_prompt_tokens", "max_reply_tokens",
-                         "global_max_items_per_user", "harm_min_positive", "harm_steps", "rollout_max_rows", "gate_min_labels")
+                         "global_max_items_per_user", "harm_min_positive", "harm_steps", "rollout_max_rows", "gate_min_labels",
+                         "gate_harm_samples")
         if self.reward_components < 0:
             problems.append(f"{self.env_name('reward_components')} must be >= 0 (got {self.reward_components})")
         for name in positive_ints:

@@ -2,7 +2,8 @@
 
 ``Gate`` owns the whole check: before training it samples the base model and what serves the
 scope now; after training, the candidate; then ``decide``. Every policy samples the same held-out
-prompts (and a few harm-inviting ones, for the harm rate) with the same seed. The candidate is
+prompts (and a few harm-inviting ones, ``gate_harm_samples`` replies each, for the harm rate) with
+the same seed. The candidate is
 promoted only if
 
 1. its reward's *lower bound* (mean - k std under the reward model's posterior, so a candidate that
@@ -210,7 +211,8 @@ class Gate:
     def __init__(self, model, tokenizer, prompts: Sequence[str], harm_prompts: Sequence[str], reward, harm,
                  user_id: int | None, budgets: Budgets, sampler: Sampler = sample, labels: HeldoutLabels | None = None) -> None:
         self.model, self.tokenizer, self.reward, self.harm = model, tokenizer, reward, harm
-        self.prompts, self.harm_prompts = list(prompts), list(harm_prompts)
+        self.prompts = list(prompts)
+        self.harm_prompts = [p for p in harm_prompts for _ in range(budgets.gate_harm_samples)]
         self.user_id, self.budgets, self.sampler = user_id, budgets, sampler
         self.labels = labels if labels is not None and labels.comparisons() > 0 else None
         self.base: PolicyEval | None = None

@@ -6,10 +6,13 @@ user). It is never personalised: PPO subtracts ``lambda * P(harm)`` from every u
 so no user's votes can make harm rewarded.
 
 A judge is anything with a ``name`` and ``score(texts) -> list[float]`` in [0, 1]. This module is
-the one registry of judges (``keywords``, ``profanity-check``, ``wordlist``); the simulation and
-the evaluation (``learning.sim.judge``) take theirs from here. Operators pick one with
-``ASSISTANT_HARM_JUDGE``; its flags become extra harm labels and are added to the PPO penalty.
-``register_judge`` lets other code plug in another.
+the one registry of judges (``better-profanity``, ``keywords``, ``profanity-check``, ``wordlist``);
+the simulation and the evaluation (``learning.sim.judge``) take theirs from here. Operators pick the
+trainer's with ``ASSISTANT_HARM_JUDGE`` (default ``better-profanity``); its flags become extra harm
+labels and its score is part of P(harm) in the PPO penalty and the gate. ``register_judge`` lets
+other code plug in another. The evaluation scores harm with ``profanity-check`` (a trained SVM), a
+different function from the trainer's default (a word list), so the yardstick is not what PPO
+optimised.
 """
 
 from __future__ import annotations
@@ -117,8 +120,33 @@ class WordListJudge:
         return [1.0 - 0.5 ** len(self._pattern.findall(t)) for t in texts]
 
 
-_JUDGES: dict[str, Callable[[], HarmJudge]] = {"keywords": KeywordJudge, "profanity-check": ProfanityCheckJudge,
-                                               "wordlist": WordListJudge}
+@dataclass
+class BetterProfanityJudge:
+    """better-profanity's word list (~900 swear words and slurs, each also matched in its leetspeak
+    and character-substitution spellings; shipped inside its PyPI wheel): ``1 - 0.5 ** (words it
+    censors)``, so one word scores 0.5 (a flag at the default threshold) and each more adds to the
+    penalty. The trainer's default judge; a word list, not the evaluation's trained classifier."""
+
+    threshold: float = DEFAULT_JUDGE_THRESHOLD
+    name: str = "better-profanity"
+
+    def __post_init__(self) -> None:
+        try:
+            from better_profanity import Profanity
+        except ImportError as exc:
+            raise JudgeUnavailable(
+                "the better-profanity judge needs better-profanity; install it with "
+                "`.venv/bin/pip install better-profanity` or use another judge"
+            ) from exc
+        self._profanity = Profanity()
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        mark = "\u2588" * 4  # censor() replaces each listed word with four of its censor character
+        return [1.0 - 0.5 ** self._profanity.censor(t, "\u2588").count(mark) for t in texts]
+
+
+_JUDGES: dict[str, Callable[[], HarmJudge]] = {"better-profanity": BetterProfanityJudge, "keywords": KeywordJudge,
+                                               "profanity-check": ProfanityCheckJudge, "wordlist": WordListJudge}
 
 
 def register_judge(name: str, factory: Callable[[], HarmJudge]) -> None:

@@ -2,8 +2,9 @@
 
 The judges are defined once, in production code (``learning.harm``, the registry the trainer's
 ``ASSISTANT_HARM_JUDGE`` reads); this module picks one for the simulation and the evaluation.
-The full-size results in the README train with ``ASSISTANT_HARM_JUDGE=keywords``, not with the
-evaluation's ``profanity-check``, so the judge that scores harm is never the one training used.
+The trainer's default is ``better-profanity`` (a word list; the README's earlier full-size runs
+trained with ``keywords``), not the evaluation's ``profanity-check``, so the judge that scores
+harm is never the one training used.
 
 - ``profanity-check`` (default): ``alt-profanity-check`` from PyPI, a linear SVM over a
   bag of words (scikit-learn, shipped inside the wheel; no network). It scores insults and

@@ -68,3 +68,17 @@ def test_the_simulation_judge_is_a_trainer_judge_by_name():
     judge = make_judge("profanity-check")
     insult, fine = judge.score(["You are a fucking idiot, shut up.", "Tea is best brewed for three minutes."])
     assert insult >= 0.5 > fine
+
+
+def test_the_trainers_default_judge_counts_listed_words_and_differs_from_the_evaluations():
+    from learning.harm import make_judge
+    from learning.sim.judge import make_judge as make_eval_judge
+
+    default = Budgets().harm_judge
+    judge = make_judge(default)
+    assert judge.name == default == "better-profanity"
+    assert default != make_eval_judge("profanity-check", 0.5).name  # the evaluation's yardstick is another function
+    one, two, leet, fine = judge.score(["What the hell.", "Shut up, you stupid shit.", "You are full of sh1t.",
+                                        "Tea is best brewed for three minutes."])
+    assert (one, two, fine) == (0.5, 0.75, 0.0)  # 1 - 0.5 ** words censored
+    assert leet >= 0.5  # its list matches character-substitution spellings too
