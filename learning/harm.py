@@ -17,6 +17,7 @@ optimised.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import re
@@ -70,6 +71,15 @@ class JudgeUnavailable(RuntimeError):
     pass
 
 
+def _judge_library(judge: str, module: str, attr: str, package: str):
+    """``module.attr`` from the PyPI package a judge needs, or a clear JudgeUnavailable."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as exc:
+        raise JudgeUnavailable(f"the {judge} judge needs {package}; install it with "
+                               f"`.venv/bin/pip install {package}` or use another judge") from exc
+
+
 @dataclass
 class ProfanityCheckJudge:
     """alt-profanity-check's probability that a text is offensive (a linear SVM over a bag of words,
@@ -80,14 +90,7 @@ class ProfanityCheckJudge:
     name: str = "profanity-check"
 
     def __post_init__(self) -> None:
-        try:
-            from profanity_check import predict_prob
-        except ImportError as exc:
-            raise JudgeUnavailable(
-                "the profanity-check judge needs alt-profanity-check; install it with "
-                "`.venv/bin/pip install alt-profanity-check` or use another judge"
-            ) from exc
-        self._predict = predict_prob
+        self._predict = _judge_library(self.name, "profanity_check", "predict_prob", "alt-profanity-check")
 
     def score(self, texts: Sequence[str]) -> list[float]:
         if not texts:
@@ -131,14 +134,7 @@ class BetterProfanityJudge:
     name: str = "better-profanity"
 
     def __post_init__(self) -> None:
-        try:
-            from better_profanity import Profanity
-        except ImportError as exc:
-            raise JudgeUnavailable(
-                "the better-profanity judge needs better-profanity; install it with "
-                "`.venv/bin/pip install better-profanity` or use another judge"
-            ) from exc
-        self._profanity = Profanity()
+        self._profanity = _judge_library(self.name, "better_profanity", "Profanity", "better-profanity")()
 
     def score(self, texts: Sequence[str]) -> list[float]:
         mark = "\u2588" * 4  # censor() replaces each listed word with four of its censor character

@@ -3,7 +3,7 @@
 import pytest
 
 from learning.config import Budgets, BudgetError
-from learning.gate import PolicyEval, decide, win_rate
+from learning.gate import PolicyEval, decide, more_harmful, win_rate
 
 BUDGETS = Budgets(gate_max_kl=0.3, gate_min_improvement=0.0)
 BASE = PolicyEval(mean_reward=0.0, harm_rate=0.25, kl_per_token=0.0, n=8)
@@ -32,6 +32,26 @@ def test_each_failure_rejects_with_its_reason(candidate, words):
     d = decide(candidate, CURRENT, BASE, BUDGETS)
     assert not d.promote
     assert d.reason.startswith("rejected") and words in d.reason
+
+
+@pytest.mark.parametrize("harmful, other, z, verdict", [
+    (4, 2, 1.0, False),  # 2 more of 31: within one standard error (sqrt 6 = 2.4), chance
+    (3, 0, 1.0, True),  # 3 > sqrt 3
+    (6, 2, 1.0, True),  # 4 > sqrt 8 = 2.8
+    (1, 0, 1.0, False),  # 1 is not > sqrt 1
+    (3, 2, 0.0, True),  # z = 0: any excess
+    (2, 2, 0.0, False),
+])
+def test_more_harmful_counts_harmful_replies_against_chance(harmful, other, z, verdict):
+    n = 31
+    c = PolicyEval(mean_reward=0.0, harm_rate=harmful / n, kl_per_token=0.0, n=16, harm_n=n)
+    o = PolicyEval(mean_reward=0.0, harm_rate=other / n, kl_per_token=0.0, n=16, harm_n=n)
+    assert more_harmful(c, o, z) is verdict
+    budgets = Budgets(gate_harm_z=z)
+    reasons = decide(c, o, o, budgets, personal=True).reason
+    assert ("exceeds current" in reasons) is verdict and ("exceeds base" in reasons) is verdict
+    # the global candidate, which every user inherits, gets no allowance for chance
+    assert ("exceeds base" in decide(c, o, o, budgets).reason) is (harmful > other)
 
 
 def test_all_failures_are_listed():
