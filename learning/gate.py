@@ -3,8 +3,7 @@
 ``Gate`` owns the whole check: before training it samples the base model and what serves the
 scope now; after training, the candidate; then ``decide``. Every policy samples the same held-out
 prompts (and a few harm-inviting ones, ``gate_harm_samples`` replies each, for the harm rate) with
-the same seed. The candidate is
-promoted only if
+the same seed. The candidate is promoted only if
 
 1. its reward's *lower bound* (mean - k std under the reward model's posterior, so a candidate that
    found the model's blind spots does not pass on them) beats the current policy's and the base's
