@@ -8,10 +8,9 @@ the same seed. The candidate is promoted only if
 1. its reward's *lower bound* (mean - k std under the reward model's posterior, so a candidate that
    found the model's blind spots does not pass on them) beats the current policy's and the base's
    by more than ``gate_min_improvement``;
-2. its harm rate (share of replies with P(harm) >= 0.5) exceeds neither's -- a personal candidate's
-   by no more than chance (``gate_harm_z`` standard errors of the difference of the two counts),
-   the global one's (the shared safety stage, whose false promotion raises harm for every user)
-   not at all -- for a personal
+2. its harm rate (share of replies with P(harm) >= 0.5) exceeds neither's (``more_harmful``). A
+   personal candidate is allowed chance (``gate_harm_z`` standard errors of the difference of the
+   two counts); the global one, the shared safety stage every user inherits, is not. For a personal
    adapter "current" is the global adapter until the user has their own, so personalisation
    cannot undo the shared safety stage;
 3. its mean per-token KL to the reference (the base) is within ``gate_max_kl``;

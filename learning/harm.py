@@ -130,7 +130,6 @@ class BetterProfanityJudge:
     censors)``, so one word scores 0.5 (a flag at the default threshold) and each more adds to the
     penalty. The trainer's default judge; a word list, not the evaluation's trained classifier."""
 
-    threshold: float = DEFAULT_JUDGE_THRESHOLD
     name: str = "better-profanity"
 
     def __post_init__(self) -> None:
