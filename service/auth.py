@@ -8,6 +8,7 @@ keys and passwords are never logged.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from datetime import timedelta, timezone
@@ -29,19 +30,19 @@ logger = logging.getLogger(__name__)
 COOKIE_NAME = "assistant_session"
 def create_token(settings: Settings, user: User) -> str:
     now = int(time.time())
-    payload = {"sub": str(user.id), "role": user.role.value, "tv": user.token_version, "iat": now,
+    payload = {"sub": str(user.id), "role": user.role.value, "tv": user.token_version, "ts": user.token_salt, "iat": now,
                "exp": now + settings.token_ttl_minutes * 60}
     return jwt.encode(payload, settings.secret_key, algorithm="HS256")
 
 
-def _claims(settings: Settings, token: str) -> tuple[int, int] | None:
-    """(user id, token version) of a valid token, else None (expired, forged or malformed)."""
+def _claims(settings: Settings, token: str) -> tuple[int, int, str] | None:
+    """(user id, token version, account salt) of a valid token, else None (expired, forged or malformed)."""
     try:
-        payload = jwt.decode(token, settings.secret_key, algorithms=["HS256"], options={"require": ["sub", "exp"]})
-        user_id, version = int(payload["sub"]), int(payload.get("tv", 0))
+        payload = jwt.decode(token, settings.secret_key, algorithms=["HS256"], options={"require": ["sub", "exp", "ts"]})
+        user_id, version, salt = int(payload["sub"]), int(payload.get("tv", 0)), payload["ts"]
     except (jwt.PyJWTError, ValueError, KeyError, TypeError, OverflowError):
         return None
-    return (user_id, version) if 1 <= user_id <= 2**31 - 1 else None
+    return (user_id, version, salt) if 1 <= user_id <= 2**31 - 1 and isinstance(salt, str) and salt else None
 
 
 def decode_token(settings: Settings, token: str) -> int | None:
@@ -82,7 +83,8 @@ def user_for_token(settings: Settings, db, token: str | None) -> User | None:
         return None
     with Session(db, expire_on_commit=False) as session:
         user = session.get(User, claims[0])
-        if user is None or user.token_version != claims[1]:
+        # the salt binds the token to this row: a later account that got a deleted one's id is not it
+        if user is None or user.token_version != claims[1] or not hmac.compare_digest(user.token_salt, claims[2]):
             return None
         session.expunge(user)
         return user

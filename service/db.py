@@ -79,13 +79,35 @@ def migrate(engine_or_url: Engine | str, revision: str = "head") -> None:
     """
     engine = create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
     try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-            _upgrade(conn, revision, adopt=True)
+        if engine.dialect.name == "sqlite":
+            _migrate_sqlite(engine, revision)
+        else:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                _upgrade(conn, revision, adopt=True)
     finally:
         if isinstance(engine_or_url, str):
             engine.dispose()
+
+
+def _migrate_sqlite(engine: Engine, revision: str) -> None:
+    """SQLite's own procedure for changing a table (https://sqlite.org/lang_altertable.html): foreign
+    keys off (only possible outside a transaction), rebuild in one transaction, check every foreign
+    key before committing, keys on again. Dropping a parent table with keys on would fail, or delete."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()
+        try:
+            with conn.begin():
+                _upgrade(conn, revision, adopt=True)
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise MigrationError(f"the migration would leave rows pointing at missing ones: {broken[:5]}; "
+                                         "nothing was changed")
+        finally:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
 
 
 def _upgrade(conn: Connection, revision: str, *, adopt: bool) -> None:

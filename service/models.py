@@ -7,6 +7,7 @@ version that produced it (``adapter_version_id``; null = base model).
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -51,7 +52,13 @@ class AdapterStatus(str, Enum):
     retired = "retired"  # rolled back past / reset by the user
 
 
+# SQLite hands a new row max(id) + 1, reusing a deleted newest id; these tables' ids are named by
+# tokens, keys or provenance, so they never reuse one (AUTOINCREMENT; migration 0009, issue 28 H1).
+NEVER_REUSED_IDS = {"sqlite_autoincrement": True}
+
+
 class User(SQLModel, table=True):
+    __table_args__ = NEVER_REUSED_IDS
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(index=True, unique=True, max_length=64)
     password_hash: str = Field(max_length=255)
@@ -66,6 +73,10 @@ class User(SQLModel, table=True):
     # When the user last deleted all their ratings (DELETE /api/me/feedback): importers of ratings kept
     # elsewhere (Open WebUI's export) skip ratings made before it. Migration 0008.
     ratings_deleted_at: datetime | None = None
+    # Random per account and carried in its tokens: a token names this row, not merely its id, so it
+    # can never sign in as a later account that got the same id (issue 28, H1). Migration 0009.
+    token_salt: str = Field(default_factory=lambda: secrets.token_hex(8), max_length=32,
+                            sa_column_kwargs={"server_default": ""})
 
 
 class UserPreference(SQLModel, table=True):
@@ -86,6 +97,7 @@ class ApiKey(SQLModel, table=True):
     stored: a key is 256 random bits, so a fast hash is as safe as a slow one and costs nothing per
     request. Deleting the row revokes the key at once."""
 
+    __table_args__ = NEVER_REUSED_IDS
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="user.id", index=True)
     name: str = Field(max_length=100)
@@ -96,6 +108,7 @@ class ApiKey(SQLModel, table=True):
 
 
 class Conversation(SQLModel, table=True):
+    __table_args__ = NEVER_REUSED_IDS
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="user.id", index=True)
     title: str = Field(default="New chat", max_length=200)
@@ -112,6 +125,7 @@ def is_generated_reply(msg: "Message | None") -> bool:
 
 
 class Message(SQLModel, table=True):
+    __table_args__ = NEVER_REUSED_IDS
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: int = Field(foreign_key="conversation.id", index=True)
     user_id: int = Field(foreign_key="user.id", index=True)  # owner, denormalized for access checks
@@ -164,7 +178,7 @@ class Ranking(SQLModel, table=True):
 
 
 class AdapterVersion(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("user_id", "version", name="uq_adapter_user_version"),)
+    __table_args__ = (UniqueConstraint("user_id", "version", name="uq_adapter_user_version"), NEVER_REUSED_IDS)
     id: int | None = Field(default=None, primary_key=True)
     user_id: int | None = Field(default=None, foreign_key="user.id", index=True)  # null = global adapter
     version: int

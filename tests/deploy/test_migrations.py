@@ -16,7 +16,7 @@ from alembic import command
 from sqlmodel import Session, SQLModel, create_engine
 
 from service import db
-from service.models import Feedback, Ranking, Rating
+from service.models import Feedback, Ranking, Rating, User
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
@@ -136,6 +136,31 @@ def test_upgrade_from_first_release_keeps_data(engine):
     _assert_seed_intact(engine)
     indexes = {i["name"] for i in sa.inspect(engine).get_indexes("message")}
     assert "ix_message_adapter_version_id" in indexes  # revision 0002 ran
+
+
+def test_upgraded_databases_never_hand_out_a_deleted_id_again(engine):
+    """Revision 0009 (issue 28, H1): the deleted newest user's id stays gone, and foreign keys still hold after."""
+    db.migrate(engine, "0008")
+    with engine.begin() as conn:
+        conn.execute(sa.text('INSERT INTO "user" (id, username, password_hash, role, created_at) VALUES '
+                             "(1, 'alice', 'h', 'user', :t), (2, 'mallory', 'h', 'user', :t)"), {"t": T0})
+        conn.execute(sa.text("INSERT INTO conversation (id, user_id, title, created_at, updated_at) VALUES (1, 1, 'c', :t, :t)"),
+                     {"t": T0})
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('\"user\"', 'id'), 2)"))
+    db.migrate(engine)
+    with engine.begin() as conn:
+        salts = conn.execute(sa.text('SELECT token_salt FROM "user" ORDER BY id')).scalars().all()
+        assert len(set(salts)) == 2 and all(len(s) == 16 for s in salts)  # each existing account its own salt
+        conn.execute(sa.text('DELETE FROM "user" WHERE id = 2'))
+    with Session(engine) as s:
+        newcomer = User(username="victim", password_hash="h")
+        s.add(newcomer)
+        s.commit()
+        assert newcomer.id == 3
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # keys are enforced again after the rebuild
+        conn.execute(sa.text("INSERT INTO conversation (user_id, title, created_at, updated_at) VALUES (99, 'c', :t, :t)"),
+                     {"t": T0})
 
 
 def test_database_from_before_migrations_is_adopted(engine):
