@@ -6,11 +6,16 @@
 import { api, el, $, confirmDialog, formatTime } from './util.js';
 import { applyTheme } from './theme.js';
 
-/** After sign-in: the server's saved theme wins over this browser's (it follows the user). */
+// Bumped by every choice made here, so a server answer that arrives after one never undoes it.
+let themeChoices = 0;
+
+/** After sign-in: the server's saved theme wins over this browser's (it follows the user),
+ *  unless the user picks one while the answer is on its way. */
 export async function syncThemeFromServer() {
+  const before = themeChoices;
   try {
     const prefs = await api('api/me/preferences', { quiet: true });
-    if (prefs && prefs.theme) applyTheme(prefs.theme);
+    if (prefs && prefs.theme && themeChoices === before) applyTheme(prefs.theme);
   } catch {
     // The local choice stays.
   }
@@ -18,6 +23,7 @@ export async function syncThemeFromServer() {
 
 /** Apply at once, then store (a failed save keeps the local choice; it is only a look). */
 export async function saveTheme(theme) {
+  themeChoices += 1;
   applyTheme(theme);
   try {
     await api('api/me/preferences', { method: 'PUT', json: { theme }, quiet: true });

@@ -58,11 +58,18 @@ class CookieOriginCheck:
     """Refuse (403) an unsafe request that signs in with the session cookie from a foreign origin.
 
     A browser attaches the cookie to a form POST or ``fetch`` from any site (SameSite=Lax still
-    sends it on top-level form POSTs); it always says where the request comes from in ``Origin``
-    (or at least ``Referer``). Requests signed in with ``Authorization: Bearer`` cannot be forged
-    that way and are not checked; nor are those without the cookie. The WebSocket does the same
+    sends it on top-level form POSTs); it always says where an unsafe request comes from in
+    ``Origin`` (or at least ``Referer``), so one that carries the cookie is served only when that
+    origin is allowed: a foreign one and a missing one are both refused. Requests signed in with
+    ``Authorization: Bearer`` cannot be forged that way and are not checked; nor are those without
+    the cookie. Registering and signing in do not act on the session the cookie holds, so a
+    script's cookie jar may call them without an ``Origin``; a foreign one is refused there even
+    without the cookie (SameSite=Lax sends none on a cross-site POST): a login CSRF would sign the
+    victim into the attacker's account (issue 28, M5). The WebSocket does the same
     check at its handshake (service/routes/chat_ws.py).
     """
+
+    SESSIONLESS = frozenset({"/api/auth/register", "/api/auth/token"})
 
     def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
         self.app, self.allowed = app, {o.rstrip("/") for o in allowed}
@@ -70,11 +77,16 @@ class CookieOriginCheck:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
-            origin = _origin_of(headers)
-            if (origin is not None and origin not in self.allowed and f"{COOKIE_NAME}=" in headers.get("cookie", "")
-                    and not headers.get("authorization", "").lower().startswith("bearer ")):
-                logger.warning("%s %s with the session cookie from foreign origin %r refused", scope["method"],
-                               scope.get("path"), origin)
+            origin, path = _origin_of(headers), scope.get("path")
+            with_cookie = (f"{COOKIE_NAME}=" in headers.get("cookie", "")
+                           and not headers.get("authorization", "").lower().startswith("bearer "))
+            if origin is not None:  # a browser named where the request comes from
+                refused = origin not in self.allowed and (with_cookie or path in self.SESSIONLESS)
+            else:  # a script; a browser never leaves it out of an unsafe request
+                refused = with_cookie and path not in self.SESSIONLESS
+            if refused:
+                logger.warning("%s %s from %s refused", scope["method"], path,
+                               f"foreign origin {origin!r}" if origin is not None else "no Origin or Referer, with the session cookie")
                 body = b'{"detail":"cross-site request refused: this origin may not use the session cookie"}'
                 await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"application/json")]})
                 await send({"type": "http.response.body", "body": body})

@@ -76,6 +76,12 @@ def test_cookie_requests_from_a_foreign_origin_are_refused(app_factory):
     assert client.post("/api/admin/users/2/adapter/rollback", headers={"Origin": "null"}).status_code == 403
     assert client.post("/api/auth/token", data={"username": "admin", "password": "operator-pass-1"},
                        headers=foreign).status_code == 403
+    # a browser always names the origin of an unsafe request: the cookie without one is refused
+    assert client.post("/api/admin/users/2/adapter/rollback").status_code == 403
+    assert client.delete("/api/me/feedback").status_code == 403
+    # signing in again (or registering) from a script's cookie jar does not act on its session
+    assert client.post("/api/auth/token", data={"username": "admin", "password": "operator-pass-1"}).status_code == 200
+    assert client.post("/api/auth/register", json={"username": "carol", "password": "correct-horse-1"}).status_code == 409
     assert client.post("/api/admin/users/2/adapter/rollback", headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
     assert client.get("/api/me", headers=foreign).status_code == 200  # reads are not state changes
     token = r.json()["access_token"]
@@ -83,3 +89,20 @@ def test_cookie_requests_from_a_foreign_origin_are_refused(app_factory):
     # without the cookie a foreign origin cannot ride on anyone's session: bearer calls are not checked
     assert client.post("/api/admin/users/2/adapter/rollback",
                        headers={**foreign, "Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_a_cross_site_form_cannot_sign_a_visitor_into_another_account(app_factory):
+    """Login CSRF (issue 28, M5): SameSite=Lax sends no cookie on a cross-site POST, so the origin is
+    checked on signing in and registering whether or not a cookie comes along."""
+    client = app_factory()
+    signup(client, "mallory")
+    foreign = {"Origin": "http://evil.example"}
+    r = client.post("/api/auth/token", data={"username": "mallory", "password": "correct-horse-1"}, headers=foreign)
+    assert r.status_code == 403 and "assistant_session" not in client.cookies
+    assert client.post("/api/auth/register", json={"username": "trap", "password": "correct-horse-1"},
+                       headers={"Referer": "http://evil.example/form"}).status_code == 403
+    # the product's own page and scripts (no Origin) still sign in
+    assert client.post("/api/auth/token", data={"username": "mallory", "password": "correct-horse-1"},
+                       headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
+    client.cookies.clear()
+    assert client.post("/api/auth/token", data={"username": "mallory", "password": "correct-horse-1"}).status_code == 200
