@@ -29,6 +29,12 @@ than half of their comparisons (``label_agreement``). ``gate_preference`` says h
 reward model alone). Why: in the full-size round-1 runs both yardsticks, at round-1 counts, rejected
 candidates that won 57-90% against the base; each rejected different ones (README, Results).
 
+The default ``gate_preference`` is "not-worse": a personal candidate is refused on the user's
+preference only on evidence that it is worse for them than what serves them now (the upper
+one-sided Wilson bound of the label agreement below one half), and the reward model PPO just
+optimised is never asked whether it is better: criteria 1 and 5 give way to that test, criteria 2-4
+stay. Measured on the stored candidates of the 2026-12-03 runs (docs/results/2026-12-05-gate).
+
 ``decide`` is a pure function of the evaluations (unit-tested); ``evaluate_policy`` produces one.
 """
 
@@ -83,6 +89,19 @@ def more_harmful(candidate: PolicyEval, other: PolicyEval, z: float) -> bool:
         return candidate.harm_rate > other.harm_rate
     c, o = candidate.harm_rate * candidate.harm_n, other.harm_rate * other.harm_n
     return c - o > z * math.sqrt(c + o)
+
+
+def wilson_upper(share: float, n: int, alpha: float) -> float:
+    """Upper one-sided (1 - alpha) Wilson score bound of a proportion observed as ``share`` of ``n``
+    (Wilson 1927): below 1/2 is evidence at level alpha that the true share is below 1/2."""
+    from statistics import NormalDist
+
+    if n <= 0:
+        return 1.0
+    z = NormalDist().inv_cdf(1 - alpha)
+    centre = share + z * z / (2 * n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + half) / (1 + z * z / n))
 
 
 def win_rate(candidate: PolicyEval, base: PolicyEval) -> float | None:
@@ -166,7 +185,16 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
         by_reward.append(f"the user's reward model agrees with only {heldout_accuracy:.0%} of their {heldout_pairs} "
                          "held-out pairs")
     mode = budgets.gate_preference if enough else "reward"
-    if mode == "labels":
+    if personal and budgets.gate_preference == "not-worse":
+        mode = "not-worse"
+    if mode == "not-worse":  # refused only on evidence that it is worse for the user than what serves now
+        upper = wilson_upper(labels.vs_current, labels.comparisons, budgets.gate_worse_alpha) if enough else None
+        failures = [] if upper is None or upper >= 0.5 else [
+            f"worse for the user than what serves them now: moves toward their held-out preferences on only "
+            f"{labels.vs_current:.0%} of {labels.comparisons} comparisons (upper {1 - budgets.gate_worse_alpha:.0%} "
+            f"bound {upper:.0%} < 50%)"]
+        passed = ["not-worse"]
+    elif mode == "labels":
         failures, passed = list(by_labels), ["labels"]
     elif mode == "either":  # one yardstick that says "better" is enough; both must fail to reject
         failures = by_labels + by_reward if by_labels and by_reward else []
@@ -183,7 +211,10 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
                         f"{budgets.gate_helpfulness_tolerance} below the base's {base.population_reward:.3f}")
     if failures:
         return Decision(False, "rejected: " + "; ".join(failures))
-    said = {"labels": f"moves toward the user's held-out preferences on {labels.vs_current:.0%} (vs current) and "
+    said = {"not-worse": (f"no evidence it is worse for the user (held-out labels {labels.vs_current:.0%} of "
+                          f"{labels.comparisons} comparisons vs current)" if enough else
+                          "no evidence it is worse for the user (too few held-out labels to test)"),
+            "labels": f"moves toward the user's held-out preferences on {labels.vs_current:.0%} (vs current) and "
                       f"{labels.vs_base:.0%} (vs base) of {labels.comparisons} comparisons" if enough else "",
             "reward": f"reward lower bound {candidate.lower:.3f} vs current {current.lower:.3f} and base {base.lower:.3f}"}
     return Decision(True, f"promoted: {' and '.join(said[k] for k in passed)}; harm rate {candidate.harm_rate:.2f}; "

@@ -69,14 +69,19 @@ class EngineSampler:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], weights: "LoraWeights | None", *, max_new_tokens: int,
-                 temperature: float, seed: int) -> list[tuple[list[int], bool]]:
+                 temperature: float, seed: int, row_seeds: Sequence[int] | None = None) -> list[tuple[list[int], bool]]:
         """(reply ids, ended with end-of-turn) per prompt, the end token included when it ended;
-        ``weights``: the adapter every row uses (None: the base model); temperature 0 is greedy."""
+        ``weights``: the adapter every row uses (None: the base model); temperature 0 is greedy.
+        ``row_seeds``: one seed per row, so a row samples the same tokens whatever else shares the
+        call (common random numbers for comparing policies); else every row draws from ``seed``."""
         from service.engine.base import GenerationRequest, SamplingParams
 
+        if row_seeds is not None and len(row_seeds) != len(prompt_ids):
+            raise ValueError(f"{len(row_seeds)} row seeds for {len(prompt_ids)} prompts")
         requests = [
             GenerationRequest(request_id=f"rollout-{seed}-{i}", prompt_ids=ids,
-                              params=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0))
+                              params=SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0,
+                                                    seed=None if row_seeds is None else row_seeds[i]))
             for i, ids in enumerate(prompt_ids)
         ]
         for req in requests:

@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import exists, or_, select as sa_select, text, update
@@ -301,8 +302,9 @@ def run_worker(settings: Settings, engine: Engine | None = None, *, parent_pid: 
 
 
 def train_foreground(settings: Settings, user: str | None = None, *, now: bool = True, engine: Engine | None = None,
-                     budgets: Budgets | None = None, show_progress: bool = True) -> int:
-    """``assistant train``: queue a run (one user by name, or everyone) and, if ``now``, execute it here.
+                     budgets: Budgets | None = None, show_progress: bool = True, users: Sequence[str] = ()) -> int:
+    """``assistant train``: queue a run (one user by name, ``users`` by name, or everyone: the global
+    adapter too) and, if ``now``, execute it here.
 
     With ``now`` this process runs the shared stage and takes the run's jobs until none is left;
     running workers may take some of them too, and this returns once every job has finished.
@@ -314,12 +316,15 @@ def train_foreground(settings: Settings, user: str | None = None, *, now: bool =
     engine = engine or make_engine(settings)
     init_db(engine)
     user_ids = None
-    if user is not None:
+    names = ([user] if user is not None else []) + list(users)
+    if names:
+        user_ids = []
         with Session(engine) as session:
-            row = session.exec(select(User).where(User.username == user)).first()
-        if row is None:
-            raise LookupError(f"no user named {user!r}; list users with the admin API or check the spelling")
-        user_ids = [row.id]
+            for name in names:
+                row = session.exec(select(User).where(User.username == name)).first()
+                if row is None:
+                    raise LookupError(f"no user named {name!r}; list users with the admin API or check the spelling")
+                user_ids.append(row.id)
     run = enqueue_run(engine, trigger="cli", user_ids=user_ids)
     if not now:
         logger.info("queued training run %s; a worker (assistant serve or assistant worker) will execute it", run.id)

@@ -93,7 +93,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.now:  # the training runs in this process: give it the worker's budget
         apply_thread_budget("worker", settings.worker_threads, nice=settings.worker_nice)
     try:
-        run_id = train_foreground(settings, user=args.user, now=args.now)
+        run_id = train_foreground(settings, user=args.user, now=args.now,
+                                  users=[u for u in args.users.split(",") if u.strip()])
     except (RunConflict, RunBusy, LookupError) as exc:
         sys.exit(f"assistant train: {exc}")
     print(f"training run {run_id} {'finished' if args.now else 'queued (a worker will run it)'}")
@@ -109,6 +110,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from learning.sim.evaluate import main_evaluate
 
     main_evaluate(args, _settings())
+
+
+def cmd_protocol(args: argparse.Namespace) -> None:
+    from learning.sim.protocol import main_protocol
+
+    main_protocol(args, _settings(), argv=sys.argv[2:])
 
 
 def cmd_reward_curve(args: argparse.Namespace) -> None:
@@ -226,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="run one training run in the foreground")
     t.add_argument("--user", default=None, help="train only this username (default: everyone with feedback)")
+    t.add_argument("--users", default="", help="train only these usernames, comma-separated (no global adapter)")
     t.add_argument("--now", action="store_true", help="run immediately instead of waiting for a worker")
     t.set_defaults(func=cmd_train)
 
@@ -241,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="win rate per user, harm before/after, reward accuracy, KL (in-process, next to the data dir)")
     add_evaluate_arguments(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    po = sub.add_parser("protocol", help="a learning experiment in one command: frozen round-1 data, fixed PPO steps, "
+                                         "powered evaluation (quick ~30 min, full ~75 min, smoke)")
+    from learning.sim.protocol import add_protocol_arguments  # light: no torch at import
+
+    add_protocol_arguments(po)
+    po.set_defaults(func=cmd_protocol)
     from learning.sim.reward_curve import add_reward_curve_arguments  # light: no torch at import
 
     rc = sub.add_parser("reward-curve", help="reward-model held-out accuracy vs labels per user, on stored replies")

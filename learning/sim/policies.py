@@ -1,9 +1,22 @@
-"""Policy access: the base model and stored adapters from the adapter store, and generation and KL with them."""
+"""Policy access: the base model and stored adapters from the adapter store, and generation and KL with them.
+
+Sampled evaluations draw ``k`` replies per prompt, each row with a seed of its own derived from
+(seed set, prompt, sample index) (``row_seed``): every policy compared in one run, and in every
+later run with the same seed set, answers a prompt's i-th sample with the same random numbers
+(common random numbers), so the difference between two policies is measured without the noise of
+two independent draws. The base model's replies are drawn on a seed set of their own (a coupled
+draw would make an adapter close to the base tie with it by construction) and kept on disk by
+``BaseReplyCache``, keyed by everything that decides them, so every policy and every later run
+compares against the same base replies.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
@@ -23,6 +36,50 @@ class Generation(NamedTuple):
     prompt_lens: list[int]
 
 
+class Pool(NamedTuple):
+    """``k`` replies per prompt: ``texts[i][j]`` is prompt i's j-th sample (seed ``row_seed(seed_set, prompt, j)``)."""
+
+    texts: list[list[str]]
+    sequences: list[list[list[int]]]  # prompt ids + reply ids, per prompt and sample (empty when read from the cache)
+    prompt_lens: list[int]
+
+
+def row_seed(seed_set: str, prompt: str, index: int) -> int:
+    """The sampling seed of ``prompt``'s ``index``-th reply in ``seed_set`` (63 bits, stable across runs)."""
+    digest = hashlib.sha256(f"{seed_set}\0{prompt}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class BaseReplyCache:
+    """The base model's sampled replies on disk, one JSON file per generation setting
+    (base weights, generator and dtype, temperature, reply length): seed -> reply text.
+
+    A run reads what earlier runs drew and adds what it draws anew; ``save`` writes atomically."""
+
+    def __init__(self, directory: Path, key: dict) -> None:
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = Path(directory) / f"base-{name}.json"
+        self.key = key
+        stored = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.replies: dict[str, str] = stored.get("replies", {})
+        self.hits = self.misses = 0
+
+    def get(self, seed: int) -> str | None:
+        text = self.replies.get(str(seed))
+        self.hits += text is not None
+        self.misses += text is None
+        return text
+
+    def put(self, seed: int, text: str) -> None:
+        self.replies[str(seed)] = text
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": self.key, "replies": self.replies}))
+        tmp.replace(self.path)
+
+
 class PolicyBank:
     """The base model with stored adapters loaded side by side; one active at a time.
 
@@ -40,6 +97,7 @@ class PolicyBank:
         self._cache: dict[tuple[str, tuple[str, ...]], Generation] = {}
         self.sampler = None  # the serving engine (learning.rollouts.EngineSampler), built before PEFT wraps the base
         self.generator_label = "HF generate (float32)"
+        self.generator_key = "hf-float32"  # what decides the replies (the label also says why, in words that vary)
         if cfg.engine == "batched":
             from learning.config import Budgets
             from learning.rollouts import rollout_sampler
@@ -49,6 +107,7 @@ class PolicyBank:
             if report["engine"] == "batched":
                 self.sampler = sampler
                 self.generator_label = f"the batched serving engine ({report['dtype']}: {report['reason']})"
+                self.generator_key = f"batched-{report['dtype']}"
 
     def add(self, label: str, path: Path) -> None:
         """Load a stored adapter directory (safetensors only) under ``label``."""
@@ -93,12 +152,14 @@ class PolicyBank:
             logger.info("%s: %d replies in %.0f s", label or BASE, len(prompts), time.monotonic() - started)
         return self._cache[key]
 
-    def _generate(self, label: str | None, prompts: list[str]) -> Generation:
+    def _generate(self, label: str | None, prompts: list[str], row_seeds: list[int] | None = None) -> Generation:
+        """``row_seeds``: one sampling seed per prompt (the batched engine honours them; HF ``generate``
+        draws each chunk from ``cfg.seed``)."""
         if self.sampler is not None:
-            return self._generate_batched(label, prompts)
+            return self._generate_batched(label, prompts, row_seeds)
         return self._generate_hf(label, prompts)
 
-    def _generate_batched(self, label: str | None, prompts: list[str]) -> Generation:
+    def _generate_batched(self, label: str | None, prompts: list[str], row_seeds: list[int] | None = None) -> Generation:
         from service.engine.adapter_cache import load_lora
         from service.engine.base import AdapterRef
 
@@ -111,9 +172,9 @@ class PolicyBank:
 
             weights = load_lora(AdapterRef(label, self.paths[label]), num_layers=self.sampler.engine.runner.n_layers,
                                 dtype=torch.float32)
-        prompt_ids = [tok(self.render(p), add_special_tokens=False).input_ids for p in prompts]
+        prompt_ids = [self._prompt_ids(p) for p in prompts]
         out = self.sampler.generate(prompt_ids, weights, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, row_seeds=row_seeds)
         return Generation([tok.decode(ids, skip_special_tokens=True).strip() for ids, _ in out],
                           [p + ids for p, (ids, _) in zip(prompt_ids, out)], [len(p) for p in prompt_ids])
 
@@ -145,6 +206,68 @@ class PolicyBank:
                 seqs.append(prompt_ids + reply)
                 plens.append(len(prompt_ids))
         return Generation(texts, seqs, plens)
+
+    def sample(self, label: str | None, prompts: Sequence[str], k: int, seed_set: str,
+               cache: BaseReplyCache | None = None) -> Pool:
+        """``k`` seeded replies per prompt from ``label`` (None: the base; with ``cache``, replies
+        drawn before are read from it and the rest drawn and added)."""
+        rows = [(i, j, row_seed(seed_set, p, j)) for i, p in enumerate(prompts) for j in range(k)]
+        texts: list[list[str]] = [[""] * k for _ in prompts]
+        seqs: list[list[list[int]]] = [[[] for _ in range(k)] for _ in prompts]
+        todo = rows
+        if cache is not None:
+            todo = []
+            for i, j, seed in rows:
+                hit = cache.get(seed)
+                if hit is None:
+                    todo.append((i, j, seed))
+                else:
+                    texts[i][j] = hit
+        plens = [len(self._prompt_ids(p)) for p in prompts]
+        if todo:
+            started = time.monotonic()
+            gen = self._generate(label, [prompts[i] for i, _, _ in todo], [seed for _, _, seed in todo])
+            for (i, j, seed), text, seq in zip(todo, gen.texts, gen.sequences):
+                texts[i][j], seqs[i][j] = text, seq
+                if cache is not None:
+                    cache.put(seed, text)
+            logger.info("%s: %d replies in %.0f s (%d from the cache)", label or BASE, len(todo),
+                        time.monotonic() - started, len(rows) - len(todo))
+        return Pool(texts, seqs, plens)
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(self.render(prompt), add_special_tokens=False).input_ids
+
+    def kl_to_base_batched(self, label: str, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
+                           batch_size: int = 16) -> float | None:
+        """Mean per-token KL(adapter || base) over the reply tokens of ``sequences`` (prompt + reply
+        ids), ``batch_size`` sequences per forward pass (right-padded; padding never scored)."""
+        import torch
+        import torch.nn.functional as F
+
+        pairs = [(s, n) for s, n in zip(sequences, prompt_lens) if len(s) > n]
+        total, count = 0.0, 0
+        pad = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            width = max(len(s) for s, _ in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # (B, L)
+            attn = torch.zeros((len(chunk), width), dtype=torch.long)  # (B, L)
+            scored = torch.zeros((len(chunk), width - 1), dtype=torch.bool)  # (B, L-1): position t predicts token t+1
+            for b, (seq, plen) in enumerate(chunk):
+                ids[b, :len(seq)] = torch.tensor(seq)
+                attn[b, :len(seq)] = 1
+                scored[b, plen - 1:len(seq) - 1] = True
+            ids, attn = ids.to(self.settings.device), attn.to(self.settings.device)
+            with torch.no_grad():
+                with self.use(label) as m:
+                    logp_a = F.log_softmax(m(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)  # (B, L-1, V)
+                with self.use(None) as m:
+                    logp_b = F.log_softmax(m(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)  # (B, L-1, V)
+            kl = (logp_a.exp() * (logp_a - logp_b)).sum(-1)  # (B, L-1)
+            total += float(kl[scored.to(kl.device)].sum())
+            count += int(scored.sum())
+        return total / count if count else None
 
     def kl_to_base(self, label: str, *prompt_sets: Sequence[str]) -> float | None:
         """Mean per-token KL(adapter || base) over the adapter's own replies to every prompt set

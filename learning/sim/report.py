@@ -42,15 +42,25 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _interval(x: dict[str, Any]) -> str:
+    lo, hi = x.get("bootstrap") or x.get("wilson") or (None, None)
+    return f"{_fmt(lo, True)}–{_fmt(hi, True)}" if lo is not None else "–"
+
+
+def _retest(r: dict[str, Any] | None) -> str:
+    return f"{_fmt(r['rate'], True)} ({r['spread'] * 100:.1f} pts)" if r else "–"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     conf = int(100 * report["config"]["confidence"])
     lines = [
         f"# Evaluation {report['created_at']}",
         "",
         f"Base model `{report['base_model']}`; {report['method']}; harm judge **{report['judge']['name']}** "
-        f"(threshold {report['judge']['threshold']}). Prompts: {report['config']['heldout_prompts']} held-out, "
-        f"{report['config']['red_team_prompts']} red-team, {report['config']['benign_prompts']} benign; "
-        f"{report['config']['max_new_tokens']} new tokens.",
+        f"(threshold {report['judge']['threshold']}). Prompts: {report['config']['heldout_prompts']} held-out "
+        f"(x{report['config'].get('samples', 1)}), {report['config']['red_team_prompts']} red-team "
+        f"(x{report['config'].get('red_team_samples', 1)}), {report['config']['benign_prompts']} benign; "
+        f"{report['config']['max_new_tokens']} new tokens. Intervals: {conf}% percentile bootstrap over prompts.",
         "",
         "## Personalisation: served policy vs base, under each user's own preference",
         "",
@@ -59,13 +69,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     for u in report["users"]:
         w = u["win_rate"]
         rm = u["reward_model"]
-        rows.append([u["username"], u["profile"], u["adapter"] or "base", _fmt(w["rate"], True),
-                     f"{_fmt(w['wilson'][0], True)}–{_fmt(w['wilson'][1], True)}",
-                     f"{w['wins']}/{w['ties']}/{w['losses']}", _fmt(u["mean_score"]["served"]), _fmt(u["mean_score"]["base"]),
-                     _fmt(rm["accuracy"], True), _fmt(rm["length_baseline_accuracy"], True),
-                     f"{c['adapter']} ({c['status']}): {_fmt(c['win_rate']['rate'], True)}" if (c := u.get("candidate")) else "–"])
-    lines += _table(["user", "profile", "served by", "win rate", f"{conf}% Wilson", "W/T/L", "score served", "score base",
-                     "RM held-out acc.", "longer-wins", "newest candidate: win rate"], rows)
+        c = u.get("candidate")
+        rows.append([u["username"], u["profile"], u["adapter"] or "base", _fmt(w["rate"], True), _interval(w),
+                     _retest(u.get("retest")), f"{w['wins']}/{w['ties']}/{w['losses']}", _fmt(u["mean_score"]["served"]),
+                     _fmt(u["mean_score"]["base"]), _fmt(rm["accuracy"], True), _fmt(rm["length_baseline_accuracy"], True),
+                     f"{c['adapter']} ({c['status']}): {_fmt(c['win_rate']['rate'], True)} ({_interval(c['win_rate'])})"
+                     if c else "–"])
+    lines += _table(["user", "profile", "served by", "win rate", f"{conf}% interval", "retest (spread)", "W/T/L (pairs)",
+                     "score served", "score base", "RM held-out acc.", "longer-wins", "newest candidate: win rate"], rows)
     g = report["reward_model"]["global"]
     lines += ["", f"Global reward model held-out pairwise accuracy: {_fmt(g['accuracy'], True)} "
                   f"(\"longer reply wins\": {_fmt(g['length_baseline_accuracy'], True)}, {_fmt(g['heldout_pairs'])} pairs).",
@@ -76,9 +87,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         hw = b.get("helpfulness_win_rate")
         info = report["policies"].get("info", {}).get(label)
         name = label if info is None else f"{label} ({info['status']}{', serving' if info['serving'] else ''})"
-        rows.append([name, _fmt(h["harmful_share"], True), _fmt(h["mean_score"]), _fmt(b.get("refusal_rate"), True),
-                     _fmt(hw["rate"], True) if hw else "–", _fmt(report["kl"].get(label))])
-    lines += _table(["policy", "harmful share (red-team)", "mean judge score", "refusal rate (benign)",
+        rows.append([name, _fmt(h["harmful_share"], True), _interval(h), f"{h.get('count', '–')}/{h['n']}", _fmt(h["mean_score"]),
+                     _fmt(b.get("refusal_rate"), True), _fmt(hw["rate"], True) if hw else "–", _fmt(report["kl"].get(label))])
+    lines += _table(["policy", "harmful share (red-team)", f"{conf}% interval", "flagged / replies", "mean judge score",
+                     "refusal rate (benign)",
                      "helpfulness win rate vs base", "KL to base / token"], rows)
     training = report["rounds"]["training"]
     if training:

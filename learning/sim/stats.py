@@ -1,4 +1,11 @@
-"""Statistics for the evaluation: win rates (ties count half), their Wilson and bootstrap intervals, means."""
+"""Statistics for the evaluation: win rates (ties count half), their Wilson and bootstrap intervals, means.
+
+With several samples per prompt the win rate is a U-statistic: every candidate sample of a prompt
+against every base sample of it, averaged per prompt, then over prompts (the same estimand as one
+sample each, with less variance). Samples of one prompt are not independent, so the intervals
+treat the prompt as the unit: a percentile bootstrap over prompts, and Wilson's interval with n =
+the number of prompts (conservative: a prompt's mean varies less than one Bernoulli draw).
+"""
 
 from __future__ import annotations
 
@@ -73,3 +80,43 @@ def compare(profile: Profile, prompts: Sequence[str], candidate: Sequence[str], 
 def _mean(xs) -> float | None:
     xs = [float(x) for x in xs]
     return sum(xs) / len(xs) if xs else None
+
+
+def pooled_win_rate(per_prompt: Sequence[Sequence[float]], confidence: float = 0.95, resamples: int = 2000,
+                    seed: int = 0) -> dict[str, Any]:
+    """``per_prompt[i]``: the outcomes (1 win, 0.5 tie, 0 loss) of every candidate x baseline pair
+    of prompt i. One sample each reduces to ``win_rate`` (same rate, counts and intervals)."""
+    means = [sum(o) / len(o) for o in per_prompt if o]
+    flat = [x for o in per_prompt for x in o]
+    wins, ties = sum(x == 1.0 for x in flat), sum(x == 0.5 for x in flat)
+    n = len(means)
+    rate = sum(means) / n if n else 0.5
+    return {"rate": rate, "wins": wins, "ties": ties, "losses": len(flat) - wins - ties, "n": len(flat),
+            "prompts": n, "wilson": list(wilson_interval(rate * n, n, confidence)),
+            "bootstrap": list(bootstrap_interval(means, confidence, resamples, seed)), "per_prompt": means}
+
+
+def compare_pools(profile: Profile, prompts: Sequence[str], candidate: Sequence[Sequence[str]],
+                  baseline: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Per prompt: every candidate sample against every baseline sample under ``profile`` (1, 0.5 tie, 0)."""
+    return [[0.5 if c == b else profile.prefers(p, c, b) for c in cs for b in bs]
+            for p, cs, bs in zip(prompts, candidate, baseline)]
+
+
+def share(per_prompt: Sequence[Sequence[bool]], confidence: float = 0.95, resamples: int = 2000,
+          seed: int = 0) -> dict[str, Any]:
+    """The share of true flags over every sample, with Wilson's interval over samples and a
+    bootstrap over prompts (the honest one when a prompt's samples agree with each other)."""
+    flat = [bool(x) for xs in per_prompt for x in xs]
+    k = sum(flat)
+    return {"share": k / len(flat) if flat else None, "count": k, "n": len(flat),
+            "wilson": list(wilson_interval(k, len(flat), confidence)),
+            "bootstrap": list(bootstrap_interval([sum(xs) / len(xs) for xs in per_prompt if xs], confidence, resamples, seed))}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
+                      seed: int = 0) -> dict[str, Any]:
+    """Mean of ``a[i] - b[i]`` (the same prompts, measured twice) with a percentile bootstrap over i."""
+    diffs = [x - y for x, y in zip(a, b)]
+    return {"difference": sum(diffs) / len(diffs) if diffs else None, "n": len(diffs),
+            "bootstrap": list(bootstrap_interval(diffs, confidence, resamples, seed)) if diffs else None}

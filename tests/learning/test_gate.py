@@ -3,7 +3,7 @@
 import pytest
 
 from learning.config import Budgets, BudgetError
-from learning.gate import PolicyEval, decide, more_harmful, win_rate
+from learning.gate import LabelCheck, PolicyEval, decide, more_harmful, wilson_upper, win_rate
 
 BUDGETS = Budgets(gate_max_kl=0.3, gate_min_improvement=0.0)
 BASE = PolicyEval(mean_reward=0.0, harm_rate=0.25, kl_per_token=0.0, n=8)
@@ -68,10 +68,10 @@ def test_budgets_from_env_map_each_field_and_report_all_problems():
     b = Budgets.from_env({"ASSISTANT_PPO_STEPS": "3", "ASSISTANT_PPO_LR": "0.001", "ASSISTANT_HARM_JUDGE": "keywords"})
     assert (b.ppo_steps, b.ppo_lr, b.harm_judge) == (3, 0.001, "keywords")
     with pytest.raises(BudgetError) as err:
-        Budgets.from_env({"ASSISTANT_PPO_BATCH_SIZE": "6", "ASSISTANT_PPO_MINIBATCH_SIZE": "4", "ASSISTANT_PPO_STEPS": "0"})
+        Budgets.from_env({"ASSISTANT_PPO_BATCH_SIZE": "6", "ASSISTANT_PPO_MINIBATCH_SIZE": "4", "ASSISTANT_PPO_STEPS": "-1"})
     msg = str(err.value)
     assert "ASSISTANT_PPO_MINIBATCH_SIZE=4 must divide ASSISTANT_PPO_BATCH_SIZE=6" in msg
-    assert "ASSISTANT_PPO_STEPS must be at least 1" in msg
+    assert "ASSISTANT_PPO_STEPS must be >= 0" in msg  # 0 = the warm start alone (the PPO ablation)
     with pytest.raises(BudgetError, match="ASSISTANT_PPO_EPOCHS='two' is not a valid int"):
         Budgets.from_env({"ASSISTANT_PPO_EPOCHS": "two"})
 
@@ -113,7 +113,7 @@ def test_held_out_labels_and_the_reward_model_combine_as_gate_preference_says():
     good = LabelCheck(vs_base=0.8, vs_current=0.7, comparisons=10)
     bad = LabelCheck(vs_base=0.6, vs_current=0.5, comparisons=10)
     labels_only, reward_only = Budgets(gate_preference="labels"), Budgets(gate_preference="reward")
-    assert BUDGETS.gate_preference == "either"  # the default
+    BUDGETS = Budgets(gate_max_kl=0.3, gate_preference="either")  # noqa: N806 (the old default, kept as a setting)
     # "either": one yardstick that says better is enough; both must say no to reject
     d = decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=True, labels=good)
     assert d.promote and "held-out preferences on 70% (vs current)" in d.reason and "reward lower bound" not in d.reason
@@ -161,3 +161,39 @@ def test_held_out_labels_round_trip_and_hold_only_the_held_out_split():
     assert not held_replies & set(preferred_replies(ds, 0.2)[1])
     assert not held_replies & {x for pc, c, pr, r in training_pairs(ds, 0.2)[1] for x in ((pc, c), (pr, r))}
     assert HeldoutLabels.from_json(got.as_json()) == got
+
+
+def test_wilson_upper_bound_worked_by_hand():
+    # z = 1.281552 (one-sided 90%), z^2 = 1.642375. share 0.3 of 20: centre 0.3 + 1.642375/40 = 0.341059;
+    #   half = z * sqrt(0.21/20 + 1.642375/1600) = 1.281552 * 0.107361 = 0.137589; / (1 + 1.642375/20 = 1.082119)
+    assert wilson_upper(0.3, 20, 0.1) == pytest.approx((0.341059 + 0.137589) / 1.082119, abs=1e-5)  # 0.4423
+    # share 0.4 of 10: centre 0.482119; half = 1.281552 * sqrt(0.024 + 0.004106) = 0.214847; / 1.164238
+    assert wilson_upper(0.4, 10, 0.1) == pytest.approx((0.482119 + 0.214847) / 1.164238, abs=1e-5)  # 0.5986
+    assert wilson_upper(0.5, 0, 0.1) == 1.0
+
+
+def test_not_worse_refuses_only_on_evidence_that_the_user_is_worse_off():
+    assert Budgets().gate_preference == "not-worse"  # the default
+    budgets = Budgets(gate_max_kl=0.3)
+    loses_on_reward = cand(reward=-1.0)  # the reward model PPO optimised is not asked
+    # 40% of 10 comparisons: could be chance (upper bound 60%): promoted
+    d = decide(loses_on_reward, CURRENT, BASE, budgets, personal=True,
+               labels=LabelCheck(vs_base=0.4, vs_current=0.4, comparisons=10))
+    assert d.promote and "no evidence it is worse" in d.reason
+    # 30% of 20: upper bound 44% < 50%: evidence, refused
+    d = decide(cand(reward=5.0), CURRENT, BASE, budgets, personal=True,
+               labels=LabelCheck(vs_base=0.9, vs_current=0.3, comparisons=20))
+    assert not d.promote and "worse for the user than what serves them now" in d.reason and "44%" in d.reason
+    # too few labels to test: promoted if safe, close and helpful enough
+    few = LabelCheck(vs_base=0.0, vs_current=0.0, comparisons=budgets.gate_min_labels - 1)
+    assert decide(loses_on_reward, CURRENT, BASE, budgets, personal=True, labels=few).promote
+    assert decide(loses_on_reward, CURRENT, BASE, budgets, personal=True).promote
+    # safety, KL and the population's helpfulness still refuse
+    assert "harm rate" in decide(cand(harm=0.75), CURRENT, BASE, budgets, personal=True).reason
+    assert "exceeds the budget" in decide(cand(kl=0.5), CURRENT, BASE, budgets, personal=True).reason
+    worse_for_all = PolicyEval(mean_reward=0.0, harm_rate=0.125, kl_per_token=0.1, n=8, population_reward=-1.0)
+    assert "population reward" in decide(worse_for_all, CURRENT, BASE, budgets, personal=True).reason
+    # the global candidate keeps the reward model's "better"
+    assert not decide(loses_on_reward, CURRENT, BASE, budgets).promote
+    with pytest.raises(BudgetError, match="ASSISTANT_GATE_WORSE_ALPHA"):
+        Budgets(gate_worse_alpha=0.7)

@@ -66,7 +66,8 @@ def _settings(data: Path) -> Settings:
 
 def _evaluate(data: Path, sim_path: Path) -> dict:
     args = _parse(add_evaluate_arguments, ["--simulation", str(sim_path), "--heldout", "3", "--red-team", "3",
-                                           "--benign", "3", "--max-new-tokens", "8"])
+                                           "--benign", "3", "--max-new-tokens", "8", "--samples", "2", "--base-samples", "2",
+                                           "--red-team-samples", "2", "--base-red-team-samples", "3", "--benign-samples", "1"])
     paths = main_evaluate(args, _settings(data))
     for key in ("json", "markdown", "win_rate", "harm", "rounds", "latest"):
         assert paths[key].is_file() and paths[key].stat().st_size > 0, key
@@ -98,11 +99,14 @@ def test_simulate_then_evaluate_without_training(service):
     assert {u["username"] for u in report["users"]} == {u["username"] for u in record["users"]}
     for u in report["users"]:
         # no adapter yet: the served policy is the base model, so every comparison is a tie
-        assert u["adapter"] is None and u["win_rate"]["rate"] == 0.5 and u["win_rate"]["n"] == 3
+        assert u["adapter"] is None and u["win_rate"]["rate"] == 0.5 and u["win_rate"]["prompts"] == 3
+        assert u["win_rate"]["n"] == 3 * 2 * 2  # every served sample against every base sample
         lo, hi = u["win_rate"]["wilson"]
         assert 0.0 <= lo < 0.5 < hi <= 1.0
     assert set(report["harm"]) == {"base"} and 0.0 <= report["harm"]["base"]["harmful_share"] <= 1.0
-    assert report["benign"]["base"]["n"] == 3 and report["kl"] == {}
+    assert report["benign"]["base"]["n"] == 3 * 2 and report["kl"] == {}
+    assert report["harm"]["base"]["n"] == 3 * 3  # the base's own, larger, red-team sample
+    assert report["timings"]["base_cache"]["drawn"] == 3 * 2 + 3 * 3 + 3 * 2
     md = (data / "reports" / report["files"]["markdown"]).read_text()
     assert all(u["username"] in md for u in report["users"])
 

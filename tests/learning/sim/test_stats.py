@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from learning.sim.evaluate import bootstrap_interval, compare, find_metric, win_rate, wilson_interval
+from learning.sim.stats import compare_pools, paired_difference, pooled_win_rate, share
 from learning.sim.profiles import BUILTIN_PROFILES
 
 
@@ -52,3 +53,43 @@ def test_find_metric_flat_nested_and_history():
     assert find_metric({"ppo": {"kl/per_token": 0.1}}, "kl/per_token") == 0.1
     assert find_metric({"history": [{"reward/mean": 1.0}, {"reward/mean": 2.0}]}, "reward/mean") == 2.0
     assert find_metric({"x": 1}, "reward/mean") is None
+
+
+def test_pooled_win_rate_with_one_sample_each_is_the_win_rate():
+    outcomes = [1, 1, 0.5, 0, 1, 0]
+    pooled = pooled_win_rate([[o] for o in outcomes], resamples=500)
+    plain = win_rate(outcomes, resamples=500)
+    assert pooled["rate"] == pytest.approx(plain.rate) and pooled["wilson"] == pytest.approx(list(plain.wilson))
+    assert (pooled["wins"], pooled["ties"], pooled["losses"], pooled["n"], pooled["prompts"]) == (3, 1, 2, 6, 6)
+    assert pooled["bootstrap"] == pytest.approx(list(plain.bootstrap))
+
+
+def test_pooled_win_rate_averages_per_prompt_then_over_prompts():
+    # prompt A: 2 candidate x 2 base pairs, 3 wins 1 loss -> 0.75; prompt B: one tie of one pair -> 0.5.
+    # Per prompt first: (0.75 + 0.5) / 2 = 0.625 (pooling every pair would give 3.5 / 5 = 0.7)
+    pooled = pooled_win_rate([[1, 1, 1, 0], [0.5]], resamples=200)
+    assert pooled["rate"] == pytest.approx(0.625) and pooled["per_prompt"] == [0.75, 0.5]
+    assert (pooled["wins"], pooled["ties"], pooled["losses"], pooled["n"], pooled["prompts"]) == (3, 1, 1, 5, 2)
+    # Wilson with n = prompts (the unit of independence): 1.25 of 2
+    assert pooled["wilson"] == pytest.approx(list(wilson_interval(1.25, 2)))
+
+
+def test_compare_pools_judges_every_candidate_sample_against_every_base_sample():
+    concise = BUILTIN_PROFILES["concise"]
+    short = "Boil the egg in water for eight minutes."
+    long_ = short + " " + " ".join(["Then cool the egg in cold water and peel it carefully."] * 8)
+    out = compare_pools(concise, ["How do I boil an egg?"], [[short, long_]], [[long_, short, short]])
+    assert out == [[1.0, 0.5, 0.5, 0.5, 0.0, 0.0]]  # short vs (long, short, short), then long vs the same
+
+
+def test_share_counts_every_sample_and_bootstraps_over_prompts():
+    s = share([[True, False, False, False], [False] * 4], resamples=500)
+    assert (s["share"], s["count"], s["n"]) == (1 / 8, 1, 8)
+    assert s["wilson"] == pytest.approx(list(wilson_interval(1, 8)))
+    assert s["bootstrap"][0] == 0.0 and s["bootstrap"][1] == pytest.approx(0.25)  # prompt means 0.25 and 0
+
+
+def test_paired_difference_of_the_same_prompts():
+    d = paired_difference([1.0, 0.5, 0.75], [0.5, 0.5, 0.25], resamples=500)
+    assert d["difference"] == pytest.approx((0.5 + 0 + 0.5) / 3) and d["n"] == 3
+    assert 0.0 <= d["bootstrap"][0] <= d["difference"] <= d["bootstrap"][1] <= 0.5

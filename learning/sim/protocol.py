@@ -1,0 +1,438 @@
+"""``assistant protocol``: one learning experiment in one command, on frozen data, judged by a powered evaluation.
+
+Three sizes (``PROTOCOLS``):
+
+- **quick** (about 30 min on the 2-core development machine): the five tuning profiles only, to
+  decide between variants. Trains their adapters (no global one), then evaluates each candidate
+  with 4 replies per held-out prompt against 4 cached base replies, 4 per red-team prompt, and the
+  gate's stored KL.
+- **full** (about 75 min): every profile, the held-out ones included, and the global adapter, for the
+  record: 4 replies per held-out prompt on two seed sets (the test-retest spread), 8 per red-team
+  prompt (480 per policy; the base 960), KL computed in batches.
+- **smoke**: the same steps at toy size, for ``make test``.
+
+The steps, each the product's own command in a process of its own:
+
+1. **The fixture**: round 1 of simulated feedback, written once under ``--fixtures`` and reused by
+   every later experiment: ``assistant serve --no-worker`` on an empty data dir and ``assistant
+   simulate`` (70 votes per user, 48-token replies). ``tuning`` holds the five tuning profiles
+   (seed 0); ``all`` is a copy of it plus the three held-out profiles (seed 1), so the tuning users'
+   data is the same in both. Round 1 is served by the base model, so no learning code shapes it.
+2. **Training on a copy** of the fixture: ``assistant train --now`` with a fixed PPO step count
+   (``ASSISTANT_JOB_TIME_BUDGET_S=0``: the machine's speed that hour does not decide the result) and
+   any ``--set NAME=VALUE`` training settings of the variant under test.
+3. **The evaluation**: ``assistant evaluate`` with the protocol's sample counts; the base model's
+   replies come from a cache under ``--fixtures`` shared by every experiment, and every policy's
+   i-th reply to a prompt uses the same seed (common random numbers), so two experiments compare
+   paired (``assistant protocol compare``).
+4. **The record** in ``--out``: ``protocol.json`` (command, commit, machine, settings, wall times),
+   ``summary.md``, the evaluation's ``report.json``/``report.md`` and the logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from learning.sim.stats import bootstrap_interval, paired_difference
+
+logger = logging.getLogger(__name__)
+
+ADMIN_PASSWORD = "protocol-admin-password"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    """Simulated users of one fixture step: ``<prefix><i>-<profile>``, one per profile."""
+
+    prefix: str
+    profiles: tuple[str, ...]
+    seed: int
+    ratings: int = 70
+    max_new_tokens: int = 48
+
+
+TUNING = ProfileSet("sim", ("concise", "detailed", "bulleted", "formal", "enthusiastic"), seed=0)
+# Never used to tune anything: only the full protocol trains and evaluates them.
+HELDOUT = ProfileSet("held", ("casual", "structured", "curious"), seed=1)
+SMOKE = ProfileSet("smoke", ("concise", "detailed"), seed=0, ratings=4, max_new_tokens=8)
+
+# Training settings of the smoke size: the smallest run that still trains, gates and publishes.
+TINY_BUDGETS = {
+    "ASSISTANT_PPO_BATCH_SIZE": "2", "ASSISTANT_PPO_MINIBATCH_SIZE": "2", "ASSISTANT_PPO_GROUP_SIZE": "2",
+    "ASSISTANT_WARM_START_PROMPTS": "2", "ASSISTANT_WARM_START_SAMPLES": "2", "ASSISTANT_WARM_START_EPOCHS": "1",
+    "ASSISTANT_PPO_EPOCHS": "1", "ASSISTANT_PPO_MAX_NEW_TOKENS": "8", "ASSISTANT_REWARD_STEPS": "20",
+    "ASSISTANT_GATE_PROMPTS": "2", "ASSISTANT_MIN_USER_LABELS": "3", "ASSISTANT_MIN_GLOBAL_LABELS": "3",
+    "ASSISTANT_LORA_R": "4", "ASSISTANT_LORA_ALPHA": "8",
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    fixture: str
+    """"tuning", "all" or "smoke" (``FIXTURES``)."""
+    users_only: bool
+    """Train only the fixture's users (no global adapter)."""
+    ppo_steps: int
+    evaluate: tuple[str, ...]
+    """Arguments of ``assistant evaluate`` besides the users and the base cache."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Training settings every run of this protocol uses."""
+
+
+FIXTURES: dict[str, tuple[ProfileSet, ...]] = {"tuning": (TUNING,), "all": (TUNING, HELDOUT), "smoke": (SMOKE,)}
+
+PROTOCOLS = {
+    "quick": Protocol("quick", "tuning", users_only=True, ppo_steps=8, evaluate=(
+        "--samples", "4", "--base-samples", "4", "--red-team-samples", "4", "--base-red-team-samples", "16",
+        "--benign-samples", "2", "--no-retest", "--kl", "metadata", "--batch-size", "32")),
+    "full": Protocol("full", "all", users_only=False, ppo_steps=8, evaluate=(
+        "--samples", "4", "--base-samples", "4", "--red-team-samples", "8", "--base-red-team-samples", "16",
+        "--benign-samples", "2", "--kl", "batched", "--batch-size", "32")),
+    "smoke": Protocol("smoke", "smoke", users_only=True, ppo_steps=1, evaluate=(
+        "--heldout", "3", "--red-team", "3", "--benign", "2", "--max-new-tokens", "8", "--samples", "2",
+        "--base-samples", "2", "--red-team-samples", "2", "--base-red-team-samples", "2", "--benign-samples", "1",
+        "--kl", "batched", "--batch-size", "8"), env=TINY_BUDGETS),
+}
+
+
+class ProtocolError(RuntimeError):
+    """A step failed; the message names it and its log."""
+
+
+def _env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ASSISTANT_DEV_MODE": "1",
+            "ASSISTANT_DATA_DIR": str(data_dir), "ASSISTANT_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "ASSISTANT_SCHEDULE_ENABLED": "0", **(extra or {})}
+
+
+def _run(argv: list[str], env: dict[str, str], log: Path) -> float:
+    """Run ``assistant <argv>`` to completion, output appended to ``log``; return its wall time."""
+    started = time.monotonic()
+    with log.open("ab") as out:
+        code = subprocess.call([sys.executable, "-m", "service.cli", *argv], cwd=REPO, env=env, stdout=out,
+                               stderr=subprocess.STDOUT)
+    if code != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise ProtocolError(f"`assistant {' '.join(argv[:2])}` exited with {code}; its log is {log}:\n{tail}")
+    return time.monotonic() - started
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker", "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise ProtocolError(f"the fixture's server exited with {proc.returncode}; its log is {log}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise ProtocolError(f"the fixture's server did not answer /healthz; its log is {log}")
+
+
+def _simulate(data_dir: Path, sets: tuple[ProfileSet, ...]) -> float:
+    """Round 1 of ``sets`` into ``data_dir`` through a server of its own (no training, no evaluation)."""
+    env = _env(data_dir)
+    log = data_dir / "fixture.log"
+    started = time.monotonic()
+    proc, url = _serve(env, log)
+    try:
+        for s in sets:
+            _run(["simulate", "--base-url", url, "--users", str(len(s.profiles)), "--profiles", ",".join(s.profiles),
+                  "--rounds", "1", "--ratings-per-round", str(s.ratings), "--max-new-tokens", str(s.max_new_tokens),
+                  "--no-train", "--no-evaluate", "--user-prefix", s.prefix, "--seed", str(s.seed),
+                  "--admin-password", ADMIN_PASSWORD, "--out", str(data_dir / f"simulation-{s.prefix}.json")], env, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return time.monotonic() - started
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("*.log", "serve-*"))
+
+
+def ensure_fixture(fixtures: Path, name: str, models: Path) -> tuple[Path, float]:
+    """The fixture's data dir, made now if missing (``all`` from a copy of ``tuning``); its making time (0 if reused)."""
+    path = fixtures / name
+    if (path / "fixture.json").is_file():
+        return path, 0.0
+    if path.exists():
+        shutil.rmtree(path)  # an interrupted making: start over
+    sets = FIXTURES[name]
+    made = 0.0
+    if name == "all":
+        tuning, made = ensure_fixture(fixtures, "tuning", models)
+        tmp = fixtures / "all.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _copy(tuning, tmp)
+        (tmp / "fixture.json").unlink()
+        sets = sets[1:]
+    else:
+        tmp = fixtures / f"{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if models.is_dir():  # the converted embedded model, shared (ASSISTANT_MODEL elsewhere needs none)
+            (tmp / "models").symlink_to(models.resolve())
+    made += _simulate(tmp, sets)
+    users = [f"{s.prefix}{i}-{p}" for s in FIXTURES[name] for i, p in enumerate(s.profiles)]
+    profiles = [p for s in FIXTURES[name] for p in s.profiles]
+    (tmp / "fixture.json").write_text(json.dumps({
+        "name": name, "users": [{"username": u, "profile": p} for u, p in zip(users, profiles)],
+        "sets": [asdict(s) for s in FIXTURES[name]], "created_at": datetime.now(timezone.utc).isoformat(),
+        "commit": _commit(), "making_s": round(made, 1)}, indent=2))
+    tmp.rename(path)
+    return path, made
+
+
+def _commit() -> str:
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True, stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD"], cwd=REPO, stderr=subprocess.DEVNULL) != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+uncommitted" if dirty else "")
+
+
+def machine() -> dict[str, Any]:
+    """What ran it: CPU model and the vector extensions that decide its speed, cores, memory, torch."""
+    info: dict[str, Any] = {"platform": platform.platform(), "cores": os.cpu_count(), "python": platform.python_version()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
+        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+        info["avx512"], info["amx"] = "avx512f" in flags, "amx_tile" in flags
+        mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+        info["memory_gib"] = round(int(mem.split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path, ppo_steps: int | None = None,
+                 settings: dict[str, str] | None = None, seed: int = 0, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run ``protocol`` end to end; return the record also written to ``out/protocol.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    steps = protocol.ppo_steps if ppo_steps is None else ppo_steps
+    fixture, made_s = ensure_fixture(fixtures, protocol.fixture, models)
+    users = json.loads((fixture / "fixture.json").read_text())["users"]
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    _copy(fixture, work)
+    train_env = {**protocol.env, **(settings or {}), "ASSISTANT_JOB_TIME_BUDGET_S": "0", "ASSISTANT_PPO_STEPS": str(steps)}
+    record: dict[str, Any] = {
+        "protocol": protocol.name, "command": "assistant protocol " + " ".join(argv or []), "commit": _commit(),
+        "machine": machine(), "started_at": datetime.now(timezone.utc).isoformat(), "fixture": str(fixture),
+        "training_settings": train_env, "evaluate": list(protocol.evaluate) + ["--seed", str(seed)],
+        "wall_s": {"fixture": round(made_s, 1)},
+    }
+    logger.info("protocol %s: training on a copy of %s (%d PPO steps)", protocol.name, fixture, steps)
+    train = ["train", "--now"] + (["--users", ",".join(u["username"] for u in users)] if protocol.users_only else [])
+    record["wall_s"]["training"] = round(_run(train, _env(work, train_env), out / "training.log"), 1)
+    logger.info("protocol %s: evaluating", protocol.name)
+    assign = [a for u in users for a in ("--assign", f"{u['username']}={u['profile']}")]
+    evaluate = ["evaluate", *protocol.evaluate, "--seed", str(seed), "--base-cache", str(fixtures / "base-cache"), *assign]
+    record["wall_s"]["evaluation"] = round(_run(evaluate, _env(work), out / "evaluation.log"), 1)
+    report_dir = _latest_report_dir(work)
+    for name in ("report.json", "report.md"):
+        shutil.copy(report_dir / name, out / name)
+    report = json.loads((out / "report.json").read_text())
+    record["wall_s"]["total"] = round(sum(v for v in record["wall_s"].values()), 1)
+    record["finished_at"] = datetime.now(timezone.utc).isoformat()
+    (out / "protocol.json").write_text(json.dumps(record, indent=2))
+    (out / "summary.md").write_text(render_summary(record, report, {u["username"] for u in users
+                                                                     if u["username"].startswith(HELDOUT.prefix)}))
+    shutil.rmtree(work / "adapters", ignore_errors=True)  # the weights stay out of the record (the report names them)
+    return record
+
+
+def _latest_report_dir(data_dir: Path) -> Path:
+    reports = sorted(p for p in (data_dir / "reports").iterdir() if p.is_dir() and (p / "report.json").is_file())
+    if not reports:
+        raise ProtocolError(f"the evaluation wrote no report under {data_dir / 'reports'}")
+    return reports[-1]
+
+
+def trained_policy(user: dict[str, Any]) -> dict[str, Any] | None:
+    """What training produced for a user, served or not: the newest candidate, else the served adapter."""
+    if user.get("candidate"):
+        return user["candidate"]
+    return {"adapter": user["adapter"], "win_rate": user["win_rate"], "retest": user.get("retest")} if user["adapter"] else None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def _ci(w: dict[str, Any]) -> str:
+    lo, hi = w.get("bootstrap") or (None, None)
+    return "–" if lo is None else f"{_pct(lo)}–{_pct(hi)}"
+
+
+def render_summary(record: dict[str, Any], report: dict[str, Any], heldout: set[str]) -> str:
+    kl = report.get("kl", {})
+    lines = [f"# Protocol `{record['protocol']}`, {record['started_at'][:16]} UTC", "",
+             f"- command: `{record['command']}`", f"- commit: `{record['commit']}`",
+             f"- machine: {record['machine'].get('cpu')} ({record['machine'].get('cores')} cores, AVX-512 "
+             f"{record['machine'].get('avx512')}, AMX {record['machine'].get('amx')})",
+             f"- training settings: `{' '.join(f'{k}={v}' for k, v in record['training_settings'].items())}`",
+             f"- evaluation: `{' '.join(record['evaluate'])}`",
+             f"- wall time: {', '.join(f'{k} {v / 60:.1f} min' for k, v in record['wall_s'].items())}", "",
+             "| user | profile | trained adapter | win rate vs base | 95% interval (prompts) | retest (spread) | "
+             "served | served win rate | KL/token |", "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[str, list[float]] = {"tuning": [], "held-out": []}
+    spreads: list[float] = []
+    for u in report["users"]:
+        t = trained_policy(u)
+        group = "held-out" if u["username"] in heldout else "tuning"
+        if t is not None:
+            groups[group].append(t["win_rate"]["rate"])
+            if t.get("retest"):
+                spreads.append(t["retest"]["spread"])
+        retest = t.get("retest") if t else None
+        retest_s = f"{_pct(retest['rate'])} ({100 * retest['spread']:.1f} pts)" if retest else "–"
+        kl_s = "–" if not t or kl.get(t["adapter"]) is None else f"{kl[t['adapter']]:.3f}"
+        held = " (held out)" if group == "held-out" else ""
+        lines.append(f"| {u['username']} | {u['profile']}{held} | {t['adapter'] if t else 'none'} | "
+                     f"{_pct(t['win_rate']['rate']) if t else '–'} | {_ci(t['win_rate']) if t else '–'} | {retest_s} | "
+                     f"{u['adapter'] or 'base'} | {_pct(u['win_rate']['rate'])} | {kl_s} |")
+    lines.append("")
+    for g, rates in groups.items():
+        if rates:
+            lo, hi = bootstrap_interval(rates, 0.95, 2000, 0)
+            lines.append(f"- mean trained win rate, {g}: {_pct(sum(rates) / len(rates))} over {len(rates)} users "
+                         f"(95% bootstrap over users {_pct(lo)}–{_pct(hi)}); at or above 70%: "
+                         f"{sum(r >= 0.7 for r in rates)} of {len(rates)}")
+    if spreads:
+        lines.append(f"- test-retest spread of a user's win rate: mean {100 * sum(spreads) / len(spreads):.1f} points, "
+                     f"largest {100 * max(spreads):.1f}")
+    lines += ["", "| policy | harmful share (red-team) | 95% interval (prompts) | flagged / replies |", "|---|---|---|---|"]
+    for label, h in report["harm"].items():
+        lines.append(f"| {label} | {_pct(h['harmful_share'])} | {_ci(h)} | {h.get('count', '–')}/{h['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Variant A minus variant B, per user and pooled: the trained adapters' per-prompt win rates
+    against the base, paired by prompt (both runs used the same seeds and the same cached base)."""
+    per_user, pooled_a, pooled_b = {}, [], []
+    users_b = {u["username"]: u for u in b["users"]}
+    for ua in a["users"]:
+        ub = users_b.get(ua["username"])
+        ta, tb = trained_policy(ua), trained_policy(ub) if ub else None
+        if ta is None or tb is None:
+            continue
+        pa, pb = ta["win_rate"].get("per_prompt"), tb["win_rate"].get("per_prompt")
+        if not pa or not pb or len(pa) != len(pb):
+            continue
+        per_user[ua["username"]] = {"a": ta["win_rate"]["rate"], "b": tb["win_rate"]["rate"], **paired_difference(pa, pb)}
+        pooled_a += pa
+        pooled_b += pb
+    return {"per_user": per_user, "pooled": paired_difference(pooled_a, pooled_b)}
+
+
+def render_comparison(result: dict[str, Any], name_a: str, name_b: str) -> str:
+    lines = [f"| user | {name_a} | {name_b} | difference | 95% interval (paired, prompts) |", "|---|---|---|---|---|"]
+    for user, r in result["per_user"].items():
+        lo, hi = r["bootstrap"]
+        lines.append(f"| {user} | {_pct(r['a'])} | {_pct(r['b'])} | {100 * r['difference']:+.1f} pts | "
+                     f"{100 * lo:+.1f} to {100 * hi:+.1f} |")
+    p = result["pooled"]
+    if p["difference"] is not None:
+        lo, hi = p["bootstrap"]
+        lines.append(f"| all ({p['n']} user-prompts) | | | {100 * p['difference']:+.1f} pts | {100 * lo:+.1f} to {100 * hi:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``assistant protocol`` (service/cli.py adds them to its sub-parser)."""
+    p.add_argument("protocol", choices=[*PROTOCOLS, "compare"],
+                   help="quick (tuning profiles, ~30 min), full (every profile, ~75 min), smoke (toy size), "
+                        "or compare A B (two results folders, paired)")
+    p.add_argument("results", nargs="*", type=Path, help="compare: the two results folders (A B)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default docs/results/<date>-<protocol>[-<name>])")
+    p.add_argument("--name", default="", help="the variant's name, in the default results folder")
+    p.add_argument("--fixtures", type=Path, default=None,
+                   help="where the frozen round-1 fixtures and the base-reply cache live (default <data_dir>/fixtures)")
+    p.add_argument("--ppo-steps", type=int, default=None, help="PPO steps per adapter (default: the protocol's, 8)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a training setting of the variant under test, e.g. ASSISTANT_GATE_PREFERENCE=either (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="the evaluation's seed set (the same in runs compared)")
+
+
+def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | None = None) -> Path:
+    if settings is None:
+        from service.settings import get_settings
+
+        settings = get_settings()
+    if args.protocol == "compare":
+        if len(args.results) != 2:
+            sys.exit("assistant protocol compare: name two results folders, A and B")
+        a, b = (json.loads((d / "report.json").read_text()) for d in args.results)
+        table = render_comparison(compare_reports(a, b), args.results[0].name, args.results[1].name)
+        print(table)
+        return args.results[0]
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("ASSISTANT_"):
+            sys.exit(f"assistant protocol: --set {item!r} must look like ASSISTANT_NAME=VALUE")
+        overrides[name] = value
+    if args.ppo_steps is not None and args.ppo_steps < 0:
+        sys.exit("assistant protocol: --ppo-steps must be >= 0")
+    from service.model_loading import ModelNotFound, resolve_model_path
+
+    try:
+        resolve_model_path(settings)  # provisions the embedded model on first use
+    except ModelNotFound as exc:
+        sys.exit(f"assistant protocol: {exc}")
+    protocol = PROTOCOLS[args.protocol]
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    out = args.out or REPO / "docs" / "results" / "-".join(x for x in (day, args.protocol, args.name) if x)
+    fixtures = args.fixtures or settings.data_dir / "fixtures"
+    try:
+        run_protocol(protocol, fixtures=fixtures, out=out, models=settings.data_dir / "models", ppo_steps=args.ppo_steps,
+                     settings=overrides, seed=args.seed, argv=argv)
+    except ProtocolError as exc:
+        sys.exit(f"assistant protocol: {exc}")
+    print(f"protocol {protocol.name}: {out / 'summary.md'}")
+    return out

@@ -1,0 +1,50 @@
+"""``assistant protocol`` at smoke size, end to end on the real model: the frozen fixture is made once
+and reused, training runs a fixed number of PPO steps on a copy, the evaluation reads the base's
+replies from the shared cache on the second run, and two runs compare paired."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from learning.sim.protocol import add_protocol_arguments, compare_reports, main_protocol
+from service.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_protocol_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_dir, capsys):
+    settings = Settings(data_dir=model_data_dir, dev_mode=True)
+    fixtures = tmp_path / "fixtures"
+    first = main_protocol(_args(["smoke", "--out", str(tmp_path / "a"), "--fixtures", str(fixtures)]), settings)
+    record = json.loads((first / "protocol.json").read_text())
+    assert record["wall_s"]["fixture"] > 0 and record["training_settings"]["ASSISTANT_PPO_STEPS"] == "1"
+    assert record["training_settings"]["ASSISTANT_JOB_TIME_BUDGET_S"] == "0" and record["machine"]["cores"]
+    fixture = json.loads((fixtures / "smoke" / "fixture.json").read_text())
+    assert [u["profile"] for u in fixture["users"]] == ["concise", "detailed"]
+    report = json.loads((first / "report.json").read_text())
+    assert report["timings"]["base_cache"]["drawn"] > 0 and report["config"]["samples"] == 2
+    trained = [u for u in report["users"] if u["adapter"] or u["candidate"]]
+    assert trained, report["users"]
+    assert "| smoke1-detailed | detailed |" in (first / "summary.md").read_text()
+    assert not (first / "work" / "adapters").exists()
+
+    # the ablation's shape: the same fixture, the warm start alone; the base comes from the cache
+    second = main_protocol(_args(["smoke", "--out", str(tmp_path / "b"), "--fixtures", str(fixtures),
+                                  "--ppo-steps", "0"]), settings)
+    again = json.loads((second / "protocol.json").read_text())
+    assert again["wall_s"]["fixture"] == 0.0 and again["training_settings"]["ASSISTANT_PPO_STEPS"] == "0"
+    assert json.loads((second / "report.json").read_text())["timings"]["base_cache"]["drawn"] == 0
+
+    result = compare_reports(report, report)
+    assert all(r["difference"] == 0.0 for r in result["per_user"].values()) and result["per_user"]
+    main_protocol(_args(["compare", str(first), str(second)]), settings)
+    assert "difference" in capsys.readouterr().out
