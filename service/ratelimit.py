@@ -34,6 +34,13 @@ class SlidingWindow:
         with self._lock:
             self._events[key].append(self.clock())
 
+    def discard(self, key: str) -> None:
+        """Take back ``key``'s newest event (a reserved attempt that turned out not to count)."""
+        with self._lock:
+            events = self._events.get(key)
+            if events:
+                events.pop()
+
     def _check(self, key: str, count: bool) -> float | None:
         if self.limit <= 0:
             return None

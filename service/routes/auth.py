@@ -65,16 +65,17 @@ def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Reques
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "username or password too long")
     throttle: SignInThrottle = request.app.state.sign_in
     address, account = client_address(request), form.username.strip().lower()
-    wait = throttle.retry_after(account, address)
+    wait = throttle.reserve(account, address)  # counted as a failure until the password proves right
     if wait is not None:
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many failed sign-ins; wait before trying again",
                             headers={"Retry-After": str(int(wait) + 1)})
     # A NUL cannot be in a username, and PostgreSQL refuses to compare text containing one.
     user = None if "\x00" in form.username else authenticate(session, form.username, form.password)
     if user is None:
-        failures = throttle.failed(account, address)
-        logger.warning("failed sign-in for %r from %s (%d in the window)", account[:64], address, failures)
+        logger.warning("failed sign-in for %r from %s (%d in the window)", account[:64], address,
+                       throttle.accounts.count(account))
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
+    throttle.succeeded(account, address)
     access = create_token(settings, user)
     response.set_cookie(
         COOKIE_NAME, access, httponly=True, samesite="lax", max_age=settings.token_ttl_minutes * 60,

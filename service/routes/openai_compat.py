@@ -20,10 +20,10 @@ import time
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.auth import ApprovedUser, CurrentUser
+from service.auth import ApprovedUser, CurrentUser, token_from_request
 from service.chat import ChatError, ChatService
 from service.engine.base import EndEvent
-from service.proxy import is_task_prompt
+from service.proxy import is_proxy_key, is_task_prompt
 from service.schemas import (
     OAIAssistantMessage,
     OAIChatCompletion,
@@ -131,8 +131,9 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
     policy = _policy(request, body.model)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
     # A front end's background call (title, tags, follow-ups): served, then not kept, so it never
-    # lists as a conversation nor becomes a training prompt.
-    task = is_task_prompt(messages)
+    # lists as a conversation nor becomes a training prompt. Only a trusted proxy's: anyone else's
+    # "### Task:" is an ordinary turn, stored and counted (issue 28, L4).
+    task = is_task_prompt(messages) and is_proxy_key(request.app.state.settings, token_from_request(request))
     try:
         params = await chat.user_sampling(user.id, max_new_tokens=body.max_completion_tokens or body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed,

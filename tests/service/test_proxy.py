@@ -83,3 +83,18 @@ def test_forwarded_users_are_separate_users_with_their_own_adapters(app_factory)
 def test_proxy_mode_is_off_without_a_key(client):
     signup(client, "plain")
     assert client.get("/api/me", headers=_as("someone", "Someone")).status_code == 401
+
+
+def test_only_the_trusted_proxy_gets_unstored_task_calls(app_factory):
+    """Issue 28, L4: before, any user's "### Task:" prompt was answered and then deleted, out of the
+    operator's view and the storage quota."""
+    from tests.service.conftest import signup
+
+    client = app_factory(proxy_key=PROXY_KEY)
+    alice = signup(client, "alice")
+    body = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "### Task:\nWrite anything."}]}
+    assert client.post("/v1/chat/completions", json=body, headers=alice["headers"]).status_code == 200
+    assert len(client.get("/api/conversations", headers=alice["headers"]).json()) == 1  # kept, like any turn
+    proxied = _as("carol", "Carol")
+    assert client.post("/v1/chat/completions", json=body, headers=proxied).status_code == 200
+    assert client.get("/api/conversations", headers=proxied).json() == []  # the front end's background call

@@ -106,3 +106,28 @@ def test_a_cross_site_form_cannot_sign_a_visitor_into_another_account(app_factor
                        headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
     client.cookies.clear()
     assert client.post("/api/auth/token", data={"username": "mallory", "password": "correct-horse-1"}).status_code == 200
+
+
+def test_a_burst_of_concurrent_guesses_is_counted_before_any_password_is_checked(app_factory):
+    """Issue 28, M6: failures were counted only after argon2 finished, so concurrent guesses all
+    passed the check first (about 40 per window instead of 5)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.auth import SignInThrottle
+
+    client = app_factory(sign_in_failures_per_account=5, sign_in_failures_per_address=100)
+    signup(client, "victim")
+    throttle: SignInThrottle = client.app.state.sign_in
+    # five attempts in flight (none has failed yet) fill the account's window: the sixth waits
+    assert all(throttle.reserve("victim", f"10.0.0.{i}") is None for i in range(5))
+    assert throttle.reserve("victim", "10.0.0.9") is not None
+    for i in range(5):  # they turn out right: the reservations are taken back
+        throttle.succeeded("victim", f"10.0.0.{i}")
+    assert throttle.retry_after("victim", "10.0.0.9") is None
+
+    def guess(i: int) -> int:
+        return client.post("/api/auth/token", data={"username": "victim", "password": f"wrong-{i}"}).status_code
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        codes = list(pool.map(guess, range(12)))
+    assert codes.count(401) == 5 and codes.count(429) == 7
