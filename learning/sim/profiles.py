@@ -12,7 +12,10 @@ person would. The same function then judges held-out replies in ``learning.sim.e
 Built-in profiles: ``concise``, ``detailed``, ``bulleted``, ``formal``, ``enthusiastic`` (users),
 ``helpful`` (a neutral judge for the benign-prompt helpfulness win rate; usable as a user too),
 and the held-out ``casual``, ``structured``, ``curious`` (never used to tune anything: they test
-whether the product learns people it was not designed around).
+whether the product learns people it was not designed around). The held-out ``direct``,
+``analogies``, ``british``, ``summarised`` and ``plain`` (``NOVEL_PROFILES``) go further: each
+prefers a property of the text that none of the product's reply traits (``learning/traits.py``)
+was written to measure.
 
 Operators define their own in a JSON or TOML file (``load_profiles``)::
 
@@ -106,6 +109,64 @@ def _nonblank_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
 
 
+# Properties of the text that the product's reply traits were not written for (issue 26): the
+# "novel" held-out profiles prefer them, to test whether the product learns what nobody wrote a
+# feature for. Defined here, for the simulator only; nothing in training reads this module.
+PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|great question|good question|absolutely|well|okay|ok|so|"
+                      r"i(?:'|’)?d be (?:happy|glad)|i can help|let me|here(?:'|’)?s|here is|thank you|thanks)\b",
+                      re.IGNORECASE)
+ANALOGY = re.compile(r"\b(?:is like|are like|like a|like an|as if|as though|think of|imagine|similar to|just as|"
+                     r"the same way|picture a|picture an|akin to|compare it to)\b", re.IGNORECASE)
+SUMMARY_LINE = re.compile(r"^\W*(?:in short|in summary|to sum up|summary|tl;?dr|bottom line|in a nutshell|"
+                          r"overall|in brief)\b", re.IGNORECASE)
+BRITISH = re.compile(r"\b(?:colour|flavour|favour|favourite|behaviour|honour|neighbour|labour|humour|harbour|"
+                     r"centre|metre|litre|theatre|fibre|grey|whilst|amongst|programme|travelled|travelling|"
+                     r"cancelled|jewellery|cheque|tyre|aluminium|mum|maths|"
+                     r"\w+is(?:e|es|ed|ing|ation|ations))\b", re.IGNORECASE)
+AMERICAN = re.compile(r"\b(?:color|flavor|favor|favorite|behavior|honor|neighbor|labor|humor|harbor|"
+                      r"center|liter|theater|fiber|gray|traveled|traveling|canceled|jewelry|"
+                      r"aluminum|mom|\w+iz(?:e|es|ed|ing|ation|ations))\b", re.IGNORECASE)
+# -ise and -ize words spelt so on both sides of the Atlantic: they say nothing about the writer
+BOTH_SPELLINGS = frozenset(
+    "raise praise arise rise otherwise likewise clockwise wise advise devise revise supervise televise improvise "
+    "exercise promise premise compromise surprise enterprise expertise merchandise advertise franchise paradise "
+    "concise precise disguise despise noise poise cruise bruise chemise treatise size prize seize capsize "
+    "maize baize".split())
+FILLER_WORDS = frozenset("basically actually really very just literally quite simply totally definitely honestly "
+                         "essentially certainly truly obviously clearly surely".split())
+
+
+def _first_sentence_answers(prompt: str, reply: str) -> float:
+    """1 if the reply's first sentence is short, skips the preamble and names what was asked."""
+    text = reply.strip()
+    if not text:
+        return 0.0
+    first = re.split(r"(?<=[.!?])\s|\n", text, maxsplit=1)[0]
+    words = _words(first)
+    if not words or PREAMBLE.match(first):
+        return 0.0
+    short = 1.0 if len(words) <= 20 else 0.5
+    return short * (1.0 if _relevance(prompt, first) > 0 else 0.5)
+
+
+def _spelling(reply: str) -> float:
+    """(British - American spellings) / both, in [-1, 1]; 0 when the reply has neither."""
+    def count(pattern: re.Pattern) -> int:
+        return sum(m.group(0).lower().rstrip("sd") not in BOTH_SPELLINGS and m.group(0).lower() not in BOTH_SPELLINGS
+                   for m in pattern.finditer(reply))
+
+    b, a = count(BRITISH), count(AMERICAN)
+    return (b - a) / (b + a) if b + a else 0.0
+
+
+def _summary_line(reply: str) -> float:
+    lines = _nonblank_lines(reply)
+    if len(lines) < 2:
+        return 0.0
+    last = lines[-1]
+    return 1.0 if SUMMARY_LINE.match(last) and len(_words(last)) <= 30 else 0.0
+
+
 # name -> (description, function(prompt, reply) -> float). The order is the documented order.
 FEATURES: dict[str, tuple[str, Callable[[str, str], float]]] = {
     "length": ("words in the reply / 100, capped at 3",
@@ -135,6 +196,17 @@ FEATURES: dict[str, tuple[str, Callable[[str, str], float]]] = {
                   _relevance),
     "refusal": ("1 if the reply refuses (\"I can't help\", \"I'm sorry, but\"), else 0",
                 lambda p, r: 1.0 if REFUSAL.search(r) else 0.0),
+    "answer_first": ("1 if the first sentence is short (20 words or fewer), names something the prompt asked about "
+                     "and does not open with a preamble (\"Sure\", \"Great question\", \"I'd be happy to\"); "
+                     "0.5 for half of that", _first_sentence_answers),
+    "analogy": ("analogies (\"is like\", \"imagine\", \"think of\", \"just as\") / 2, capped at 1",
+                lambda p, r: min(2, len(ANALOGY.findall(r))) / 2.0),
+    "british": ("(British - American spellings) / both: colour, centre, -ise vs color, center, -ize; in [-1, 1]",
+                lambda p, r: _spelling(r)),
+    "summary_line": ("1 if the last of two or more lines is a one-line summary (\"In short\", \"TL;DR\", "
+                     "\"Overall\")", lambda p, r: _summary_line(r)),
+    "filler": ("10 x share of filler words (basically, actually, really, very, just, literally), capped at 1",
+               lambda p, r: _rate(_words(r), FILLER_WORDS, 10.0)),
 }
 
 
@@ -256,10 +328,29 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         Profile("curious", {"questions": 2.0, "length": 0.5, "exclamations": -0.5, "empty": -3.0, "relevance": 1.0},
                 description="replies that ask a follow-up question back",
                 up_reasons=("helpful",), down_reasons=("unhelpful",)),
+        # Held out as well, and of another kind (``NOVEL_PROFILES``, issue 26): each prefers a property
+        # of the text that none of the product's reply traits was written to measure. Written without
+        # looking at the traits, never used to tune anything, reported apart.
+        Profile("direct", {"answer_first": 2.0, "empty": -3.0, "relevance": 0.5},
+                description="the answer in the first sentence, no preamble", up_reasons=("concise",),
+                down_reasons=("unhelpful",)),
+        Profile("analogies", {"analogy": 2.0, "empty": -3.0, "relevance": 0.5},
+                description="explanations through analogies and comparisons", up_reasons=("creative",),
+                down_reasons=("unhelpful",)),
+        Profile("british", {"british": 2.0, "empty": -3.0, "relevance": 0.5},
+                description="British spelling (colour, centre, organise), not American",
+                up_reasons=("accurate",), down_reasons=("inaccurate",)),
+        Profile("summarised", {"summary_line": 2.0, "empty": -3.0, "relevance": 0.5},
+                description="a one-line summary at the end", up_reasons=("well_formatted",),
+                down_reasons=("unhelpful",)),
+        Profile("plain", {"filler": -2.0, "empty": -3.0, "relevance": 0.5},
+                description="no filler words (basically, actually, really, just)", up_reasons=("concise",),
+                down_reasons=("unhelpful",)),
     )
 }
 USER_PROFILES = ("concise", "detailed", "bulleted", "formal", "enthusiastic")
 HELDOUT_PROFILES = ("casual", "structured", "curious")
+NOVEL_PROFILES = ("direct", "analogies", "british", "summarised", "plain")
 
 
 def profile_from_dict(name: str, spec: Mapping[str, Any], problems: list[str]) -> Profile | None:

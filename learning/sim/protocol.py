@@ -67,6 +67,8 @@ class ProfileSet:
 TUNING = ProfileSet("sim", ("concise", "detailed", "bulleted", "formal", "enthusiastic"), seed=0)
 # Never used to tune anything: only the full protocol trains and evaluates them.
 HELDOUT = ProfileSet("held", ("casual", "structured", "curious"), seed=1)
+# Held out too, of another kind (issue 26): each prefers a property no reply trait measures.
+NOVEL = ProfileSet("novel", ("direct", "analogies", "british", "summarised", "plain"), seed=2)
 SMOKE = ProfileSet("smoke", ("concise", "detailed"), seed=0, ratings=4, max_new_tokens=8)
 
 # Training settings of the smoke size: the smallest run that still trains, gates and publishes.
@@ -93,7 +95,10 @@ class Protocol:
     """Training settings every run of this protocol uses."""
 
 
-FIXTURES: dict[str, tuple[ProfileSet, ...]] = {"tuning": (TUNING,), "all": (TUNING, HELDOUT), "smoke": (SMOKE,)}
+FIXTURES: dict[str, tuple[ProfileSet, ...]] = {"tuning": (TUNING,), "all": (TUNING, HELDOUT), "novel": (NOVEL,),
+                                               "smoke": (SMOKE,)}
+GROUPS = {TUNING.prefix: "tuning", HELDOUT.prefix: "held-out", NOVEL.prefix: "held-out, no trait measures it",
+          SMOKE.prefix: "tuning"}
 
 PROTOCOLS = {
     "quick": Protocol("quick", "tuning", users_only=True, ppo_steps=8, evaluate=(
@@ -102,6 +107,10 @@ PROTOCOLS = {
     "full": Protocol("full", "all", users_only=False, ppo_steps=8, evaluate=(
         "--samples", "4", "--base-samples", "4", "--red-team-samples", "8", "--base-red-team-samples", "16",
         "--benign-samples", "2", "--kl", "batched", "--batch-size", "32")),
+    # for the record, like full: never decide anything on it
+    "novel": Protocol("novel", "novel", users_only=True, ppo_steps=8, evaluate=(
+        "--samples", "4", "--base-samples", "4", "--red-team-samples", "4", "--base-red-team-samples", "16",
+        "--benign-samples", "2", "--kl", "metadata", "--batch-size", "32")),
     "smoke": Protocol("smoke", "smoke", users_only=True, ppo_steps=1, evaluate=(
         "--heldout", "3", "--red-team", "3", "--benign", "2", "--max-new-tokens", "8", "--samples", "2",
         "--base-samples", "2", "--red-team-samples", "2", "--base-red-team-samples", "2", "--benign-samples", "1",
@@ -279,8 +288,7 @@ def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path,
     record["wall_s"]["total"] = round(sum(v for v in record["wall_s"].values()), 1)
     record["finished_at"] = datetime.now(timezone.utc).isoformat()
     (out / "protocol.json").write_text(json.dumps(record, indent=2))
-    (out / "summary.md").write_text(render_summary(record, report, {u["username"] for u in users
-                                                                     if u["username"].startswith(HELDOUT.prefix)}))
+    (out / "summary.md").write_text(render_summary(record, report))
     shutil.rmtree(work / "adapters", ignore_errors=True)  # the weights stay out of the record (the report names them)
     return record
 
@@ -296,7 +304,34 @@ def trained_policy(user: dict[str, Any]) -> dict[str, Any] | None:
     """What training produced for a user, served or not: the newest candidate, else the served adapter."""
     if user.get("candidate"):
         return user["candidate"]
-    return {"adapter": user["adapter"], "win_rate": user["win_rate"], "retest": user.get("retest")} if user["adapter"] else None
+    return {"adapter": user["adapter"], "win_rate": user["win_rate"], "retest": user.get("retest"),
+            "status": "promoted"} if user["adapter"] else None
+
+
+GOOD_WIN_RATE = 0.6
+
+
+def gate_confusion(report: dict[str, Any]) -> dict[str, int]:
+    """The gate's verdicts on this run's personal candidates against the evaluation's truth: "good" =
+    win rate >= 60% and a harmful share no higher than the base's; "worse" = win rate below 50%
+    (its interval's upper end, too) or more harmful than the base beyond the intervals."""
+    base_harm = report["harm"].get("base", {})
+    out = {"good": 0, "good_rejected": 0, "worse": 0, "worse_promoted": 0, "candidates": 0}
+    for u in report["users"]:
+        t = trained_policy(u)
+        if t is None:
+            continue
+        h = report["harm"].get(t["adapter"], {})
+        promoted = t.get("status") == "promoted"
+        good = t["win_rate"]["rate"] >= GOOD_WIN_RATE and (h.get("harmful_share") or 0) <= (base_harm.get("harmful_share") or 0)
+        worse = (t["win_rate"]["bootstrap"][1] < 0.5
+                 or (h.get("bootstrap") and base_harm.get("bootstrap") and h["bootstrap"][0] > base_harm["bootstrap"][1]))
+        out["candidates"] += 1
+        out["good"] += good
+        out["good_rejected"] += good and not promoted
+        out["worse"] += bool(worse)
+        out["worse_promoted"] += bool(worse) and promoted
+    return out
 
 
 def _pct(x: float | None) -> str:
@@ -308,7 +343,11 @@ def _ci(w: dict[str, Any]) -> str:
     return "–" if lo is None else f"{_pct(lo)}–{_pct(hi)}"
 
 
-def render_summary(record: dict[str, Any], report: dict[str, Any], heldout: set[str]) -> str:
+def _group(username: str) -> str:
+    return GROUPS.get(username.split("-", 1)[0].rstrip("0123456789"), "tuning")
+
+
+def render_summary(record: dict[str, Any], report: dict[str, Any]) -> str:
     kl = report.get("kl", {})
     lines = [f"# Protocol `{record['protocol']}`, {record['started_at'][:16]} UTC", "",
              f"- command: `{record['command']}`", f"- commit: `{record['commit']}`",
@@ -317,13 +356,13 @@ def render_summary(record: dict[str, Any], report: dict[str, Any], heldout: set[
              f"- training settings: `{' '.join(f'{k}={v}' for k, v in record['training_settings'].items())}`",
              f"- evaluation: `{' '.join(record['evaluate'])}`",
              f"- wall time: {', '.join(f'{k} {v / 60:.1f} min' for k, v in record['wall_s'].items())}", "",
-             "| user | profile | trained adapter | win rate vs base | 95% interval (prompts) | retest (spread) | "
-             "served | served win rate | KL/token |", "|---|---|---|---|---|---|---|---|---|"]
-    groups: dict[str, list[float]] = {"tuning": [], "held-out": []}
+             "| user | profile | trained adapter | gate | win rate vs base | 95% interval (prompts) | retest (spread) | "
+             "served | served win rate | KL/token |", "|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[str, list[float]] = {g: [] for g in dict.fromkeys(GROUPS.values())}
     spreads: list[float] = []
     for u in report["users"]:
         t = trained_policy(u)
-        group = "held-out" if u["username"] in heldout else "tuning"
+        group = _group(u["username"])
         if t is not None:
             groups[group].append(t["win_rate"]["rate"])
             if t.get("retest"):
@@ -331,8 +370,9 @@ def render_summary(record: dict[str, Any], report: dict[str, Any], heldout: set[
         retest = t.get("retest") if t else None
         retest_s = f"{_pct(retest['rate'])} ({100 * retest['spread']:.1f} pts)" if retest else "–"
         kl_s = "–" if not t or kl.get(t["adapter"]) is None else f"{kl[t['adapter']]:.3f}"
-        held = " (held out)" if group == "held-out" else ""
+        held = f" ({group})" if group != "tuning" else ""
         lines.append(f"| {u['username']} | {u['profile']}{held} | {t['adapter'] if t else 'none'} | "
+                     f"{t.get('status', '–') if t else '–'} | "
                      f"{_pct(t['win_rate']['rate']) if t else '–'} | {_ci(t['win_rate']) if t else '–'} | {retest_s} | "
                      f"{u['adapter'] or 'base'} | {_pct(u['win_rate']['rate'])} | {kl_s} |")
     lines.append("")
@@ -345,6 +385,10 @@ def render_summary(record: dict[str, Any], report: dict[str, Any], heldout: set[
     if spreads:
         lines.append(f"- test-retest spread of a user's win rate: mean {100 * sum(spreads) / len(spreads):.1f} points, "
                      f"largest {100 * max(spreads):.1f}")
+    g = gate_confusion(report)
+    lines.append(f"- the gate on these {g['candidates']} candidates: {g['good']} good (win rate >= {GOOD_WIN_RATE:.0%}, "
+                 f"harm no higher than the base's), {g['good_rejected']} of them refused; {g['worse']} worse (win rate "
+                 f"interval below 50% or harm above the base's beyond both intervals), {g['worse_promoted']} of them promoted")
     lines += ["", "| policy | harmful share (red-team) | 95% interval (prompts) | flagged / replies |", "|---|---|---|---|"]
     for label, h in report["harm"].items():
         lines.append(f"| {label} | {_pct(h['harmful_share'])} | {_ci(h)} | {h.get('count', '–')}/{h['n']} |")
@@ -385,10 +429,11 @@ def render_comparison(result: dict[str, Any], name_a: str, name_b: str) -> str:
 
 def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``assistant protocol`` (service/cli.py adds them to its sub-parser)."""
-    p.add_argument("protocol", choices=[*PROTOCOLS, "compare"],
-                   help="quick (tuning profiles, ~30 min), full (every profile, ~75 min), smoke (toy size), "
-                        "or compare A B (two results folders, paired)")
-    p.add_argument("results", nargs="*", type=Path, help="compare: the two results folders (A B)")
+    p.add_argument("protocol", choices=[*PROTOCOLS, "compare", "summary"],
+                   help="quick (tuning profiles, ~30 min), full (every profile, ~75 min), novel (the profiles no "
+                        "trait measures, ~30 min, for the record), smoke (toy size), "
+                        "compare A B (two results folders, paired), or summary DIR... (re-render summary.md)")
+    p.add_argument("results", nargs="*", type=Path, help="compare: the two results folders (A B); summary: folders")
     p.add_argument("--out", type=Path, default=None, help="results folder (default docs/results/<date>-<protocol>[-<name>])")
     p.add_argument("--name", default="", help="the variant's name, in the default results folder")
     p.add_argument("--fixtures", type=Path, default=None,
@@ -404,6 +449,12 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
         from service.settings import get_settings
 
         settings = get_settings()
+    if args.protocol == "summary":  # re-render a results folder's summary.md (after a change to this page)
+        for d in args.results:
+            record, report = (json.loads((d / n).read_text()) for n in ("protocol.json", "report.json"))
+            (d / "summary.md").write_text(render_summary(record, report))
+            print(f"{d / 'summary.md'}")
+        return args.results[0] if args.results else Path(".")
     if args.protocol == "compare":
         if len(args.results) != 2:
             sys.exit("assistant protocol compare: name two results folders, A and B")

@@ -105,3 +105,28 @@ def test_prompt_sets_are_disjoint():
         for b in sets[i + 1:]:
             assert not a & b
     assert len(P.RED_TEAM_PROMPTS) >= 60 and len(P.HELDOUT_PROMPTS) >= 40
+
+
+def test_the_novel_profiles_prefer_what_they_say():
+    from learning.sim.profiles import BUILTIN_PROFILES as P, NOVEL_PROFILES, features
+
+    assert set(NOVEL_PROFILES) <= set(P)
+    q = "How do I organise my week?"
+    preamble = "Sure! I'd be happy to help you with your week. Plan it on Sunday."
+    direct = "Plan your week on Sunday evening. Then block time for each task."
+    assert features(q, direct)["answer_first"] == 1.0  # short, no preamble, names the week
+    assert features(q, "Plan it on Sunday.")["answer_first"] == 0.5  # names nothing the prompt asked about
+    assert features(q, preamble)["answer_first"] == 0.0
+    assert P["direct"].prefers(q, "Plan your week on Sunday.", preamble) == 1.0
+    analogy = "Think of a week like a suitcase: pack the big things first."
+    assert features(q, analogy)["analogy"] == 1.0 and P["analogies"].prefers(q, analogy, direct) == 1.0
+    # spelling: British counts up, American down, words spelt alike on both sides count for neither
+    assert features(q, "Organise a colour-coded centre.")["british"] == 1.0
+    assert features(q, "Organize a color-coded center.")["british"] == -1.0
+    assert features(q, "Raise a prize, advise otherwise, mind the size.")["british"] == 0.0
+    assert P["british"].prefers(q, "Organise it by colour.", "Organize it by color.") == 1.0
+    summary = "Plan on Sunday.\nBlock time for tasks.\nIn short: plan ahead."
+    assert features(q, summary)["summary_line"] == 1.0 and features(q, "In short: plan.")["summary_line"] == 0.0
+    filler = "Basically you really just plan it, actually."
+    # 4 filler words of 7: 10 x 4/7, capped at 1
+    assert features(q, filler)["filler"] == 1.0 and P["plain"].prefers(q, "Plan it on Sunday.", filler) == 1.0
