@@ -4,9 +4,16 @@
 import { el, formatNumber, formatTime } from './util.js';
 import { lineChart, numericKeys } from './charts.js';
 
-// Shown first when present (the learning job groups metrics by prefix, CleanRL-style).
-export const KEY_METRICS = ['reward/mean', 'kl/mean', 'harm/rate'];
-const TITLES = { 'reward/mean': 'Reward (mean)', 'kl/mean': 'KL to base (mean)', 'harm/rate': 'Harm rate' };
+// Shown first when present (the learning job groups metrics by prefix, CleanRL-style): the gate's
+// measurement of the adapter itself (learning/gate.py PolicyEval.as_metrics("gate/candidate")),
+// written for every adapter whatever its training did; tests/frontend/test_metric_keys.py holds
+// these names to the trainer's.
+export const KEY_METRICS = ['gate/candidate/mean_reward', 'gate/candidate/kl_per_token', 'gate/candidate/harm_rate'];
+const TITLES = {
+  'gate/candidate/mean_reward': 'Reward (mean)',
+  'gate/candidate/kl_per_token': 'KL to base (per token)',
+  'gate/candidate/harm_rate': 'Harm rate',
+};
 
 export const metricTitle = (key) => TITLES[key] || key;
 

@@ -102,9 +102,9 @@ def test_phone_width_layout(browser, server):
 def test_operator_dashboard_renders_runs_adapters_and_plots(page, server):
     """The dashboard's rendering, fed fixed API answers (shapes from the API contract)."""
     versions = [
-        {"version": 1, "status": "retired", "created_at": "2026-11-20T02:00:00", "metrics": {"reward/mean": 0.12, "kl/mean": 0.010, "harm/rate": 0.05, "ppo/approx_kl": 0.002}},
-        {"version": 2, "status": "promoted", "created_at": "2026-11-21T02:00:00", "metrics": {"reward/mean": 0.31, "kl/mean": 0.022, "harm/rate": 0.03, "ppo/approx_kl": 0.003}},
-        {"version": 3, "status": "rejected", "reason": "harm rate rose", "created_at": "2026-11-22T02:00:00", "metrics": {"reward/mean": 0.40, "note": "text is skipped"}},
+        {"version": 1, "status": "retired", "created_at": "2026-11-20T02:00:00", "metrics": {"gate/candidate/mean_reward": 0.12, "gate/candidate/kl_per_token": 0.010, "gate/candidate/harm_rate": 0.05, "ppo/approx_kl": 0.002}},
+        {"version": 2, "status": "promoted", "created_at": "2026-11-21T02:00:00", "metrics": {"gate/candidate/mean_reward": 0.31, "gate/candidate/kl_per_token": 0.022, "gate/candidate/harm_rate": 0.03, "ppo/approx_kl": 0.003}},
+        {"version": 3, "status": "rejected", "reason": "harm rate rose", "created_at": "2026-11-22T02:00:00", "metrics": {"gate/candidate/mean_reward": 0.40, "note": "text is skipped"}},
     ]
     answers = {
         ("GET", "/api/admin/users"): [{"id": 1, "username": "admin", "role": "operator"}, {"id": 2, "username": "alice", "role": "user"}],

@@ -118,8 +118,8 @@ def _admin_training_routes(base: str) -> bool:
 
 def test_simulate_train_through_admin_api_then_evaluate(service, tmp_path):
     base, data, env = service
-    if not _admin_training_routes(base):
-        pytest.skip("POST /api/admin/training-runs is not served yet (service/routes/admin.py)")
+    # the admin route is the contract the simulation trains through: broken is a failure, never a skip
+    assert _admin_training_routes(base), "GET /api/admin/training-runs does not answer 200 (service/routes/admin.py)"
     worker_log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env, stdout=worker_log,
                               stderr=subprocess.STDOUT)
