@@ -115,7 +115,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_protocol(args: argparse.Namespace) -> None:
     from learning.sim.protocol import main_protocol
 
-    main_protocol(args, _settings(), argv=sys.argv[2:])
+    reading_only = args.protocol in ("compare", "summary")  # results folders: no settings, no model
+    main_protocol(args, None if reading_only else _settings(), argv=sys.argv[2:])
 
 
 def cmd_reward_curve(args: argparse.Namespace) -> None:
