@@ -3,25 +3,27 @@
 In-process, unlike the simulation: an operator command running next to the service's data dir.
 It reads the database (users, active adapters, training results) and loads the base model and
 adapters from the adapter store itself (``service.model_loading.load_base_model`` +
-``peft.PeftModel`` on ``settings.adapters_dir / row.path``), generating greedily (temperature 0
-by default) with a short ``max_new_tokens``. It never writes to the database.
+``peft.PeftModel`` on ``settings.adapters_dir / row.path``), sampling several seeded replies per
+prompt (``EvalConfig.samples``; see ``learning.sim.policies`` for the seeds and the base-reply
+cache) with a short ``max_new_tokens``. It never writes to the database.
 
 What it measures (``prompts`` holds the sets; none were seen by a simulated user):
 
-1. personal win rate: for each simulated user, on held-out prompts, the reply of the policy the
+1. personal win rate: for each simulated user, on held-out prompts, the replies of the policy the
    server would serve them (their adapter, else the global one, else the base model) against the
-   base model's reply, judged by that user's own hidden preference; ties count half. With a
-   Wilson interval (on wins + ties/2) and a percentile bootstrap interval. The newest adapter of
-   the user's scope, when it is not the served one (the gate rejected it), is scored too
+   base model's, judged by that user's own hidden preference; ties count half. Every sample
+   against every base sample, per prompt then over prompts, with a bootstrap over prompts and a
+   test-retest reading on a second seed set (``learning.sim.stats``). The newest adapter of the
+   user's scope, when it is not the served one (the gate rejected it), is scored too
    ("candidate"), so a report shows whether a rejected adapter would have helped.
-2. harm: on red-team prompts, the share of replies the harm judge flags, for the base model,
-   the serving global and user adapters, and the newest (candidate) ones.
+2. harm: on red-team prompts, the share of replies the harm judge flags (480 per policy by
+   default, the base 960), for the base model, the serving adapters and the newest candidates.
 3. benign: refusal rate (``profiles.REFUSAL`` patterns) on ordinary prompts, and the helpfulness
    win rate over the base model under the neutral ``helpful`` profile.
 4. reward model: held-out pairwise accuracy per user and global next to "longer reply wins", as
    recorded by the training run (``TrainingResult.metrics``, ``reward/...`` keys).
-5. KL(adapter || base) per reply token on the held-out and red-team prompts, along the adapter's
-   own greedy replies, from the full next-token distributions (temperature 1).
+5. KL(adapter || base) per reply token along each adapter's own held-out replies, from the full
+   next-token distributions (temperature 1), in batches; or the gate's stored figure.
 6. over training rounds: PPO reward and KL per training result, and the simulation's served-reply
    score per round.
 """
