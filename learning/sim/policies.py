@@ -94,7 +94,6 @@ class PolicyBank:
         self.model = load_base_model(settings)
         self.peft = None
         self.paths: dict[str, Path] = {}
-        self._cache: dict[tuple[str, tuple[str, ...]], Generation] = {}
         self.sampler = None  # the serving engine (learning.rollouts.EngineSampler), built before PEFT wraps the base
         self.generator_label = "HF generate (float32)"
         self.generator_key = "hf-float32"  # what decides the replies (the label also says why, in words that vary)
@@ -143,14 +142,6 @@ class PolicyBank:
     def render(self, prompt: str) -> str:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                   add_generation_prompt=True)
-
-    def generate(self, label: str | None, prompts: Sequence[str]) -> Generation:
-        key = (label or BASE, tuple(prompts))
-        if key not in self._cache:
-            started = time.monotonic()
-            self._cache[key] = self._generate(label, list(prompts))
-            logger.info("%s: %d replies in %.0f s", label or BASE, len(prompts), time.monotonic() - started)
-        return self._cache[key]
 
     def _generate(self, label: str | None, prompts: list[str], row_seeds: list[int] | None = None) -> Generation:
         """``row_seeds``: one sampling seed per prompt (the batched engine honours them; HF ``generate``
@@ -267,27 +258,4 @@ class PolicyBank:
             kl = (logp_a.exp() * (logp_a - logp_b)).sum(-1)  # (B, L-1)
             total += float(kl[scored.to(kl.device)].sum())
             count += int(scored.sum())
-        return total / count if count else None
-
-    def kl_to_base(self, label: str, *prompt_sets: Sequence[str]) -> float | None:
-        """Mean per-token KL(adapter || base) over the adapter's own replies to every prompt set
-        (each set generated once: the replies already made for the other measurements are reused)."""
-        import torch
-        import torch.nn.functional as F
-
-        gens = [self.generate(label, prompts) for prompts in prompt_sets]
-        total, count = 0.0, 0
-        for seq, plen in ((s, n) for gen in gens for s, n in zip(gen.sequences, gen.prompt_lens)):
-            if len(seq) <= plen:
-                continue
-            ids = torch.tensor([seq], device=self.settings.device)  # (1, L)
-            with torch.no_grad():
-                with self.use(label) as m:
-                    logits_a = m(input_ids=ids).logits[0, plen - 1:-1].float()  # (T, V): predicts each reply token
-                with self.use(None) as m:
-                    logits_b = m(input_ids=ids).logits[0, plen - 1:-1].float()  # (T, V)
-            logp_a, logp_b = F.log_softmax(logits_a, -1), F.log_softmax(logits_b, -1)
-            kl = (logp_a.exp() * (logp_a - logp_b)).sum(-1)  # (T,)
-            total += float(kl.sum())
-            count += kl.numel()
         return total / count if count else None
