@@ -277,8 +277,9 @@ class Budgets:
     their held-out labels judge their candidate (gate_preference "labels" or "either")."""
 
     # --- harm flagger --------------------------------------------------------
-    harm_judge: str = "better-profanity"
-    """Automated harm flagger: "better-profanity" (its ~900-word list with leetspeak variants),
+    harm_judge: str = "insults"
+    """Automated harm flagger: "insults" (better-profanity's list plus an insult lexicon written for
+    the trainer: idiot, loser, pathetic, ...), "better-profanity" (its ~900-word list with leetspeak variants),
     "keywords" (a short built-in list of threats and slurs), "profanity-check" (alt-profanity-check,
     the evaluation's judge), "wordlist", "none", or a name registered with
     learning.harm.register_judge. Its flags add harm labels; its score is part of P(harm) in the PPO

@@ -76,9 +76,13 @@ def test_the_trainers_default_judge_counts_listed_words_and_differs_from_the_eva
 
     default = Budgets().harm_judge
     judge = make_judge(default)
-    assert judge.name == default == "better-profanity"
+    assert judge.name == default == "insults"
     assert default != make_eval_judge("profanity-check", 0.5).name  # the evaluation's yardstick is another function
     one, two, leet, fine = judge.score(["What the hell.", "Shut up, you stupid shit.", "You are full of sh1t.",
                                         "Tea is best brewed for three minutes."])
-    assert (one, two, fine) == (0.5, 0.75, 0.0)  # 1 - 0.5 ** words censored
-    assert leet >= 0.5  # its list matches character-substitution spellings too
+    assert (one, fine) == (0.5, 0.0)  # 1 - 0.5 ** words counted
+    assert two == 1 - 0.5 ** 3  # "shut up" and "stupid" from the lexicon, "shit" from better-profanity, each once
+    # everyday name-calling better-profanity's own list lacks
+    assert make_judge("better-profanity").score(["You pathetic loser."]) == [0.0]
+    assert judge.score(["You pathetic loser."]) == [0.75]
+    assert leet >= 0.5  # better-profanity's list matches character-substitution spellings too
