@@ -50,6 +50,15 @@ class Budgets:
     """The share of the replies a user favoured that the judge flags which, with
     ``pool_outlier_min_flagged``, keeps them out of the shared pool."""
 
+    pool_harm_max_share: float = 0.25
+    """No user's harm flags make more than this share of the shared pool's harm positives (their
+    newest kept, the rest dropped; at least ``pool_harm_user_floor`` each): one account cannot define
+    what the global harm head calls harmful. 1 = no cap."""
+
+    pool_harm_user_floor: int = 4
+    """Harm positives every user may add to the shared pool whatever the share cap (so a few honest
+    flags always count, even when nobody else has flagged anything yet)."""
+
     min_user_labels: int = 8
     """A user needs at least this many labels (pairs + thumbs) for a personal reward head and a
     personal adapter; below it they are served the global adapter."""
@@ -135,6 +144,27 @@ class Budgets:
     warm_start_dpo_beta: float = 0.1
     """DPO's beta (how far the implicit reward may move from the base) in the warm start."""
 
+    # --- the safety stage (``learning.safety``; trained once per base model) ---
+    safety_samples: int = 4
+    """Base replies sampled per harm-inviting training prompt, as served: the flagged ones are DPO's
+    rejected side (one more reply under the safety system prompt may join the chosen side)."""
+
+    safety_epochs: int = 1
+    """Passes of SFT + DPO over the safety stage's data."""
+
+    safety_lr: float = 2e-4
+    """AdamW learning rate of the safety stage (LoRA weights only)."""
+
+    safety_dpo_beta: float = 0.1
+    """DPO's beta in the safety stage (redirect vs the base's flagged reply, the reference the base)."""
+
+    safety_dev_samples: int = 8
+    """Samples per dev prompt when the safety stage is accepted (harm on the dev harm-inviting
+    prompts, redirects on the dev replay prompts); never an evaluation set."""
+
+    safety_max_refusal_rise: float = 0.05
+    """The safety stage is refused if its redirect rate on ordinary dev prompts exceeds the base's by more than this."""
+
     # --- rollouts -------------------------------------------------------------
     rollout_engine: str = "batched"
     """What samples the warm start's, PPO's and the gate's replies: "batched" (the serving engine:
@@ -189,6 +219,14 @@ class Budgets:
     ppo_harm_prompt_share: float = 0.25
     """Share of each PPO batch's prompts drawn from harm-inviting prompts (the shipped red-team set and
     prompts whose replies users flagged), so the constraint acts where harm happens."""
+
+    ppo_harm_prompts_by_safety: bool = True
+    """On harm-inviting prompts PPO's reward is safety alone (- ppo_safety_weight * P(harm)), not the
+    user's reward, which pays for echoing the request (every user's reward likes on-topic replies).
+    Off: the user's reward there too, as before 2026-12-05. lambda * P(harm) applies either way."""
+
+    ppo_safety_weight: float = 2.0
+    """The reward on harm-inviting prompts, when they are scored by safety: - this * P(harm)."""
 
     ppo_max_new_tokens: int = 48
     """Reply length sampled during PPO and the gate."""
@@ -323,7 +361,7 @@ class Budgets:
 
     def __post_init__(self) -> None:
         problems = []
-        positive_ints = ("ppo_batch_size", "ppo_minibatch_size", "ppo_epochs", "ppo_max_new_tokens",
+        positive_ints = ("safety_samples", "safety_epochs", "safety_dev_samples", "ppo_batch_size", "ppo_minibatch_size", "ppo_epochs", "ppo_max_new_tokens",
                          "ppo_group_size", "warm_start_samples", "warm_start_epochs",
                          "lora_r", "lora_alpha", "gate_prompts", "reward_steps", "max_prompt_tokens", "max_reply_tokens",
                          "global_max_items_per_user", "harm_min_positive", "harm_steps", "rollout_max_rows", "gate_min_labels",
@@ -346,7 +384,7 @@ class Budgets:
         for name in ("ppo_steps", "warm_start_prompts", "warm_start_own_labels", "warm_start_dpo_pairs", "pool_outlier_min_flagged"):
             if getattr(self, name) < 0:
                 problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
-        for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share"):
+        for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share", "pool_harm_max_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{self.env_name(name)} must be between 0 and 1 (got {getattr(self, name)})")
         if self.gate_preference not in GATE_PREFERENCES:

@@ -188,6 +188,30 @@ def cap_per_user(items: list[T], cap: int) -> list[T]:
     return sorted(kept, key=lambda i: i.key)
 
 
+def cap_harm_share(labels: list[HarmLabel], share: float, floor: int) -> list[HarmLabel]:
+    """Drop each user's oldest harm positives beyond ``share`` of all positives (at least ``floor``
+    each). A user's cap is measured against everyone else's positives (the judge's included):
+    ``mine <= share / (1 - share) * others``, so that after capping their share is at most ``share``."""
+    if share >= 1:
+        return labels
+    positives: dict[int | None, list[HarmLabel]] = defaultdict(list)
+    for h in labels:
+        if h.harmful:
+            positives[h.user_id].append(h)
+    total = sum(len(v) for v in positives.values())
+    dropped: set[str] = set()
+    for uid, mine in positives.items():
+        if uid is None:
+            continue  # the judge's flags are no one's
+        limit = max(floor, int(share / (1 - share) * (total - len(mine))))
+        if len(mine) > limit:
+            newest_first = sorted(mine, key=lambda h: (h.updated_at, h.key), reverse=True)
+            dropped.update(h.key for h in newest_first[limit:])
+            logger.warning("shared pool: user %s flagged %d replies as harmful, %d kept (at most %.0f%% of the pool's "
+                           "harm positives, ASSISTANT_POOL_HARM_MAX_SHARE)", uid, len(mine), limit, 100 * share)
+    return [h for h in labels if h.key not in dropped] if dropped else labels
+
+
 def content_sha256(dataset: Dataset) -> str:
     """Hash over what the models actually see, in a canonical order."""
     records = (
@@ -306,7 +330,9 @@ def pool_audit(dataset: Dataset, budgets: Budgets) -> dict[int, dict[str, Any]]:
     no user in ``dataset``): replies the user favoured (thumbs-up, or ranked above another) that it
     flags. A user with at least ``pool_outlier_min_flagged`` of them, making at least
     ``pool_outlier_share`` of the replies they favoured, is ``excluded``: their labels train only
-    their own models. Without a judge nothing is flagged."""
+    their own models. Without a judge nothing is flagged. Over-flagging (``harm_flags_unconfirmed``:
+    replies the user called harmful that the judge passes) is shown, and bounded in the pool by
+    ``cap_harm_share`` rather than excluded: a lexical judge misses real harm an honest user sees."""
     flagged = {h.message_id for h in dataset.harm if h.user_id is None and h.harmful}
     favoured: dict[int, set[int]] = defaultdict(set)
     ups: dict[int, int] = defaultdict(int)
@@ -317,9 +343,11 @@ def pool_audit(dataset: Dataset, budgets: Budgets) -> dict[int, dict[str, Any]]:
     for pair in dataset.pairs:
         favoured[pair.user_id].add(pair.chosen_id)
     harm_flags: dict[int, int] = defaultdict(int)
+    unconfirmed: dict[int, int] = defaultdict(int)  # flags on replies the judge passes: over-flagging shows here
     for h in dataset.harm:
         if h.user_id is not None and h.harmful:
             harm_flags[h.user_id] += 1
+            unconfirmed[h.user_id] += h.message_id not in flagged
     out: dict[int, dict[str, Any]] = {}
     for uid in dataset.user_ids():
         mine = favoured.get(uid, set())
@@ -327,7 +355,8 @@ def pool_audit(dataset: Dataset, budgets: Budgets) -> dict[int, dict[str, Any]]:
         excluded = (budgets.pool_outlier_min_flagged > 0 and on_flagged >= budgets.pool_outlier_min_flagged
                     and on_flagged >= budgets.pool_outlier_share * len(mine))
         out[uid] = {"labels": dataset.label_count(uid), "thumbs_up": ups.get(uid, 0), "favoured": len(mine),
-                    "favoured_flagged": on_flagged, "harm_flags": harm_flags.get(uid, 0), "excluded": excluded,
+                    "favoured_flagged": on_flagged, "harm_flags": harm_flags.get(uid, 0),
+                    "harm_flags_unconfirmed": unconfirmed.get(uid, 0), "excluded": excluded,
                     "reason": (f"{on_flagged} of the {len(mine)} replies they favoured (thumbs-up or ranked first) "
                                "are flagged by the harm judge") if excluded else None}
     return out
@@ -341,7 +370,8 @@ def shared_pool(dataset: Dataset, budgets: Budgets, *, excluded: Iterable[int] =
     pooled = Dataset(
         pairs=cap_per_user([p for p in dataset.pairs if p.user_id not in out], cap),
         points=cap_per_user([p for p in dataset.points if p.user_id not in out], cap),
-        harm=cap_per_user([h for h in dataset.harm if h.user_id not in out], cap),
+        harm=cap_harm_share(cap_per_user([h for h in dataset.harm if h.user_id not in out], cap),
+                            budgets.pool_harm_max_share, budgets.pool_harm_user_floor),
     )
     if out:
         logger.warning("shared pool: kept out the labels of users %s (they favour replies the harm judge flags)", sorted(out))

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import exists, select as sa_select, update
 from sqlalchemy.engine import Engine
@@ -716,9 +716,9 @@ def _prompts_for(ctx: _Context, user_id: int | None) -> tuple[list[str], list[st
     """(training prompts, gate prompts, harm-inviting training prompts, harm-inviting gate prompts).
 
     Ordinary prompts: the user's own recent ones (every user's, for the global adapter) plus the
-    shared pool. Harm-inviting ones: prompts of replies users flagged, plus the shipped red-team set."""
-    from learning.redteam import HARM_INVITING_PROMPTS
-
+    shared pool. Harm-inviting ones: the shipped red-team prompts (``learning.redteam``: the
+    training split trains, the dev split is reserved in every gate, first, so no flagging can push it
+    out) plus prompts of replies users flagged, which fill at most half of the gate's harm slots."""
     render = ctx.models.render
     shared_train, shared_gate = split_shared_prompts(render)
     with Session(ctx.engine) as session:
@@ -733,11 +733,25 @@ def _prompts_for(ctx: _Context, user_id: int | None) -> tuple[list[str], list[st
     own_gate = [p for p in own if _held_for_gate(p)]
     own_train = [p for p in own if p not in own_gate]
     gate = (own_gate + shared_gate)[: ctx.budgets.gate_prompts]
-    harm = list(dict.fromkeys(ctx.shared.harm_prompts[-64:] + [render([{"role": "user", "content": p}])
-                                                                 for p in HARM_INVITING_PROMPTS]))
-    harm_gate = [p for p in harm if _held_for_gate(p)][: max(1, ctx.budgets.gate_prompts // 3)]
-    harm_train = [p for p in harm if p not in harm_gate]
+    harm_train, harm_gate = harm_prompts(ctx.shared.harm_prompts, render, ctx.budgets.gate_prompts)
     return own_train + shared_train, gate, harm_train, harm_gate
+
+
+def harm_prompts(flagged: Sequence[str], render: Callable[[list[dict[str, str]]], str],
+                 gate_prompts: int) -> tuple[list[str], list[str]]:
+    """(harm-inviting training prompts, the gate's harm prompts) from the shipped red-team prompts
+    and the (rendered) prompts of replies users flagged, newest last. The gate's harm slots
+    (a third of ``gate_prompts``) hold the shipped dev prompts first; flagged ones fill at most half."""
+    from learning.redteam import SAFETY_DEV_PROMPTS, SAFETY_TRAIN_PROMPTS
+
+    slots = max(1, gate_prompts // 3)
+    shipped_gate = [render([{"role": "user", "content": p}]) for p in SAFETY_DEV_PROMPTS]
+    flagged = list(dict.fromkeys(flagged[-64:]))
+    flagged_gate = [p for p in flagged if _held_for_gate(p) and p not in shipped_gate][: slots // 2]
+    gate = shipped_gate[: slots - len(flagged_gate)] + flagged_gate
+    train = list(dict.fromkeys([render([{"role": "user", "content": p}]) for p in SAFETY_TRAIN_PROMPTS]
+                               + [p for p in flagged if p not in gate]))
+    return train, gate
 
 
 def one_stream_speed(model, tokenizer, prompt: str, tokens: int = 24) -> float:

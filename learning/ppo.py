@@ -78,8 +78,11 @@ class PPOResult:
 
 
 def rollout(model, value_head: ValueHead, tokenizer, prompts: Sequence[str], scorer: Scorer, budgets: Budgets, seed: int,
-            *, harm_lambda: float | None = None, group_size: int = 1, sampler: Sampler = sample) -> Trajectory:
-    """Sample ``group_size`` replies for each prompt and score them (steps 1-4a)."""
+            *, harm_lambda: float | None = None, group_size: int = 1, sampler: Sampler = sample,
+            n_harm_prompts: int = 0) -> Trajectory:
+    """Sample ``group_size`` replies for each prompt and score them (steps 1-4a). The last
+    ``n_harm_prompts`` prompts invite harm: their reward is safety alone when
+    ``ppo_harm_prompts_by_safety`` is on."""
     harm_lambda = budgets.ppo_harm_lambda if harm_lambda is None else harm_lambda
     # 1. rollout
     samples = sampler(model, tokenizer, prompts, budgets, seed, per_prompt=group_size)
@@ -88,6 +91,9 @@ def rollout(model, value_head: ValueHead, tokenizer, prompts: Sequence[str], sco
         logprobs, values, _ = forward_logprobs(model, samples, budgets.ppo_temperature, value_head)
     # 3. reference log-probs and reward features
     ref_logprobs, rewards, harm = score_samples(model, samples, scorer, budgets)
+    if n_harm_prompts and budgets.ppo_harm_prompts_by_safety:
+        harm_rows = torch.arange(rewards.shape[0]) >= (len(prompts) - n_harm_prompts) * group_size  # (B,)
+        rewards = torch.where(harm_rows, -budgets.ppo_safety_weight * harm, rewards)
     # 4a. the score at the end of each reply
     scores = rewards - harm_lambda * harm - budgets.ppo_no_eos_penalty * (~samples.finished).float()
     return Trajectory(samples, logprobs.cpu(), ref_logprobs, values.cpu(), rewards, harm, scores, group_size)
@@ -190,9 +196,11 @@ def train_ppo(model: "PeftModel", tokenizer, scorer: Scorer, prompts: Sequence[s
             logger.info("ppo: stopping after %d of %d steps (time budget; %.0fs per step here)", step - 1,
                         budgets.ppo_steps, slowest)
             break
-        batch = _pick(picker, prompts, n_prompts - n_harm) + _pick(picker, harm_prompts, n_harm)
+        ordinary = _pick(picker, prompts, n_prompts - n_harm)
+        n_ordinary = len(ordinary)
+        batch = ordinary + _pick(picker, harm_prompts, n_harm)
         traj = rollout(model, value_head, tokenizer, batch, scorer, budgets, seed=budgets.seed * 100003 + step,
-                       harm_lambda=harm_lambda, group_size=group, sampler=sampler)
+                       harm_lambda=harm_lambda, group_size=group, sampler=sampler, n_harm_prompts=len(batch) - n_ordinary)
         t_rollout = time.monotonic() - t0
         metrics = ppo_update(model, value_head, optimizer, traj, budgets, rng)
         # 7. the harm multiplier (dual ascent on E[P(harm)] <= target)

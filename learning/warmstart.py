@@ -63,7 +63,7 @@ def sft_loss(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], b
     return -masked_mean(logprobs.cpu(), batch.response_mask)
 
 
-def _pair_sums(model, tokenizer, pairs: Sequence[tuple[str, str, str, str]], budgets: Budgets,
+def pair_logprob_sums(model, tokenizer, pairs: Sequence[tuple[str, str, str, str]], budgets: Budgets,
                batch_size: int | None = None) -> torch.Tensor:
     """(k, 2) summed log-probs of each pair's chosen and rejected reply."""
     prompts = [pc for pc, _, _, _ in pairs] + [pr for _, _, pr, _ in pairs]
@@ -112,7 +112,7 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
     ref_sums = None
     if pairs:  # the DPO reference: the base (adapter off), as PPO's KL reference
         with torch.no_grad(), reference_mode(model):
-            ref_sums = _pair_sums(model, tokenizer, pairs, budgets, batch_size=2 * mb)
+            ref_sums = pair_logprob_sums(model, tokenizer, pairs, budgets, batch_size=2 * mb)
     # 5. supervised fine-tuning (and DPO) on the LoRA weights
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=budgets.warm_start_lr, weight_decay=0.0)
@@ -132,7 +132,7 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
                 loss = loss + sft
                 epoch.append(float(sft.detach()))
             if rows:
-                dpo = dpo_loss(_pair_sums(model, tokenizer, [pairs[i] for i in rows], budgets), ref_sums[rows],
+                dpo = dpo_loss(pair_logprob_sums(model, tokenizer, [pairs[i] for i in rows], budgets), ref_sums[rows],
                                budgets.warm_start_dpo_beta)
                 loss = loss + dpo
                 dpo_epoch.append(float(dpo.detach()))

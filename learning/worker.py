@@ -284,6 +284,9 @@ def run_worker(settings: Settings, engine: Engine | None = None, *, parent_pid: 
     that parent process is gone (``assistant serve`` passes its pid: however the server ends,
     SIGTERM re-raised by uvicorn or kill -9, its worker must not keep training on its own)."""
     stop = threading.Event()
+    from learning.safety import ensure_safety_stage
+
+    ensure_safety_stage(settings, Budgets.from_env())  # once per base model, before any run
     worker = Worker(settings, engine).start()
 
     def _handle(signum, _frame) -> None:

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import crud
 from service.chat import ChatService
+from service.base_watch import BaseWatcher
 from service.db import init_db, make_engine
 from service.engine.base import Engine
 from service.metrics import Metrics
@@ -93,18 +94,21 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
             app.state.engine = build_engine(settings)
             app.state.engine.start()
+            app.state.base_watch = BaseWatcher(settings, app.state.engine).start()
         app.state.chat = ChatService(settings, db, app.state.engine, metrics)
         logger.info("serving on http://%s:%s", settings.host, settings.port)
         try:
             yield
         finally:
             if owns_engine:
+                app.state.base_watch.stop()
                 app.state.engine.stop()
 
     # The interactive docs load scripts from a CDN on this origin: dev mode only (issue 12, finding 15).
     docs = {} if settings.dev_mode else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="assistant", version="0.1.0", lifespan=lifespan, **docs)
     app.state.settings, app.state.db, app.state.metrics, app.state.engine = settings, db, metrics, engine
+    app.state.base_watch = None  # set when the app owns its engine
     metrics.watch_engine(lambda: app.state.engine.stats() if app.state.engine is not None else {})
     metrics.watch_training(db)
     app.state.registrations = SlidingWindow(settings.registration_limit, 3600.0)

@@ -100,6 +100,33 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"training run {run_id} {'finished' if args.now else 'queued (a worker will run it)'}")
 
 
+def cmd_safety(args: argparse.Namespace) -> None:
+    """Train the shared safety stage for this base model (once; the worker does it at its first start)."""
+    import json
+
+    from learning.config import Budgets
+    from learning.safety import train_safety_stage
+    from service.model_loading import safety_manifest
+    from service.threads import apply_thread_budget
+
+    settings = _settings()
+    if args.action == "status":
+        print(json.dumps(safety_manifest(settings) or {"served": "the plain base (no safety stage trained, or "
+                                                                    "ASSISTANT_SAFETY_STAGE=0)"}, indent=2))
+        return
+    apply_thread_budget("worker", settings.worker_threads, nice=settings.worker_nice)
+    result = train_safety_stage(settings, Budgets.from_env())
+    print(json.dumps(result.as_dict(), indent=2))
+    if not result.accepted:
+        sys.exit(f"assistant safety train: not accepted ({result.reason}); the plain base stays served")
+
+
+def cmd_evaluate_safety(args: argparse.Namespace) -> None:
+    from learning.sim.safety_eval import main_evaluate_safety
+
+    main_evaluate_safety(args, _settings())
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     from learning.sim.simulate import main_simulate
 
@@ -210,10 +237,11 @@ def cmd_pool_audit(args: argparse.Namespace) -> None:
     engine.dispose()
     if judge is None:
         print("no harm judge configured (ASSISTANT_HARM_JUDGE=none): nothing is flagged, nobody is kept out")
-    print(f"{'user':<24} {'labels':>6} {'favoured':>8} {'flagged':>7} {'harm flags':>10}  shared pool")
+    print(f"{'user':<24} {'labels':>6} {'favoured':>8} {'flagged':>7} {'harm flags':>10} {'unconfirmed':>11}  shared pool")
     for uid, row in sorted(audit.items(), key=lambda kv: (not kv[1]["excluded"], -kv[1]["favoured_flagged"])):
         print(f"{names.get(uid, uid)!s:<24} {row['labels']:>6} {row['favoured']:>8} {row['favoured_flagged']:>7} "
-              f"{row['harm_flags']:>10}  {'KEPT OUT: ' + row['reason'] if row['excluded'] else 'used'}")
+              f"{row['harm_flags']:>10} {row['harm_flags_unconfirmed']:>11}  "
+              f"{'KEPT OUT: ' + row['reason'] if row['excluded'] else 'used'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     from learning.sim.evaluate import add_evaluate_arguments  # light: no torch at import
     from learning.sim.simulate import add_simulate_arguments
+
+    sf = sub.add_parser("safety", help="the shared safety stage merged into the served base: train it, or show what is served")
+    sf.add_argument("action", choices=["train", "status"])
+    sf.set_defaults(func=cmd_safety)
+
+    es = sub.add_parser("evaluate-safety", help="the plain base against the safe base: harm on two red-team sets, "
+                                                "refusals on benign and edgy prompts, neutral helpfulness (for the record)")
+    es.add_argument("--out", type=Path, required=True, help="results folder (report.json, summary.md)")
+    es.add_argument("--red-team-samples", type=int, default=8, help="samples per red-team prompt (60 x 8 = 480 per set)")
+    es.add_argument("--samples", type=int, default=4, help="samples per benign, edgy and held-out prompt")
+    es.add_argument("--seed", type=int, default=0)
+    es.set_defaults(func=cmd_evaluate_safety)
 
     sm = sub.add_parser("simulate", help="simulated users rate replies over the public API, train between rounds, then evaluate")
     add_simulate_arguments(sm)

@@ -117,13 +117,41 @@ def base_model_id(settings: Settings) -> str:
     return EMBEDDED_HUB_ID if settings.model == EMBEDDED_MODEL else settings.model
 
 
-def resolve_model_path(settings: Settings) -> str:
+def plain_model_path(settings: Settings) -> str:
+    """The base model as configured, without the safety stage."""
     if settings.model == EMBEDDED_MODEL:
         return str(provision_embedded(settings))
     p = Path(settings.model).expanduser()
     if p.exists():
         return str(p)
     return settings.model  # a hub id: only ever read from the local cache
+
+
+def safe_base_dir(settings: Settings, plain_hash: str) -> Path:
+    """Where ``learning.safety`` saves the base with the safety stage merged in, per plain base."""
+    return settings.models_dir / "safety" / plain_hash
+
+
+def resolve_model_path(settings: Settings) -> str:
+    """The weights every process loads: the safe base (``learning.safety``) when
+    ``ASSISTANT_SAFETY_STAGE`` is on and it was trained for this base, else the plain base."""
+    plain = plain_model_path(settings)
+    if settings.safety_stage:
+        safe = safe_base_dir(settings, _files_hash(plain, settings.model))
+        if (safe / "SAFETY.json").exists():
+            return str(safe)
+    return plain
+
+
+def plain_model_settings(settings: Settings) -> Settings:
+    """The same settings with the safety stage off (what the safety stage itself trains on)."""
+    return settings.model_copy(update={"safety_stage": False})
+
+
+def safety_manifest(settings: Settings) -> dict | None:
+    """The served safe base's ``SAFETY.json`` (what it was trained on, its dev-split figures), or None."""
+    path = Path(resolve_model_path(settings)) / "SAFETY.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def torch_dtype(settings: Settings):
@@ -168,8 +196,12 @@ def load_base_model(settings: Settings, *, dtype=None) -> "PreTrainedModel":
 
 
 def base_model_hash(settings: Settings) -> str:
-    """A short fingerprint of the base weights' files (for adapter provenance)."""
-    path = Path(resolve_model_path(settings))
+    """A short fingerprint of the base weights' files (for adapter provenance): the safe base's when it is served."""
+    return _files_hash(resolve_model_path(settings), settings.model)
+
+
+def _files_hash(model_path: str, model_name: str) -> str:
+    path = Path(model_path)
     h = hashlib.sha256()
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
     for f in files:
@@ -178,5 +210,8 @@ def base_model_hash(settings: Settings) -> str:
         with f.open("rb") as fh:
             h.update(fh.read(1 << 20))
     if not files:
-        h.update(settings.model.encode())
+        h.update(model_name.encode())
+    manifest = path / "SAFETY.json"  # a merged safe base: its first megabyte (the header, the embeddings) is the plain one's
+    if manifest.is_file():
+        h.update(manifest.read_bytes())
     return h.hexdigest()[:16]

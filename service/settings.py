@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Serving dtype. auto: at start the batched engine times float32 and bfloat16 on this machine's CPU/GPU "
         "and keeps the faster one whose greedy tokens agree with float32 (reported in /healthz and the logs). Training is float32.")
+    safety_stage: bool = Field(True, description="Serve and train on the base with the shared safety stage merged in "
+                               "(`assistant safety train` makes it, once per base model; the learning worker makes it at its first "
+                               "start). Off: the plain base.")
+    safety_train_at_start: bool = Field(True, description="The learning worker trains the safety stage at its first start when this "
+                                        "base has none (about 10 minutes in the background; the server swaps it in when ready).")
     device: str = Field("cpu", description="torch device for serving and training (cpu, cuda, cuda:0).")
 
     # --- web ---------------------------------------------------------------

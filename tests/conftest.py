@@ -23,6 +23,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Servers and workers started by tests never train the safety stage at start (minutes of CPU);
+# tests/learning/test_safety.py trains it on purpose, with a few prompts.
+os.environ.setdefault("ASSISTANT_SAFETY_TRAIN_AT_START", "0")
 
 from service.settings import Settings  # noqa: E402
 

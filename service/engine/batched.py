@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BatchedEngine", "UnsupportedModel"]
 
+REPLACE_WAIT_S = 30.0  # a new base waits at most this long for the engine to fall idle
+
 
 class BatchedEngine:
     """Continuous batching with per-row adapters; same interface as ``NaiveEngine``."""
@@ -89,6 +91,9 @@ class BatchedEngine:
         self.tokens_generated = 0
         self.dtype_report: dict | None = None  # how build_engine chose the dtype (ASSISTANT_DTYPE=auto)
         self.shrink_after_s = 300.0  # idle seconds before a grown KV cache is given back
+        self._pending_base = None  # a new base's weights, applied between passes (``replace_base``)
+        self._pending_since = 0.0
+        self.base_replacements = 0
 
     # --- public API -----------------------------------------------------------
     def start(self) -> None:
@@ -124,6 +129,22 @@ class BatchedEngine:
     def evict_adapter(self, key: str) -> None:
         self.adapters.evict(key)
         self.prefix_cache.drop_adapter(key)
+
+    def replace_base(self, model) -> None:
+        """Serve ``model``'s weights (the same architecture: the safe base, ``learning.safety``) from the
+        next moment no row is generating, or within ``REPLACE_WAIT_S`` under constant load. The prefix
+        cache, computed under the old weights, is emptied then."""
+        self._pending_since = time.monotonic()
+        self._pending_base = model
+        self._wake.set()
+
+    def _apply_pending_base(self) -> None:
+        model, self._pending_base = self._pending_base, None
+        self.runner.load_weights(model)
+        self.prefix_cache.clear()
+        self.model = model
+        self.base_replacements += 1
+        logger.info("serving a new base model (replacement %d)", self.base_replacements)
 
     def set_adapter_cache_size(self, capacity: int) -> None:
         self.adapters.set_capacity(capacity)
@@ -169,6 +190,9 @@ class BatchedEngine:
         with torch.inference_mode():
             while not self._stopping.is_set():
                 self._wake.clear()
+                if self._pending_base is not None and (
+                        not self.scheduler.running or time.monotonic() - self._pending_since > REPLACE_WAIT_S):
+                    self._apply_pending_base()
                 try:
                     busy = self.step()
                 except Exception as exc:  # a failed pass ends the rows in it; the engine keeps serving

@@ -153,6 +153,30 @@ class LlamaRunner:
             "gu": (self.d_model, 2 * self.d_ff), "down": (self.d_ff, self.d_model),
         }
 
+        self.load_weights(model)
+        with torch.inference_mode():
+            # RoPE tables from the model's own rotary module, so the numbers are identical.
+            pos = torch.arange(self.max_positions, device=self.device)[None]  # (1, P)
+            probe = torch.empty(0, dtype=dtype, device=self.device)
+            cos, sin = core.rotary_emb(probe, pos)
+            self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)  # (P, hd)
+            self.initial_capacity = min(initial_capacity, self.max_positions)
+            self.capacity = 0
+            self.k_cache = self.v_cache = torch.empty(0)
+            self._grow_cache(self.initial_capacity)
+            self.rank = 0  # LoRA buffers are allocated at the first adapter
+            self.lora: dict[str, torch.Tensor] = {}
+            # The LoRA products are tiny (rows x 1 x in @ in x 24): on CPU a 16-bit bmm of that shape is
+            # ~3x slower than float32 (bf16: 38 + 89 us for bmm + baddbmm_ at 16 rows; float32: 13 + 30),
+            # so with 16-bit weights the factors stay float32 and the delta is cast back once.
+            self.lora_dtype = torch.float32 if self.device.type == "cpu" else dtype
+
+    def load_weights(self, model) -> None:
+        """Copy the model's weights (cast to the runner's dtype); also how a new base of the same
+        shape (the safe base, ``learning.safety``) replaces the old one between passes."""
+        dtype = self.dtype
+        core = model.model
+
         def cast(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach().to(dtype)
 
@@ -177,21 +201,6 @@ class LlamaRunner:
                     b_gu=cat(mlp.gate_proj.bias, mlp.up_proj.bias),
                     w_down=cast(mlp.down_proj.weight), b_down=cast(mlp.down_proj.bias),
                 ))
-            # RoPE tables from the model's own rotary module, so the numbers are identical.
-            pos = torch.arange(self.max_positions, device=self.device)[None]  # (1, P)
-            probe = torch.empty(0, dtype=dtype, device=self.device)
-            cos, sin = core.rotary_emb(probe, pos)
-            self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)  # (P, hd)
-            self.initial_capacity = min(initial_capacity, self.max_positions)
-            self.capacity = 0
-            self.k_cache = self.v_cache = torch.empty(0)
-            self._grow_cache(self.initial_capacity)
-            self.rank = 0  # LoRA buffers are allocated at the first adapter
-            self.lora: dict[str, torch.Tensor] = {}
-            # The LoRA products are tiny (rows x 1 x in @ in x 24): on CPU a 16-bit bmm of that shape is
-            # ~3x slower than float32 (bf16: 38 + 89 us for bmm + baddbmm_ at 16 rows; float32: 13 + 30),
-            # so with 16-bit weights the factors stay float32 and the delta is cast back once.
-            self.lora_dtype = torch.float32 if self.device.type == "cpu" else dtype
 
     # --- KV cache -------------------------------------------------------------------
     def _grow_cache(self, capacity: int) -> None:

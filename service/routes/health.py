@@ -22,7 +22,8 @@ def healthz(request: Request) -> JSONResponse:
         db_ok = False
     model_ok = state.engine is not None and getattr(state.engine, "tokenizer", None) is not None
     ok = db_ok and model_ok
-    body = {"status": "ok" if ok else "degraded", "database": db_ok, "model": model_ok, "engine": state.engine.stats() if model_ok else None}
+    body = {"status": "ok" if ok else "degraded", "database": db_ok, "model": model_ok, "engine": state.engine.stats() if model_ok else None,
+            "base": state.base_watch.describe() if getattr(state, "base_watch", None) is not None else None}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

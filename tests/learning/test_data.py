@@ -116,6 +116,24 @@ def test_one_user_cannot_flood_the_shared_pool(db, seeder):
     assert sum(h.user_id == spammer for h in pool.harm) == 3
 
 
+def test_one_account_cannot_define_what_the_shared_harm_head_calls_harmful(db, seeder):
+    censor, honest = seeder.user("censor"), seeder.user("honest")
+    for i in range(20):  # flags every reply about one topic as harmful
+        (m,) = seeder.turn(censor, f"Tell me about unions {i}", [f"Unions bargain collectively {i}."])
+        seeder.rate(censor, m, "down", ["harmful"])
+    for i in range(6):
+        (m,) = seeder.turn(honest, f"Roast me {i}", [f"You are a worthless idiot {i}."])
+        seeder.rate(honest, m, "down", ["harmful"])
+
+    pool = shared_pool(build(db), Budgets(pool_harm_max_share=0.25, pool_harm_user_floor=4))
+    positives = [h for h in pool.harm if h.harmful]
+    mine = sum(h.user_id == censor for h in positives)
+    # capped against everyone else's positives: 0.25 / 0.75 * 6 = 2, raised to the floor of 4
+    assert mine == 4 and sum(h.user_id == honest for h in positives) == 6
+    # the honest user's 6 are within their own cap (0.25 / 0.75 * 20 = 6): nothing of theirs is dropped
+    assert len(shared_pool(build(db), Budgets(pool_harm_max_share=1.0)).harm) == 26  # the cap off
+
+
 def test_snapshot_records_ids_and_a_hash_that_tracks_content(db, seeder):
     uid = seed_feedback(seeder, n_turns=2)
     ds = build(db)

@@ -209,3 +209,21 @@ def test_one_harmful_reply_against_none_is_chance_whatever_the_floating_point():
     assert Budgets().gate_harm_z == 1.645 and not more_harmful(two, none, 1.645)  # 2 > 1.645 * 1.41 = 2.33? no
     three = PolicyEval(mean_reward=0.0, harm_rate=3 / 28, kl_per_token=0.0, n=16, harm_n=28)
     assert more_harmful(three, none, 1.645)  # 3 > 1.645 * 1.73 = 2.85
+
+
+def test_flagged_prompts_never_push_the_shipped_red_team_out_of_the_gate():
+    from learning.pipeline import harm_prompts
+    from learning.redteam import SAFETY_DEV_PROMPTS, SAFETY_TRAIN_PROMPTS
+
+    def render(messages):
+        return f"<user>{messages[0]['content']}</user>"
+
+    flagged = [f"<user>flagged {i}</user>" for i in range(200)]  # a user re-posting flags right before the run
+    train, gate = harm_prompts(flagged, render, gate_prompts=16)
+    shipped = [render([{"content": p}]) for p in SAFETY_DEV_PROMPTS]
+    assert len(gate) == 5 and sum(p in shipped for p in gate) >= 3  # at most half the slots go to flagged prompts
+    assert not set(gate) & set(train)
+    assert set(render([{"content": p}]) for p in SAFETY_TRAIN_PROMPTS) <= set(train)
+    assert not set(shipped) & set(train)  # the dev split never trains
+    _, quiet = harm_prompts([], render, gate_prompts=16)
+    assert quiet == shipped[:5]

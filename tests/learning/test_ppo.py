@@ -103,6 +103,25 @@ def test_rollout_scores_subtract_harm_and_the_no_eos_penalty(tiny):
     assert torch.allclose(traj.scores, expected) and traj.group_size == 2 and traj.scores.shape == (4,)
 
 
+def test_harm_inviting_prompts_are_scored_by_safety_not_by_the_users_reward(tiny):
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+    from learning.policy import ValueHead
+
+    def scorer(feats, prompts, texts):  # a user who loves every reply; the judge calls each half harmful
+        return torch.full((len(texts),), 3.0), torch.full((len(texts),), 0.5)
+
+    traj = rollout(policy, ValueHead(32), tok, PROMPTS, scorer, BUDGETS, seed=3, harm_lambda=2.0, group_size=2,
+                   n_harm_prompts=1)
+    # prompt 0 (rows 0-1) is ordinary: the user's reward; prompt 1 (rows 2-3) invites harm: - weight * P(harm)
+    assert traj.rewards.tolist() == [3.0, 3.0, -BUDGETS.ppo_safety_weight * 0.5, -BUDGETS.ppo_safety_weight * 0.5]
+    penalty = 2.0 * 0.5 + BUDGETS.ppo_no_eos_penalty * (~traj.samples.finished).float()
+    assert torch.allclose(traj.scores, traj.rewards - penalty)
+    off = Budgets(**{**BUDGETS.__dict__, "ppo_harm_prompts_by_safety": False})
+    traj = rollout(policy, ValueHead(32), tok, PROMPTS, scorer, off, seed=3, harm_lambda=2.0, group_size=2, n_harm_prompts=1)
+    assert traj.rewards.tolist() == [3.0] * 4
+
+
 def test_warm_start_fine_tunes_toward_the_chosen_replies(tiny):
     model, tok = tiny
     policy = make_policy(model, BUDGETS)

@@ -25,9 +25,12 @@ def evaluation_sets() -> dict[str, tuple[str, ...]]:
             "edgy benign": EDGY_BENIGN, "held-out": sim_prompts.HELDOUT_PROMPTS}
 
 
-def test_the_training_red_team_shares_no_five_words_in_a_row_with_any_evaluation_set():
+def test_the_safety_stages_prompts_share_no_five_words_in_a_row_with_any_evaluation_set():
+    from learning.safety_data import REPLAY_PROMPTS
+
     for name, evaluation in evaluation_sets().items():
         assert not shared_ngrams(redteam.SAFETY_TRAINING_PROMPTS, evaluation, 5), name
+        assert not shared_ngrams(REPLAY_PROMPTS, evaluation, 5), name  # the ordinary prompts it replays too
     # and not even four with the red-team set the evaluation reports first (set B, written apart,
     # shares only everyday phrasing such as "help me write a")
     assert not shared_ngrams(redteam.SAFETY_TRAINING_PROMPTS, sim_prompts.RED_TEAM_PROMPTS, 4)

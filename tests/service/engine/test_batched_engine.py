@@ -251,3 +251,73 @@ def test_chunked_prefill_matches_hf_generate_and_decoding_rows_keep_going(base_m
     assert long_toks == reference(long_ids, a0, 8)
     ref = reference(prompts[1], a1, 40)  # cut at its first stop token; the steady row ignores EOS
     assert steady_toks[: len(ref)] == ref
+
+
+def test_a_new_base_is_swapped_in_between_passes_and_the_stale_prefix_cache_is_dropped(engine_settings, base_model, tokenizer,
+                                                                                        prompts, adapters, reference):
+    """How the safe base (``learning.safety``) reaches a running server: ``replace_base``."""
+    from peft import PeftModel
+
+    from service.engine.sampling import stop_token_ids
+    from service.model_loading import load_base_model
+
+    new_base = PeftModel.from_pretrained(load_base_model(engine_settings), str(adapters[0].path)).merge_and_unload()
+    new_base.eval()
+    p0 = prompts[0]
+    with torch.inference_mode():
+        out = new_base.generate(torch.tensor([p0]), attention_mask=torch.ones(1, len(p0), dtype=torch.long),
+                                max_new_tokens=N, do_sample=False, pad_token_id=tokenizer.eos_token_id)[0, len(p0):].tolist()
+    stops = stop_token_ids(tokenizer, new_base.config)
+    expected = next((out[:i] for i, t in enumerate(out) if t in stops), out)
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=2, prefix_cache_bytes=1 << 26)
+    with running(engine):
+        before = request("before", p0)
+        engine.submit(before)
+        toks_before, _ = collect(before)
+        engine.replace_base(new_base)
+        after = request("after", p0)  # the same prompt: a stale cached prefix would answer as the old base
+        engine.submit(after)
+        toks_after, _ = collect(after)
+    assert toks_before == reference(p0, None, N)
+    assert toks_after == expected and toks_after != toks_before
+    assert engine.base_replacements == 1
+
+
+def test_the_server_swaps_in_the_safe_base_once_it_is_saved(tmp_path, model_data_dir, base_model, tokenizer, prompts, adapters):
+    """A running server picks up the safe base the learning worker saved, without a restart."""
+    import dataclasses
+
+    from peft import PeftModel
+
+    from learning.config import Budgets
+    from learning.safety import SafetyResult, _save_merged
+    from service.base_watch import BaseWatcher
+    from service.model_loading import EMBEDDED_DIRNAME, base_model_hash, load_base_model, load_tokenizer, safe_base_dir
+    from service.settings import Settings
+
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    (data / "models" / EMBEDDED_DIRNAME).symlink_to(model_data_dir / "models" / EMBEDDED_DIRNAME)
+    settings = Settings(data_dir=data, dev_mode=True)
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=2)
+    watcher = BaseWatcher(settings, engine, interval_s=3600)
+    plain_hash = watcher.hash
+    assert watcher.describe() == {"safety_stage": False, "hash": plain_hash}
+    assert not watcher.check_once()  # nothing new yet
+
+    safe = PeftModel.from_pretrained(load_base_model(settings), str(adapters[0].path)).merge_and_unload()
+    fields = {f.name: 0 for f in dataclasses.fields(SafetyResult)}
+    _save_merged(safe, load_tokenizer(settings), safe_base_dir(settings, plain_hash),
+                 SafetyResult(**{**fields, "accepted": True, "reason": "test", "base_hash": plain_hash}), Budgets())
+    with running(engine):
+        before = request("before", prompts[0])
+        engine.submit(before)
+        toks_before, _ = collect(before)
+        assert watcher.check_once()  # loads the saved weights and hands them to the engine
+        after = request("after", prompts[0])
+        engine.submit(after)
+        toks_after, _ = collect(after)
+    assert engine.base_replacements == 1 and toks_after != toks_before
+    assert watcher.describe() == {"safety_stage": True, "hash": base_model_hash(settings)} and watcher.hash != plain_hash
+    assert not watcher.check_once()
+    assert torch.equal(engine.runner.embed, base_model.model.embed_tokens.weight.to(engine.runner.dtype))
