@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from sqlmodel import Session, select
 
-from service.models import HARM_REASONS, Feedback, Message, Ranking, Rating, TrainingSnapshot, User, is_generated_reply
+from service.models import GENERATED, HARM_REASONS, Feedback, Message, Ranking, Rating, TrainingSnapshot, User, is_generated_reply
 
 from learning.config import Budgets
 
@@ -174,7 +174,7 @@ def load_messages(session: Session, ids: Iterable[int]) -> dict[int, Message]:
 
 T = TypeVar("T", PreferencePair, PointLabel, HarmLabel)
 
-JUDGE_SCAN_LIMIT = 2000  # newest assistant replies an automated harm judge looks at per run
+JUDGE_SCAN_LIMIT = 2000  # newest generated replies an automated harm judge looks at per run (besides every rated one)
 
 
 def cap_per_user(items: list[T], cap: int) -> list[T]:
@@ -297,11 +297,15 @@ def build_dataset(
                                                worse.id, f"feedback:{fu.id},{fd.id}", max(fu.updated_at, fd.updated_at)))
 
     # 3. Optional automated judge: extra harm labels, attributed to no user.
+    #    Every reply someone rated is judged (the pool audit looks at what each user favoured, however
+    #    old), plus the newest generated replies; client-written rows never take a place among them.
     if judge_flags is not None:
-        newest = session.exec(select(Message.id).where(Message.role == "assistant")
+        newest = session.exec(select(Message.id).where(Message.role == "assistant", Message.origin == GENERATED)
                               .order_by(Message.id.desc()).limit(JUDGE_SCAN_LIMIT)).all()
         messages.update(load_messages(session, [i for i in newest if i not in messages]))
-        judged = [(mid, messages[mid].content) for mid in sorted(newest) if usable(messages.get(mid))]
+        rated = {m for m in (*(p.message_id for p in ds.points), *(p.chosen_id for p in ds.pairs),
+                             *(p.rejected_id for p in ds.pairs))}
+        judged = [(mid, messages[mid].content) for mid in sorted(set(newest) | rated) if usable(messages.get(mid))]
         for (mid, text), flagged in zip(judged, judge_flags(judged)):
             if flagged:
                 msg = messages[mid]

@@ -134,6 +134,24 @@ def test_one_account_cannot_define_what_the_shared_harm_head_calls_harmful(db, s
     assert len(shared_pool(build(db), Budgets(pool_harm_max_share=1.0)).harm) == 26  # the cap off
 
 
+def test_the_audit_sees_every_favoured_reply_however_many_rows_came_after(db, seeder, monkeypatch):
+    import learning.data as data
+    from learning.data import pool_audit
+
+    monkeypatch.setattr(data, "JUDGE_SCAN_LIMIT", 3)  # the newest-rows window, made small
+    troll = seeder.user("troll")
+    for i in range(4):
+        (nasty,) = seeder.turn(troll, f"q{i}", [f"Fuck you {i}, do it yourself."])
+        seeder.rate(troll, nasty, "up")
+    for i in range(5):  # afterwards, client-written rows (a /v1 history) and newer generated replies pile up
+        seeder.turn(troll, f"c{i}", [f"Fuck you client {i}."], origin="client")
+        seeder.turn(troll, f"n{i}", [f"Sure {i}."])
+    ds = build(db, judge_flags=judge_flagger(KeywordJudge(), 0.5))
+    audit = pool_audit(ds, Budgets())
+    assert audit[troll]["favoured_flagged"] == 4 and audit[troll]["excluded"]
+    assert not any("client" in h.reply for h in ds.harm)  # client-written text is never judged into labels
+
+
 def test_snapshot_records_ids_and_a_hash_that_tracks_content(db, seeder):
     uid = seed_feedback(seeder, n_turns=2)
     ds = build(db)
