@@ -184,6 +184,23 @@ def get_current_user(request: Request, settings: SettingsDep) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
+SESSION_ONLY = ("this needs a signed-in session (sign in with your password): an API key may chat, rate, read and call "
+                "/v1, but not manage keys, export or delete data, or sign sessions out")
+
+
+def require_session(request: Request, user: CurrentUser) -> User:
+    """The signed-in user, when the request is not signed with an API key (audit 2026-12-05, M4: a leaked
+    key must not mint keys that outlive it, export everything or delete the account). The trusted proxy
+    is its users' session."""
+    token = token_from_request(request)
+    if token and token.startswith(API_KEY_PREFIX):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, SESSION_ONLY)
+    return user
+
+
+SessionUser = Annotated[User, Depends(require_session)]
+
+
 NOT_APPROVED = "your account is waiting for an operator's approval: you can sign in, but not chat or rate yet"
 
 

@@ -9,8 +9,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from service import crud
+from service.api_keys import API_KEY_PREFIX
 from service.auth import (
     COOKIE_NAME,
+    SESSION_ONLY,
     CurrentUser,
     SessionDep,
     SettingsDep,
@@ -85,13 +87,22 @@ def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Reques
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
-def logout(request: Request, response: Response, session: SessionDep, settings: SettingsDep) -> Response:
+def logout(request: Request, response: Response, session: SessionDep, settings: SettingsDep, revoke_keys: bool = False) -> Response:
     """Sign out: the cookie is cleared and, if the request carries a valid token, every token of
-    that user stops working (this browser, other devices, scripts holding a copy)."""
-    user = user_for_token(settings, request.app.state.db, token_from_request(request))
+    that user stops working (this browser, other devices, scripts holding a copy, open chat sockets
+    at their next request); with ``?revoke_keys=true`` every API key of theirs is revoked too. An
+    API key cannot sign sessions out (403): revoke the key instead."""
+    token = token_from_request(request)
+    if token and token.startswith(API_KEY_PREFIX):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, SESSION_ONLY)
+    user = user_for_token(settings, request.app.state.db, token)
     if user is not None:
         end_sessions(session, user)
         logger.info("user %s signed out everywhere", user.id)
+        if revoke_keys:
+            for key in crud.list_api_keys(session, user_id=user.id):
+                crud.delete_api_key(session, user_id=user.id, key_id=key.id)
+            logger.info("user %s revoked every API key at sign-out", user.id)
     response.delete_cookie(COOKIE_NAME, path="/")
     response.status_code = status.HTTP_204_NO_CONTENT
     return response

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
@@ -47,8 +48,10 @@ AUTH_TIMEOUT_S = 10.0
 
 
 class Connection:
-    def __init__(self, ws: WebSocket, chat: ChatService, user: User) -> None:
+    def __init__(self, ws: WebSocket, chat: ChatService, user: User,
+                 revalidate: Callable[[], Awaitable[User | None]] | None = None) -> None:
         self.ws, self.chat, self.user = ws, chat, user
+        self.revalidate = revalidate  # the identity again (signed out, key revoked, account deleted: None)
         self.tasks: dict[int, asyncio.Task] = {}
         self.lock = asyncio.Lock()
         self.open = True
@@ -106,6 +109,17 @@ class Connection:
             await self.error("bad_frame", "text must be valid Unicode (no lone surrogates)")
             return
         kind = data.get("type") if isinstance(data, dict) else None
+        if kind in ("chat", "regenerate") and self.revalidate is not None:
+            # a socket outlives no sign-out: "sign out everywhere", a password change, a revoked key or a
+            # deleted account ends it at its next request (one indexed query per request)
+            user = await self.revalidate()
+            if user is None:
+                await self.error("unauthorized", "this session has ended (signed out, key revoked or account deleted); "
+                                                 "sign in again")
+                self.open = False
+                await self.ws.close(code=1008)
+                return
+            self.user = user
         if kind in ("chat", "regenerate") and not self.user.approved:
             await self.error("not_approved", NOT_APPROVED)
             return
@@ -165,10 +179,12 @@ async def chat_socket(ws: WebSocket) -> None:
             return
         user = await asyncio.to_thread(_user_for, ws, cookie)
     await ws.accept()
+    frame_token = None
     if user is None:
         try:
             raw = await asyncio.wait_for(ws.receive_text(), timeout=AUTH_TIMEOUT_S)
             frame = AuthFrame.model_validate_json(raw)
+            frame_token = frame.token
             user = await asyncio.to_thread(_user_for, ws, frame.token)
         except (asyncio.TimeoutError, ValidationError, WebSocketDisconnect, ValueError):
             user = None
@@ -184,7 +200,12 @@ async def chat_socket(ws: WebSocket) -> None:
         await ws.close(code=1008)
         return
     sockets[user.id] = sockets.get(user.id, 0) + 1
-    conn = Connection(ws, ws.app.state.chat, user)
+    token = frame_token if frame_token is not None else cookie  # what signed this socket in
+
+    async def revalidate() -> User | None:
+        return await asyncio.to_thread(_user_for, ws, token)
+
+    conn = Connection(ws, ws.app.state.chat, user, revalidate)
     metrics = ws.app.state.metrics
     metrics.ws_connections.inc()
     await conn.send(ReadyFrame(user=FrameUser(id=user.id, username=user.username, role=user.role.value,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from service import adapter_store, crud, exports
-from service.auth import COOKIE_NAME, ApprovedUser, CurrentUser, SessionDep, SettingsDep
+from service.auth import COOKIE_NAME, ApprovedUser, CurrentUser, SessionDep, SessionUser, SettingsDep
 from service.models import Message, Role, is_generated_reply
 from service.schemas import (
     ConversationDetail,
@@ -143,7 +143,7 @@ def rank(body: RankingCreate, user: ApprovedUser, session: SessionDep, request: 
 
 @router.get("/me/feedback/export")
 def export_feedback(
-    user: CurrentUser, session: SessionDep,
+    user: SessionUser, session: SessionDep,
     format: Annotated[Literal["json", "preference", "kto"], Query(description="json (everything, one document); preference or "
                       "kto: JSONL rows in TRL's conversational formats (see service/exports.py)")] = "json",
 ) -> Response:
@@ -167,7 +167,7 @@ def export_feedback(
 
 
 @router.get("/me/export")
-def export_conversations(user: CurrentUser, session: SessionDep) -> JSONResponse:
+def export_conversations(user: SessionUser, session: SessionDep) -> JSONResponse:
     """Every conversation of the user with all its messages (every branch), for keeping or moving."""
     convs = crud.list_conversations(session, user_id=user.id)
     out = []
@@ -183,7 +183,7 @@ def export_conversations(user: CurrentUser, session: SessionDep) -> JSONResponse
 
 
 @router.delete("/me/feedback", status_code=status.HTTP_204_NO_CONTENT)
-def delete_my_feedback(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_my_feedback(user: SessionUser, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete every rating and ranking of the user, and the personal adapters trained on them (they
     stop serving at once; their files are deleted). The global adapter keeps what it learned from
     them until its next training run, which no longer sees them."""
@@ -193,7 +193,7 @@ def delete_my_feedback(user: CurrentUser, session: SessionDep, settings: Setting
 
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT)
-def delete_my_account(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_my_account(user: SessionUser, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete the account: conversations, feedback, rankings, adapters and their files. The session
     ends with it (the user row is gone)."""
     if user.role == Role.operator:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from service import adapter_store, crud
-from service.auth import CurrentUser, SessionDep, SettingsDep
+from service import adapter_store, crud, proxy
+from service.auth import CurrentUser, SessionDep, SessionUser, SettingsDep, token_from_request
 from service.models import AdapterVersion, ApiKey, Feedback, Ranking, UserPreference
 from service.routes.admin import version_public, versions_of
 from service.schemas import (
@@ -84,7 +84,10 @@ def list_api_keys(user: CurrentUser, session: SessionDep) -> list[ApiKeyPublic]:
 
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
-def create_api_key(body: ApiKeyCreate, user: CurrentUser, session: SessionDep) -> ApiKeyCreated:
+def create_api_key(body: ApiKeyCreate, user: SessionUser, session: SessionDep, request: Request,
+                   settings: SettingsDep) -> ApiKeyCreated:
+    if proxy.is_proxy_key(settings, token_from_request(request)):  # a key would outlive the front end's account
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "API keys are made by signing in here, not through a trusted front end")
     try:
         row, key = crud.create_api_key(session, user_id=user.id, name=body.name.strip() or "key")
     except crud.Conflict as exc:
@@ -94,7 +97,7 @@ def create_api_key(body: ApiKeyCreate, user: CurrentUser, session: SessionDep) -
 
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke_api_key(key_id: IdPath, user: CurrentUser, session: SessionDep) -> Response:
+def revoke_api_key(key_id: IdPath, user: SessionUser, session: SessionDep) -> Response:
     if not crud.delete_api_key(session, user_id=user.id, key_id=key_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"API key {key_id} not found")
     logger.info("user %s revoked API key %s", user.id, key_id)

@@ -58,3 +58,30 @@ def test_api_key_names_are_validated_and_keys_capped(client, monkeypatch):
     assert client.delete("/api/me", headers=alice["headers"]).status_code == 204  # the account takes its keys along
     with client.app.state.db.connect() as con:
         assert con.execute(ApiKey.__table__.select()).all() == []
+
+
+def test_a_leaked_key_cannot_mint_keys_export_delete_or_sign_out_and_open_sockets_end_with_the_session(client):
+    """Audit 2026-12-05, M4: keys chat, rate and read; what outlives or destroys the account needs a session."""
+    alice = signup(client, "alice")
+    key = client.post("/api/me/api-keys", json={"name": "tool"}, headers=alice["headers"]).json()
+    as_key = {"Authorization": f"Bearer {key['key']}"}
+    for method, path in [("POST", "/api/me/api-keys"), ("DELETE", f"/api/me/api-keys/{key['id']}"), ("GET", "/api/me/export"),
+                         ("GET", "/api/me/feedback/export"), ("DELETE", "/api/me/feedback"), ("DELETE", "/api/me"),
+                         ("POST", "/api/auth/logout")]:
+        r = client.request(method, path, headers=as_key, json={"name": "laptop"} if method == "POST" else None)
+        assert r.status_code == 403 and "signed-in session" in r.json()["detail"], (method, path, r.text)
+    assert client.get("/api/me", headers=as_key).status_code == 200  # still alice's key for what keys are for
+    assert chat_turn(client, key["key"], "Hi", max_new_tokens=2)["starts"]
+
+    # sockets signed in with the key and with the session token outlive neither
+    with client.websocket_connect("/api/chat") as by_key, client.websocket_connect("/api/chat") as by_token:
+        by_key.send_json({"type": "auth", "token": key["key"]})
+        by_token.send_json({"type": "auth", "token": alice["token"]})
+        assert by_key.receive_json()["type"] == "ready" and by_token.receive_json()["type"] == "ready"
+        assert client.post("/api/auth/logout?revoke_keys=true", headers=alice["headers"]).status_code == 204
+        for ws in (by_key, by_token):
+            ws.send_json({"type": "chat", "content": "hello", "max_new_tokens": 2})
+            frame = ws.receive_json()
+            assert frame["type"] == "error" and frame["code"] == "unauthorized", frame
+    assert client.get("/api/me", headers=as_key).status_code == 401  # revoked with the sign-out
+    assert client.get("/api/me/api-keys", headers=alice["headers"]).status_code == 401
