@@ -25,6 +25,7 @@ from sqlmodel import Session
 
 from service import crud
 from service.adapter_store import Resolved, active_version, ref_for, label_of, resolve_for_user
+from service.content_filter import FINISH_REASON as FILTERED, ReplyFilter
 from service.engine.base import EndEvent, Engine, GenerationRequest, QueueFull, RequestStream, SamplingParams, TokenEvent
 from service.metrics import Metrics
 from service.models import GENERATED, Message
@@ -63,6 +64,7 @@ class Turn:
 class ChatService:
     def __init__(self, settings: Settings, db: DBEngine, engine: Engine, metrics: Metrics) -> None:
         self.settings, self.db, self.engine, self.metrics = settings, db, engine, metrics
+        self.reply_filter = ReplyFilter.from_settings(settings)  # None: ASSISTANT_SERVING_FILTER=none
         self._active: dict[int, int] = defaultdict(int)  # user id -> running generations
         self._requests: dict[int, tuple[int, str]] = {}  # message id -> (user id, engine request id)
         self._rng = random.Random()
@@ -387,6 +389,9 @@ class ChatService:
         sent = 0  # how much of it has been yielded
         hold = max((len(s) for s in stop), default=1) - 1
         stopped = False
+        flt = self.reply_filter
+        checked = 0  # with the serving filter: how much of the text its judge has passed
+        filtered = False
         try:
             async for ev in stream:
                 if isinstance(ev, TokenEvent):
@@ -401,22 +406,34 @@ class ChatService:
                     if stopped:
                         continue  # the tokens decoded before the cancel landed
                     text += ev.text
+                    upto = len(text)
                     if stop:
                         hits = [i for i in (text.find(s, max(0, sent - len(s))) for s in stop) if i >= 0]
                         if hits:
                             text, stopped = text[:min(hits)], True
                             self.cancel(user_id=user_id, message_id=reply.message.id)
                         upto = len(text) if stopped else max(sent, len(text) - hold)
-                        if upto > sent:
-                            yield TokenEvent(text[sent:upto], [])
-                            sent = upto
-                    else:
-                        sent = len(text)
-                        yield ev
+                    if flt is not None:  # only whole words the judge has passed are sent
+                        whole = len(text) if stopped else flt.complete(text[:upto])
+                        if whole > checked and flt.flags(text[:whole], checked):
+                            text, stopped, filtered = flt.replace(text[:sent]), True, True
+                            self.cancel(user_id=user_id, message_id=reply.message.id)
+                            whole = len(text)
+                        checked = max(checked, whole)
+                        upto = whole if filtered else max(sent, min(upto, whole))
+                    if upto > sent:
+                        yield TokenEvent(text[sent:upto], [])
+                        sent = upto
                 else:
-                    if stopped:
+                    if flt is not None and not filtered and len(text) > checked and flt.flags(text, checked):
+                        text, filtered = flt.replace(text[:sent]), True  # the last word, held back, was flagged
+                    if filtered:
+                        ev = EndEvent(FILTERED, ev.completion_tokens, ev.prompt_tokens, ev.error)
+                        self.metrics.filtered.inc()
+                        logger.info("reply %s cut by the serving filter", reply.message.id)
+                    elif stopped:
                         ev = EndEvent("stop", ev.completion_tokens, ev.prompt_tokens, ev.error)
-                    elif sent < len(text):  # held back, and no stop string came
+                    if sent < len(text):  # held back (a possible stop string, a word still open) or the redirect
                         yield TokenEvent(text[sent:], [])
                         sent = len(text)
                     await to_thread.run_sync(lambda: self._store(reply.message.id, text, ev))

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
                                "start). Off: the plain base.")
     safety_train_at_start: bool = Field(True, description="The learning worker trains the safety stage at its first start when this "
                                         "base has none (about 10 minutes in the background; the server swaps it in when ready).")
+    serving_filter: str = Field("insults", description="Harm judge of the serving filter (service/content_filter.py): a reply it "
+                                "flags is cut before the flagged words and ended with a redirect (finish reason content_filter). "
+                                "One of service.judges' names (insults, better-profanity, keywords, ...); none = off.")
     device: str = Field("cpu", description="torch device for serving and training (cpu, cuda, cuda:0).")
 
     # --- web ---------------------------------------------------------------

@@ -48,7 +48,7 @@ _DRAINING: set[asyncio.Task] = set()
 UNREAD_STREAM_TIMEOUT_S = 30.0
 
 POLICIES = {"": None, ":global": "global", ":base": "base"}  # model id suffix -> policy
-FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
+FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop", "content_filter": "content_filter"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                409: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
