@@ -30,21 +30,19 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
-from torch import nn
 
 from learning.config import Budgets
 from learning.harm import make_judge
 from learning.policy import make_policy, reference_mode
 from learning.redteam import SAFETY_DEV_PROMPTS, SAFETY_TRAIN_PROMPTS
 from learning.safety_data import REPLAY_PROMPTS, SAFETY_SYSTEM_PROMPT, is_dev_replay, is_redirect, redirects_for
-from learning.warmstart import dpo_loss, pair_logprob_sums, sft_loss
+from learning.warmstart import pair_logprob_sums, sft_dpo_step
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -182,19 +180,12 @@ def train_safety_stage(settings: "Settings", budgets: Budgets, *, out_dir: Path 
         n_steps = -(-len(sft_items) // mb)
         dpo_mb = max(1, -(-len(order) // n_steps))  # the pairs spread over the same steps
         for step in range(n_steps):
-            chunk = sft_items[step * mb:(step + 1) * mb]
             rows = order[step * dpo_mb:(step + 1) * dpo_mb]
-            loss = sft_loss(policy, tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
-            sft_losses.append(float(loss.detach()))
-            if rows:
-                dpo = dpo_loss(pair_logprob_sums(policy, tokenizer, [pairs[i] for i in rows], budgets), ref_sums[rows],
-                               budgets.safety_dpo_beta)
-                loss = loss + dpo
-                dpo_losses.append(float(dpo.detach()))
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, budgets.ppo_max_grad_norm)
-            optimizer.step()
+            sft, dpo = sft_dpo_step(policy, tokenizer, optimizer, params, sft_items[step * mb:(step + 1) * mb],
+                                    [pairs[i] for i in rows], ref_sums[rows] if rows else None, budgets.safety_dpo_beta,
+                                    budgets)
+            sft_losses += [sft] if sft is not None else []
+            dpo_losses += [dpo] if dpo is not None else []
             steps += 1
         sft_epochs.append(sft_losses)
         dpo_epochs.append(dpo_losses)
@@ -231,21 +222,11 @@ def _mean(xs: Sequence[float]) -> float:
 
 def _save_merged(model, tokenizer, target: Path, result: SafetyResult, budgets: Budgets) -> None:
     """Write the merged weights, the tokenizer and ``SAFETY.json`` (written last: its presence means complete)."""
-    from service.model_loading import readable_by_all
+    from service.model_loading import save_model_dir
 
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
     manifest = {"result": result.as_dict(), "budgets": {k: v for k, v in asdict(budgets).items() if k.startswith("safety_")},
                 "judge": budgets.harm_judge}
-    (tmp / "SAFETY.json").write_text(json.dumps(manifest, indent=2))
-    readable_by_all(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    save_model_dir(model, tokenizer, target, "SAFETY.json", json.dumps(manifest, indent=2))
 
 
 def ensure_safety_stage(settings: "Settings", budgets: Budgets) -> SafetyResult | None:

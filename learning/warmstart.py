@@ -77,6 +77,27 @@ def dpo_loss(policy_sums: torch.Tensor, reference_sums: torch.Tensor, beta: floa
     return -torch.nn.functional.logsigmoid(beta * (ratios[:, 0] - ratios[:, 1])).mean()
 
 
+def sft_dpo_step(model, tokenizer, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                 chunk: Sequence[tuple[str, str]], pairs: Sequence[tuple[str, str, str, str]], ref_sums: torch.Tensor | None,
+                 beta: float, budgets: Budgets) -> tuple[float | None, float | None]:
+    """One optimiser step on SFT over ``chunk`` (prompt, reply) plus DPO over ``pairs`` against their
+    reference sums (either may be empty); returns the two losses (None where empty). Shared by the
+    warm start and the safety stage (``learning.safety``)."""
+    loss = torch.zeros(())
+    sft = dpo = None
+    if chunk:
+        term = sft_loss(model, tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
+        loss, sft = loss + term, float(term.detach())
+    if pairs:
+        term = dpo_loss(pair_logprob_sums(model, tokenizer, pairs, budgets), ref_sums, beta)
+        loss, dpo = loss + term, float(term.detach())
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, budgets.ppo_max_grad_norm)
+    optimizer.step()
+    return sft, dpo
+
+
 def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Sequence[tuple[str, str]], budgets: Budgets,
                *, harm_lambda: float | None = None, seed: int = 0, sampler: Sampler = sample,
                pairs: Sequence[tuple[str, str, str, str]] = ()) -> WarmStartResult:
@@ -124,22 +145,12 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
         picker.shuffle(order)
         epoch, dpo_epoch = [], []
         for step in range(max(-(-len(data) // mb), -(-len(order) // mb))):
-            chunk = data[step * mb:(step + 1) * mb]
             rows = order[step * mb:(step + 1) * mb]
-            loss = torch.zeros(())
-            if chunk:
-                sft = sft_loss(model, tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
-                loss = loss + sft
-                epoch.append(float(sft.detach()))
-            if rows:
-                dpo = dpo_loss(pair_logprob_sums(model, tokenizer, [pairs[i] for i in rows], budgets), ref_sums[rows],
-                               budgets.warm_start_dpo_beta)
-                loss = loss + dpo
-                dpo_epoch.append(float(dpo.detach()))
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, budgets.ppo_max_grad_norm)
-            optimizer.step()
+            sft, dpo = sft_dpo_step(model, tokenizer, optimizer, params, data[step * mb:(step + 1) * mb],
+                                    [pairs[i] for i in rows], ref_sums[rows] if rows else None, budgets.warm_start_dpo_beta,
+                                    budgets)
+            epoch += [sft] if sft is not None else []
+            dpo_epoch += [dpo] if dpo is not None else []
         losses.append(epoch)
         dpo_losses.append(dpo_epoch)
 

@@ -73,22 +73,26 @@ def provision_embedded(settings: Settings) -> Path:
         model.load_state_dict(quantized.state_dict())
         model.generation_config.eos_token_id = tok.eos_token_id
         model.generation_config.pad_token_id = tok.eos_token_id
-        tmp = target.with_name(target.name + ".tmp")
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "PROVISIONED").write_text(json.dumps({"source": str(gguf.name)}))
-        readable_by_all(tmp)
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
-        tmp.rename(target)
+        save_model_dir(model, tok, target, "PROVISIONED", json.dumps({"source": str(gguf.name)}))
         return target
+
+
+def save_model_dir(model, tokenizer, target: Path, marker: str, marker_text: str) -> None:
+    """Save weights and tokenizer under ``target`` atomically: written beside it, the ``marker`` file
+    last (its presence means complete), readable by all, then renamed into place."""
+    import shutil
+
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / marker).write_text(marker_text)
+    readable_by_all(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
 
 
 def readable_by_all(directory: Path) -> None:
