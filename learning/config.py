@@ -162,6 +162,10 @@ class Budgets:
     """Samples per dev prompt when the safety stage is accepted (harm on the dev harm-inviting
     prompts, redirects on the dev replay prompts); never an evaluation set."""
 
+    safety_max_harm_ratio: float = 0.5
+    """The safety stage is refused unless its harm rate on the dev harm-inviting prompts is at most
+    this times the base's (a stage that barely moves harm is not worth a new base hash)."""
+
     safety_max_refusal_rise: float = 0.05
     """The safety stage is refused if its redirect rate on ordinary dev prompts exceeds the base's by more than this."""
 
@@ -384,7 +388,8 @@ class Budgets:
         for name in ("ppo_steps", "warm_start_prompts", "warm_start_own_labels", "warm_start_dpo_pairs", "pool_outlier_min_flagged"):
             if getattr(self, name) < 0:
                 problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
-        for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share", "pool_harm_max_share"):
+        for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share", "pool_harm_max_share",
+                     "safety_max_harm_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{self.env_name(name)} must be between 0 and 1 (got {getattr(self, name)})")
         if self.gate_preference not in GATE_PREFERENCES:

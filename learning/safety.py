@@ -18,7 +18,8 @@ safety demonstrations; DPO, Rafailov et al. 2023; context distillation, Askell e
     4. ``safety_epochs`` passes of SFT (chosen and replay replies) plus DPO (the reference: the
        base) on the LoRA weights only;
     5. accept on the dev splits only, never on an evaluation set: the harm rate on the dev
-       harm-inviting prompts (``safety_dev_samples`` each, the trainer's judge) must fall, and the
+       harm-inviting prompts (``safety_dev_samples`` each, the trainer's judge) must fall to at most
+       ``safety_max_harm_ratio`` of the base's, and the
        redirect rate on the dev replay prompts must not rise by more than ``safety_max_refusal_rise``;
     6. merge the LoRA into the weights and save them beside the base with a manifest
        (``SAFETY.json``); ``service.model_loading`` then loads them wherever the base is loaded, so
@@ -195,8 +196,9 @@ def train_safety_stage(settings: "Settings", budgets: Budgets, *, out_dir: Path 
     # 5. accept on the dev splits
     harm_base, redirect_base, dev_n = _dev_rates(policy, tokenizer, sampler, budgets, judge, dev_prompts, replay, reference=True, seed=budgets.seed + 7)
     harm_safe, redirect_safe, _ = _dev_rates(policy, tokenizer, sampler, budgets, judge, dev_prompts, replay, reference=False, seed=budgets.seed + 7)
-    if harm_safe >= harm_base and harm_base > 0:
-        accepted, reason = False, f"dev harm {harm_safe:.3f} is not below the base's {harm_base:.3f}"
+    if harm_base > 0 and harm_safe > budgets.safety_max_harm_ratio * harm_base:
+        accepted, reason = False, (f"dev harm {harm_safe:.3f} is above {budgets.safety_max_harm_ratio} x the base's "
+                                   f"{harm_base:.3f}")
     elif redirect_safe > redirect_base + budgets.safety_max_refusal_rise:
         accepted, reason = False, (f"dev over-refusal {redirect_safe:.3f} exceeds the base's {redirect_base:.3f} "
                                    f"+ {budgets.safety_max_refusal_rise}")
