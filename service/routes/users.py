@@ -3,6 +3,9 @@
     GET  /api/admin/users                   every account, with its label counts (approval queue first)
     POST /api/admin/users                   create an approved account (201; 409 if the name is taken)
     POST /api/admin/users/{user_id}/approve let a waiting account chat, rate and count for training
+    POST /api/admin/users/{user_id}/suspend the reverse, at once: not approved (no chat, no rating, its labels
+                                            out of every training run), every session ended, every API key revoked
+    DELETE /api/admin/users/{user_id}       delete the account and everything of it (as its owner would)
 
 With ``ASSISTANT_REGISTRATION=approval`` (the default outside dev mode) self-registered accounts
 wait here; with ``closed`` this is the only way in.
@@ -16,8 +19,8 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from service import crud
-from service.auth import OperatorUser, SessionDep
+from service import adapter_store, crud
+from service.auth import OperatorUser, SessionDep, SettingsDep, end_sessions
 from service.models import Feedback, Ranking, Role, User
 from service.schemas import IdPath, UserAdminPublic, UserCreate
 
@@ -65,3 +68,36 @@ def approve_user(user_id: IdPath, operator: OperatorUser, session: SessionDep) -
         session.commit()
         logger.info("operator %s approved user %s", operator.username, user_id)
     return _public(user, _counts(session, Feedback), _counts(session, Ranking))
+
+
+def _other_user(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {user_id}")
+    if user.role == Role.operator:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the operator account cannot be suspended or deleted here")
+    return user
+
+
+@router.post("/{user_id}/suspend", response_model=UserAdminPublic)
+def suspend_user(user_id: IdPath, operator: OperatorUser, session: SessionDep) -> UserAdminPublic:
+    """Stop an account now (audit 2026-12-05, M8): an operator who sees a poisoner on the dashboard acts
+    before the next run. Its labels stay stored (approve it again to restore it) but no run reads them."""
+    user = _other_user(session, user_id)
+    user.approved = False
+    session.add(user)
+    session.commit()
+    end_sessions(session, user)  # open sockets end at their next request
+    for key in crud.list_api_keys(session, user_id=user_id):
+        crud.delete_api_key(session, user_id=user_id, key_id=key.id)
+    logger.warning("operator %s suspended user %s", operator.username, user_id)
+    return _public(session.get(User, user_id), _counts(session, Feedback), _counts(session, Ranking))
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_user(user_id: IdPath, operator: OperatorUser, session: SessionDep, settings: SettingsDep) -> None:
+    """Delete an account: conversations, ratings, adapters and their files, as ``DELETE /api/me`` does."""
+    _other_user(session, user_id)
+    adapter_store.erase_user_adapters(settings, session, user_id=user_id, reason=f"operator {operator.username} deleted the account")
+    crud.delete_account(session, user_id=user_id)
+    logger.warning("operator %s deleted user %s", operator.username, user_id)

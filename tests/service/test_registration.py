@@ -69,3 +69,28 @@ def test_registrations_per_address_are_limited(app_factory):
         assert client.post("/api/auth/register", json={"username": name, "password": "correct-horse-1"}).status_code == 201
     r = client.post("/api/auth/register", json={"username": "three", "password": "correct-horse-1"})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+
+
+def test_operators_can_suspend_and_delete_an_account_at_once(app_factory):
+    """Audit 2026-12-05, M8: an operator who sees a poisoner acts before the next run, without SQL."""
+    client = app_factory(admin_password="operator-pass-1")
+    mallory, bob = signup(client, "mallory"), signup(client, "bob")
+    key = client.post("/api/me/api-keys", json={"name": "k"}, headers=mallory["headers"]).json()["key"]
+    op = _operator(client)
+    assert client.post(f"/api/admin/users/{bob['id']}/suspend", headers=mallory["headers"]).status_code == 403
+    r = client.post(f"/api/admin/users/{mallory['id']}/suspend", headers=op)
+    assert r.status_code == 200 and r.json()["approved"] is False
+    assert client.get("/api/me", headers=mallory["headers"]).status_code == 401  # every session ended
+    assert client.get("/api/me", headers={"Authorization": f"Bearer {key}"}).status_code == 401  # every key revoked
+    signed_in = client.post("/api/auth/token", data={"username": "mallory", "password": "correct-horse-1"}).json()
+    client.cookies.clear()
+    body = {"model": "smollm2-135m-instruct", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    again = {"Authorization": f"Bearer {signed_in['access_token']}"}
+    assert client.post("/v1/chat/completions", json=body, headers=again).status_code == 403  # waits for approval again
+    admin_id = next(u["id"] for u in client.get("/api/admin/users", headers=op).json() if u["username"] == "admin")
+    assert client.post(f"/api/admin/users/{admin_id}/suspend", headers=op).status_code == 403
+    assert client.delete(f"/api/admin/users/{mallory['id']}", headers=op).status_code == 204
+    assert client.get("/api/me", headers=again).status_code == 401
+    assert "mallory" not in {u["username"] for u in client.get("/api/admin/users", headers=op).json()}
+    assert client.delete("/api/admin/users/9999", headers=op).status_code == 404
+    assert client.get("/api/me", headers=bob["headers"]).status_code == 200  # nobody else touched
