@@ -39,6 +39,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -866,23 +867,47 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
             # The verdict, the result row and the activation land in one commit, and only while the
             # job is still this worker's: the conditional UPDATE matches no row if recovery or
             # another worker took it meanwhile, and then nothing of this verdict is kept.
-            row.status = AdapterStatus.promoted if decision.promote else AdapterStatus.rejected
+            promote, reason = decision.promote, decision.reason
+            forgotten = _ratings_deleted_since(session, user_id, ctx.snapshot.created_at)
+            if forgotten:  # audit 2026-12-05, M3(a): the user deleted what this job learned from while it trained
+                promote, reason = False, forgotten
+            row.status = AdapterStatus.promoted if promote else AdapterStatus.rejected
+            row.reason = reason
             session.add(row)
             held = session.execute(
                 update(TrainingResult)
                 .where(TrainingResult.id == ctx.job_id, TrainingResult.status == RunStatus.running,
                        TrainingResult.worker_id == ctx.worker_id)
-                .values(status=RunStatus.succeeded, adapter_version_id=row.id, promoted=decision.promote, progress=1.0,
-                        reason=decision.reason, metrics=metrics, finished_at=utcnow()))
+                .values(status=RunStatus.succeeded, adapter_version_id=row.id, promoted=promote, progress=1.0,
+                        reason=reason, metrics=metrics, finished_at=utcnow()))
             if held.rowcount != 1:
                 session.rollback()
                 raise RunAborted(f"job {ctx.job_id} is no longer held by {ctx.worker_id}; its verdict is not published")
-            if decision.promote:
+            if promote:
                 adapter_store.activate(session, user_id=user_id, version_id=row.id)  # commits
             else:
                 session.commit()
+        if forgotten:  # the weights learned from deleted ratings: not kept either
+            shutil.rmtree(ctx.settings.adapters_dir / row.path, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load_lora_state(ctx.models.policy, candidate_state)
-    logger.info("%s: %s (%d PPO steps, %.0fs)", scope, decision.reason, ppo.steps, wall_s)
-    return ScopeOutcome(user_id, row, decision.promote, decision.reason, metrics)
+    logger.info("%s: %s (%d PPO steps, %.0fs)", scope, reason, ppo.steps, wall_s)
+    return ScopeOutcome(user_id, row, promote, reason, metrics)
+
+
+def _ratings_deleted_since(session: Session, user_id: int | None, snapshot_at) -> str | None:
+    """Why a personal job's result must not serve: its user deleted their ratings (or the account)
+    after the run's snapshot. None for the global job and when nothing was deleted."""
+    if user_id is None:
+        return None
+    user = session.get(User, user_id)
+    if user is None:
+        return "the account was deleted while this job trained"
+    deleted = user.ratings_deleted_at
+    if deleted is None:
+        return None
+    aware = (lambda t: t if t.tzinfo else t.replace(tzinfo=timezone.utc))
+    if aware(deleted) > aware(snapshot_at):
+        return "the user deleted their ratings after this run's snapshot: nothing trained on them is kept"
+    return None

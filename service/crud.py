@@ -185,16 +185,19 @@ def rename_conversation(session: Session, *, conv: Conversation, title: str) -> 
     return conv
 
 
-def delete_conversation(session: Session, *, conv: Conversation) -> None:
-    """Delete a conversation with its messages, their feedback and rankings."""
+def delete_conversation(session: Session, *, conv: Conversation) -> int:
+    """Delete a conversation with its messages, their feedback and rankings; returns how many
+    ratings and rankings went with it."""
     msg_ids = list(session.exec(select(Message.id).where(Message.conversation_id == conv.id)).all())
+    labels = 0
     if msg_ids:
-        session.execute(sa_delete(Feedback).where(col(Feedback.message_id).in_(msg_ids)))
-        session.execute(sa_delete(Ranking).where(col(Ranking.alternative_group).in_(msg_ids)))
+        labels += session.execute(sa_delete(Feedback).where(col(Feedback.message_id).in_(msg_ids))).rowcount or 0
+        labels += session.execute(sa_delete(Ranking).where(col(Ranking.alternative_group).in_(msg_ids))).rowcount or 0
         session.execute(Message.__table__.update().where(Message.conversation_id == conv.id).values(parent_id=None))
         session.execute(sa_delete(Message).where(Message.conversation_id == conv.id))
     session.delete(conv)
     session.commit()
+    return labels
 
 
 # --- messages -----------------------------------------------------------------------

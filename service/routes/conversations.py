@@ -103,11 +103,15 @@ def rename_conversation(conversation_id: IdPath, body: ConversationUpdate, user:
 
 
 @router.delete("/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_conversation(conversation_id: IdPath, user: CurrentUser, session: SessionDep) -> Response:
+def delete_conversation(conversation_id: IdPath, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a conversation. If it held ratings, the personal adapters trained on them stop serving
+    and their files go (audit 2026-12-05, M3(b)); the next run learns from what is left."""
     conv = crud.get_conversation(session, user_id=user.id, conversation_id=conversation_id)
     if conv is None:
         raise _not_found("conversation", conversation_id)
-    crud.delete_conversation(session, conv=conv)
+    if crud.delete_conversation(session, conv=conv):
+        adapter_store.erase_user_adapters(settings, session, user_id=user.id,
+                                          reason="the user deleted a conversation they had rated in")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -185,8 +189,9 @@ def export_conversations(user: SessionUser, session: SessionDep) -> JSONResponse
 @router.delete("/me/feedback", status_code=status.HTTP_204_NO_CONTENT)
 def delete_my_feedback(user: SessionUser, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete every rating and ranking of the user, and the personal adapters trained on them (they
-    stop serving at once; their files are deleted). The global adapter keeps what it learned from
-    them until its next training run, which no longer sees them."""
+    stop serving at once; their files are deleted; a job that snapshotted them before and finishes
+    after serves nothing). The global adapter's next run no longer sees them, but each global version
+    starts from the last, so some influence stays (the UI says so)."""
     crud.delete_feedback(session, user_id=user.id)
     adapter_store.erase_user_adapters(settings, session, user_id=user.id, reason="the user deleted their ratings")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

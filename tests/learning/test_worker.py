@@ -388,3 +388,26 @@ def test_a_reused_pid_does_not_keep_a_dead_workers_run_alive():
     assert _owner_is_dead(f"{host}:{pid}:{int(_process_start(pid)) + 1}:aaaaaa", None, 60.0)  # same pid, other process
     assert not _owner_is_dead(f"{host}:{pid}:aaaaaa", None, 60.0)  # ids from before: the pid alone decides
     assert new_worker_id().split(":")[2] == _process_start(__import__("os").getpid())
+
+
+def test_a_job_whose_user_deleted_their_ratings_meanwhile_never_serves(db, seeder):
+    """Audit 2026-12-05, M3(a): the publish step asks this, in the transaction that would activate."""
+    from datetime import timedelta
+
+    from sqlmodel import Session
+
+    from learning.pipeline import _ratings_deleted_since
+    from service import crud
+    from service.models import User, utcnow
+
+    alice = seeder.user("alice")
+    snapshot_at = utcnow()
+    with Session(db) as s:
+        assert _ratings_deleted_since(s, alice, snapshot_at) is None
+        assert _ratings_deleted_since(s, None, snapshot_at) is None  # the global job
+        crud.delete_feedback(s, user_id=alice)  # while the job trains
+        assert "deleted their ratings" in _ratings_deleted_since(s, alice, snapshot_at)
+        assert _ratings_deleted_since(s, alice, utcnow() + timedelta(seconds=1)) is None  # deleted before the snapshot
+        s.delete(s.get(User, alice))
+        s.commit()
+        assert "account was deleted" in _ratings_deleted_since(s, alice, snapshot_at)

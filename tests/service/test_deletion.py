@@ -51,6 +51,21 @@ def test_deleting_ratings_or_resetting_deletes_the_personal_adapter(client, tmp_
     assert not weights.exists() and client.get("/api/me/adapter", headers=alice["headers"]).json()["policy"] != "user"
 
 
+def test_deleting_a_rated_conversation_stops_the_adapter_trained_on_it(client, tmp_path):
+    """Audit 2026-12-05, M3(b)."""
+    alice = signup(client, "alice")
+    reply = _rated_reply(client, alice["id"])
+    weights = _publish(client, alice["id"], tmp_path, 1)
+    with Session(client.app.state.db) as s:
+        conv_id = s.get(Message, reply).conversation_id
+        unrated = crud.create_conversation(s, user_id=alice["id"], title="no ratings").id
+    assert client.delete(f"/api/conversations/{unrated}", headers=alice["headers"]).status_code == 204
+    assert client.get("/api/me/adapter", headers=alice["headers"]).json()["policy"] == "user"  # nothing rated went
+    assert client.delete(f"/api/conversations/{conv_id}", headers=alice["headers"]).status_code == 204
+    me = client.get("/api/me/adapter", headers=alice["headers"]).json()
+    assert me["policy"] != "user" and not weights.exists() and "deleted a conversation" in me["versions"][0]["reason"]
+
+
 def test_deleting_the_account_removes_everything_of_the_user_only(app_factory, tmp_path):
     client = app_factory(admin_password="operator-pass-1")
     alice, bob = signup(client, "alice"), signup(client, "bob")
