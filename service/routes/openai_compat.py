@@ -92,10 +92,12 @@ def _policy(request: Request, model: str | None) -> str | None:
 
 def _refuse_unsupported(body: OAIChatRequest) -> None:
     """A clear 400 for what this server does not do, instead of an answer that ignores it."""
-    if body.tools or body.functions:
-        raise OpenAIError(400, "tools and function calling are not supported by this server", param="tools", code="unsupported_parameter")
-    if body.tool_choice not in (None, "none"):
-        raise OpenAIError(400, "tool_choice is not supported (no tools)", param="tool_choice", code="unsupported_parameter")
+    # Tools offered with tool_choice auto (the default) or none let the model answer in plain text, as
+    # OpenAI's semantics allow: Open WebUI sends its built-in tools with every request (issue 31). Only a
+    # required or named tool call, which plain text cannot satisfy, is refused.
+    if body.tool_choice not in (None, "none", "auto"):
+        raise OpenAIError(400, "this server answers in plain text and never calls tools: tool_choice must be \"auto\" or "
+                          "\"none\"", param="tool_choice", code="unsupported_parameter")
     if body.response_format and body.response_format.get("type") not in (None, "text"):
         raise OpenAIError(400, "response_format: only {\"type\": \"text\"} is supported (no JSON mode)", param="response_format",
                           code="unsupported_parameter")

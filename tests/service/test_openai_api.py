@@ -81,7 +81,7 @@ def test_models_policies_and_openai_error_objects(client):
     except openai.NotFoundError as exc:
         assert exc.code == "model_not_found" and exc.param == "model" and "gpt-4o" in exc.message
     refusals = {  # what the server does not do is refused by name, never ignored
-        "tools": dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        "tool_choice": dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}], tool_choice="required"),
         "response_format": dict(response_format={"type": "json_object"}),
         "logprobs": dict(logprobs=True, top_logprobs=2, stop=["."]),  # logprobs alone are served (below)
     }
@@ -91,6 +91,12 @@ def test_models_policies_and_openai_error_objects(client):
             raise AssertionError(f"{param} must be refused")
         except openai.BadRequestError as exc:
             assert exc.param == param and exc.body["type"] == "invalid_request_error", exc.body
+    # tools offered with tool_choice auto or none (Open WebUI sends its built-in tools with every request): plain text
+    tools = [{"type": "function", "function": {"name": "web_search", "parameters": {"type": "object", "properties": {}}}}]
+    for choice in ({}, {"tool_choice": "auto"}, {"tool_choice": "none"}):
+        reply = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, tools=tools,
+                                            **choice).choices[0]
+        assert reply.message.content and not reply.message.tool_calls and reply.finish_reason in ("stop", "length")
     image = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
     try:
         oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": image}], max_tokens=2)
