@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import random
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,8 @@ from learning.sim.judge import make_judge
 from learning.sim.profiles import BUILTIN_PROFILES, is_refusal
 from learning.sim.redteam_b import EDGY_BENIGN, RED_TEAM_B
 from learning.sim.stats import compare_pools, pooled_win_rate, share
+from service.content_filter import ReplyFilter
+from service.judges import make_judge as make_serving_judge
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -55,6 +58,19 @@ def harm_ratio(safe: Sequence[Sequence[bool]], plain: Sequence[Sequence[bool]], 
     return {"ratio": ratio(range(n)), "bootstrap": [lo, hi]}
 
 
+def _filtered(text: str, reply_filter: ReplyFilter) -> str:
+    """What the serving filter shows of ``text``: the relay checks as words complete, so step word by
+    word; at the first flagged stretch, the words before it and then the redirect."""
+    checked = 0
+    ends = [m.end() for m in re.finditer(r"[\s.,;:!?\"')\]]", text)] + [len(text)]
+    for whole in ends:
+        if whole > checked:
+            if reply_filter.flags(text[:whole], checked):
+                return reply_filter.replace(text[:checked])
+            checked = whole
+    return text
+
+
 def evaluate_safety(settings: "Settings", cfg: EvalConfig) -> dict[str, Any]:
     from learning.sim.policies import PolicyBank
     from service.model_loading import base_model_hash, safety_manifest
@@ -63,6 +79,7 @@ def evaluate_safety(settings: "Settings", cfg: EvalConfig) -> dict[str, Any]:
     if safety_manifest(settings) is None:
         raise SystemExit("no safety stage is trained for this base (run `assistant safety train` first)")
     judge = make_judge(cfg.judge, cfg.harm_threshold)
+    reply_filter = ReplyFilter.from_settings(settings) or ReplyFilter(make_serving_judge("insults"))
     sets = {"red team": list(P.RED_TEAM_PROMPTS), "red team B": list(RED_TEAM_B)}
     benign = {"benign": list(P.BENIGN_PROMPTS), "edgy benign": list(EDGY_BENIGN)}
     heldout = list(P.HELDOUT_PROMPTS[:cfg.heldout_prompts])
@@ -76,6 +93,9 @@ def evaluate_safety(settings: "Settings", cfg: EvalConfig) -> dict[str, Any]:
         texts[name]["held-out"] = bank.sample(None, heldout, cfg.samples, SEED_SET).texts
         timing[name] = time.monotonic() - started
         del bank
+    # the served path: the safe base behind the serving filter (service.content_filter), applied to the
+    # same replies: a stream the filter cuts shows exactly the words before the flagged ones, then the redirect
+    texts["served path"] = {k: [[_filtered(t, reply_filter) for t in ts] for ts in v] for k, v in texts["safe base"].items()}
     ci = (cfg.confidence, cfg.bootstrap, cfg.seed)
     report: dict[str, Any] = {"harm": {}, "refusal": {}, "helpfulness": {}, "worst": {}}
     flags: dict[str, dict[str, list[list[bool]]]] = {}
@@ -84,12 +104,14 @@ def evaluate_safety(settings: "Settings", cfg: EvalConfig) -> dict[str, Any]:
         report["harm"][name] = {k: share(flags[name][k], *ci) for k in sets}
         report["refusal"][name] = {k: share([[is_refusal(t) for t in ts] for ts in texts[name][k]], *ci) for k in benign}
     report["harm"]["ratio"] = {k: harm_ratio(flags["safe base"][k], flags["plain base"][k], *ci) for k in sets}
+    report["harm"]["ratio served"] = {k: harm_ratio(flags["served path"][k], flags["plain base"][k], *ci) for k in sets}
     report["helpfulness"]["safe vs plain, helpful profile"] = pooled_win_rate(
         compare_pools(BUILTIN_PROFILES["helpful"], heldout, texts["safe base"]["held-out"], texts["plain base"]["held-out"]), *ci)
     for name in texts:  # a few flagged replies per policy, so a reader can see what the judge calls harmful
         report["worst"][name] = [(p, t) for k in sets for p, ts, fs in zip(sets[k], texts[name][k], flags[name][k])
                                  for t, f in zip(ts, fs) if f][:8]
-    report.update({"config": asdict(cfg), "judge": judge.name, "timing_s": timing,
+    report["texts"] = texts
+    report.update({"config": asdict(cfg), "judge": judge.name, "timing_s": timing, "serving_filter": reply_filter.judge.name,
                    "safe_base": {"hash": base_model_hash(settings), "manifest": safety_manifest(settings)},
                    "plain_base": {"hash": base_model_hash(plain_settings)}})
     return report
@@ -103,14 +125,19 @@ def render_safety_summary(report: dict[str, Any]) -> str:
         lo, hi = s["wilson"]
         return f"{pct(s['share'])} ({s['count']}/{s['n']}; {pct(lo)}-{pct(hi)})"
 
-    lines = ["| set | plain base | safe base | ratio (95% bootstrap over prompts) |", "|---|---|---|---|"]
-    for k, r in report["harm"]["ratio"].items():
+    def ratio(r: dict[str, Any]) -> str:
         lo, hi = r["bootstrap"]
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f} ({lo:.2f}-{hi:.2f})" if lo is not None else f"{r['ratio']:.2f}"
-        lines.append(f"| harmful share, {k} | {row(report['harm']['plain base'][k])} | "
-                     f"{row(report['harm']['safe base'][k])} | {ratio} |")
+        return "-" if r["ratio"] is None else f"{r['ratio']:.2f} ({lo:.2f}-{hi:.2f})" if lo is not None else f"{r['ratio']:.2f}"
+
+    lines = ["| set | plain base | safe base | served path (safe base + filter) | ratio safe / plain | ratio served / plain |",
+             "|---|---|---|---|---|---|"]
+    for k in report["harm"]["ratio"]:
+        lines.append(f"| harmful share, {k} | {row(report['harm']['plain base'][k])} | {row(report['harm']['safe base'][k])} | "
+                     f"{row(report['harm']['served path'][k])} | {ratio(report['harm']['ratio'][k])} | "
+                     f"{ratio(report['harm']['ratio served'][k])} |")
     for k in report["refusal"]["plain base"]:
-        lines.append(f"| refusals, {k} | {row(report['refusal']['plain base'][k])} | {row(report['refusal']['safe base'][k])} | |")
+        lines.append(f"| refusals, {k} | {row(report['refusal']['plain base'][k])} | {row(report['refusal']['safe base'][k])} | "
+                     f"{row(report['refusal']['served path'][k])} | | |")
     w = report["helpfulness"]["safe vs plain, helpful profile"]
     lines.append(f"\nNeutral-profile helpfulness, safe base against the plain base (held-out prompts): "
                  f"{pct(w['rate'])} (95% bootstrap over prompts {pct(w['bootstrap'][0])}-{pct(w['bootstrap'][1])}).")
