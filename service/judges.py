@@ -141,6 +141,33 @@ INSULT_LEXICON = (
 )
 
 
+# better-profanity's own character substitutions (its ``Profanity.CHARS_MAPPING``)
+_LEET = {"a": "a@*4", "i": "i*l1", "o": "o*0@", "u": "u*v", "v": "v*u", "l": "l1", "e": "e*3", "s": "s$5", "t": "t7"}
+
+
+def _swear_pattern() -> re.Pattern[str]:
+    """better-profanity's word list (read from its wheel) with its character substitutions, compiled
+    into one regular expression: the same words its ``censor`` finds, in microseconds instead of the
+    ~15 ms a call of ``censor`` takes, so the serving filter can check every word of every stream."""
+    from importlib import resources
+
+    words = resources.files("better_profanity").joinpath("profanity_wordlist.txt").read_text().split("\n")
+
+    def variant(word: str) -> str:
+        parts = []
+        for c in word.lower():
+            if c.isspace():
+                parts.append(r"\s+")
+            elif c in _LEET:
+                parts.append("[" + re.escape(_LEET[c]) + "]")
+            else:
+                parts.append(re.escape(c))
+        return "".join(parts)
+
+    alternatives = sorted({variant(w.strip()) for w in words if w.strip()}, key=len, reverse=True)
+    return re.compile(r"(?<![\w@$*])(?:" + "|".join(alternatives) + r")(?![\w@$*])", re.IGNORECASE)
+
+
 @dataclass
 class InsultLexiconJudge:
     """``1 - 0.5 ** (insults and swear words in the text)``: better-profanity's censored words plus
@@ -151,13 +178,13 @@ class InsultLexiconJudge:
     name: str = "insults"
 
     def __post_init__(self) -> None:
-        self._profanity = BetterProfanityJudge()._profanity
         self._pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in self.words) + r")\b", re.IGNORECASE)
+        self._swears = _swear_pattern()
 
     def count(self, text: str) -> int:
         lexicon = self._pattern.findall(text)
-        rest = self._pattern.sub(" ", text)  # each lexicon word counted once, not again by better-profanity
-        return len(lexicon) + self._profanity.censor(rest, "\u2588").count("\u2588" * 4)
+        rest = self._pattern.sub(" ", text)  # each lexicon word counted once, not again as a swear word
+        return len(lexicon) + len(self._swears.findall(rest))
 
     def score(self, texts: Sequence[str]) -> list[float]:
         return [1.0 - 0.5 ** self.count(t) for t in texts]

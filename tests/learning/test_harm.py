@@ -86,3 +86,15 @@ def test_the_trainers_default_judge_counts_listed_words_and_differs_from_the_eva
     assert make_judge("better-profanity").score(["You pathetic loser."]) == [0.0]
     assert judge.score(["You pathetic loser."]) == [0.75]
     assert leet >= 0.5  # better-profanity's list matches character-substitution spellings too
+
+
+def test_the_insults_judge_finds_what_better_profanity_finds_with_one_compiled_pattern():
+    """The serving filter checks every streamed word, so the insults judge matches better-profanity's
+    word list (and its character substitutions) with one regular expression instead of its censor."""
+    from learning.harm import make_judge
+
+    fast, reference = make_judge("insults"), make_judge("better-profanity")
+    texts = ["What the hell.", "You are full of sh1t.", "f*ck you", "Assassins in a classic passage.",
+             "Tea is best brewed for three minutes.", "Shut the fuck up, asshole.", "bullshit and crap"]
+    for t in texts:  # every text better-profanity flags, the insults judge flags too; the clean ones stay clean
+        assert (fast.score([t])[0] >= 0.5) == (reference.score([t])[0] >= 0.5), t
