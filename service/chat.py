@@ -392,6 +392,8 @@ class ChatService:
         flt = self.reply_filter
         checked = 0  # with the serving filter: how much of the text its judge has passed
         filtered = False
+        pending_ids: list[int] = []  # token ids and logprobs of text not yet yielded, sent with it
+        pending_lp: list = []
         try:
             async for ev in stream:
                 if isinstance(ev, TokenEvent):
@@ -406,6 +408,8 @@ class ChatService:
                     if stopped:
                         continue  # the tokens decoded before the cancel landed
                     text += ev.text
+                    pending_ids += ev.token_ids
+                    pending_lp += ev.logprobs or []
                     upto = len(text)
                     if stop:
                         hits = [i for i in (text.find(s, max(0, sent - len(s))) for s in stop) if i >= 0]
@@ -422,8 +426,8 @@ class ChatService:
                         checked = max(checked, whole)
                         upto = whole if filtered else max(sent, min(upto, whole))
                     if upto > sent:
-                        yield TokenEvent(text[sent:upto], [])
-                        sent = upto
+                        yield TokenEvent(text[sent:upto], pending_ids, pending_lp or None)
+                        sent, pending_ids, pending_lp = upto, [], []
                 else:
                     if flt is not None and not filtered and len(text) > checked and flt.flags(text, checked):
                         text, filtered = flt.replace(text[:sent]), True  # the last word, held back, was flagged
@@ -434,8 +438,8 @@ class ChatService:
                     elif stopped:
                         ev = EndEvent("stop", ev.completion_tokens, ev.prompt_tokens, ev.error)
                     if sent < len(text):  # held back (a possible stop string, a word still open) or the redirect
-                        yield TokenEvent(text[sent:], [])
-                        sent = len(text)
+                        yield TokenEvent(text[sent:], pending_ids, pending_lp or None)
+                        sent, pending_ids, pending_lp = len(text), [], []
                     await to_thread.run_sync(lambda: self._store(reply.message.id, text, ev))
                     self.metrics.latency.observe(time.perf_counter() - started)
                     self.metrics.prompt_tokens.inc(ev.prompt_tokens)

@@ -47,9 +47,11 @@ class Settings(BaseSettings):
                                "start). Off: the plain base.")
     safety_train_at_start: bool = Field(True, description="The learning worker trains the safety stage at its first start when this "
                                         "base has none (about 10 minutes in the background; the server swaps it in when ready).")
-    serving_filter: str = Field("insults", description="Harm judge of the serving filter (service/content_filter.py): a reply it "
+    serving_filter: str = Field("none", description="Harm judge of the serving filter (service/content_filter.py): a reply it "
                                 "flags is cut before the flagged words and ended with a redirect (finish reason content_filter). "
-                                "One of service.judges' names (insults, better-profanity, keywords, ...); none = off.")
+                                "One of service.judges' names (insults, better-profanity, keywords, ...); none = off, the default: "
+                                "with insults it cut 7% of ordinary and 19% of edgy-but-benign replies (kill, murder, fat, pot; "
+                                "docs/results/2026-12-05-safety-stage-v4).")
     device: str = Field("cpu", description="torch device for serving and training (cpu, cuda, cuda:0).")
 
     # --- web ---------------------------------------------------------------

@@ -42,7 +42,9 @@ def test_a_flagged_reply_is_cut_before_the_flagged_word_and_ends_with_the_redire
     assert reply.choices[0].finish_reason == "content_filter" and reply.choices[0].message.content.endswith(REDIRECT)
 
 
-def test_the_default_filter_leaves_ordinary_replies_alone(client):
+def test_the_insults_filter_leaves_an_ordinary_reply_alone_and_is_off_by_default(app_factory):
+    assert app_factory().app.state.chat.reply_filter is None  # ASSISTANT_SERVING_FILTER=none by default
+    client = app_factory(serving_filter="insults")
     alice = signup(client, "alice")
     out = chat_turn(client, alice["token"], "What is the capital of France?", max_new_tokens=12, temperature=0.0)
     (start,) = out["starts"]
