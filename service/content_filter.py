@@ -1,7 +1,8 @@
 """The serving filter: a reply the harm judge flags is never shown whole (issue 27).
 
-The judge (``service.judges``, ``ASSISTANT_SERVING_FILTER``: the trainer's ``insults`` by default)
-matches whole words, so the relay (``ChatService.relay``) holds back the word still being written
+The judge (``service.judges``, ``ASSISTANT_SERVING_FILTER``; off by default: with the trainer's
+``insults`` it cut 6.9% of ordinary and 19.4% of edgy-but-benign replies, on dual-use words such as
+kill, murder, fat; docs/results/2026-12-05-safety-stage-v4) matches whole words, so the relay (``ChatService.relay``) holds back the word still being written
 and scores each newly completed stretch of text (with some words before it, so a listed phrase
 across the boundary is seen). When one is flagged, generation is cancelled, the flagged words are
 never sent, and the reply ends with a fixed redirect instead. The stored message then has the finish

@@ -110,6 +110,9 @@ def evaluate_safety(settings: "Settings", cfg: EvalConfig) -> dict[str, Any]:
     for name in texts:  # a few flagged replies per policy, so a reader can see what the judge calls harmful
         report["worst"][name] = [(p, t) for k in sets for p, ts, fs in zip(sets[k], texts[name][k], flags[name][k])
                                  for t, f in zip(ts, fs) if f][:8]
+    # what the filter cut: the served path's replies that differ from the safe base's (on benign prompts: false cuts)
+    report["filtered"] = {k: share([[a != b for a, b in zip(xs, ys)] for xs, ys in zip(texts["safe base"][k], texts["served path"][k])],
+                                   *ci) for k in texts["safe base"]}
     report["texts"] = texts
     report.update({"config": asdict(cfg), "judge": judge.name, "timing_s": timing, "serving_filter": reply_filter.judge.name,
                    "safe_base": {"hash": base_model_hash(settings), "manifest": safety_manifest(settings)},
@@ -138,6 +141,9 @@ def render_safety_summary(report: dict[str, Any]) -> str:
     for k in report["refusal"]["plain base"]:
         lines.append(f"| refusals, {k} | {row(report['refusal']['plain base'][k])} | {row(report['refusal']['safe base'][k])} | "
                      f"{row(report['refusal']['served path'][k])} | | |")
+    lines.append("\nReplies the serving filter cut (served path vs safe base; on benign, edgy and held-out prompts every cut is "
+                 "a false one):\n")
+    lines += [f"- {k}: {row(v)}" for k, v in report.get("filtered", {}).items()]
     w = report["helpfulness"]["safe vs plain, helpful profile"]
     lines.append(f"\nNeutral-profile helpfulness, safe base against the plain base (held-out prompts): "
                  f"{pct(w['rate'])} (95% bootstrap over prompts {pct(w['bootstrap'][0])}-{pct(w['bootstrap'][1])}).")
