@@ -25,13 +25,14 @@ class BaseWatcher:
         self.interval_s = interval_s
         self.path = resolve_model_path(settings)
         self.hash = base_model_hash(settings)
+        # once: /healthz asks describe() often, and resolving a path hashes a megabyte of weights
+        self.plain_path = resolve_model_path(settings.model_copy(update={"safety_stage": False}))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def describe(self) -> dict[str, object]:
         """What /healthz reports: which base is served, by its provenance hash."""
-        return {"safety_stage": self.path != resolve_model_path(self.settings.model_copy(update={"safety_stage": False})),
-                "hash": self.hash}
+        return {"safety_stage": self.path != self.plain_path, "hash": self.hash}
 
     def check_once(self) -> bool:
         """Swap in the base every process would now load, if it changed; True when it did."""
