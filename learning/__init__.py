@@ -1,7 +1,6 @@
 """Everything that fits weights: data building, reward and harm models, PPO, the gate, the worker.
 
     learning.data      feedback rows -> preference pairs, thumbs, harm labels (+ snapshot provenance)
-    learning.traits    named reply traits (length, lists, tone, ...): the interpretable preference basis
     learning.reward    the shared preference basis, population and per-user weights with a posterior
     learning.harm      one global harm classifier; the one registry of automated harm judges
     learning.redteam   harm-inviting prompts the safety stage practises on (disjoint from evaluation)

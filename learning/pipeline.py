@@ -859,6 +859,9 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     if work.exists():
         shutil.rmtree(work)
     ctx.models.policy.save_pretrained(str(work))  # adapter_config.json + adapter_model.safetensors
+    serving_reward = reward.reply_reward(user_id)
+    if serving_reward is not None:  # what serving's personal best-of-n chooses by (service.reply_reward)
+        serving_reward.save(work)
     try:
         with Session(ctx.engine, expire_on_commit=False) as session:
             row = adapter_store.publish(ctx.settings, session, user_id=user_id, src_dir=work, metadata=metadata,

@@ -6,7 +6,7 @@ fitted from ~20 pairs, stayed at 0.55-0.68 held-out accuracy and gained little w
 Personalised reward models that work at that label count (PReF, LoRe, PAL) share a basis of K
 preference directions across users and give each user only K weights. Here the basis is
 
-    z(prompt, reply) = [ traits (``learning.traits``: ~20 named style traits, standardised),
+    z(prompt, reply) = [ traits (``service.traits``: ~20 named style traits, standardised),
                          optionally K principal directions of the frozen backbone's features
                          (over the replies labels mention: unsupervised, shared by everyone),
                          optionally the pooled reward direction (a ridge-logistic head on the
@@ -45,10 +45,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from learning import traits as T
 from learning.config import Budgets
 from learning.data import Dataset, PointLabel, PreferencePair
 from learning.losses import bradley_terry_loss, pointwise_bce_loss
+from service import traits as T
+from service.reply_reward import Preference, ReplyReward
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -263,38 +264,6 @@ class Basis:
             *(torch.tensor(state["pooled"][k], dtype=torch.float32) for k in ("weight", "bias", "mu", "sigma")))
         return cls(t("trait_mu"), t("trait_sd"), t("lm_mu"), t("lm_sd"), comps.reshape(len(state["lm_mu"]), -1),
                    t("pc_sd"), pooled, state["pooled_mu"], state["pooled_sd"])
-
-
-@dataclass
-class Preference:
-    """One scope's reward ``(w . (z - center)) / scale`` with its Laplace posterior over ``w``."""
-
-    weight: torch.Tensor  # (D,) MAP weights
-    cov: torch.Tensor  # (D, D) posterior covariance of the weights
-    thumbs_bias: float  # logit of a thumbs up at the average reply
-    center: torch.Tensor  # (D,) mean z of the training replies: rewards are relative to it
-    scale: float  # std of w . z over the training replies: rewards are in those units
-    labels: int  # labels this scope's own likelihood used
-
-    def mean(self, z: torch.Tensor) -> torch.Tensor:
-        return ((z - self.center) @ self.weight) / self.scale  # (N, D) -> (N,)
-
-    def std(self, z: torch.Tensor) -> torch.Tensor:
-        d = z - self.center  # (N, D)
-        return ((d @ self.cov) * d).sum(1).clamp(min=0).sqrt() / self.scale  # (N,)
-
-    def lower(self, z: torch.Tensor, k: float) -> torch.Tensor:
-        """The conservative reward ``mean - k std``."""
-        return self.mean(z) - k * self.std(z)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight.tolist(), "cov": self.cov.tolist(), "thumbs_bias": self.thumbs_bias,
-                "center": self.center.tolist(), "scale": self.scale, "labels": self.labels}
-
-    @classmethod
-    def from_state(cls, s: dict[str, Any]) -> "Preference":
-        return cls(torch.tensor(s["weight"]), torch.tensor(s["cov"]), float(s["thumbs_bias"]), torch.tensor(s["center"]),
-                   float(s["scale"]), int(s["labels"]))
 
 
 def fit_preferences(pairs: tuple[torch.Tensor, torch.Tensor] | None, thumbs: tuple[torch.Tensor, torch.Tensor] | None,
@@ -519,6 +488,16 @@ class RewardModel:
             "reward/personalized": self.is_personal(user_id),
             **{f"reward/{k}": v for k, v in self.metrics.get("reward/per_user", {}).get(str(user_id), {}).items()},  # type: ignore[union-attr]
         }
+
+    def reply_reward(self, user_id: int | None) -> ReplyReward | None:
+        """What serving's best-of-n scores with (``service.reply_reward``): this scope's weights and the
+        population's over the traits, or None when the basis needs the backbone (components or the
+        pooled direction: serving would have to run the model to score)."""
+        basis = self.basis
+        if basis is None or basis.components.shape[1] or basis.pooled is not None:
+            return None
+        return ReplyReward(basis.trait_mu, basis.trait_sd, self.head_for(user_id), self.population,
+                           self.budgets.reward_uncertainty_k)  # z is the standardised traits alone here
 
     # --- serialisation ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -34,6 +34,8 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+REWARD_FILE = "reward.json"  # the user's reward over reply traits, for best-of-n (service.reply_reward)
+OPTIONAL_FILES = (REWARD_FILE,)
 
 
 class AdapterStoreError(RuntimeError):
@@ -106,8 +108,9 @@ def publish(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = root / ".tmp" / f"{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
-    for name in REQUIRED_FILES:
-        shutil.copyfile(src_dir / name, tmp / name)
+    for name in REQUIRED_FILES + OPTIONAL_FILES:
+        if name in REQUIRED_FILES or (src_dir / name).is_file():
+            shutil.copyfile(src_dir / name, tmp / name)
     # PEFT records the base model's local path, which means nothing on another machine: name the
     # model instead (the metadata keeps its hash), so vLLM, PEFT and TRL elsewhere can load the files.
     config_path = tmp / "adapter_config.json"

@@ -14,7 +14,7 @@ Built-in profiles: ``concise``, ``detailed``, ``bulleted``, ``formal``, ``enthus
 and the held-out ``casual``, ``structured``, ``curious`` (never used to tune anything: they test
 whether the product learns people it was not designed around). The held-out ``direct``,
 ``analogies``, ``british``, ``summarised`` and ``plain`` (``NOVEL_PROFILES``) go further: each
-prefers a property of the text that none of the product's reply traits (``learning/traits.py``)
+prefers a property of the text that none of the product's reply traits (``service/traits.py``)
 was written to measure.
 
 Operators define their own in a JSON or TOML file (``load_profiles``)::

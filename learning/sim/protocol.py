@@ -258,8 +258,11 @@ def machine() -> dict[str, Any]:
 
 
 def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path, ppo_steps: int | None = None,
-                 settings: dict[str, str] | None = None, seed: int = 0, argv: list[str] | None = None) -> dict[str, Any]:
-    """Run ``protocol`` end to end; return the record also written to ``out/protocol.json``."""
+                 settings: dict[str, str] | None = None, seed: int = 0, argv: list[str] | None = None,
+                 keep_adapters: bool = False) -> dict[str, Any]:
+    """Run ``protocol`` end to end; return the record also written to ``out/protocol.json``.
+    ``keep_adapters``: leave the trained weights in ``out/work`` (ignored by git), so more evaluations
+    (``assistant evaluate --best-of-n``, say) can run on them without training again."""
     out.mkdir(parents=True, exist_ok=True)
     steps = protocol.ppo_steps if ppo_steps is None else ppo_steps
     fixture, made_s = ensure_fixture(fixtures, protocol.fixture, models)
@@ -290,7 +293,8 @@ def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path,
     record["finished_at"] = datetime.now(timezone.utc).isoformat()
     (out / "protocol.json").write_text(json.dumps(record, indent=2))
     (out / "summary.md").write_text(render_summary(record, report))
-    shutil.rmtree(work / "adapters", ignore_errors=True)  # the weights stay out of the record (the report names them)
+    if not keep_adapters:
+        shutil.rmtree(work / "adapters", ignore_errors=True)  # the weights stay out of the record (the report names them)
     return record
 
 
@@ -487,6 +491,8 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a training setting of the variant under test, e.g. ASSISTANT_GATE_PREFERENCE=either (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="the evaluation's seed set (the same in runs compared)")
+    p.add_argument("--keep-adapters", action="store_true",
+                   help="keep the trained adapters in <out>/work (to evaluate them again, e.g. with --best-of-n)")
 
 
 def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | None = None) -> Path:
@@ -528,7 +534,7 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
     fixtures = args.fixtures or settings.data_dir / "fixtures"
     try:
         run_protocol(protocol, fixtures=fixtures, out=out, models=settings.data_dir / "models", ppo_steps=args.ppo_steps,
-                     settings=overrides, seed=args.seed, argv=argv)
+                     settings=overrides, seed=args.seed, argv=argv, keep_adapters=args.keep_adapters)
     except ProtocolError as exc:
         sys.exit(f"assistant protocol: {exc}")
     print(f"protocol {protocol.name}: {out / 'summary.md'}")

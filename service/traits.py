@@ -10,7 +10,8 @@ is the interpretable half of that basis: each trait is one number per (prompt, r
 
 The other half is learned: directions of the frozen backbone's features (``learning.reward``).
 
-Written for this project from the general literature on reply style; it deliberately shares no
+Used by training (the reward basis) and by serving (personal best-of-n). Written for this project
+from the general literature on reply style; it deliberately shares no
 code or word list with the simulation's judges (``learning.sim.profiles``), which must never
 reach training.
 """

@@ -1,0 +1,111 @@
+"""A user's reward, as serving reads it: what personal best-of-n chooses by.
+
+The learning job fits each user's reward (``learning.reward``: named reply traits, standardised,
+and per user a Laplace posterior over their weights) and, when the basis is the traits alone,
+writes the part serving needs beside the adapter it publishes (``REWARD_FILE``): the traits'
+standardisation, the user's weights and the population's. Serving scores a candidate reply as
+
+    score = (the user's reward - k * its standard deviation) + the population's reward
+
+(the issue's rule: the user's lower bound, so a reply the user's few labels cannot vouch for is not
+chosen on a guess, plus what everyone agrees on). Nothing here touches the model: traits are
+computed from the text, so scoring n candidates costs well under a millisecond each.
+
+A basis with backbone directions (``ASSISTANT_REWARD_COMPONENTS`` > 0) needs the model's hidden
+states; the trainer writes no file for it and serving falls back to one candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from service import traits as T
+from service.adapter_store import REWARD_FILE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Preference:
+    """One scope's reward ``(w . (z - center)) / scale`` with its Laplace posterior over ``w``."""
+
+    weight: torch.Tensor  # (D,) MAP weights
+    cov: torch.Tensor  # (D, D) posterior covariance of the weights
+    thumbs_bias: float  # logit of a thumbs up at the average reply
+    center: torch.Tensor  # (D,) mean z of the training replies: rewards are relative to it
+    scale: float  # std of w . z over the training replies: rewards are in those units
+    labels: int  # labels this scope's own likelihood used
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z - self.center) @ self.weight) / self.scale  # (N, D) -> (N,)
+
+    def std(self, z: torch.Tensor) -> torch.Tensor:
+        d = z - self.center  # (N, D)
+        return ((d @ self.cov) * d).sum(1).clamp(min=0).sqrt() / self.scale  # (N,)
+
+    def lower(self, z: torch.Tensor, k: float) -> torch.Tensor:
+        """The conservative reward ``mean - k std``."""
+        return self.mean(z) - k * self.std(z)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight.tolist(), "cov": self.cov.tolist(), "thumbs_bias": self.thumbs_bias,
+                "center": self.center.tolist(), "scale": self.scale, "labels": self.labels}
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> "Preference":
+        return cls(torch.tensor(s["weight"]), torch.tensor(s["cov"]), float(s["thumbs_bias"]), torch.tensor(s["center"]),
+                   float(s["scale"]), int(s["labels"]))
+
+
+@dataclass
+class ReplyReward:
+    """The text-only reward of one user: trait standardisation, their weights, the population's."""
+
+    trait_mu: torch.Tensor  # (T,)
+    trait_sd: torch.Tensor  # (T,)
+    user: Preference
+    population: Preference
+    k: float  # standard deviations below the user's mean (the trainer's ``reward_uncertainty_k``)
+
+    def z(self, prompt: str, replies: Sequence[str]) -> torch.Tensor:
+        """(N, T) standardised traits of ``replies`` to ``prompt``."""
+        return (T.trait_matrix([T.user_text(prompt)] * len(replies), replies) - self.trait_mu) / self.trait_sd
+
+    def score(self, prompt: str, replies: Sequence[str]) -> list[float]:
+        """Best-of-n's choice criterion per reply: the user's lower bound plus the population's mean."""
+        if not replies:
+            return []
+        z = self.z(prompt, replies)
+        return (self.user.lower(z, self.k) + self.population.mean(z)).tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trait_names": list(T.NAMES), "trait_mu": self.trait_mu.tolist(), "trait_sd": self.trait_sd.tolist(),
+                "user": self.user.state_dict(), "population": self.population.state_dict(), "k": self.k}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "ReplyReward":
+        if state.get("trait_names") != list(T.NAMES):
+            raise ValueError("the reward was fitted with another trait set; the next training run writes a new one")
+        return cls(torch.tensor(state["trait_mu"]), torch.tensor(state["trait_sd"]), Preference.from_state(state["user"]),
+                   Preference.from_state(state["population"]), float(state["k"]))
+
+    def save(self, adapter_dir: Path) -> None:
+        (adapter_dir / REWARD_FILE).write_text(json.dumps(self.state_dict()))
+
+    @classmethod
+    def load(cls, adapter_dir: Path) -> "ReplyReward | None":
+        """The reward stored beside an adapter; None when it has none (an older adapter, a backbone basis)."""
+        path = adapter_dir / REWARD_FILE
+        if not path.is_file():
+            return None
+        try:
+            return cls.from_state(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            logger.warning("ignoring the reward stored at %s (%s): this adapter is served with one candidate", path, e)
+            return None
