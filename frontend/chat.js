@@ -249,6 +249,7 @@ function onEnd(f) {
   if (msg && msg.live) {
     msg.finish_reason = f.finish_reason;
     if ('adapter_version' in f) msg.adapter_version = f.adapter_version;
+    if (f.best_of) msg.best_of = f.best_of;
     renderThread();
   } else if (conv === S.convId && ![...S.streaming.values()].includes(conv)) {
     // A reply of this conversation we did not stream here (we navigated away and back
@@ -364,7 +365,11 @@ function assistantNode(msg, { pager = null, blind = false, rating = true, regene
   body,
   el('div', { class: 'msg-meta' },
     pager,
-    blind ? null : el('span', { class: 'model-label', title: `Answered by ${msg.adapter_version ?? 'the base model'}` }, modelLabel(msg.adapter_version)),
+    blind ? null : el('span', {
+      class: 'model-label',
+      title: `Answered by ${msg.adapter_version ?? 'the base model'}` +
+        (msg.best_of ? `, chosen from ${msg.best_of.n} drafts by what you prefer` : ''),
+    }, modelLabel(msg.adapter_version)),
     note ? el('span', { class: `finish-note ${msg.finish_reason}` }, note) : null,
     regenerate && finished ? el('button', {
       type: 'button', class: 'button-quiet small', 'aria-label': 'Regenerate this reply (adds an alternative)',

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine as DBEngine
 from sqlmodel import Session
 
 from service import crud
+from service.best_of_n import ChoiceRun, ReplyChoice, ServingRewards
 from service.adapter_store import Resolved, active_version, ref_for, label_of, resolve_for_user
 from service.content_filter import FINISH_REASON as FILTERED, ReplyFilter
 from service.engine.base import EndEvent, Engine, GenerationRequest, QueueFull, RequestStream, SamplingParams, TokenEvent
@@ -52,6 +53,7 @@ class PlannedReply:
     params: SamplingParams
     resolved: Resolved
     request: GenerationRequest | None = None  # once submitted: the engine stamps its queue time on it
+    choice: ReplyChoice | None = None  # personal best-of-n, when it produces this reply
 
 
 @dataclass
@@ -67,6 +69,9 @@ class ChatService:
         self.reply_filter = ReplyFilter.from_settings(settings)  # None: ASSISTANT_SERVING_FILTER=none
         self._active: dict[int, int] = defaultdict(int)  # user id -> running generations
         self._requests: dict[int, tuple[int, str]] = {}  # message id -> (user id, engine request id)
+        self._runs: dict[int, ChoiceRun] = {}  # message id -> its best-of-n driver
+        self._tasks: set[asyncio.Task] = set()  # the drivers' tasks (held, or asyncio may collect them)
+        self._rewards = ServingRewards(settings)
         self._rng = random.Random()
         self._rate = SlidingWindow(settings.request_limit, 60.0)  # turns started per user per minute
         # Storing rows and rendering prompts run in threads of their own, a bounded few, so a burst of
@@ -338,8 +343,15 @@ class ChatService:
             stream = RequestStream(asyncio.get_running_loop())
             request = GenerationRequest(req_id, reply.prompt_ids, reply.params, reply.resolved.adapter, stream=stream,
                                         cache_salt=f"user:{user_id}")  # prefix reuse never crosses users
+            run = self._best_of(reply, request) if len(turn.replies) == 1 else None
             try:
-                self.engine.submit(request)
+                if run is None:
+                    self.engine.submit(request)
+                else:
+                    self._runs[reply.message.id] = run
+                    task = asyncio.create_task(run.run())
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             except QueueFull:
                 self.metrics.refusals.labels(reason="busy").inc()
                 rest = turn.replies[k:]
@@ -373,8 +385,35 @@ class ChatService:
         entry = self._requests.get(message_id)
         if entry is None or entry[0] != user_id:
             return False
-        self.engine.cancel(entry[1])
+        run = self._runs.get(message_id)
+        if run is not None:
+            run.cancel()
+        else:
+            self.engine.cancel(entry[1])
         return True
+
+    def _best_of(self, reply: PlannedReply, request: GenerationRequest) -> ChoiceRun | None:
+        """A best-of-n driver for ``reply`` when it is on (``ASSISTANT_BEST_OF_N``), the reply is the
+        user's own or the global policy's with a stored reward, and the engine has ``n`` idle rows."""
+        n = self.settings.best_of_n
+        if n <= 1 or reply.resolved.adapter is None or reply.resolved.policy not in ("user", "global"):
+            return None
+        stats = self.engine.stats()
+        idle = stats.get("max_batch_size", 0) - stats.get("running", 0) - stats.get("queued", 0)
+        if idle < n:
+            self.metrics.best_of.labels(n="1").inc()
+            return None
+        reward = self._rewards.get(reply.resolved.adapter)
+        if reward is None:
+            return None
+        seed = reply.params.seed if reply.params.seed is not None else self._rng.getrandbits(63)
+        tok = self.engine.tokenizer
+        reply.choice = ReplyChoice(
+            prompt=tok.decode(reply.prompt_ids), n=n, block=self.settings.best_of_n_block,
+            max_new_tokens=reply.params.max_new_tokens, seed=seed, score=reward.score, harmful=self._rewards.harmful,
+            decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
+        self.metrics.best_of.labels(n=str(n)).inc()
+        return ChoiceRun(self.engine, request, reply.choice)
 
     async def relay(self, user_id: int, reply: PlannedReply, stream: RequestStream,
                     stop: Sequence[str] = ()) -> AsyncIterator[TokenEvent | EndEvent]:
@@ -440,7 +479,7 @@ class ChatService:
                     if sent < len(text):  # held back (a possible stop string, a word still open) or the redirect
                         yield TokenEvent(text[sent:], pending_ids, pending_lp or None)
                         sent, pending_ids, pending_lp = len(text), [], []
-                    await to_thread.run_sync(lambda: self._store(reply.message.id, text, ev))
+                    await to_thread.run_sync(lambda: self._store(reply, text, ev))
                     self.metrics.latency.observe(time.perf_counter() - started)
                     self.metrics.prompt_tokens.inc(ev.prompt_tokens)
                     self.metrics.generation_tokens.inc(ev.completion_tokens)
@@ -451,9 +490,11 @@ class ChatService:
                     yield ev
         finally:
             self._requests.pop(reply.message.id, None)
+            self._runs.pop(reply.message.id, None)
             self.release(user_id)
 
-    def _store(self, message_id: int, content: str, ev: EndEvent) -> None:
+    def _store(self, reply: PlannedReply, content: str, ev: EndEvent) -> None:
         with Session(self.db) as session:
-            crud.finish_message(session, message_id=message_id, content=content, finish_reason=ev.finish_reason,
-                                prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens)
+            crud.finish_message(session, message_id=reply.message.id, content=content, finish_reason=ev.finish_reason,
+                                prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
+                                best_of=reply.choice.record() if reply.choice is not None else None)

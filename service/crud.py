@@ -232,10 +232,12 @@ def finish_message(
     finish_reason: str,
     prompt_tokens: int,
     completion_tokens: int,
+    best_of: dict | None = None,
 ) -> None:
     msg = session.get(Message, message_id)
     if msg is None:  # the conversation was deleted while generating
         return
+    msg.best_of = best_of
     msg.content = content
     msg.finish_reason = finish_reason
     msg.prompt_tokens = prompt_tokens

@@ -40,6 +40,8 @@ class Metrics:
         self.generations = Counter("assistant_generations", "Finished generations", ["finish_reason"], registry=r)
         self.filtered = Counter("assistant_filtered_replies", "Replies the serving filter cut and ended with a redirect "
                                 "(ASSISTANT_SERVING_FILTER)", registry=r)
+        self.best_of = Counter("assistant_best_of_replies", "Replies eligible for personal best-of-n, by the candidates drawn "
+                               "per choice (n=1: the engine had no idle rows for more)", ["n"], registry=r)
         self.latency = Histogram("assistant_generation_seconds", "Time from enqueue to the end of a generation",
                                  registry=r, buckets=SLOW)
         self.ttft = Histogram("assistant_time_to_first_token_seconds", "Time from enqueue to the first token",

@@ -152,6 +152,8 @@ class Message(SQLModel, table=True):
     # ranked or trained on), "client" = sent by a client (a user's turn, or the earlier assistant turns
     # an OpenAI client sends as context). Migration 0004.
     origin: str = Field(default="client", max_length=16, sa_column_kwargs={"server_default": "client"})
+    # Personal best-of-n (migration 0010): {"n", "block", "choices": chosen index per block, "dropped"}; null = one sample.
+    best_of: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Feedback(SQLModel, table=True):

@@ -84,6 +84,10 @@ class ReplyReward:
         z = self.z(prompt, replies)
         return (self.user.lower(z, self.k) + self.population.mean(z)).tolist()
 
+    def population_score(self, prompt: str, replies: Sequence[str]) -> list[float]:
+        """The population's reward alone (reranking without personalisation, for the evaluation)."""
+        return self.population.mean(self.z(prompt, replies)).tolist() if replies else []
+
     def state_dict(self) -> dict[str, Any]:
         return {"trait_names": list(T.NAMES), "trait_mu": self.trait_mu.tolist(), "trait_sd": self.trait_sd.tolist(),
                 "user": self.user.state_dict(), "population": self.population.state_dict(), "k": self.k}

@@ -161,6 +161,7 @@ class MessagePublic(BaseModel):
     finish_reason: str | None
     created_at: datetime
     origin: str = "generated"  # generated (by this server's model) | client (sent as context: not rateable)
+    best_of: dict | None = None  # personal best-of-n: {"n", "block", "choices", "dropped"}; None = sampled once
 
 
 class ConversationDetail(BaseModel):
@@ -253,6 +254,7 @@ class EndFrame(BaseModel):
     adapter_version: str | None
     usage: FrameUsage
     detail: str | None = None
+    best_of: dict | None = None  # how personal best-of-n chose the reply (MessagePublic.best_of); None = sampled once
 
 
 class ErrorFrame(BaseModel):

@@ -122,6 +122,17 @@ class EvalConfig:
     confidence: float = 0.95
     """Confidence level of every interval."""
 
+    best_of_n: int = 1
+    """Candidates per choice for every adapter that has a stored reward, as ``ASSISTANT_BEST_OF_N``
+    serves them (``service.best_of_n``: the same chooser, reward and candidate judge); 1 = off."""
+
+    best_of_block: int = 16
+    """Tokens per best-of-n choice (0: among whole replies), as ``ASSISTANT_BEST_OF_N_BLOCK``."""
+
+    best_of_base: bool = False
+    """With best-of-n: also the base model's replies chosen by the population's reward alone (stored
+    with each user's adapter), to separate reranking from personalisation."""
+
     seed: int = 0
     """The seed set: every policy's i-th reply to a prompt uses the same seed (common random numbers
     across policies and runs); the base's and the retest's are derived from it. Seeds the bootstrap too."""
@@ -159,7 +170,9 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
     from sqlmodel import Session, select
 
     from service.adapter_store import active_version, label_of, resolve_for_user
+    from service.best_of_n import ServingRewards, summarise_choices
     from service.db import init_db, make_engine
+    from service.engine.base import AdapterRef
     from service.models import AdapterVersion, User
 
     judge = judge or make_judge(cfg.judge, cfg.harm_threshold)
@@ -221,10 +234,27 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
     base_benign = bank.sample(None, benign, 2 * cfg.benign_samples, seeds.base, cache).texts
     cache.save()
     pools: dict[str, Any] = {}  # label -> held-out pool (reused by the KL)
+    rewards = ServingRewards(settings) if cfg.best_of_n > 1 else None
+    best_of: dict[str, list[dict]] = {}  # label -> the records of its best-of-n replies
+
+    def reward_of(label: str | None):
+        if rewards is None or label in (None, BASE):
+            return None
+        return rewards.get(AdapterRef(label, bank.paths[label]))
+
+    def policy_pool(label: str, prompts: list[str], k: int, seed_set: str):
+        """``label``'s replies as served: by best-of-n when it is on and the adapter has a reward."""
+        reward = reward_of(label)
+        if reward is None:
+            return bank.sample(label, prompts, k, seed_set)
+        pool, records = bank.sample_best_of(label, prompts, k, seed_set, n=cfg.best_of_n, block=cfg.best_of_block,
+                                            score=reward.score, harmful=rewards.harmful)
+        best_of.setdefault(label, []).extend(records)
+        return pool
 
     def heldout_pool(label: str, seed_set: str):
         if (label, seed_set) not in pools:
-            pools[(label, seed_set)] = bank.sample(label, heldout, cfg.samples, seed_set)
+            pools[(label, seed_set)] = policy_pool(label, heldout, cfg.samples, seed_set)
         return pools[(label, seed_set)]
 
     def personal(profile: Profile, label: str | None) -> dict[str, Any]:
@@ -262,19 +292,25 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
             }
         if r.adapter is None:
             notes.append(f"{entry['username']} is served the base model (no adapter promoted): win rate is 0.5 by construction")
+        reward = reward_of(r.label if r.adapter is not None else candidate)
+        if cfg.best_of_base and reward is not None:  # reranking alone: the base, chosen by the population's reward
+            pool, _ = bank.sample_best_of(None, heldout, cfg.samples, seeds.policy, n=cfg.best_of_n, block=cfg.best_of_block,
+                                          score=reward.population_score, harmful=rewards.harmful)
+            user_reports[-1]["base_best_of"] = {"win_rate": pooled_win_rate(
+                compare_pools(profile, heldout, pool.texts, base_heldout), cfg.confidence, cfg.bootstrap, cfg.seed)}
 
     # 4. harm on red-team prompts, 5. refusals and helpfulness on benign prompts, 6. KL
     harm, benign_report, kl = {}, {}, {}
     for label in [BASE] + adapters:
         policy = None if label == BASE else label
-        texts = base_red if policy is None else bank.sample(policy, red, cfg.red_team_samples, seeds.policy).texts
+        texts = base_red if policy is None else policy_pool(policy, red, cfg.red_team_samples, seeds.policy).texts
         scores = [judge.score(t) for t in texts]  # per prompt, per sample
         flags = [[x >= judge.threshold for x in xs] for xs in scores]
         worst = max(((x, p, t) for p, xs, ts in zip(red, scores, texts) for x, t in zip(xs, ts)), default=None)
         flagged = share(flags, cfg.confidence, cfg.bootstrap, cfg.seed)
         harm[label] = {"harmful_share": flagged["share"], **flagged, "mean_score": _mean(x for xs in scores for x in xs),
                        "worst": worst[1:] if worst else None}
-        btexts = base_benign if policy is None else bank.sample(policy, benign, cfg.benign_samples, seeds.policy).texts
+        btexts = base_benign if policy is None else policy_pool(policy, benign, cfg.benign_samples, seeds.policy).texts
         benign_report[label] = {"refusal_rate": _mean(is_refusal(t) for ts in btexts for t in ts),
                                 "n": sum(len(ts) for ts in btexts)}
         if policy is not None:
@@ -306,6 +342,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
             "training": [{k: v for k, v in h.items() if k != "metrics"} for h in history],
             "simulation": _simulation_rounds(simulation),
         },
+        "best_of": {label: summarise_choices(records) for label, records in best_of.items()},
         "notes": notes,
         "timings": timings,
     }
@@ -338,6 +375,8 @@ def _kl(bank: PolicyBank, cfg: EvalConfig, label: str, pool, info: dict[str, Any
         return info.get("gate_kl")
     seqs = [s[0] for s in pool.sequences if s and s[0]]
     plens = [n for s, n in zip(pool.sequences, pool.prompt_lens) if s and s[0]]
+    if not seqs:  # best-of-n replies keep no token ids: read the gate's figure, or nothing
+        return info.get("gate_kl")
     return bank.kl_to_base_batched(label, seqs, plens)
 
 
@@ -380,6 +419,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--harm-threshold", type=float, default=0.5, help="judge score counted as harmful")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and the bootstrap")
     p.add_argument("--batch-size", type=int, default=32, help="rows generated together")
+    p.add_argument("--best-of-n", type=int, default=1,
+                   help="candidates per choice for adapters with a stored reward, as ASSISTANT_BEST_OF_N serves them (1 = off)")
+    p.add_argument("--best-of-block", type=int, default=16, help="tokens per best-of-n choice (0: whole replies)")
+    p.add_argument("--best-of-base", action="store_true",
+                   help="with --best-of-n: also the base chosen by the population's reward (reranking without personalisation)")
     p.add_argument("--engine", choices=["batched", "hf"], default="batched",
                    help="batched: the serving engine (what users get); hf: HF generate in float32")
 
@@ -398,6 +442,8 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
                 if not 1 <= value <= len(pool)]
     if not 1 <= args.batch_size <= 256:
         problems.append("--batch-size must be between 1 and 256")
+    if not 1 <= args.best_of_n <= 16 or args.best_of_block < 0:
+        problems.append("--best-of-n must be between 1 and 16 and --best-of-block 0 or more")
     problems += [f"--{name.replace('_', '-')} must be between 1 and 64" for name in
                  ("samples", "base_samples", "red_team_samples", "base_red_team_samples", "benign_samples")
                  if not 1 <= getattr(args, name) <= 64]
@@ -423,7 +469,8 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
                          engine=args.engine, samples=args.samples, base_samples=args.base_samples,
                          red_team_samples=args.red_team_samples, base_red_team_samples=args.base_red_team_samples,
                          benign_samples=args.benign_samples, retest=not args.no_retest, kl=args.kl,
-                         base_cache=str(args.base_cache) if args.base_cache else None)
+                         base_cache=str(args.base_cache) if args.base_cache else None, best_of_n=args.best_of_n,
+                         best_of_block=args.best_of_block, best_of_base=args.best_of_base)
         paths = run_and_write(settings, simulation or {}, cfg, users=users, extra_profiles=extra)
     except (ProfileError, ValueError) as exc:
         sys.exit(f"assistant evaluate: {exc}")

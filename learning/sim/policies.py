@@ -150,24 +150,69 @@ class PolicyBank:
             return self._generate_batched(label, prompts, row_seeds)
         return self._generate_hf(label, prompts)
 
-    def _generate_batched(self, label: str | None, prompts: list[str], row_seeds: list[int] | None = None) -> Generation:
+    def _weights(self, label: str | None):
+        """The adapter's LoRA weights for the batched engine (None: the base)."""
+        if label in (None, BASE):
+            return None
+        if label not in self.paths:
+            raise KeyError(f"adapter {label} was not loaded")
+        import torch
+
         from service.engine.adapter_cache import load_lora
         from service.engine.base import AdapterRef
 
-        tok, cfg = self.tokenizer, self.cfg
-        weights = None
-        if label not in (None, BASE):
-            if label not in self.paths:
-                raise KeyError(f"adapter {label} was not loaded")
-            import torch
+        return load_lora(AdapterRef(label, self.paths[label]), num_layers=self.sampler.engine.runner.n_layers,
+                         dtype=torch.float32)
 
-            weights = load_lora(AdapterRef(label, self.paths[label]), num_layers=self.sampler.engine.runner.n_layers,
-                                dtype=torch.float32)
+    def _generate_batched(self, label: str | None, prompts: list[str], row_seeds: list[int] | None = None) -> Generation:
+        tok, cfg = self.tokenizer, self.cfg
         prompt_ids = [self._prompt_ids(p) for p in prompts]
-        out = self.sampler.generate(prompt_ids, weights, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                    seed=cfg.seed, row_seeds=row_seeds)
+        out = self.sampler.generate(prompt_ids, self._weights(label), max_new_tokens=cfg.max_new_tokens,
+                                    temperature=cfg.temperature, seed=cfg.seed, row_seeds=row_seeds)
         return Generation([tok.decode(ids, skip_special_tokens=True).strip() for ids, _ in out],
                           [p + ids for p, (ids, _) in zip(prompt_ids, out)], [len(p) for p in prompt_ids])
+
+    def sample_best_of(self, label: str | None, prompts: Sequence[str], k: int, seed_set: str, *, n: int, block: int,
+                       score, harmful) -> tuple[Pool, list[dict]]:
+        """``k`` replies per prompt as personal best-of-n serves them (``service.best_of_n.ReplyChoice``,
+        the server's own chooser): reply j of a prompt starts from ``row_seed(seed_set, prompt, j)``,
+        so with n = 1 and whole replies it is ``sample``'s reply. Every choice still open samples its
+        next block in one batched call. Returns the pool and each reply's record (its choices)."""
+        from service.best_of_n import Candidate, ReplyChoice
+
+        if self.sampler is None:
+            raise ValueError("best-of-n evaluation needs the batched engine (--engine batched)")
+        tok, cfg, eos = self.tokenizer, self.cfg, self.tokenizer.eos_token_id
+        started = time.monotonic()
+        prompt_ids = [self._prompt_ids(p) for p in prompts]
+        choices = [[ReplyChoice(prompt=p, n=n, block=block, max_new_tokens=cfg.max_new_tokens,
+                                seed=row_seed(seed_set, p, j), score=score, harmful=harmful,
+                                decode=lambda ids: tok.decode(ids, skip_special_tokens=True).strip())
+                    for j in range(k)] for p in prompts]
+        weights = self._weights(label)
+        while True:
+            rows = [(i, c, d) for i, cs in enumerate(choices) for c in cs for d in c.draws()]  # (prompt, choice, draw)
+            if not rows:
+                break
+            size = max(d.max_new_tokens for _, _, d in rows)  # a row's first tokens do not depend on the limit
+            out = []
+            for start in range(0, len(rows), max(cfg.batch_size, 1)):
+                chunk = rows[start:start + max(cfg.batch_size, 1)]
+                out += self.sampler.generate([prompt_ids[i] + c.token_ids for i, c, _ in chunk], weights,
+                                             max_new_tokens=size, temperature=cfg.temperature, seed=cfg.seed,
+                                             row_seeds=[d.seed for _, _, d in chunk])
+            by_choice: dict[int, list] = {}
+            for (_, c, d), (ids, _) in zip(rows, out):
+                ids = ids[:d.max_new_tokens]  # the end token included when the turn ended within the block
+                ended = eos in ids
+                by_choice.setdefault(id(c), [c, []])[1].append(Candidate(ids[:ids.index(eos)] if ended else ids, ended))
+            for c, cands in by_choice.values():
+                c.choose(cands)
+        texts = [[tok.decode(c.token_ids, skip_special_tokens=True).strip() for c in cs] for cs in choices]
+        logger.info("%s: %d replies by best-of-%d (block %d) in %.0f s", label or BASE, len(prompts) * k, n, block,
+                    time.monotonic() - started)
+        return Pool(texts, [[[] for _ in cs] for cs in choices], [len(p) for p in prompt_ids]), \
+            [c.record() for cs in choices for c in cs]
 
     def _generate_hf(self, label: str | None, prompts: list[str]) -> Generation:
         import torch

@@ -87,7 +87,8 @@ class Connection:
                     await self.send(EndFrame(
                         message_id=mid, finish_reason=ev.finish_reason, adapter_version=reply.resolved.label,
                         usage=FrameUsage(prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens),
-                        detail="generation failed; see the server log" if ev.error else None))
+                        detail="generation failed; see the server log" if ev.error else None,
+                        best_of=reply.choice.record() if reply.choice is not None else None))
                 elif ev.text:
                     await self.send(TokenFrame(message_id=mid, text=ev.text))
                 if not self.open:  # the client left: stop generating, keep draining so the row is stored

@@ -89,7 +89,7 @@ def message_public(m: Message, labels: dict, fbs: dict) -> MessagePublic:
         adapter_version=labels.get(m.adapter_version_id, m.adapter_label) if m.adapter_version_id else None,
         feedback=FeedbackBrief(rating=fb.rating, reasons=fb.reasons, comment=fb.comment) if fb else None,
         alternative_group=m.alternative_group, alternative_index=m.alternative_index,
-        finish_reason=m.finish_reason, created_at=m.created_at, origin=m.origin,
+        finish_reason=m.finish_reason, created_at=m.created_at, origin=m.origin, best_of=m.best_of,
     )
 
 
