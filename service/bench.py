@@ -419,6 +419,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=2, help="alternate the scenarios this many times, keep each one's best")
     parser.add_argument("--api", action="store_true", help="the users scenario through a real server's /v1 and WebSocket routes")
     parser.add_argument("--while-training", action="store_true", help="one user's chat idle vs beside a training process")
+    parser.add_argument("--best-of-n", type=int, default=1,
+                        help="with --api: personal best-of-n off vs this n, each user on an adapter with a stored reward")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     return parser
 
@@ -431,7 +433,8 @@ def main_bench(args: argparse.Namespace, settings: Settings | None = None) -> di
     if args.api:
         from service.bench_api import run_api_bench
 
-        result = run_api_bench(settings, users=args.users, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
+        result = run_api_bench(settings, users=args.users, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                               best_of_n=args.best_of_n)
         if args.out is not None:
             Path(args.out).write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))

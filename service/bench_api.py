@@ -7,6 +7,13 @@ with ``stream_options.include_usage``), then over the WebSocket ``/api/chat``. S
 sign-in, the database, prompt rendering, the engine and streaming are all in the
 numbers. Every request is greedy with the same token budget; a request that fails
 counts in ``failures`` (the target is none).
+
+``--best-of-n N`` (issue 26) runs the scenarios twice, on two fresh servers whose users are each
+served their own random adapter with a stored reward: personal best-of-n off, then
+``ASSISTANT_BEST_OF_N=N``. It reports the ratios of one user's first-token time and of the
+16 users' tokens/s, and the share of replies that got n > 1 (the server draws one candidate when
+the engine lacks idle rows). Requests stay greedy, so the n candidates are alike: the cost, not
+the choice, is what this measures.
 """
 
 from __future__ import annotations
@@ -37,14 +44,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(settings: Settings, data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+def _start_server(settings: Settings, data_dir: Path, port: int, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     import httpx
 
     from service.model_loading import resolve_model_path
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ASSISTANT_DEV_MODE": "1", "ASSISTANT_DATA_DIR": str(data_dir),
            "ASSISTANT_MODEL": str(resolve_model_path(settings)), "ASSISTANT_REGISTRATION": "open",
-           "ASSISTANT_DEFAULT_TEMPERATURE": "0", "ASSISTANT_DTYPE": settings.dtype}
+           "ASSISTANT_DEFAULT_TEMPERATURE": "0", "ASSISTANT_DTYPE": settings.dtype, **(extra_env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker", "--host", "127.0.0.1",
                                  "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -116,12 +123,13 @@ def _summary(results: list[dict], t0: float) -> dict:
             "itl_p95_s": round(_pct(itl, 95), 4)}
 
 
-async def _scenarios(base: str, users: int, max_tokens: int, repeats: int) -> dict:
+async def _scenarios(base: str, users: int, max_tokens: int, repeats: int, prepare=None) -> dict:
+    """``prepare(user_ids)``: called once the users exist, before any request (best-of-n gives each an adapter)."""
     import httpx
 
     out: dict = {}
     async with httpx.AsyncClient(timeout=600) as client:
-        tokens = []
+        tokens, ids = [], []
         for i in range(users):
             name, pw = f"bench{i}", "bench-password-1"
             r = await client.post(f"{base}/api/auth/register", json={"username": name, "password": pw})
@@ -129,6 +137,9 @@ async def _scenarios(base: str, users: int, max_tokens: int, repeats: int) -> di
                 raise RuntimeError(f"could not register {name}: {r.status_code} {r.text}")
             r = await client.post(f"{base}/api/auth/token", data={"username": name, "password": pw})
             tokens.append(r.json()["access_token"])
+            ids.append((await client.get(f"{base}/api/me", headers={"Authorization": f"Bearer {tokens[-1]}"})).json()["id"])
+        if prepare is not None:
+            prepare(ids)
         await _v1_request(client, base, tokens[0], QUESTIONS[0], 4)  # warm-up
         for rep in range(repeats):
             # a new question per run (a numbered one): a user's repeated question would be served from
@@ -146,27 +157,116 @@ async def _scenarios(base: str, users: int, max_tokens: int, repeats: int) -> di
     return out
 
 
-def run_api_bench(settings: Settings, *, users: int = 16, max_new_tokens: int = 64, repeats: int = 2) -> dict:
-    """Serve ``users`` simultaneous users through a real server; returns the numbers and ratios."""
-    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        port = _free_port()
-        log = Path(tmp) / "server.log"
-        proc = _start_server(settings, Path(tmp) / "data", port, log)
-        try:
-            result = asyncio.run(_scenarios(f"http://127.0.0.1:{port}", users, max_new_tokens, repeats))
-            import httpx
+def _serve(settings: Settings, tmp: Path, users: int, max_new_tokens: int, repeats: int, *,
+           extra_env: dict[str, str] | None = None, prepare=None) -> dict:
+    """One fresh server in ``tmp``: the scenarios, its engine's report and its /metrics text."""
+    import httpx
 
-            result["server_engine"] = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json().get("engine")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    port = _free_port()
+    proc = _start_server(settings, tmp / "data", port, tmp / "server.log", extra_env)
+    try:
+        result = asyncio.run(_scenarios(f"http://127.0.0.1:{port}", users, max_new_tokens, repeats,
+                                        None if prepare is None else lambda ids: prepare(tmp / "data", ids)))
+        result["server_engine"] = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json().get("engine")
+        result["metrics_text"] = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return result
+
+
+def _adapters_with_rewards(settings: Settings, root: Path, users: int) -> list[Path]:
+    """``users`` random rank-8 adapters, each with a stored reward (a preference for longer replies)."""
+    import torch
+
+    from service import traits as T
+    from service.bench import make_random_adapter
+    from service.model_loading import load_base_model
+    from service.reply_reward import Preference, ReplyReward
+
+    model = load_base_model(settings)
+    d = len(T.NAMES)
+    w = torch.zeros(d)
+    w[T.NAMES.index("length")] = 1.0
+    pref = Preference(w, torch.eye(d) * 0.01, 0.0, torch.zeros(d), 1.0, 50)
+    paths = []
+    for i in range(users):
+        path = make_random_adapter(model, root / f"a{i}", seed=100 + i, r=8)
+        ReplyReward(torch.zeros(d), torch.ones(d), pref, pref, k=1.0).save(path)
+        paths.append(path)
+    return paths
+
+
+def _give_adapters(settings: Settings, adapters: list[Path]):
+    """``prepare`` for ``_scenarios``: publish and activate one adapter per user in the server's store."""
+    def prepare(data_dir: Path, user_ids: list[int]) -> None:
+        from sqlmodel import Session
+
+        from service import adapter_store
+        from service.db import make_engine
+        from service.models import AdapterStatus
+
+        server_settings = Settings(data_dir=data_dir, dev_mode=True, model=settings.model)
+        db = make_engine(server_settings)
+        with Session(db) as s:
+            for uid, src in zip(user_ids, adapters):
+                row = adapter_store.publish(server_settings, s, user_id=uid, src_dir=src, metadata={},
+                                            status=AdapterStatus.promoted)
+                adapter_store.activate(s, user_id=uid, version_id=row.id)
+        db.dispose()
+
+    return prepare
+
+
+def _best_of_counts(metrics_text: str) -> dict[str, float]:
+    """``assistant_best_of_replies_total`` by n, from a /metrics page."""
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("assistant_best_of_replies_total{"):
+            n = line.split('n="', 1)[1].split('"', 1)[0]
+            out[n] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def run_api_bench(settings: Settings, *, users: int = 16, max_new_tokens: int = 64, repeats: int = 2,
+                  best_of_n: int = 1) -> dict:
+    """Serve ``users`` simultaneous users through a real server; returns the numbers and ratios.
+    ``best_of_n`` > 1: the best-of-n comparison instead (see the module's docstring)."""
+    if best_of_n > 1:
+        return _run_best_of_bench(settings, users=users, max_new_tokens=max_new_tokens, repeats=repeats, n=best_of_n)
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        result = _serve(settings, Path(tmp), users, max_new_tokens, repeats)
+        result.pop("metrics_text")
     one, many = result["api_v1_1_user"], result["api_v1_users"]
     result["ratios"] = {
         "api_v1_users_vs_1_user_tokens_per_s": round(many["tokens_per_s"] / one["tokens_per_s"], 2),
         "api_v1_ttft_p95_vs_1_user": round(many["ttft_p95_s"] / one["ttft_p50_s"], 2),
         "api_ws_users_vs_1_user_tokens_per_s": round(result["api_ws_users"]["tokens_per_s"] / one["tokens_per_s"], 2),
+    }
+    return result
+
+
+def _run_best_of_bench(settings: Settings, *, users: int, max_new_tokens: int, repeats: int, n: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-best-of-") as tmp:
+        adapters = _adapters_with_rewards(settings, Path(tmp) / "adapters", users)
+        runs = {}
+        for name, env in (("off", {"ASSISTANT_BEST_OF_N": "1"}), (f"best_of_{n}", {"ASSISTANT_BEST_OF_N": str(n)})):
+            (Path(tmp) / name).mkdir()
+            runs[name] = _serve(settings, Path(tmp) / name, users, max_new_tokens, repeats, extra_env=env,
+                                prepare=_give_adapters(settings, adapters))
+    off, on = runs["off"], runs[f"best_of_{n}"]
+    counts = _best_of_counts(on.pop("metrics_text"))
+    off.pop("metrics_text")
+    chosen = sum(v for k, v in counts.items() if k != "1")
+    result = {"best_of_n": n, "off": off, "on": on, "replies_by_n": counts,
+              "share_with_n_above_1": round(chosen / sum(counts.values()), 3) if counts else None}
+    result["ratios"] = {
+        "ttft_1_user_on_vs_off": round(on["api_v1_1_user"]["ttft_p50_s"] / off["api_v1_1_user"]["ttft_p50_s"], 2),
+        "tokens_per_s_1_user_on_vs_off": round(on["api_v1_1_user"]["tokens_per_s"] / off["api_v1_1_user"]["tokens_per_s"], 2),
+        "tokens_per_s_users_on_vs_off": round(on["api_v1_users"]["tokens_per_s"] / off["api_v1_users"]["tokens_per_s"], 2),
+        "ttft_p95_users_on_vs_off": round(on["api_v1_users"]["ttft_p95_s"] / off["api_v1_users"]["ttft_p95_s"], 2),
     }
     return result
