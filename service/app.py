@@ -32,7 +32,7 @@ from service.db import init_db, make_engine
 from service.engine.base import Engine
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, CookieOriginCheck, SecurityHeaders
-from service.auth import SignInThrottle
+from service.auth import SignInThrottle, address_matcher
 from service.ratelimit import SlidingWindow
 from service.routes import admin, auth, chat_ws, conversations, health, me, openai_compat, users
 from service.routes.openai_compat import openai_error
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     metrics.watch_training(db)
     app.state.registrations = SlidingWindow(settings.registration_limit, 3600.0)
     app.state.sign_in = SignInThrottle(settings)
+    app.state.trusted_proxies = address_matcher(settings.trusted_proxies)
     app.state.ws_handshakes = SlidingWindow(settings.handshake_limit, 60.0)
     app.state.ws_sockets = {}  # user id -> open chat sockets (one event loop: no lock needed)
     if engine is not None:

@@ -102,16 +102,31 @@ def end_sessions(session: Session, user: User) -> None:
 class SignInThrottle:
     """Failed sign-ins per account and per client address in a sliding window (issue 12, finding 5):
     past either limit, sign-in answers 429 until the window's oldest failure ages out. An attempt
-    counts from before its password is checked (``reserve``) until it proves right (``succeeded``)."""
+    counts from before its password is checked (``reserve``) until it proves right (``succeeded``).
+
+    Slowing, not locking out (issue 28, M6): an address that signed in to an account before is the
+    owner's, and the account's limit does not apply to it (its own address limit does), so anyone
+    failing on purpose against ``admin`` slows every other address down but cannot lock the
+    operator out of their own."""
+
+    KNOWN_PER_ACCOUNT = 16  # addresses remembered per account (the newest)
+    KNOWN_ACCOUNTS = 10_000  # accounts remembered (the oldest forgotten first)
 
     def __init__(self, settings: Settings) -> None:
         window = settings.sign_in_window_s
         self.accounts = SlidingWindow(settings.sign_in_failures_per_account, window)
         self.addresses = SlidingWindow(settings.sign_in_failures_per_address, window)
+        self._known: dict[str, list[str]] = {}  # account -> addresses that signed in to it
         self._lock = threading.Lock()
 
+    def _is_known(self, account: str, address: str) -> bool:
+        return address in self._known.get(account, ())
+
     def retry_after(self, account: str, address: str) -> float | None:
-        waits = [w for w in (self.accounts.retry_after(account), self.addresses.retry_after(address)) if w is not None]
+        limits = [self.addresses.retry_after(address)]
+        if not self._is_known(account, address):
+            limits.append(self.accounts.retry_after(account))
+        waits = [w for w in limits if w is not None]
         return max(waits) if waits else None
 
     def reserve(self, account: str, address: str) -> float | None:
@@ -122,14 +137,20 @@ class SignInThrottle:
         with self._lock:
             wait = self.retry_after(account, address)
             if wait is None:
-                self.accounts.add(account)
+                if not self._is_known(account, address):
+                    self.accounts.add(account)
                 self.addresses.add(address)
             return wait
 
     def succeeded(self, account: str, address: str) -> None:
         with self._lock:
-            self.accounts.discard(account)
+            if not self._is_known(account, address):
+                self.accounts.discard(account)
             self.addresses.discard(address)
+            known = [a for a in self._known.pop(account, []) if a != address] + [address]
+            self._known[account] = known[-self.KNOWN_PER_ACCOUNT:]
+            if len(self._known) > self.KNOWN_ACCOUNTS:
+                self._known.pop(next(iter(self._known)))
 
 
 
@@ -220,3 +241,29 @@ def require_operator(user: CurrentUser) -> User:
 
 
 OperatorUser = Annotated[User, Depends(require_operator)]
+
+
+def address_matcher(spec: str):
+    """``spec``: comma-separated addresses or CIDR networks (a name that is neither, such as the test
+    client's ``testclient``, matches itself). Returns address -> bool."""
+    import ipaddress
+
+    networks, names = [], set()
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            names.add(item)
+
+    def matches(address: str) -> bool:
+        if address in names:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in n for n in networks)
+
+    return matches

@@ -66,7 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())], env=env)
         logger.info("started the learning worker (pid %s)", worker.pid)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", ws_max_size=1 << 20)
+        # proxy_headers off: the app reads X-Forwarded-For itself, from ASSISTANT_TRUSTED_PROXIES only
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", ws_max_size=1 << 20,
+                    proxy_headers=False)
     finally:
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)

@@ -44,15 +44,17 @@ def test_a_new_operator_password_ends_the_old_sessions(app_factory):
 
 
 def test_failed_sign_ins_are_throttled_and_logged(app_factory, caplog):
-    client = app_factory(sign_in_failures_per_account=3, sign_in_failures_per_address=100)
+    client = app_factory(sign_in_failures_per_account=3, sign_in_failures_per_address=100, trusted_proxies="testclient")
     signup(client, "bob")
     caplog.set_level(logging.WARNING, logger="service.routes.auth")
+    attacker = {"X-Forwarded-For": "203.0.113.7"}
     for _ in range(3):
-        r = client.post("/api/auth/token", data={"username": "bob", "password": "guess-guess"})
+        r = client.post("/api/auth/token", data={"username": "bob", "password": "guess-guess"}, headers=attacker)
         assert r.status_code == 401
-    r = client.post("/api/auth/token", data={"username": "bob", "password": "correct-horse-1"})  # even the right one
-    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
-    assert client.post("/api/auth/token", data={"username": "BOB", "password": "x"}).status_code == 429  # one account
+    r = client.post("/api/auth/token", data={"username": "bob", "password": "correct-horse-1"}, headers=attacker)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1  # even the right one, from there
+    assert client.post("/api/auth/token", data={"username": "BOB", "password": "x"},
+                       headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 429  # one account, any new address
     logged = [rec.getMessage() for rec in caplog.records if "failed sign-in" in rec.getMessage()]
     assert len(logged) == 3 and "'bob'" in logged[0] and "guess-guess" not in " ".join(logged)
     assert client.post("/api/auth/token", data={"username": "carol", "password": "x"}).status_code == 401  # others unaffected
@@ -115,7 +117,7 @@ def test_a_burst_of_concurrent_guesses_is_counted_before_any_password_is_checked
 
     from service.auth import SignInThrottle
 
-    client = app_factory(sign_in_failures_per_account=5, sign_in_failures_per_address=100)
+    client = app_factory(sign_in_failures_per_account=5, sign_in_failures_per_address=100, trusted_proxies="testclient")
     signup(client, "victim")
     throttle: SignInThrottle = client.app.state.sign_in
     # five attempts in flight (none has failed yet) fill the account's window: the sixth waits
@@ -126,8 +128,46 @@ def test_a_burst_of_concurrent_guesses_is_counted_before_any_password_is_checked
     assert throttle.retry_after("victim", "10.0.0.9") is None
 
     def guess(i: int) -> int:
-        return client.post("/api/auth/token", data={"username": "victim", "password": f"wrong-{i}"}).status_code
+        return client.post("/api/auth/token", data={"username": "victim", "password": f"wrong-{i}"},
+                           headers={"X-Forwarded-For": "203.0.113.66"}).status_code  # not the owner's address
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         codes = list(pool.map(guess, range(12)))
     assert codes.count(401) == 5 and codes.count(429) == 7
+
+
+def test_an_attacker_slows_an_account_down_but_cannot_lock_its_owner_out(app_factory):
+    """Issue 28, M6: five wrong passwords from anywhere locked ``admin`` out for everyone."""
+    client = app_factory(sign_in_failures_per_account=3, sign_in_failures_per_address=100, trusted_proxies="testclient",
+                         admin_password="operator-pass-1")
+    owner, attacker = {"X-Forwarded-For": "192.0.2.10"}, {"X-Forwarded-For": "203.0.113.9"}
+    assert client.post("/api/auth/token", data={"username": "admin", "password": "operator-pass-1"}, headers=owner).status_code == 200
+    for _ in range(3):
+        assert client.post("/api/auth/token", data={"username": "admin", "password": "guess"}, headers=attacker).status_code == 401
+    assert client.post("/api/auth/token", data={"username": "admin", "password": "guess"}, headers=attacker).status_code == 429
+    # the operator's own address still signs in (and its typos do not count against the account)
+    assert client.post("/api/auth/token", data={"username": "admin", "password": "typo"}, headers=owner).status_code == 401
+    assert client.post("/api/auth/token", data={"username": "admin", "password": "operator-pass-1"}, headers=owner).status_code == 200
+
+
+def test_limits_key_on_the_forwarded_address_only_behind_a_trusted_proxy(app_factory):
+    """Issue 28, M2/M6: behind a reverse proxy every client shared the proxy's address (one
+    registration limit for the whole site); a client's own X-Forwarded-For must not pick its key."""
+    behind = app_factory(registrations_per_hour=2, registration="open", trusted_proxies="testclient")
+    for i in range(2):
+        r = behind.post("/api/auth/register", json={"username": f"user-a{i}", "password": "correct-horse-1"},
+                        headers={"X-Forwarded-For": "203.0.113.1"})
+        assert r.status_code == 201
+    assert behind.post("/api/auth/register", json={"username": "user-a9", "password": "correct-horse-1"},
+                       headers={"X-Forwarded-For": "203.0.113.1"}).status_code == 429
+    # another client behind the same proxy is not limited by the first; a prepended (spoofed) hop is ignored
+    assert behind.post("/api/auth/register", json={"username": "user-b0", "password": "correct-horse-1"},
+                       headers={"X-Forwarded-For": "198.51.100.4"}).status_code == 201
+    assert behind.post("/api/auth/register", json={"username": "user-a8", "password": "correct-horse-1"},
+                       headers={"X-Forwarded-For": "1.2.3.4, 203.0.113.1"}).status_code == 429
+    direct = app_factory(registrations_per_hour=2, registration="open", trusted_proxies="")  # the peer is no proxy: its header is ignored
+    for i in range(2):
+        assert direct.post("/api/auth/register", json={"username": f"user-c{i}", "password": "correct-horse-1"},
+                           headers={"X-Forwarded-For": f"192.0.2.{i}"}).status_code == 201
+    assert direct.post("/api/auth/register", json={"username": "user-c9", "password": "correct-horse-1"},
+                       headers={"X-Forwarded-For": "192.0.2.99"}).status_code == 429
