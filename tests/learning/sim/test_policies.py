@@ -75,3 +75,24 @@ def test_batched_kl_matches_one_sequence_at_a_time(bank):
     assert one > 1e-4
     assert bank.kl_to_base_batched("moved", seqs, plens, batch_size=4) == pytest.approx(one, rel=1e-3)
     assert bank.kl_to_base_batched("zero", seqs, plens) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_best_of_one_whole_reply_is_the_plain_sample_and_best_of_n_follows_the_reward(bank):
+    """The evaluation drives the server's chooser (service.best_of_n): best-of-1 over whole replies
+    starts from the same row seed, so it is ``sample``'s reply; with n = 3 the reward decides."""
+    never = lambda texts: [False] * len(texts)  # noqa: E731
+    plain = bank.sample("moved", PROMPTS, 2, "policy-0")
+    one, records = bank.sample_best_of("moved", PROMPTS, 2, "policy-0", n=1, block=0,
+                                       score=lambda p, ts: [0.0] * len(ts), harmful=never)
+    assert one.texts == plain.texts and all(r["choices"] == [0] for r in records)
+    longest, records = bank.sample_best_of("moved", PROMPTS, 2, "policy-0", n=3, block=0,
+                                           score=lambda p, ts: [len(t) for t in ts], harmful=never)
+    shortest, _ = bank.sample_best_of("moved", PROMPTS, 2, "policy-0", n=3, block=0,
+                                      score=lambda p, ts: [-len(t) for t in ts], harmful=never)
+    flat = lambda pool: [t for per in pool.texts for t in per]  # noqa: E731
+    assert all(len(a) >= len(b) for a, b in zip(flat(longest), flat(plain)))
+    assert sum(map(len, flat(longest))) > sum(map(len, flat(shortest)))
+    blockwise, records = bank.sample_best_of("moved", PROMPTS, 1, "policy-0", n=2, block=4,
+                                             score=lambda p, ts: [len(t) for t in ts], harmful=never)
+    assert all(1 <= len(r["choices"]) <= 3 for r in records)  # 12 tokens in blocks of 4, or fewer when a reply ends
+    assert any(len(r["choices"]) == 3 for r in records)
