@@ -77,6 +77,22 @@ def render_markdown(report: dict[str, Any]) -> str:
                      if c else "–"])
     lines += _table(["user", "profile", "served by", "win rate", f"{conf}% interval", "retest (spread)", "W/T/L (pairs)",
                      "score served", "score base", "RM held-out acc.", "longer-wins", "newest candidate: win rate"], rows)
+    best = report.get("best_of") or {}
+    if best:
+        cfg = report["config"]
+        lines += ["", f"## Personal best-of-{cfg.get('best_of_n')} (blocks of {cfg.get('best_of_block') or 'a whole reply'})", "",
+                  "Every adapter's replies above were chosen by its stored reward among the candidates (`service.best_of_n`)."
+                  + (" \"base + reranking\": the base's replies chosen by the population's reward alone." if cfg.get("best_of_base") else ""),
+                  ""]
+        rows = []
+        for u in report["users"]:
+            s = best.get(u["adapter"] or "", {})
+            bb = (u.get("base_best_of") or {}).get("win_rate")
+            rows.append([u["username"], u["adapter"] or "base", _fmt(u["win_rate"]["rate"], True),
+                         _fmt(bb["rate"], True) + f" ({_interval(bb)})" if bb else "–",
+                         _fmt(s.get("changed_share"), True), _fmt(s.get("dropped"))])
+        lines += _table(["user", "adapter", "served win rate (adapter + best-of-n)", "base + reranking: win rate",
+                         "blocks where best-of-n changed the reply", "candidates dropped (harm)"], rows)
     g = report["reward_model"]["global"]
     lines += ["", f"Global reward model held-out pairwise accuracy: {_fmt(g['accuracy'], True)} "
                   f"(\"longer reply wins\": {_fmt(g['length_baseline_accuracy'], True)}, {_fmt(g['heldout_pairs'])} pairs).",
