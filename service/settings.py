@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     sign_in_failures_per_account: int = Field(5, ge=0, description="Failed sign-ins per account in the window before 429 (0 = no limit).")
     sign_in_failures_per_address: int = Field(20, ge=0, description="Failed sign-ins per client address in the window before 429 (0 = no limit).")
     sign_in_window_s: float = Field(300.0, gt=0, description="Window of the sign-in failure limits, seconds.")
+    metrics_token: str | None = Field(None, min_length=16, description="When set, /metrics answers only `Authorization: Bearer <this>` (401 "
+                                      "otherwise) and /healthz shows others only its status. Unset: both public (bind to a private "
+                                      "address or filter them at the proxy).")
     trusted_proxies: str = Field("127.0.0.1,::1", description="Comma-separated addresses or networks (CIDR) of reverse proxies "
                                  "whose X-Forwarded-For is believed: a request from one of them is keyed, for the sign-in and "
                                  "registration limits, on the nearest address in that header that is not a trusted proxy. "

@@ -91,3 +91,17 @@ def test_dev_mode_signs_with_its_own_secret_and_stays_local(make_settings, share
     again = make_settings(data_dir=settings.data_dir)
     create_app(again, engine=shared_engine)
     assert again.secret_key == settings.secret_key  # the same data dir keeps its key (sessions survive a restart)
+
+
+def test_a_metrics_token_keeps_metrics_and_health_details_to_the_monitor(app_factory):
+    """Issue 28, L6: /metrics (every counter, training results) and /healthz (engine, base model)
+    were public with no way to close them."""
+    client = app_factory(metrics_token="monitor-token-0123456789")
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+    r = client.get("/metrics", headers={"Authorization": "Bearer monitor-token-0123456789"})
+    assert r.status_code == 200 and "assistant_tokens_generated" in r.text
+    assert client.get("/healthz").json() == {"status": "ok"}  # a load balancer still sees up/down
+    detail = client.get("/healthz", headers={"Authorization": "Bearer monitor-token-0123456789"}).json()
+    assert detail["status"] == "ok" and "engine" in detail
+    assert "engine" in app_factory().get("/healthz").json()  # unset: public, as before
