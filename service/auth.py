@@ -187,11 +187,30 @@ def token_from_request(request: Request) -> str | None:
     return request.cookies.get(COOKIE_NAME)
 
 
+def client_address(request: Request) -> str:
+    """The address the sign-in and registration limits key on (issue 28, M2/M6): the TCP peer, or,
+    when the peer is a trusted reverse proxy (``ASSISTANT_TRUSTED_PROXIES``), the nearest address of
+    its X-Forwarded-For that is not one (a client can prepend anything; proxies append)."""
+    peer = request.client.host if request.client else "unknown"
+    trusted = request.app.state.trusted_proxies
+    if not trusted(peer):
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    return hops[0] if hops else peer
+
+
 def get_current_user(request: Request, settings: SettingsDep) -> User:
     """The signed-in user. Not a ``SessionDep``: a route that waits on the engine (a reply
     generating) must not hold a database connection meanwhile (issue 12, finding 4)."""
     token = token_from_request(request)
     if proxy.is_proxy_key(settings, token):
+        allowed = request.app.state.proxy_addresses
+        if allowed is not None and not allowed(client_address(request)):  # issue 28, L1: a leaked key is not enough
+            logger.warning("proxy key refused from %s (not in ASSISTANT_PROXY_ADDRESSES)", client_address(request))
+            raise _UNAUTHORIZED
         try:
             return proxy.user_for_proxy(request.app.state.db, request.headers)
         except proxy.ProxyError as exc:

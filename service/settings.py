@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     sign_in_failures_per_account: int = Field(5, ge=0, description="Failed sign-ins per account in the window before 429 (0 = no limit).")
     sign_in_failures_per_address: int = Field(20, ge=0, description="Failed sign-ins per client address in the window before 429 (0 = no limit).")
     sign_in_window_s: float = Field(300.0, gt=0, description="Window of the sign-in failure limits, seconds.")
+    proxy_addresses: str = Field("", description="Comma-separated addresses or networks (CIDR) the trusted-proxy key is accepted "
+                                 "from (the front end's host); empty: from anywhere. The address is the one ASSISTANT_TRUSTED_PROXIES "
+                                 "resolves.")
     metrics_token: str | None = Field(None, min_length=16, description="When set, /metrics answers only `Authorization: Bearer <this>` (401 "
                                       "otherwise) and /healthz shows others only its status. Unset: both public (bind to a private "
                                       "address or filter them at the proxy).")

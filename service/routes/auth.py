@@ -17,6 +17,7 @@ from service.auth import (
     SessionDep,
     SettingsDep,
     SignInThrottle,
+    client_address,
     authenticate,
     create_token,
     end_sessions,
@@ -33,21 +34,6 @@ router = APIRouter(prefix="/api", tags=["auth"])
 
 def public(user) -> UserPublic:
     return UserPublic(id=user.id, username=user.username, role=user.role.value, approved=user.approved)
-
-
-def client_address(request: Request) -> str:
-    """The address the sign-in and registration limits key on (issue 28, M2/M6): the TCP peer, or,
-    when the peer is a trusted reverse proxy (``ASSISTANT_TRUSTED_PROXIES``), the nearest address of
-    its X-Forwarded-For that is not one (a client can prepend anything; proxies append)."""
-    peer = request.client.host if request.client else "unknown"
-    trusted = request.app.state.trusted_proxies
-    if not trusted(peer):
-        return peer
-    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not trusted(hop):
-            return hop
-    return hops[0] if hops else peer
 
 
 @router.post("/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserPublic)

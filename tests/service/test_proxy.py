@@ -98,3 +98,15 @@ def test_only_the_trusted_proxy_gets_unstored_task_calls(app_factory):
     proxied = _as("carol", "Carol")
     assert client.post("/v1/chat/completions", json=body, headers=proxied).status_code == 200
     assert client.get("/api/conversations", headers=proxied).json() == []  # the front end's background call
+
+
+def test_the_proxy_key_works_only_from_the_front_ends_addresses_when_they_are_listed(app_factory):
+    """Issue 28, L1: the proxy key signed in as any user from any address; a leaked key is now not
+    enough where the operator lists the front end's addresses."""
+    listed = app_factory(proxy_key=PROXY_KEY, proxy_addresses="10.1.2.3, testclient")
+    assert listed.get("/api/me", headers=_as("ann", "Ann")).status_code == 200
+    elsewhere = app_factory(proxy_key=PROXY_KEY, proxy_addresses="10.1.2.3")
+    r = elsewhere.post("/v1/chat/completions", headers=_as("ann", "Ann"),
+                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 401
+    assert elsewhere.get("/api/me", headers=_as("ann", "Ann")).status_code == 401
