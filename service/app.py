@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.registrations = SlidingWindow(settings.registration_limit, 3600.0)
     app.state.sign_in = SignInThrottle(settings)
     app.state.trusted_proxies = address_matcher(settings.trusted_proxies)
+    app.state.proxy_new_users = SlidingWindow(settings.proxy_users_per_hour, 3600.0)
     app.state.proxy_addresses = address_matcher(settings.proxy_addresses) if settings.proxy_addresses.strip() else None
     app.state.ws_handshakes = SlidingWindow(settings.handshake_limit, 60.0)
     app.state.ws_sockets = {}  # user id -> open chat sockets (one event loop: no lock needed)

@@ -43,8 +43,10 @@ class ProxyError(ValueError):
     pass
 
 
-def user_for_proxy(db, headers) -> User:
-    """The product user a proxied request acts for (made on first sight)."""
+def user_for_proxy(db, headers, new_users=None) -> User:
+    """The product user a proxied request acts for (made on first sight). ``new_users``: the
+    ``SlidingWindow`` that bounds how many users the proxy may create per hour (issue 28, M2: they
+    are approved on creation, so a leaked key or a runaway front end could fill the pool)."""
     external = (headers.get(USER_ID_HEADER) or "").strip()
     if not external:
         raise ProxyError("the proxy key needs an X-OpenWebUI-User-Id header naming the user (Open WebUI: "
@@ -55,6 +57,10 @@ def user_for_proxy(db, headers) -> User:
     with Session(db, expire_on_commit=False) as session:
         user = crud.get_user_by_username(session, username=username)
         if user is None:
+            if new_users is not None and new_users.hit("proxy") is not None:
+                logger.warning("trusted proxy: refused a new user %s (over ASSISTANT_PROXY_USERS_PER_HOUR)", username)
+                raise ProxyError("the front end created more users this hour than ASSISTANT_PROXY_USERS_PER_HOUR allows; "
+                                 "try again later or raise the limit")
             try:
                 user = crud.create_user(session, username=username, password=secrets.token_urlsafe(32), approved=True)
                 logger.info("trusted proxy: new user %s for %s", user.id, username)

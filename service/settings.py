@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     sign_in_failures_per_account: int = Field(5, ge=0, description="Failed sign-ins per account in the window before 429 (0 = no limit).")
     sign_in_failures_per_address: int = Field(20, ge=0, description="Failed sign-ins per client address in the window before 429 (0 = no limit).")
     sign_in_window_s: float = Field(300.0, gt=0, description="Window of the sign-in failure limits, seconds.")
+    proxy_users_per_hour: int = Field(200, ge=0, description="New users the trusted proxy may create per hour (they are approved "
+                                      "on creation); past it a new user's request answers 401 until the hour's oldest ages out. 0 = no limit.")
     proxy_addresses: str = Field("", description="Comma-separated addresses or networks (CIDR) the trusted-proxy key is accepted "
                                  "from (the front end's host); empty: from anywhere. The address is the one ASSISTANT_TRUSTED_PROXIES "
                                  "resolves.")

@@ -110,3 +110,13 @@ def test_the_proxy_key_works_only_from_the_front_ends_addresses_when_they_are_li
                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert r.status_code == 401
     assert elsewhere.get("/api/me", headers=_as("ann", "Ann")).status_code == 401
+
+
+def test_the_proxy_creates_at_most_its_hourly_share_of_new_users(app_factory):
+    """Issue 28, M2: proxy-created users are approved on creation, without any limit."""
+    client = app_factory(proxy_key=PROXY_KEY, proxy_users_per_hour=2)
+    assert client.get("/api/me", headers=_as("u1", "One")).status_code == 200
+    assert client.get("/api/me", headers=_as("u2", "Two")).status_code == 200
+    r = client.get("/api/me", headers=_as("u3", "Three"))
+    assert r.status_code == 401 and "ASSISTANT_PROXY_USERS_PER_HOUR" in r.json()["detail"]
+    assert client.get("/api/me", headers=_as("u1", "One")).status_code == 200  # known users are not limited
