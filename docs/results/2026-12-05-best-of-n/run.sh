@@ -24,7 +24,7 @@ esac
 ASSIGN=$(python -c "import json; print(' '.join(f'--assign {u[\"username\"]}={u[\"profile\"]}' for u in json.load(open('$RUN/work/fixture.json'))['users']))")
 START=$(date +%s)
 ASSISTANT_DEV_MODE=1 ASSISTANT_DATA_DIR=$RUN/work assistant evaluate \
-  --samples 4 --base-samples 4 --red-team-samples 2 --base-red-team-samples 16 --benign-samples 2 --no-retest \
+  --samples 2 --base-samples 4 --red-team 30 --red-team-samples 2 --base-red-team-samples 16 --benign 10 --benign-samples 2 --no-retest \
   --kl metadata --batch-size 32 --seed 0 --base-cache "$FIXTURES/base-cache" $EXTRA $ASSIGN > "$OUT/evaluation.log" 2>&1
 END=$(date +%s)
 LATEST=$(ls -td "$RUN"/work/reports/2*/ | head -1)
