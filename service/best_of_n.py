@@ -76,17 +76,20 @@ class ReplyChoice:
     decode: Callable[[list[int]], str]
     token_ids: list[int] = field(default_factory=list)  # the chosen reply so far
     choices: list[int] = field(default_factory=list)  # per block, the chosen candidate's index (0: the first draw)
+    drawn: list[int] = field(default_factory=list)  # per block, how many candidates were drawn
     dropped: int = 0  # candidates the harm judge flagged, over all blocks
     finished: str | None = None  # "stop" (the model ended its turn) or "length"
 
-    def draws(self) -> list[Draw]:
-        """The next block's candidates; empty once the reply is finished."""
+    def draws(self, n: int | None = None) -> list[Draw]:
+        """The next block's candidates (``n`` of them, at most ``self.n``: the server draws fewer when
+        load arrives mid-reply); empty once the reply is finished."""
         if self.finished is not None:
             return []
         left = self.max_new_tokens - len(self.token_ids)
         size = left if self.block <= 0 else min(self.block, left)
         b = len(self.choices)
-        return [Draw(size, draw_seed(self.seed, b, i)) for i in range(self.n)]
+        k = self.n if n is None else max(1, min(n, self.n))
+        return [Draw(size, draw_seed(self.seed, b, i)) for i in range(k)]
 
     def choose(self, candidates: Sequence[Candidate]) -> int:
         """Keep the best candidate of this block; return its index."""
@@ -101,6 +104,7 @@ class ReplyChoice:
         chosen = candidates[best]
         self.token_ids += chosen.token_ids
         self.choices.append(best)
+        self.drawn.append(len(candidates))
         if chosen.ended:
             self.finished = "stop"
         elif len(self.token_ids) >= self.max_new_tokens or not chosen.token_ids:
@@ -108,8 +112,10 @@ class ReplyChoice:
         return best
 
     def record(self) -> dict[str, object]:
-        """What the message stores: n, the block size, the chosen index per block, candidates dropped."""
-        return {"n": self.n, "block": self.block, "choices": list(self.choices), "dropped": self.dropped}
+        """What the message stores: n, the block size, per block the chosen index and the candidates
+        drawn (fewer than n once load arrived), candidates dropped."""
+        return {"n": self.n, "block": self.block, "choices": list(self.choices), "drawn": list(self.drawn),
+                "dropped": self.dropped}
 
 
 def summarise_choices(records: Sequence[dict]) -> dict[str, object]:
@@ -131,6 +137,16 @@ class ChoiceRun:
         self.engine, self.request, self.choice = engine, request, choice
         self._current: list[str] = []  # engine request ids of the block being sampled
 
+    def _affordable(self, n: int) -> int:
+        """Candidates for the next block: n while nothing waits and n rows are free beside those this
+        reply gives back, else 1 (issue 26: best-of-n uses idle rows only, so a burst that arrives
+        mid-reply takes the rows back within one block)."""
+        stats = self.engine.stats()
+        if stats.get("queued", 0):
+            return 1
+        idle = stats.get("max_batch_size", 0) - stats.get("running", 0)
+        return n if idle >= n else max(1, idle)
+
     def cancel(self) -> None:
         self.request.cancelled.set()
         for rid in list(self._current):
@@ -146,7 +162,7 @@ class ChoiceRun:
         finish, error = None, None
         try:
             while not req.cancelled.is_set():
-                draws = choice.draws()
+                draws = choice.draws(self._affordable(choice.n) if choice.choices else choice.n)
                 if not draws:
                     finish = choice.finished
                     break

@@ -52,10 +52,11 @@ class Settings(BaseSettings):
                                 "One of service.judges' names (insults, better-profanity, keywords, ...); none = off, the default: "
                                 "with insults it cut 7% of ordinary and 19% of edgy-but-benign replies (kill, murder, fat, pot; "
                                 "docs/results/2026-12-05-safety-stage-v4).")
-    best_of_n: int = Field(1, ge=1, le=16, description="Personal best-of-n (service/best_of_n.py): candidates sampled per choice for a "
+    best_of_n: int = Field(4, ge=1, le=16, description="Personal best-of-n (service/best_of_n.py): candidates sampled per choice for a "
                            "user served by an adapter with a stored reward, chosen by that reward (the user's lower bound plus the "
                            "population's) after the harm judge drops flagged ones; used only while the engine has that many idle "
-                           "rows (one candidate under load) and for single replies (not alternatives to rank). 1 = off.")
+                           "rows (one candidate under load, re-checked every block) and for single replies (not alternatives to rank). "
+                           "1 = off (the first token then comes ~9x sooner at one user; docs/results/2026-12-05-best-of-n).")
     best_of_n_block: int = Field(16, ge=0, le=4096, description="Tokens per best-of-n choice: the reply streams one chosen block at a "
                                  "time. 0 = choose once among whole replies (nothing shows until the chosen reply is done).")
     best_of_n_judge: str = Field("insults", description="Harm judge that drops best-of-n candidates (service.judges' names); none = keep all.")

@@ -65,7 +65,16 @@ def test_the_best_scored_candidate_wins_and_extends_the_reply():
     # the reply so far is scored, not the block alone: "xx y" + "zzzz" has 2 x's, + "x..." 3
     assert c.choose([Candidate(_ids("zzzz"), False), Candidate(_ids("x."), True)]) == 1
     assert _text(c.token_ids) == "xx yx." and c.finished == "stop"
-    assert c.record() == {"n": 3, "block": 4, "choices": [1, 1], "dropped": 0}
+    assert c.record() == {"n": 3, "block": 4, "choices": [1, 1], "drawn": [3, 2], "dropped": 0}
+
+
+def test_under_load_a_block_draws_fewer_candidates_and_the_record_says_so():
+    c = _choice(n=4, block=4, max_new_tokens=8)
+    assert len(c.draws()) == 4 and len(c.draws(1)) == 1 and len(c.draws(9)) == 4
+    assert c.draws(2) == c.draws()[:2]  # the same seeds: fewer candidates, not other ones
+    c.choose([Candidate(_ids("xx.."), False)] * 4)
+    c.choose([Candidate(_ids("...."), False)])  # load arrived: one candidate
+    assert c.record()["drawn"] == [4, 1] and c.finished == "length"
 
 
 def test_flagged_candidates_are_dropped_even_when_they_score_best():
