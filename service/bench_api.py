@@ -12,8 +12,9 @@ counts in ``failures`` (the target is none).
 served their own random adapter with a stored reward: personal best-of-n off, then
 ``ASSISTANT_BEST_OF_N=N``. It reports the ratios of one user's first-token time and of the
 16 users' tokens/s, and the share of replies that got n > 1 (the server draws one candidate when
-the engine lacks idle rows). Requests stay greedy, so the n candidates are alike: the cost, not
-the choice, is what this measures.
+the engine lacks idle rows). Requests sample at ``BEST_OF_TEMPERATURE`` on both servers (a greedy
+request gets one candidate: there is nothing to choose among), so replies may end early and
+token counts differ between runs; tokens/s is the comparable figure.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from service.bench import _pct
 from service.settings import Settings
+
+BEST_OF_TEMPERATURE = 0.7  # the server's default temperature
 
 QUESTIONS = [
     "Write a short poem about the sea.", "Explain what a hash table is.", "Give me three tips for learning a new language.",
@@ -68,9 +71,9 @@ def _start_server(settings: Settings, data_dir: Path, port: int, log: Path, extr
     raise RuntimeError(f"the server did not answer /healthz; see {log}")
 
 
-async def _v1_request(client, base: str, token: str, question: str, max_tokens: int) -> dict:
+async def _v1_request(client, base: str, token: str, question: str, max_tokens: int, temperature: float = 0.0) -> dict:
     body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+            "temperature": temperature, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     first, times, tokens = None, [], 0
     async with client.stream("POST", f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}) as r:
@@ -89,7 +92,7 @@ async def _v1_request(client, base: str, token: str, question: str, max_tokens: 
     return {"ttft": (first or time.perf_counter()) - t0, "tokens": tokens, "times": times, "end": time.perf_counter()}
 
 
-async def _ws_request(base: str, token: str, question: str, max_tokens: int) -> dict:
+async def _ws_request(base: str, token: str, question: str, max_tokens: int, temperature: float = 0.0) -> dict:
     import websockets
 
     t0 = time.perf_counter()
@@ -98,7 +101,7 @@ async def _ws_request(base: str, token: str, question: str, max_tokens: int) -> 
         await ws.send(json.dumps({"type": "auth", "token": token}))
         if json.loads(await ws.recv())["type"] != "ready":
             return {"error": "no ready frame"}
-        await ws.send(json.dumps({"type": "chat", "content": question, "max_new_tokens": max_tokens, "temperature": 0}))
+        await ws.send(json.dumps({"type": "chat", "content": question, "max_new_tokens": max_tokens, "temperature": temperature}))
         while True:
             f = json.loads(await ws.recv())
             if f["type"] == "error":
@@ -123,7 +126,7 @@ def _summary(results: list[dict], t0: float) -> dict:
             "itl_p95_s": round(_pct(itl, 95), 4)}
 
 
-async def _scenarios(base: str, users: int, max_tokens: int, repeats: int, prepare=None) -> dict:
+async def _scenarios(base: str, users: int, max_tokens: int, repeats: int, prepare=None, temperature: float = 0.0) -> dict:
     """``prepare(user_ids)``: called once the users exist, before any request (best-of-n gives each an adapter)."""
     import httpx
 
@@ -146,9 +149,10 @@ async def _scenarios(base: str, users: int, max_tokens: int, repeats: int, prepa
             # their prefix cache, which is real but not this scenario
             ask = lambda i, kind: f"Question {rep}-{kind}: {QUESTIONS[i % len(QUESTIONS)]}"  # noqa: E731
             for name, run in (
-                ("api_v1_1_user", lambda: [_v1_request(client, base, tokens[0], ask(0, "one"), max_tokens)]),
-                ("api_v1_users", lambda: [_v1_request(client, base, t, ask(i, "v1"), max_tokens) for i, t in enumerate(tokens)]),
-                ("api_ws_users", lambda: [_ws_request(base, t, ask(i, "ws"), max_tokens) for i, t in enumerate(tokens)]),
+                ("api_v1_1_user", lambda: [_v1_request(client, base, tokens[0], ask(0, "one"), max_tokens, temperature)]),
+                ("api_v1_users", lambda: [_v1_request(client, base, t, ask(i, "v1"), max_tokens, temperature)
+                                          for i, t in enumerate(tokens)]),
+                ("api_ws_users", lambda: [_ws_request(base, t, ask(i, "ws"), max_tokens, temperature) for i, t in enumerate(tokens)]),
             ):
                 t0 = time.perf_counter()
                 s = _summary(await asyncio.gather(*run()), t0)
@@ -158,7 +162,7 @@ async def _scenarios(base: str, users: int, max_tokens: int, repeats: int, prepa
 
 
 def _serve(settings: Settings, tmp: Path, users: int, max_new_tokens: int, repeats: int, *,
-           extra_env: dict[str, str] | None = None, prepare=None) -> dict:
+           extra_env: dict[str, str] | None = None, prepare=None, temperature: float = 0.0) -> dict:
     """One fresh server in ``tmp``: the scenarios, its engine's report and its /metrics text."""
     import httpx
 
@@ -166,7 +170,7 @@ def _serve(settings: Settings, tmp: Path, users: int, max_new_tokens: int, repea
     proc = _start_server(settings, tmp / "data", port, tmp / "server.log", extra_env)
     try:
         result = asyncio.run(_scenarios(f"http://127.0.0.1:{port}", users, max_new_tokens, repeats,
-                                        None if prepare is None else lambda ids: prepare(tmp / "data", ids)))
+                                        None if prepare is None else lambda ids: prepare(tmp / "data", ids), temperature))
         result["server_engine"] = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json().get("engine")
         result["metrics_text"] = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     finally:
@@ -258,7 +262,7 @@ def _run_best_of_bench(settings: Settings, *, users: int, max_new_tokens: int, r
         for name, env in (("off", {"ASSISTANT_BEST_OF_N": "1"}), (f"best_of_{n}", on)):
             (Path(tmp) / name).mkdir()
             runs[name] = _serve(settings, Path(tmp) / name, users, max_new_tokens, repeats, extra_env=env,
-                                prepare=_give_adapters(settings, adapters))
+                                prepare=_give_adapters(settings, adapters), temperature=BEST_OF_TEMPERATURE)
     off, on = runs["off"], runs[f"best_of_{n}"]
     counts = _best_of_counts(on.pop("metrics_text"))
     off.pop("metrics_text")

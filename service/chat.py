@@ -398,6 +398,8 @@ class ChatService:
         n = self.settings.best_of_n
         if n <= 1 or reply.resolved.adapter is None or reply.resolved.policy not in ("user", "global"):
             return None
+        if reply.params.temperature == 0:  # greedy: every candidate would be the same reply
+            return None
         stats = self.engine.stats()
         idle = stats.get("max_batch_size", 0) - stats.get("running", 0) - stats.get("queued", 0)
         if idle < n:

@@ -241,7 +241,12 @@ def test_best_of_n_off_or_without_a_reward_samples_once(app_factory, adapter_wit
     _serve_adapter(client, user["id"], adapter_with_reward)
     chat_turn(client, user["token"], "Hello there.")
     assert _replies(client, user["id"])[0].best_of is None
-    client2 = app_factory(best_of_n=3, default_max_new_tokens=6)
+    client3 = app_factory(best_of_n=3, default_max_new_tokens=6)  # greedy: nothing to choose among
+    greedy = signup(client3, "greedyone")
+    _serve_adapter(client3, greedy["id"], adapter_with_reward)
+    chat_turn(client3, greedy["token"], "Hello there.", temperature=0)
+    assert _replies(client3, greedy["id"])[0].best_of is None
+    client2 = app_factory(best_of_n=3, default_max_new_tokens=6, default_temperature=0.8)
     other = signup(client2, "noreward")
     bare = tmp_path / "bare"
     bare.mkdir()
