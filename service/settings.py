@@ -56,7 +56,7 @@ class Settings(BaseSettings):
                            "user served by an adapter with a stored reward, chosen by that reward (the user's lower bound plus the "
                            "population's) after the harm judge drops flagged ones; used only while the engine has that many idle "
                            "rows (one candidate under load, re-checked every block) and for single replies (not alternatives to rank). "
-                           "1 = off (the first token then comes ~9x sooner at one user; docs/results/2026-12-05-best-of-n).")
+                           "1 = off (the first token then comes ~10x sooner at one user; docs/results/2026-12-05-best-of-n).")
     best_of_n_block: int = Field(16, ge=0, le=4096, description="Tokens per best-of-n choice: the reply streams one chosen block at a "
                                  "time. 0 = choose once among whole replies (nothing shows until the chosen reply is done).")
     best_of_n_judge: str = Field("insults", description="Harm judge that drops best-of-n candidates (service.judges' names); none = keep all.")
