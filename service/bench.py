@@ -422,6 +422,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--best-of-n", type=int, default=1,
                         help="with --api: personal best-of-n off vs this n, each user on an adapter with a stored reward")
     parser.add_argument("--best-of-block", type=int, default=16, help="with --best-of-n: tokens per choice (0: whole replies)")
+    parser.add_argument("--best-of-first-block", type=int, default=0,
+                        help="with --best-of-n: tokens of the first choice (0: --best-of-block)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     return parser
 
@@ -435,7 +437,8 @@ def main_bench(args: argparse.Namespace, settings: Settings | None = None) -> di
         from service.bench_api import run_api_bench
 
         result = run_api_bench(settings, users=args.users, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                               best_of_n=args.best_of_n, best_of_block=args.best_of_block)
+                               best_of_n=args.best_of_n, best_of_block=args.best_of_block,
+                               best_of_first_block=args.best_of_first_block)
         if args.out is not None:
             Path(args.out).write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))

@@ -236,12 +236,12 @@ def _best_of_counts(metrics_text: str) -> dict[str, float]:
 
 
 def run_api_bench(settings: Settings, *, users: int = 16, max_new_tokens: int = 64, repeats: int = 2,
-                  best_of_n: int = 1, best_of_block: int = 16) -> dict:
+                  best_of_n: int = 1, best_of_block: int = 16, best_of_first_block: int = 0) -> dict:
     """Serve ``users`` simultaneous users through a real server; returns the numbers and ratios.
     ``best_of_n`` > 1: the best-of-n comparison instead (see the module's docstring)."""
     if best_of_n > 1:
         return _run_best_of_bench(settings, users=users, max_new_tokens=max_new_tokens, repeats=repeats, n=best_of_n,
-                                  block=best_of_block)
+                                  block=best_of_block, first_block=best_of_first_block)
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         result = _serve(settings, Path(tmp), users, max_new_tokens, repeats)
         result.pop("metrics_text")
@@ -254,11 +254,13 @@ def run_api_bench(settings: Settings, *, users: int = 16, max_new_tokens: int = 
     return result
 
 
-def _run_best_of_bench(settings: Settings, *, users: int, max_new_tokens: int, repeats: int, n: int, block: int) -> dict:
+def _run_best_of_bench(settings: Settings, *, users: int, max_new_tokens: int, repeats: int, n: int, block: int,
+                       first_block: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-best-of-") as tmp:
         adapters = _adapters_with_rewards(settings, Path(tmp) / "adapters", users)
         runs = {}
-        on = {"ASSISTANT_BEST_OF_N": str(n), "ASSISTANT_BEST_OF_N_BLOCK": str(block)}
+        on = {"ASSISTANT_BEST_OF_N": str(n), "ASSISTANT_BEST_OF_N_BLOCK": str(block),
+              "ASSISTANT_BEST_OF_N_FIRST_BLOCK": str(first_block)}
         for name, env in (("off", {"ASSISTANT_BEST_OF_N": "1"}), (f"best_of_{n}", on)):
             (Path(tmp) / name).mkdir()
             runs[name] = _serve(settings, Path(tmp) / name, users, max_new_tokens, repeats, extra_env=env,
@@ -267,7 +269,7 @@ def _run_best_of_bench(settings: Settings, *, users: int, max_new_tokens: int, r
     counts = _best_of_counts(on.pop("metrics_text"))
     off.pop("metrics_text")
     chosen = sum(v for k, v in counts.items() if k != "1")
-    result = {"best_of_n": n, "best_of_block": block, "off": off, "on": on, "replies_by_n": counts,
+    result = {"best_of_n": n, "best_of_block": block, "best_of_first_block": first_block, "off": off, "on": on, "replies_by_n": counts,
               "share_with_n_above_1": round(chosen / sum(counts.values()), 3) if counts else None}
     result["ratios"] = {
         "ttft_1_user_on_vs_off": round(on["api_v1_1_user"]["ttft_p50_s"] / off["api_v1_1_user"]["ttft_p50_s"], 2),

@@ -9,7 +9,8 @@ best-of-n (Mudgal et al. 2023, "Controlled Decoding from Language Models", choos
 blocks by a prefix score); the reward scores the reply so far, so each block is judged as part of
 the reply it extends. ``block`` 0 chooses once among n whole replies (nothing streams until the
 chosen one is done: the better choice for replies judged on their whole shape, the worse for the
-first token's wait).
+first token's wait). ``first_block`` (when set) sizes the first block alone: the first token waits
+for n candidates of that many tokens, not of ``block``.
 
 ``ReplyChoice`` is the logic alone, with no engine in it: the server (``service.chat``) drives it
 with engine requests, the evaluation (``learning.sim.policies``) with batched sampling, so what is
@@ -59,7 +60,8 @@ def draw_seed(seed: int, block: int, index: int) -> int:
 
 @dataclass
 class ReplyChoice:
-    """One reply chosen among ``n`` candidates every ``block`` tokens (0: among whole replies).
+    """One reply chosen among ``n`` candidates every ``block`` tokens (0: among whole replies); the
+    first choice every ``first_block`` tokens instead when that is set (0: ``block``).
 
     ``score(prompt, texts)``: the choice criterion of each candidate reply-so-far (higher is better);
     ``harmful(texts)``: which candidates to drop (when every one is flagged, the first is kept: the
@@ -74,6 +76,7 @@ class ReplyChoice:
     score: Callable[[str, Sequence[str]], Sequence[float]]
     harmful: Callable[[Sequence[str]], Sequence[bool]]
     decode: Callable[[list[int]], str]
+    first_block: int = 0
     token_ids: list[int] = field(default_factory=list)  # the chosen reply so far
     choices: list[int] = field(default_factory=list)  # per block, the chosen candidate's index (0: the first draw)
     drawn: list[int] = field(default_factory=list)  # per block, how many candidates were drawn
@@ -86,8 +89,9 @@ class ReplyChoice:
         if self.finished is not None:
             return []
         left = self.max_new_tokens - len(self.token_ids)
-        size = left if self.block <= 0 else min(self.block, left)
         b = len(self.choices)
+        block = self.first_block if b == 0 and self.first_block > 0 else self.block
+        size = left if block <= 0 else min(block, left)
         k = self.n if n is None else max(1, min(n, self.n))
         return [Draw(size, draw_seed(self.seed, b, i)) for i in range(k)]
 
@@ -114,7 +118,7 @@ class ReplyChoice:
     def record(self) -> dict[str, object]:
         """What the message stores: n, the block size, per block the chosen index and the candidates
         drawn (fewer than n once load arrived), candidates dropped."""
-        return {"n": self.n, "block": self.block, "choices": list(self.choices), "drawn": list(self.drawn),
+        return {"n": self.n, "block": self.block, "first_block": self.first_block or self.block, "choices": list(self.choices), "drawn": list(self.drawn),
                 "dropped": self.dropped}
 
 

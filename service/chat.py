@@ -400,18 +400,19 @@ class ChatService:
             return None
         if reply.params.temperature == 0:  # greedy: every candidate would be the same reply
             return None
+        reward = self._rewards.get(reply.resolved.adapter)
+        if reward is None:  # an adapter trained before rewards were stored, or on backbone directions
+            return None
         stats = self.engine.stats()
         idle = stats.get("max_batch_size", 0) - stats.get("running", 0) - stats.get("queued", 0)
-        if idle < n:
+        if idle < n:  # counted only where best-of-n was possible and load declined it
             self.metrics.best_of.labels(n="1").inc()
-            return None
-        reward = self._rewards.get(reply.resolved.adapter)
-        if reward is None:
             return None
         seed = reply.params.seed if reply.params.seed is not None else self._rng.getrandbits(63)
         tok = self.engine.tokenizer
         reply.choice = ReplyChoice(
             prompt=tok.decode(reply.prompt_ids), n=n, block=self.settings.best_of_n_block,
+            first_block=self.settings.best_of_n_first_block,
             max_new_tokens=reply.params.max_new_tokens, seed=seed, score=reward.score, harmful=self._rewards.harmful,
             decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
         self.metrics.best_of.labels(n=str(n)).inc()

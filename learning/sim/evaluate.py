@@ -129,6 +129,9 @@ class EvalConfig:
     best_of_block: int = 16
     """Tokens per best-of-n choice (0: among whole replies), as ``ASSISTANT_BEST_OF_N_BLOCK``."""
 
+    best_of_first_block: int = 0
+    """Tokens of the first best-of-n choice (0: ``best_of_block``), as ``ASSISTANT_BEST_OF_N_FIRST_BLOCK``."""
+
     best_of_base: bool = False
     """With best-of-n: also the base model's replies chosen by the population's reward alone (stored
     with each user's adapter), to separate reranking from personalisation."""
@@ -248,7 +251,8 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
         if reward is None:
             return bank.sample(label, prompts, k, seed_set)
         pool, records = bank.sample_best_of(label, prompts, k, seed_set, n=cfg.best_of_n, block=cfg.best_of_block,
-                                            score=reward.score, harmful=rewards.harmful)
+                                            first_block=cfg.best_of_first_block, score=reward.score,
+                                            harmful=rewards.harmful)
         best_of.setdefault(label, []).extend(records)
         return pool
 
@@ -295,7 +299,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
         reward = reward_of(r.label if r.adapter is not None else candidate)
         if cfg.best_of_base and reward is not None:  # reranking alone: the base, chosen by the population's reward
             pool, _ = bank.sample_best_of(None, heldout, cfg.samples, seeds.policy, n=cfg.best_of_n, block=cfg.best_of_block,
-                                          score=reward.population_score, harmful=rewards.harmful)
+                                          first_block=cfg.best_of_first_block, score=reward.population_score, harmful=rewards.harmful)
             user_reports[-1]["base_best_of"] = {"win_rate": pooled_win_rate(
                 compare_pools(profile, heldout, pool.texts, base_heldout), cfg.confidence, cfg.bootstrap, cfg.seed)}
 
@@ -422,6 +426,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best-of-n", type=int, default=1,
                    help="candidates per choice for adapters with a stored reward, as ASSISTANT_BEST_OF_N serves them (1 = off)")
     p.add_argument("--best-of-block", type=int, default=16, help="tokens per best-of-n choice (0: whole replies)")
+    p.add_argument("--best-of-first-block", type=int, default=0,
+                   help="tokens of the first best-of-n choice (0: --best-of-block), as ASSISTANT_BEST_OF_N_FIRST_BLOCK")
     p.add_argument("--best-of-base", action="store_true",
                    help="with --best-of-n: also the base chosen by the population's reward (reranking without personalisation)")
     p.add_argument("--engine", choices=["batched", "hf"], default="batched",
@@ -442,8 +448,8 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
                 if not 1 <= value <= len(pool)]
     if not 1 <= args.batch_size <= 256:
         problems.append("--batch-size must be between 1 and 256")
-    if not 1 <= args.best_of_n <= 16 or args.best_of_block < 0:
-        problems.append("--best-of-n must be between 1 and 16 and --best-of-block 0 or more")
+    if not 1 <= args.best_of_n <= 16 or args.best_of_block < 0 or args.best_of_first_block < 0:
+        problems.append("--best-of-n must be between 1 and 16 and --best-of-block and --best-of-first-block 0 or more")
     problems += [f"--{name.replace('_', '-')} must be between 1 and 64" for name in
                  ("samples", "base_samples", "red_team_samples", "base_red_team_samples", "benign_samples")
                  if not 1 <= getattr(args, name) <= 64]
@@ -470,7 +476,8 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
                          red_team_samples=args.red_team_samples, base_red_team_samples=args.base_red_team_samples,
                          benign_samples=args.benign_samples, retest=not args.no_retest, kl=args.kl,
                          base_cache=str(args.base_cache) if args.base_cache else None, best_of_n=args.best_of_n,
-                         best_of_block=args.best_of_block, best_of_base=args.best_of_base)
+                         best_of_block=args.best_of_block, best_of_first_block=args.best_of_first_block,
+                         best_of_base=args.best_of_base)
         paths = run_and_write(settings, simulation or {}, cfg, users=users, extra_profiles=extra)
     except (ProfileError, ValueError) as exc:
         sys.exit(f"assistant evaluate: {exc}")

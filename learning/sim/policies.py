@@ -173,7 +173,7 @@ class PolicyBank:
                           [p + ids for p, (ids, _) in zip(prompt_ids, out)], [len(p) for p in prompt_ids])
 
     def sample_best_of(self, label: str | None, prompts: Sequence[str], k: int, seed_set: str, *, n: int, block: int,
-                       score, harmful) -> tuple[Pool, list[dict]]:
+                       score, harmful, first_block: int = 0) -> tuple[Pool, list[dict]]:
         """``k`` replies per prompt as personal best-of-n serves them (``service.best_of_n.ReplyChoice``,
         the server's own chooser): reply j of a prompt starts from ``row_seed(seed_set, prompt, j)``,
         so with n = 1 and whole replies it is ``sample``'s reply. Every choice still open samples its
@@ -185,7 +185,7 @@ class PolicyBank:
         tok, cfg, eos = self.tokenizer, self.cfg, self.tokenizer.eos_token_id
         started = time.monotonic()
         prompt_ids = [self._prompt_ids(p) for p in prompts]
-        choices = [[ReplyChoice(prompt=p, n=n, block=block, max_new_tokens=cfg.max_new_tokens,
+        choices = [[ReplyChoice(prompt=p, n=n, block=block, first_block=first_block, max_new_tokens=cfg.max_new_tokens,
                                 seed=row_seed(seed_set, p, j), score=score, harmful=harmful,
                                 decode=lambda ids: tok.decode(ids, skip_special_tokens=True).strip())
                     for j in range(k)] for p in prompts]

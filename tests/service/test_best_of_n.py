@@ -33,8 +33,8 @@ def _ids(text: str) -> list[int]:
     return [ord(c) for c in text]
 
 
-def _choice(n: int = 3, block: int = 4, max_new_tokens: int = 10, harmful_word: str = "bad") -> ReplyChoice:
-    return ReplyChoice(prompt="q", n=n, block=block, max_new_tokens=max_new_tokens, seed=1234,
+def _choice(n: int = 3, block: int = 4, max_new_tokens: int = 10, harmful_word: str = "bad", first_block: int = 0) -> ReplyChoice:
+    return ReplyChoice(prompt="q", n=n, block=block, first_block=first_block, max_new_tokens=max_new_tokens, seed=1234,
                        score=lambda prompt, texts: [t.count("x") for t in texts],
                        harmful=lambda texts: [harmful_word in t for t in texts], decode=_text)
 
@@ -56,6 +56,11 @@ def test_draws_cover_the_reply_in_blocks_with_distinct_seeds_and_the_first_is_th
     assert c.finished == "length" and c.draws() == []
     whole = _choice(n=2, block=0, max_new_tokens=10)
     assert [d.max_new_tokens for d in whole.draws()] == [10, 10]
+    short_first = _choice(n=2, block=4, first_block=1, max_new_tokens=10)  # the first token sooner
+    assert [d.max_new_tokens for d in short_first.draws()] == [1, 1]
+    short_first.choose([Candidate(_ids("a"), False)] * 2)
+    assert [d.max_new_tokens for d in short_first.draws()] == [4, 4]
+    assert short_first.record()["first_block"] == 1 and c.record()["first_block"] == 4
 
 
 def test_the_best_scored_candidate_wins_and_extends_the_reply():
@@ -65,7 +70,7 @@ def test_the_best_scored_candidate_wins_and_extends_the_reply():
     # the reply so far is scored, not the block alone: "xx y" + "zzzz" has 2 x's, + "x..." 3
     assert c.choose([Candidate(_ids("zzzz"), False), Candidate(_ids("x."), True)]) == 1
     assert _text(c.token_ids) == "xx yx." and c.finished == "stop"
-    assert c.record() == {"n": 3, "block": 4, "choices": [1, 1], "drawn": [3, 2], "dropped": 0}
+    assert c.record() == {"n": 3, "block": 4, "first_block": 4, "choices": [1, 1], "drawn": [3, 2], "dropped": 0}
 
 
 def test_under_load_a_block_draws_fewer_candidates_and_the_record_says_so():
@@ -216,13 +221,14 @@ def _replies(client, user_id: int) -> list[Message]:
 
 
 def test_a_user_with_a_stored_reward_gets_a_chosen_reply_recorded_with_its_choices(app_factory, adapter_with_reward):
-    client = app_factory(best_of_n=3, best_of_n_block=4, default_max_new_tokens=10, default_temperature=0.8)
+    client = app_factory(best_of_n=3, best_of_n_block=4, best_of_n_first_block=2, default_max_new_tokens=10,
+                         default_temperature=0.8)
     user = signup(client, "bestof")
     _serve_adapter(client, user["id"], adapter_with_reward)
     out = chat_turn(client, user["token"], "Tell me about the sea.")
     [mid] = out["ends"]
     [msg] = _replies(client, user["id"])
-    assert msg.best_of["n"] == 3 and msg.best_of["block"] == 4
+    assert msg.best_of["n"] == 3 and msg.best_of["block"] == 4 and msg.best_of["first_block"] == 2
     assert 1 <= len(msg.best_of["choices"]) <= 3 and all(0 <= c < 3 for c in msg.best_of["choices"])
     assert msg.content == out["text"][mid] and msg.completion_tokens <= 10
     assert msg.adapter_label is not None  # the reply still records its adapter
