@@ -14,6 +14,7 @@ import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +31,7 @@ from service.chat import ChatService
 from service.base_watch import BaseWatcher
 from service.db import init_db, make_engine
 from service.engine.base import Engine
+from service.heavy_reads import HeavyReads
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, CookieOriginCheck, SecurityHeaders
 from service.auth import SignInThrottle, address_matcher
@@ -110,8 +112,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings, app.state.db, app.state.metrics, app.state.engine = settings, db, metrics, engine
     app.state.base_watch = None  # set when the app owns its engine
     metrics.watch_engine(lambda: app.state.engine.stats() if app.state.engine is not None else {})
-    metrics.watch_training(db)
+    metrics.watch_training(db, settings.metrics_refresh_s)
     app.state.registrations = SlidingWindow(settings.registration_limit, 3600.0)
+    app.state.heavy_reads = HeavyReads(settings)
+    app.state.passwords = CapacityLimiter(settings.password_threads)
     app.state.sign_in = SignInThrottle(settings)
     app.state.trusted_proxies = address_matcher(settings.trusted_proxies)
     app.state.proxy_new_users = SlidingWindow(settings.proxy_users_per_hour, 3600.0)

@@ -16,6 +16,7 @@ Latency buckets reach minutes: on a CPU a long reply or a deep queue takes that 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timezone
@@ -62,8 +63,8 @@ class Metrics:
     def watch_engine(self, stats: Callable[[], dict]) -> None:
         self.registry.register(EngineCollector(stats))
 
-    def watch_training(self, db) -> None:
-        self.registry.register(TrainingCollector(db))
+    def watch_training(self, db, refresh_s: float = 15.0) -> None:
+        self.registry.register(TrainingCollector(db, refresh_s))
 
 
 class EngineCollector(Collector):
@@ -88,22 +89,22 @@ class EngineCollector(Collector):
 
 
 class TrainingCollector(Collector):
-    """The learning loop as the database records it (the worker is another process)."""
+    """The learning loop as the database records it (the worker is another process). The database is
+    read at most once per ``refresh_s`` (issue 28, M7: a flood of scrapes costs one query set, not
+    one per scrape); the last run's age is computed at each scrape."""
 
-    def __init__(self, db) -> None:
-        self.db = db
+    def __init__(self, db, refresh_s: float = 15.0, clock=time.monotonic) -> None:
+        self.db, self.refresh_s, self.clock = db, refresh_s, clock
+        self._read_at: float | None = None
+        self._cached: tuple | None = None
+        self._lock = threading.Lock()
 
-    def collect(self) -> Iterator:
+    def _read(self) -> tuple | None:
         from sqlalchemy import func, select
         from sqlalchemy.exc import SQLAlchemyError
 
-        from service.models import AdapterStatus, AdapterVersion, RunStatus, TrainingResult, TrainingRun
+        from service.models import AdapterVersion, TrainingResult, TrainingRun
 
-        runs = GaugeMetricFamily("assistant_training_runs", "Training runs by status", labels=["status"])
-        verdicts = GaugeMetricFamily("assistant_adapter_versions", "Adapter versions by status (promoted, rejected, …)", labels=["status"])
-        jobs = GaugeMetricFamily("assistant_training_job_seconds_sum", "Summed wall time of finished training jobs, by status",
-                                 labels=["status"])
-        age = GaugeMetricFamily("assistant_training_last_run_age_seconds", "Seconds since the last training run finished (absent: none yet)")
         try:
             with self.db.connect() as con:
                 by_run = dict(con.execute(select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all())
@@ -112,15 +113,36 @@ class TrainingCollector(Collector):
                 finished = con.execute(select(TrainingResult.status, TrainingResult.started_at, TrainingResult.finished_at)
                                        .where(TrainingResult.finished_at.is_not(None), TrainingResult.started_at.is_not(None))).all()
         except SQLAlchemyError:
-            return  # the database is down: /healthz says so; the scrape still answers
-        for status in RunStatus:
-            runs.add_metric([status.value], by_run.get(status, by_run.get(status.value, 0)))
-        for status in AdapterStatus:
-            verdicts.add_metric([status.value], by_version.get(status, by_version.get(status.value, 0)))
+            return None  # the database is down: /healthz says so; the scrape still answers
         seconds: dict[str, float] = {}
         for status, started, ended in finished:
             key = getattr(status, "value", status)
             seconds[key] = seconds.get(key, 0.0) + max(0.0, (ended - started).total_seconds())
+        return by_run, by_version, last, seconds
+
+    def _snapshot(self) -> tuple | None:
+        with self._lock:
+            now = self.clock()
+            if self._read_at is None or now - self._read_at >= self.refresh_s:
+                self._cached, self._read_at = self._read(), now
+            return self._cached
+
+    def collect(self) -> Iterator:
+        from service.models import AdapterStatus, RunStatus
+
+        runs = GaugeMetricFamily("assistant_training_runs", "Training runs by status", labels=["status"])
+        verdicts = GaugeMetricFamily("assistant_adapter_versions", "Adapter versions by status (promoted, rejected, …)", labels=["status"])
+        jobs = GaugeMetricFamily("assistant_training_job_seconds_sum", "Summed wall time of finished training jobs, by status",
+                                 labels=["status"])
+        age = GaugeMetricFamily("assistant_training_last_run_age_seconds", "Seconds since the last training run finished (absent: none yet)")
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return
+        by_run, by_version, last, seconds = snapshot
+        for status in RunStatus:
+            runs.add_metric([status.value], by_run.get(status, by_run.get(status.value, 0)))
+        for status in AdapterStatus:
+            verdicts.add_metric([status.value], by_version.get(status, by_version.get(status.value, 0)))
         for key, total in sorted(seconds.items()):
             jobs.add_metric([key], total)
         yield runs

@@ -125,6 +125,16 @@ class Settings(BaseSettings):
                                             "(429 / a rate_limited frame above; 0 = no limit). Default: 60, or no limit in dev mode.")
     max_messages_per_user: int = Field(100_000, ge=1, description="Stored messages one user may hold (a new turn is refused with 413 / quota above; "
                                        "deleting conversations frees room).")
+    heavy_reads_per_minute: int | None = Field(None, ge=0, description="Searches and exports one user may start per minute (429 above; "
+                                               "0 = no limit). Default: 30, or no limit in dev mode.")
+    heavy_read_threads: int = Field(2, ge=1, le=64, description="Threads that run searches and exports (a pool of their own, so "
+                                    "they never hold the threads and database connections other routes need).")
+    search_timeout_s: float = Field(5.0, ge=0, description="A conversation search stops after this many seconds (503 with a "
+                                    "clear message; 0 = no deadline).")
+    metrics_refresh_s: float = Field(15.0, ge=0, description="/metrics reads the training tables at most once per this many "
+                                     "seconds (a flood of scrapes costs one set of queries; 0 = every scrape).")
+    password_threads: int = Field(2, ge=1, le=64, description="Threads that hash passwords for sign-in and registration (argon2 "
+                                  "is slow on purpose: a flood of sign-ins waits for these, not for every route thread).")
     default_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature when the client does not say.")
     default_top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling when the client does not say.")
 
@@ -204,6 +214,10 @@ class Settings(BaseSettings):
     @property
     def request_limit(self) -> int:
         return self._by_mode(self.requests_per_minute, 0, 60)
+
+    @property
+    def heavy_read_limit(self) -> int:
+        return self._by_mode(self.heavy_reads_per_minute, 0, 30)
 
     @property
     def registration_limit(self) -> int:

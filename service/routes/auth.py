@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
@@ -36,8 +37,14 @@ def public(user) -> UserPublic:
     return UserPublic(id=user.id, username=user.username, role=user.role.value, approved=user.approved)
 
 
+async def _hashing(request: Request, fn):
+    """``fn()`` (it hashes or checks a password) on the password threads (``ASSISTANT_PASSWORD_THREADS``):
+    argon2 is slow on purpose, and a flood of sign-ins must not hold every route thread (issue 28, M7)."""
+    return await to_thread.run_sync(fn, limiter=request.app.state.passwords)
+
+
 @router.post("/auth/register", status_code=status.HTTP_201_CREATED, response_model=UserPublic)
-def register(body: UserCreate, request: Request, session: SessionDep, settings: SettingsDep) -> UserPublic:
+async def register(body: UserCreate, request: Request, session: SessionDep, settings: SettingsDep) -> UserPublic:
     mode = settings.registration_mode
     if mode == "closed":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "registration is closed on this server; ask an operator for an account")
@@ -50,7 +57,8 @@ def register(body: UserCreate, request: Request, session: SessionDep, settings: 
     if body.username.lower() == "admin":
         raise HTTPException(status.HTTP_409_CONFLICT, "username 'admin' is reserved for the operator account")
     try:
-        user = crud.create_user(session, username=body.username, password=body.password, approved=mode == "open")
+        user = await _hashing(request, lambda: crud.create_user(session, username=body.username, password=body.password,
+                                                                approved=mode == "open"))
     except crud.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     logger.info("registered user %s (%s)", user.id, "approved" if user.approved else "waiting for approval")
@@ -58,7 +66,7 @@ def register(body: UserCreate, request: Request, session: SessionDep, settings: 
 
 
 @router.post("/auth/token", response_model=Token)
-def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response, session: SessionDep,
+async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response, session: SessionDep,
           settings: SettingsDep) -> Token:
     if len(form.password) > 128 or len(form.username) > 64:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "username or password too long")
@@ -69,7 +77,7 @@ def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Reques
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many failed sign-ins; wait before trying again",
                             headers={"Retry-After": str(int(wait) + 1)})
     # A NUL cannot be in a username, and PostgreSQL refuses to compare text containing one.
-    user = None if "\x00" in form.username else authenticate(session, form.username, form.password)
+    user = None if "\x00" in form.username else await _hashing(request, lambda: authenticate(session, form.username, form.password))
     if user is None:
         logger.warning("failed sign-in for %r from %s (%d in the window)", account[:64], address,
                        throttle.accounts.count(account))

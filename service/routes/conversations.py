@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, AsyncIterator, Literal
 
+from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlmodel import Session
 
 from service import adapter_store, crud, exports
 from service.auth import COOKIE_NAME, ApprovedUser, CurrentUser, SessionDep, SessionUser, SettingsDep
+from service.heavy_reads import HeavyReads, SearchTimeout, deadline
 from service.models import Message, Role, is_generated_reply
 from service.schemas import (
     ConversationDetail,
@@ -51,20 +55,38 @@ def _snippet(text: str | None, query: str, width: int = 90) -> str | None:
 
 
 @router.get("/conversations", response_model=list[ConversationPublic])
-def list_conversations(
-    user: CurrentUser, session: SessionDep,
+async def list_conversations(
+    user: CurrentUser, request: Request, settings: SettingsDep,
     q: Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="Search titles and message text (yours only).")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 200,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[ConversationPublic]:
     """The user's conversations, most recently updated first; with ``q``, those whose title or any
-    message matches it, each with a snippet of the first matching message."""
-    if q is not None and q.strip():
-        hits = crud.search_conversations(session, user_id=user.id, query=q.strip(), limit=limit, offset=offset)
-        return [ConversationPublic(id=c.id, title=c.title, updated_at=c.updated_at, snippet=_snippet(text, q.strip()))
-                for c, text in hits]
-    return [ConversationPublic(id=c.id, title=c.title, updated_at=c.updated_at)
-            for c in crud.list_conversations(session, user_id=user.id, limit=limit, offset=offset)]
+    message matches it, each with a snippet of the first matching message. A search counts as a
+    heavy read (``service.heavy_reads``: a per-user rate, threads of its own, a deadline)."""
+    db = request.app.state.db
+    if q is None or not q.strip():
+        def page() -> list[ConversationPublic]:
+            with Session(db) as session:
+                return [ConversationPublic(id=c.id, title=c.title, updated_at=c.updated_at)
+                        for c in crud.list_conversations(session, user_id=user.id, limit=limit, offset=offset)]
+
+        return await to_thread.run_sync(page)
+    query = q.strip()
+
+    def search() -> list[ConversationPublic]:
+        with Session(db) as session, deadline(session, settings.search_timeout_s):
+            hits = crud.search_conversations(session, user_id=user.id, query=query, limit=limit, offset=offset)
+            return [ConversationPublic(id=c.id, title=c.title, updated_at=c.updated_at, snippet=_snippet(text, query))
+                    for c, text in hits]
+
+    heavy: HeavyReads = request.app.state.heavy_reads
+    heavy.admit(user.id)
+    try:
+        return await heavy.run(search)
+    except SearchTimeout as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc} and was stopped; search for other words, "
+                            "or fewer", headers={"Retry-After": "1"}) from exc
 
 
 @router.get("/conversations/{conversation_id}", response_model=ConversationDetail)
@@ -146,44 +168,81 @@ def rank(body: RankingCreate, user: ApprovedUser, session: SessionDep, request: 
 
 
 @router.get("/me/feedback/export")
-def export_feedback(
-    user: SessionUser, session: SessionDep,
+async def export_feedback(
+    user: SessionUser, request: Request,
     format: Annotated[Literal["json", "preference", "kto"], Query(description="json (everything, one document); preference or "
                       "kto: JSONL rows in TRL's conversational formats (see service/exports.py)")] = "json",
 ) -> Response:
+    """The user's ratings and rankings (a heavy read: ``service.heavy_reads``)."""
+    db, heavy = request.app.state.db, request.app.state.heavy_reads
+    heavy.admit(user.id)
     if format != "json":
-        body = "".join(exports.jsonl(exports.rows(session, format, user_ids=[user.id])))
-        return Response(body, media_type="application/x-ndjson",
+        def lines() -> str:
+            with Session(db) as session:
+                return "".join(exports.jsonl(exports.rows(session, format, user_ids=[user.id])))
+
+        return Response(await heavy.run(lines), media_type="application/x-ndjson",
                         headers={"Content-Disposition": f'attachment; filename="my-feedback-{format}.jsonl"'})
-    fbs = crud.list_feedback(session, user_id=user.id)
-    ranks = crud.list_rankings(session, user_id=user.id)
-    replies = {m.id: m for m in (crud.get_message(session, user_id=user.id, message_id=f.message_id) for f in fbs) if m}
-    body = {
-        "user": {"id": user.id, "username": user.username},
-        "feedback": [
-            {"id": f.id, "message_id": f.message_id, "rating": f.rating.value, "reasons": f.reasons, "comment": f.comment,
-             "reply": replies[f.message_id].content if f.message_id in replies else None,
-             "created_at": f.created_at.isoformat(), "updated_at": f.updated_at.isoformat()} for f in fbs
-        ],
-        "rankings": [{"id": r.id, "message_ids": r.message_ids, "created_at": r.created_at.isoformat()} for r in ranks],
-    }
-    return JSONResponse(body, headers={"Content-Disposition": 'attachment; filename="my-feedback.json"'})
+
+    def document() -> dict:
+        with Session(db) as session:
+            fbs = crud.list_feedback(session, user_id=user.id)
+            ranks = crud.list_rankings(session, user_id=user.id)
+            replies = {m.id: m for m in (crud.get_message(session, user_id=user.id, message_id=f.message_id) for f in fbs) if m}
+            return {
+                "user": {"id": user.id, "username": user.username},
+                "feedback": [
+                    {"id": f.id, "message_id": f.message_id, "rating": f.rating.value, "reasons": f.reasons, "comment": f.comment,
+                     "reply": replies[f.message_id].content if f.message_id in replies else None,
+                     "created_at": f.created_at.isoformat(), "updated_at": f.updated_at.isoformat()} for f in fbs
+                ],
+                "rankings": [{"id": r.id, "message_ids": r.message_ids, "created_at": r.created_at.isoformat()} for r in ranks],
+            }
+
+    return JSONResponse(await heavy.run(document), headers={"Content-Disposition": 'attachment; filename="my-feedback.json"'})
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+async def _conversations_document(db, heavy: HeavyReads, user_id: int, username: str) -> AsyncIterator[str]:
+    """The export's JSON document, one conversation at a time (memory: one conversation, not all)."""
+    def ids() -> list[int]:
+        with Session(db) as session:
+            return [c.id for c in crud.list_conversations(session, user_id=user_id)]
+
+    def one(conversation_id: int) -> str | None:
+        with Session(db) as session:
+            conv = crud.get_conversation(session, user_id=user_id, conversation_id=conversation_id)
+            if conv is None:  # deleted while the export ran
+                return None
+            msgs = crud.list_messages(session, conversation_id=conv.id)
+            labels = crud.adapter_labels(session, ids={m.adapter_version_id for m in msgs if m.adapter_version_id})
+            fbs = crud.feedback_for(session, user_id=user_id, message_ids=[m.id for m in msgs])
+            return _dumps({"id": conv.id, "title": conv.title, "created_at": conv.created_at.isoformat(),
+                           "updated_at": conv.updated_at.isoformat(),
+                           "messages": [message_public(m, labels, fbs).model_dump(mode="json") for m in msgs]})
+
+    yield '{"user":' + _dumps({"id": user_id, "username": username}) + ',"conversations":['
+    first = True
+    for conversation_id in await heavy.run(ids):
+        piece = await heavy.run(lambda: one(conversation_id))
+        if piece is not None:
+            yield ("" if first else ",") + piece
+            first = False
+    yield "]}"
 
 
 @router.get("/me/export")
-def export_conversations(user: SessionUser, session: SessionDep) -> JSONResponse:
-    """Every conversation of the user with all its messages (every branch), for keeping or moving."""
-    convs = crud.list_conversations(session, user_id=user.id)
-    out = []
-    for conv in convs:
-        msgs = crud.list_messages(session, conversation_id=conv.id)
-        labels = crud.adapter_labels(session, ids={m.adapter_version_id for m in msgs if m.adapter_version_id})
-        fbs = crud.feedback_for(session, user_id=user.id, message_ids=[m.id for m in msgs])
-        out.append({"id": conv.id, "title": conv.title, "created_at": conv.created_at.isoformat(),
-                    "updated_at": conv.updated_at.isoformat(),
-                    "messages": [message_public(m, labels, fbs).model_dump(mode="json") for m in msgs]})
-    return JSONResponse({"user": {"id": user.id, "username": user.username}, "conversations": out},
-                        headers={"Content-Disposition": 'attachment; filename="my-conversations.json"'})
+async def export_conversations(user: SessionUser, request: Request) -> StreamingResponse:
+    """Every conversation of the user with all its messages (every branch), for keeping or moving;
+    streamed one conversation at a time (a heavy read: ``service.heavy_reads``)."""
+    heavy: HeavyReads = request.app.state.heavy_reads
+    heavy.admit(user.id)
+    return StreamingResponse(_conversations_document(request.app.state.db, heavy, user.id, user.username),
+                             media_type="application/json",
+                             headers={"Content-Disposition": 'attachment; filename="my-conversations.json"'})
 
 
 @router.delete("/me/feedback", status_code=status.HTTP_204_NO_CONTENT)

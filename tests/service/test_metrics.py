@@ -24,7 +24,7 @@ def _scrape(client) -> dict[str, dict[tuple, float]]:
 
 
 def test_metrics_follow_generation_refusals_and_training(app_factory):
-    client = app_factory(max_concurrent_per_user=1)
+    client = app_factory(max_concurrent_per_user=1, metrics_refresh_s=0)
     before = _scrape(client)
     for name in CONTRACT:  # the contract's names, as exposed (counters with _total, histograms with _count)
         assert any(k == name or k.startswith(name + "_") for k in before), name
@@ -55,3 +55,24 @@ def test_metrics_follow_generation_refusals_and_training(app_factory):
         s.add(TrainingRun(trigger="manual"))
         s.commit()
     assert _scrape(client)["assistant_training_runs"][(("status", "queued"),)] == 1  # read from the database at scrape time
+
+
+def test_a_flood_of_scrapes_reads_the_training_tables_once_per_refresh(app_factory):
+    """Issue 28, M7: each scrape read every finished training result; now one read per refresh."""
+    from sqlalchemy import event
+    from sqlmodel import Session
+
+    from service.models import TrainingRun
+
+    client = app_factory(metrics_refresh_s=3600)
+    db = client.app.state.db
+    reads = []
+    event.listen(db, "before_cursor_execute", lambda conn, cursor, statement, *a: reads.append(statement)
+                 if "from trainingresult" in statement.lower() else None)
+    first = _scrape(client)["assistant_training_runs"][(("status", "queued"),)]
+    with Session(db) as s:
+        s.add(TrainingRun(trigger="manual"))
+        s.commit()
+    for _ in range(20):
+        assert _scrape(client)["assistant_training_runs"][(("status", "queued"),)] == first  # the cached figure
+    assert len(reads) == 1
