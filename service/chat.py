@@ -23,7 +23,7 @@ from anyio import CapacityLimiter, to_thread
 from sqlalchemy.engine import Engine as DBEngine
 from sqlmodel import Session
 
-from service import crud
+from service import crud, external_chats
 from service.best_of_n import ChoiceRun, ReplyChoice, ServingRewards
 from service.adapter_store import Resolved, active_version, ref_for, label_of, resolve_for_user
 from service.content_filter import FINISH_REASON as FILTERED, ReplyFilter
@@ -298,11 +298,14 @@ class ChatService:
         return resolve_for_user(self.settings, session, user_id)
 
     async def add_plain_conversation(self, *, user_id: int, messages: list[dict], params: SamplingParams, n: int = 1,
-                                     policy: str | None = None, with_instructions: bool = True) -> Turn:
+                                     policy: str | None = None, with_instructions: bool = True,
+                                     chat_id: str | None = None) -> Turn:
         """For the OpenAI route: store the given history as a new conversation, plan ``n`` replies
         (one alternative group, so they can be ranked) from ``policy`` (see ``resolve``).
         ``with_instructions``: put the user's custom instructions first (not for a front end's
-        background calls, which have instructions of their own)."""
+        background calls, which have instructions of their own). ``chat_id``: the front end's own
+        id of the chat (``service.external_chats``): the history joins that chat's conversation,
+        and a regenerated reply joins the alternatives it regenerates."""
         def work() -> Turn:
             with Session(self.db, expire_on_commit=False) as session:
                 instructions = self.instructions(session, user_id) if with_instructions else ""
@@ -312,14 +315,19 @@ class ChatService:
                     else:
                         messages.insert(0, {"role": "system", "content": instructions})
                 last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
-                conv = crud.create_conversation(session, user_id=user_id, title=last_user.strip()[:60] or "API chat")
-                parent = None
-                for m in messages:
-                    parent = crud.add_message(session, conversation_id=conv.id, user_id=user_id, role=m["role"],
-                                              content=m["content"], parent_id=parent.id if parent else None)
+                title = last_user.strip()[:60] or "API chat"
+                if chat_id is not None:
+                    conv, parent = external_chats.attach(session, user_id=user_id, chat_id=chat_id, messages=messages, title=title)
+                else:
+                    conv, parent = crud.create_conversation(session, user_id=user_id, title=title), None
+                    for m in messages:
+                        parent = crud.add_message(session, conversation_id=conv.id, user_id=user_id, role=m["role"],
+                                                  content=m["content"], parent_id=parent.id if parent else None)
                 prompt_ids = self.render_prompt([{"role": m["role"], "content": m["content"]} for m in messages])
                 resolved = self.resolve(session, user_id, policy)
-                replies = [self._plan_reply(session, user_id, conv.id, parent, k, prompt_ids, params, resolved) for k in range(n)]
+                first = crud.next_alternative_index(session, group=parent.id)
+                replies = [self._plan_reply(session, user_id, conv.id, parent, first + k, prompt_ids, params, resolved)
+                           for k in range(n)]
                 return Turn(conv.id, parent.id, replies)
 
         if len(messages) > self.settings.max_messages:

@@ -114,6 +114,9 @@ class Conversation(SQLModel, table=True):
     title: str = Field(default="New chat", max_length=200)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow, index=True)
+    # The client's own id of this chat (Open WebUI's chat id; migration 0011): its later requests
+    # extend this conversation's tree instead of starting a new one. Null for this server's own chats.
+    external_id: str | None = Field(default=None, max_length=128, index=True)
 
 
 GENERATED = "generated"  # Message.origin of a reply this server's model produced

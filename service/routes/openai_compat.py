@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from service.auth import ApprovedUser, CurrentUser, token_from_request
 from service.chat import ChatError, ChatService
 from service.engine.base import EndEvent
+from service.external_chats import CHAT_ID_HEADER, MAX_CHAT_ID
 from service.proxy import is_proxy_key, is_task_prompt
 from service.schemas import (
     OAIAssistantMessage,
@@ -90,6 +91,17 @@ def _policy(request: Request, model: str | None) -> str | None:
                       param="model", code="model_not_found")
 
 
+def _chat_id(request: Request) -> str | None:
+    """The front end's own id of the chat (``service.external_chats``), if it sends one."""
+    value = request.headers.get(CHAT_ID_HEADER, "").strip()
+    if not value:
+        return None
+    if len(value) > MAX_CHAT_ID or not value.isprintable():
+        raise OpenAIError(400, f"{CHAT_ID_HEADER} must be at most {MAX_CHAT_ID} printable characters",
+                          param=CHAT_ID_HEADER, code="invalid_value")
+    return value
+
+
 def _refuse_unsupported(body: OAIChatRequest) -> None:
     """A clear 400 for what this server does not do, instead of an answer that ignores it."""
     # Tools offered with tool_choice auto (the default) or none let the model answer in plain text, as
@@ -136,6 +148,7 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
     # lists as a conversation nor becomes a training prompt. Only a trusted proxy's: anyone else's
     # "### Task:" is an ordinary turn, stored and counted (issue 28, L4).
     task = is_task_prompt(messages) and is_proxy_key(request.app.state.settings, token_from_request(request))
+    chat_id = None if task else _chat_id(request)
     try:
         params = await chat.user_sampling(user.id, max_new_tokens=body.max_completion_tokens or body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed,
@@ -143,7 +156,7 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
         if body.logprobs:
             params = dataclasses.replace(params, logprobs=body.top_logprobs or 0)
         turn = await chat.add_plain_conversation(user_id=user.id, messages=messages, params=params, n=body.n, policy=policy,
-                                                 with_instructions=not task)
+                                                 with_instructions=not task, chat_id=chat_id)
     except ChatError as exc:
         raise _http(exc) from exc
     started, error = await chat.submit_turn(user.id, turn)
