@@ -54,6 +54,7 @@ class PlannedReply:
     resolved: Resolved
     request: GenerationRequest | None = None  # once submitted: the engine stamps its queue time on it
     choice: ReplyChoice | None = None  # personal best-of-n, when it produces this reply
+    background: bool = False  # a front end's background call: held in the user's background slots
 
 
 @dataclass
@@ -67,7 +68,7 @@ class ChatService:
     def __init__(self, settings: Settings, db: DBEngine, engine: Engine, metrics: Metrics) -> None:
         self.settings, self.db, self.engine, self.metrics = settings, db, engine, metrics
         self.reply_filter = ReplyFilter.from_settings(settings)  # None: ASSISTANT_SERVING_FILTER=none
-        self._active: dict[int, int] = defaultdict(int)  # user id -> running generations
+        self._active: dict[tuple[int, bool], int] = defaultdict(int)  # (user id, background) -> running generations
         self._requests: dict[int, tuple[int, str]] = {}  # message id -> (user id, engine request id)
         self._runs: dict[int, ChoiceRun] = {}  # message id -> its best-of-n driver
         self._tasks: set[asyncio.Task] = set()  # the drivers' tasks (held, or asyncio may collect them)
@@ -122,18 +123,19 @@ class ChatService:
         if len(content) > self.settings.max_message_chars:
             raise ChatError("too_large", f"message is {len(content)} characters; the limit is {self.settings.max_message_chars}", 413)
 
-    def reserve(self, user_id: int, n: int) -> None:
-        if self._active[user_id] + n > self.settings.max_concurrent_per_user:
+    def reserve(self, user_id: int, n: int, background: bool = False) -> None:
+        """Hold ``n`` of the user's generation slots: their chat slots (ASSISTANT_MAX_CONCURRENT_PER_USER),
+        or for a front end's background calls (titles, tags, follow-ups) a budget of their own
+        (ASSISTANT_MAX_BACKGROUND_PER_USER), so those never take the slots of the user's replies."""
+        limit = self.settings.max_background_per_user if background else self.settings.max_concurrent_per_user
+        if self._active[(user_id, background)] + n > limit:
             self.metrics.refusals.labels(reason="too_many").inc()
-            raise ChatError(
-                "too_many",
-                f"at most {self.settings.max_concurrent_per_user} generations at once per user; wait for one to finish",
-                429,
-            )
-        self._active[user_id] += n
+            what = "background calls (titles, tags)" if background else "generations"
+            raise ChatError("too_many", f"at most {limit} {what} at once per user; wait for one to finish", 429)
+        self._active[(user_id, background)] += n
 
-    def release(self, user_id: int, n: int = 1) -> None:
-        self._active[user_id] = max(0, self._active[user_id] - n)
+    def release(self, user_id: int, n: int = 1, background: bool = False) -> None:
+        self._active[(user_id, background)] = max(0, self._active[(user_id, background)] - n)
 
     # --- prompt -------------------------------------------------------------------
     def render_prompt(self, messages: list[dict]) -> list[int]:
@@ -249,7 +251,7 @@ class ChatService:
             reply = self._plan_reply(session, user_id, msg.conversation_id, user_msg, index, prompt_ids, params, resolved)
             return Turn(msg.conversation_id, user_msg.id, [reply])
 
-    async def _reserved(self, user_id: int, n: int, plan) -> Turn:
+    async def _reserved(self, user_id: int, n: int, plan, background: bool = False) -> Turn:
         """Hold ``n`` of the user's generation slots, then store the rows (off the event loop).
         The slots are given back by ``relay`` as each reply ends, or here if planning fails.
         Refused first if the user is over their request rate or storage quota."""
@@ -258,7 +260,7 @@ class ChatService:
             self.metrics.refusals.labels(reason="rate_limited").inc()
             raise ChatError("rate_limited", f"at most {self.settings.request_limit} requests per minute; "
                                             f"try again in {int(wait) + 1} s", 429)
-        self.reserve(user_id, n)
+        self.reserve(user_id, n, background)
 
         def guarded() -> Turn:
             with Session(self.db) as session:
@@ -272,7 +274,7 @@ class ChatService:
         try:
             return await to_thread.run_sync(guarded, limiter=self._planning)
         except BaseException:
-            self.release(user_id, n)
+            self.release(user_id, n, background)
             raise
 
     async def start_turn(self, *, user_id: int, conversation_id: int | None, content: str, alternatives: int = 1,
@@ -298,17 +300,17 @@ class ChatService:
         return resolve_for_user(self.settings, session, user_id)
 
     async def add_plain_conversation(self, *, user_id: int, messages: list[dict], params: SamplingParams, n: int = 1,
-                                     policy: str | None = None, with_instructions: bool = True,
+                                     policy: str | None = None, background: bool = False,
                                      chat_id: str | None = None) -> Turn:
         """For the OpenAI route: store the given history as a new conversation, plan ``n`` replies
         (one alternative group, so they can be ranked) from ``policy`` (see ``resolve``).
-        ``with_instructions``: put the user's custom instructions first (not for a front end's
-        background calls, which have instructions of their own). ``chat_id``: the front end's own
+        ``background``: a front end's background call (title, tags), with instructions of its own
+        (the user's are not added) and slots of its own (``reserve``). ``chat_id``: the front end's own
         id of the chat (``service.external_chats``): the history joins that chat's conversation,
         and a regenerated reply joins the alternatives it regenerates."""
         def work() -> Turn:
             with Session(self.db, expire_on_commit=False) as session:
-                instructions = self.instructions(session, user_id) if with_instructions else ""
+                instructions = "" if background else self.instructions(session, user_id)
                 if instructions:  # the user's own instructions come first, before a client's system prompt
                     if messages[0]["role"] == "system":
                         messages[0] = {"role": "system", "content": f"{instructions}\n\n{messages[0]['content']}"}
@@ -328,6 +330,8 @@ class ChatService:
                 first = crud.next_alternative_index(session, group=parent.id)
                 replies = [self._plan_reply(session, user_id, conv.id, parent, first + k, prompt_ids, params, resolved)
                            for k in range(n)]
+                for reply in replies:
+                    reply.background = background
                 return Turn(conv.id, parent.id, replies)
 
         if len(messages) > self.settings.max_messages:
@@ -338,7 +342,7 @@ class ChatService:
                 raise ChatError("too_large", f"a message is over {self.settings.max_message_chars} characters", 413)
         if not 1 <= n <= self.settings.max_alternatives:
             raise ChatError("bad_frame", f"n must be between 1 and {self.settings.max_alternatives} (ASSISTANT_MAX_ALTERNATIVES)", 400)
-        return await self._reserved(user_id, n, work)
+        return await self._reserved(user_id, n, work, background)
 
     # --- generation -----------------------------------------------------------------
     async def submit_turn(self, user_id: int, turn: Turn) -> tuple[list[tuple[PlannedReply, RequestStream]], ChatError | None]:
@@ -363,7 +367,7 @@ class ChatService:
             except QueueFull:
                 self.metrics.refusals.labels(reason="busy").inc()
                 rest = turn.replies[k:]
-                self.release(user_id, len(rest))
+                self.release(user_id, len(rest), reply.background)
                 await to_thread.run_sync(lambda: self._drop_rows([r.message.id for r in rest]))
                 return started, ChatError("busy", "the server is busy; try again in a few seconds", 429)
             reply.request = request
@@ -502,7 +506,7 @@ class ChatService:
         finally:
             self._requests.pop(reply.message.id, None)
             self._runs.pop(reply.message.id, None)
-            self.release(user_id)
+            self.release(user_id, 1, reply.background)
 
     def _store(self, reply: PlannedReply, content: str, ev: EndEvent) -> None:
         with Session(self.db) as session:

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     prompt_workers: int = Field(4, ge=1, description="Threads that store turns and render prompts (a pool of their own, so long "
                                 "prompts never take the threads other routes need).")
     max_concurrent_per_user: int = Field(4, ge=1, description="Generations one user may have running at once (429 above).")
+    max_background_per_user: int = Field(2, ge=1, description="A front end's background calls (titles, tags, follow-ups of a "
+                                         "trusted proxy) one user may have running at once: slots of their own, beside "
+                                         "ASSISTANT_MAX_CONCURRENT_PER_USER, so they never refuse the user's replies.")
     ws_handshakes_per_minute: int | None = Field(None, ge=0, description="WebSocket handshakes one client address may open per minute "
                                                  "(closed with 1008 above; 0 = no limit). Default: 120, or no limit in dev mode.")
     ws_per_user: int = Field(8, ge=1, description="Open chat WebSockets one user may hold (the next one is told too_many and closed).")

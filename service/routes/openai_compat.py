@@ -156,7 +156,7 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
         if body.logprobs:
             params = dataclasses.replace(params, logprobs=body.top_logprobs or 0)
         turn = await chat.add_plain_conversation(user_id=user.id, messages=messages, params=params, n=body.n, policy=policy,
-                                                 with_instructions=not task, chat_id=chat_id)
+                                                 background=task, chat_id=chat_id)
     except ChatError as exc:
         raise _http(exc) from exc
     started, error = await chat.submit_turn(user.id, turn)

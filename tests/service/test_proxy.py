@@ -120,3 +120,23 @@ def test_the_proxy_creates_at_most_its_hourly_share_of_new_users(app_factory):
     r = client.get("/api/me", headers=_as("u3", "Three"))
     assert r.status_code == 401 and "ASSISTANT_PROXY_USERS_PER_HOUR" in r.json()["detail"]
     assert client.get("/api/me", headers=_as("u1", "One")).status_code == 200  # known users are not limited
+
+
+def test_background_calls_have_slots_of_their_own(app_factory):
+    """Issue 31: Open WebUI's title, tag and follow-up calls took the user's generation slots, so
+    chats started back to back got "at most 4 generations at once" in place of replies."""
+    client = app_factory(proxy_key=PROXY_KEY, max_concurrent_per_user=1, max_background_per_user=1)
+    ann = _as("ann-slots", "Ann")
+    uid = client.get("/api/me", headers=ann).json()["id"]
+    chat = client.app.state.chat
+    chat.reserve(uid, 1)  # a reply of Ann's is generating
+    task = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "### Task:\nSuggest a title."}]}
+    assert client.post("/v1/chat/completions", json=task, headers=ann).status_code == 200
+    turn = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "Hello?"}]}
+    busy = client.post("/v1/chat/completions", json=turn, headers=ann)
+    assert busy.status_code == 429 and "at most 1 generations" in busy.json()["error"]["message"]
+    chat.release(uid, 1)
+    chat.reserve(uid, 1, background=True)  # a background call is running: replies still start
+    assert client.post("/v1/chat/completions", json=turn, headers=ann).status_code == 200
+    over = client.post("/v1/chat/completions", json=task, headers=ann)
+    assert over.status_code == 429 and "background calls" in over.json()["error"]["message"]
