@@ -53,7 +53,7 @@ class PreferencePair:
     rejected: str
     chosen_id: int
     rejected_id: int
-    source: str  # ranking:<id> | feedback:<up id>,<down id>
+    source: str  # ranking:<id> | feedback:<up id>,<down id> | score:<higher id>,<lower id>
     updated_at: datetime
     rejected_prompt: str | None = None  # when the rejected reply answered another prompt (None: the same one)
 
@@ -295,6 +295,17 @@ def build_dataset(
                 seen_pairs.add(key)
                 ds.pairs.append(PreferencePair(user_id, prompt_of(better), better.content, worse.content, better.id,
                                                worse.id, f"feedback:{fu.id},{fd.id}", max(fu.updated_at, fd.updated_at)))
+        # 1-10 scores (Open WebUI asks for one): the higher-scored sibling is preferred, for the pairs
+        # neither a ranking nor up-vs-down decided (two thumbs-up scored 9 and 4, say).
+        scored = sorted(((f, m) for f, m in rated if f.score is not None), key=lambda fm: -fm[0].score)
+        for i, (fa, better) in enumerate(scored):
+            for fb, worse in scored[i + 1:]:
+                key = (user_id, better.id, worse.id)
+                if fa.score == fb.score or key in seen_pairs or (user_id, worse.id, better.id) in seen_pairs:
+                    continue
+                seen_pairs.add(key)
+                ds.pairs.append(PreferencePair(user_id, prompt_of(better), better.content, worse.content, better.id,
+                                               worse.id, f"score:{fa.id},{fb.id}", max(fa.updated_at, fb.updated_at)))
 
     # 3. Optional automated judge: extra harm labels, attributed to no user.
     #    Every reply someone rated is judged (the pool audit looks at what each user favoured, however

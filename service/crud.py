@@ -308,14 +308,17 @@ def upsert_feedback(
     reasons: list[str],
     comment: str | None,
     source: str = "human",
+    score: int | None = None,
 ) -> Feedback:
     """One row per user and message: a later rating replaces the earlier one."""
     for attempt in range(2):
         fb = session.exec(select(Feedback).where(Feedback.user_id == user_id, Feedback.message_id == message_id)).first()
         if fb is None:
-            fb = Feedback(user_id=user_id, message_id=message_id, rating=rating, reasons=reasons, comment=comment, source=source)
+            fb = Feedback(user_id=user_id, message_id=message_id, rating=rating, reasons=reasons, comment=comment, source=source,
+                          score=score)
         else:
-            fb.rating, fb.reasons, fb.comment, fb.source, fb.updated_at = rating, list(reasons), comment, source, utcnow()
+            fb.rating, fb.reasons, fb.comment, fb.source, fb.score, fb.updated_at = (rating, list(reasons), comment, source,
+                                                                                     score, utcnow())
         session.add(fb)
         try:
             session.commit()

@@ -170,6 +170,7 @@ class Feedback(SQLModel, table=True):
     source: str = Field(default="human", max_length=32)  # human | judge:<name>
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow, index=True)
+    score: int | None = None  # 1-10 beside the thumbs (Open WebUI asks for one; migration 0012)
 
 
 class Ranking(SQLModel, table=True):

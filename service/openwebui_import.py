@@ -54,6 +54,17 @@ REASON_KEYWORDS: tuple[tuple[str, str], ...] = (
     ("positive attitude", "friendly"), ("friendly", "friendly"), ("followed instructions", "helpful"),
     ("helpful", "helpful"), ("concise", "concise"), ("format", "well_formatted"),
 )
+# Open WebUI's own reason codes (RateComment.svelte, 0.5 and later; older versions stored the
+# English labels, which the keywords above read). "dont_like_the_style" and "other" have no reason
+# here: the first is kept in the comment, so the user's words are not lost.
+REASON_CODES: dict[str, str | None] = {
+    "accurate_information": "accurate", "followed_instructions_perfectly": "helpful", "showcased_creativity": "creative",
+    "positive_attitude": "friendly", "attention_to_detail": "detailed", "thorough_explanation": "detailed",
+    "too_verbose": "too_long", "not_helpful": "unhelpful", "not_factually_correct": "inaccurate",
+    "didnt_fully_follow_instructions": "unhelpful", "refused_when_it_shouldnt_have": "refused", "being_lazy": "unhelpful",
+    "dont_like_the_style": None, "other": None,
+}
+UNMAPPED_LABELS = {"dont_like_the_style": "Don't like the style"}
 NEGATIVE_ONLY = {"too_long", "too_short", "inaccurate", "refused", "harmful", "offensive", "rude", "off_topic", "unhelpful"}
 
 
@@ -86,12 +97,39 @@ def map_reasons(reason: Any, tags: Any, rating: Rating) -> list[str]:
     texts += [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
     out: list[str] = []
     for text in texts:
-        low = text.lower()
+        low = text.strip().lower()
+        if low in REASON_CODES:
+            ours = REASON_CODES[low]
+            if ours is not None and ours not in out and (ours in NEGATIVE_ONLY) == (rating == Rating.down):
+                out.append(ours)
+            continue
         for word, ours in REASON_KEYWORDS:
             if word in low and ours not in out and (ours in NEGATIVE_ONLY) == (rating == Rating.down):
                 out.append(ours)
                 break
     return out
+
+
+def _score(data: dict[str, Any]) -> int | None:
+    """Open WebUI's 1-10 rating (``data.details.rating``), if it holds one."""
+    raw = _dict(data.get("details")).get("rating")
+    if isinstance(raw, str) and raw.strip().isdigit():
+        raw = int(raw.strip())
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw or int(raw) != raw:
+        return None
+    return int(raw) if 1 <= raw <= 10 else None
+
+
+def _comment(data: dict[str, Any]) -> str | None:
+    """Its comment, after the label of a reason that maps to none of ours (kept, not lost)."""
+    parts = []
+    reason = data.get("reason")
+    if isinstance(reason, str) and reason.strip().lower() in UNMAPPED_LABELS:
+        parts.append(f"[Open WebUI: {UNMAPPED_LABELS[reason.strip().lower()]}]")
+    if isinstance(data.get("comment"), str) and data["comment"].strip():
+        parts.append(data["comment"])
+    comment = " ".join(parts)
+    return comment[:MAX_COMMENT].replace("\x00", "") if comment else None
 
 
 def _chat_messages(record: dict[str, Any]) -> dict[str, Any]:
@@ -194,12 +232,12 @@ def _import_one(session: Session, record: dict[str, Any], where: str, report: Im
         report.skipped.append(f"{where}: no reply generated here for {user.username} has this text")
         return
     reasons = map_reasons(data.get("reason"), data.get("tags"), rating)
-    comment = data.get("comment") if isinstance(data.get("comment"), str) and data["comment"].strip() else None
-    comment = comment[:MAX_COMMENT].replace("\x00", "") if comment else None
+    comment, score = _comment(data), _score(data)
     before = crud.feedback_for(session, user_id=user.id, message_ids=[msg.id]).get(msg.id)
-    if before is not None and (before.rating, list(before.reasons), before.comment) == (rating, reasons, comment):
+    if before is not None and (before.rating, list(before.reasons), before.comment, before.score) == (rating, reasons, comment, score):
         report.unchanged += 1
         return
     if not dry_run:
-        crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=rating, reasons=reasons, comment=comment)
+        crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=rating, reasons=reasons, comment=comment,
+                             score=score)
     report.imported += 1

@@ -105,6 +105,8 @@ class FeedbackCreate(BaseModel):
     reasons: list[str] = Field(default_factory=list, max_length=len(REASONS),
                                json_schema_extra={"items": {"type": "string", "enum": list(REASONS)}})
     comment: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
+    score: int | None = Field(default=None, ge=1, le=10, strict=True, description="1-10 beside the thumbs: between two replies to one "
+                              "turn, the higher score is preferred (even when both are thumbs-up)")
 
     @field_validator("reasons")
     @classmethod
@@ -122,12 +124,14 @@ class FeedbackPublic(BaseModel):
     reasons: list[str]
     comment: str | None
     updated_at: datetime
+    score: int | None = None
 
 
 class FeedbackBrief(BaseModel):
     rating: Rating
     reasons: list[str]
     comment: str | None
+    score: int | None = None
 
 
 class RankingCreate(BaseModel):

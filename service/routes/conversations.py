@@ -109,7 +109,7 @@ def message_public(m: Message, labels: dict, fbs: dict) -> MessagePublic:
     return MessagePublic(
         id=m.id, role=m.role, content=m.content, parent_id=m.parent_id,
         adapter_version=labels.get(m.adapter_version_id, m.adapter_label) if m.adapter_version_id else None,
-        feedback=FeedbackBrief(rating=fb.rating, reasons=fb.reasons, comment=fb.comment) if fb else None,
+        feedback=FeedbackBrief(rating=fb.rating, reasons=fb.reasons, comment=fb.comment, score=fb.score) if fb else None,
         alternative_group=m.alternative_group, alternative_index=m.alternative_index,
         finish_reason=m.finish_reason, created_at=m.created_at, origin=m.origin, best_of=m.best_of,
     )
@@ -144,10 +144,12 @@ def rate_message(message_id: IdPath, body: FeedbackCreate, user: ApprovedUser, s
         raise _not_found("message", message_id)
     if not is_generated_reply(msg):
         raise _not_generated(message_id)
-    fb = crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=body.rating, reasons=body.reasons, comment=body.comment)
+    fb = crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=body.rating, reasons=body.reasons,
+                              comment=body.comment, score=body.score)
     request.app.state.metrics.feedback.labels(rating=fb.rating.value).inc()
     # the acknowledgement goes out only after the commit above
-    return FeedbackPublic(id=fb.id, message_id=fb.message_id, rating=fb.rating, reasons=fb.reasons, comment=fb.comment, updated_at=fb.updated_at)
+    return FeedbackPublic(id=fb.id, message_id=fb.message_id, rating=fb.rating, reasons=fb.reasons, comment=fb.comment,
+                          updated_at=fb.updated_at, score=fb.score)
 
 
 @router.post("/rankings", status_code=status.HTTP_201_CREATED, response_model=RankingPublic)
@@ -193,6 +195,7 @@ async def export_feedback(
                 "user": {"id": user.id, "username": user.username},
                 "feedback": [
                     {"id": f.id, "message_id": f.message_id, "rating": f.rating.value, "reasons": f.reasons, "comment": f.comment,
+                     "score": f.score,
                      "reply": replies[f.message_id].content if f.message_id in replies else None,
                      "created_at": f.created_at.isoformat(), "updated_at": f.updated_at.isoformat()} for f in fbs
                 ],

@@ -119,7 +119,7 @@ def test_chat_rate_rank_export_and_isolation(app_factory, db_url):
     h2 = {"Authorization": f"Bearer {token}"}
     detail = again.get(f"/api/conversations/{conv_id}", headers=h2).json()
     rated = next(m for m in detail["messages"] if m["id"] == a)
-    assert rated["feedback"] == {"rating": "up", "reasons": ["helpful"], "comment": None}
+    assert rated["feedback"] == {"rating": "up", "reasons": ["helpful"], "comment": None, "score": None}
     assert len(again.get("/api/conversations", headers=h2).json()) == 2
 
     # deleting the conversation takes its feedback and rankings with it

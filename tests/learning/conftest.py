@@ -56,9 +56,9 @@ class Seeder:
                 ids.append(a.id)
             return ids
 
-    def rate(self, user_id: int, message_id: int, rating: str, reasons: list[str] = ()) -> int:
+    def rate(self, user_id: int, message_id: int, rating: str, reasons: list[str] = (), score: int | None = None) -> int:
         with Session(self.engine) as s:
-            f = Feedback(user_id=user_id, message_id=message_id, rating=Rating(rating), reasons=list(reasons))
+            f = Feedback(user_id=user_id, message_id=message_id, rating=Rating(rating), reasons=list(reasons), score=score)
             s.add(f)
             s.commit()
             return f.id

@@ -244,3 +244,15 @@ def test_pool_audit_command_shows_who_the_next_run_keeps_out(seeder, settings, m
     off = subprocess.run([sys.executable, "-m", "service.cli", "pool-audit"], cwd=repo, capture_output=True, text=True,
                          timeout=120, env={**env, "ASSISTANT_HARM_JUDGE": "none"})
     assert "no harm judge configured" in off.stdout and "KEPT OUT" not in off.stdout
+
+
+def test_scores_order_siblings_that_thumbs_alone_do_not(db, seeder):
+    """Issue 31: Open WebUI's 1-10 score was dropped; two thumbs-up scored 9 and 4 made no pair."""
+    uid = seeder.user("alice")
+    a, b, c = seeder.turn(uid, "hi?", ["nine", "four", "bad"])
+    seeder.rate(uid, a, "up", score=9)
+    seeder.rate(uid, b, "up", score=4)
+    seeder.rate(uid, c, "down", score=4)
+    pairs = {(p.chosen, p.rejected): p.source.split(":")[0] for p in build(db).pairs}
+    # up-vs-down decides first; the score orders the two thumbs-up; equal scores decide nothing
+    assert pairs == {("nine", "bad"): "feedback", ("four", "bad"): "feedback", ("nine", "four"): "score"}

@@ -51,7 +51,13 @@ def test_alternatives_rank_and_rate(client):
     assert len(export["feedback"]) == 1 and export["feedback"][0]["rating"] == "up"
     conv = client.get(f"/api/conversations/{out['starts'][0]['conversation_id']}", headers=h).json()
     rated = next(m for m in conv["messages"] if m["id"] == ids[0])
-    assert rated["feedback"] == {"rating": "up", "reasons": ["helpful"], "comment": None}
+    assert rated["feedback"] == {"rating": "up", "reasons": ["helpful"], "comment": None, "score": None}
+    # a 1-10 score beside the thumbs (issue 31); out of range is refused and changes nothing
+    for bad in (0, 11, 2.5, "7"):
+        assert client.post(f"/api/messages/{ids[0]}/feedback", json={"rating": "up", "score": bad}, headers=h).status_code == 422
+    r = client.post(f"/api/messages/{ids[0]}/feedback", json={"rating": "up", "score": 9}, headers=h)
+    assert r.status_code == 200 and r.json()["score"] == 9
+    assert client.get("/api/me/feedback/export", headers=h).json()["feedback"][0]["score"] == 9
 
 
 def test_ranking_must_be_one_turn(client):

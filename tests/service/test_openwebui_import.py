@@ -34,12 +34,12 @@ def _ask(client, headers, question: str, history: list[dict] = ()) -> str:
 
 
 def _record(user_id: str, question: str, reply: str, rating, reason: str = "", comment: str = "", rid: str = "fb",
-            at: int = 1764000000) -> dict:
+            at: int = 1764000000, score=None) -> dict:
     """A feedback record as Open WebUI saves it: the rated message and its parent in the chat snapshot."""
     history = {"u1": {"id": "u1", "parentId": None, "childrenIds": ["a1"], "role": "user", "content": question},
                "a1": {"id": "a1", "parentId": "u1", "childrenIds": [], "role": "assistant", "content": reply, "model": MODEL}}
     return {"id": rid, "user_id": user_id, "version": 0, "type": "rating",
-            "data": {"rating": rating, "model_id": MODEL, "reason": reason, "comment": comment, "tags": [], "details": {"rating": None}},
+            "data": {"rating": rating, "model_id": MODEL, "reason": reason, "comment": comment, "tags": [], "details": {"rating": score}},
             "meta": {"arena": False, "model_id": MODEL, "message_id": "a1", "message_index": 2, "chat_id": "c1"},
             "snapshot": {"chat": {"id": "c1", "user_id": user_id, "title": "t",
                                   "chat": {"history": {"messages": history, "currentId": "a1"}}}},
@@ -56,8 +56,8 @@ def test_open_webui_feedback_export_becomes_the_proxied_users_ratings(app_factor
     # a turn the client wrote (context only) can never become a label
     _ask(client, ann, "And then?", history=[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "client-written"}])
     records = [
-        _record("3f9c2a1e-ann", "How do I boil an egg?", egg, 1, "Accurate information", "nice", rid="r1"),
-        _record("3f9c2a1e-ann", "How do I make tea?", tea, -1, "Too verbose", rid="r2"),
+        _record("3f9c2a1e-ann", "How do I boil an egg?", egg, 1, "Accurate information", "nice", rid="r1", score=8),
+        _record("3f9c2a1e-ann", "How do I make tea?", tea, -1, "dont_like_the_style", rid="r2", score="3"),
         _record("3f9c2a1e-ann", "Q", "client-written", 1, rid="r3"),  # not generated here
         _record("3f9c2a1e-ann", "How do I boil an egg?", egg + " (edited)", 1, rid="r4"),  # no such reply of Ann's
         _record("never-proxied", "How do I boil an egg?", egg, 1, rid="r5"),  # no such user
@@ -79,8 +79,10 @@ def test_open_webui_feedback_export_becomes_the_proxied_users_ratings(app_factor
         texts = {m_id: crud.get_message(session, user_id=ann_user.id, message_id=m_id).content for m_id in got}
         by_text = {texts[m]: got[m] for m in got}
         assert set(by_text) == {egg, tea}
-        assert (by_text[egg].rating, by_text[egg].reasons, by_text[egg].comment) == (Rating.up, ["accurate"], "nice")
-        assert (by_text[tea].rating, by_text[tea].reasons) == (Rating.down, ["too_long"])
+        assert (by_text[egg].rating, by_text[egg].reasons, by_text[egg].comment, by_text[egg].score) == (Rating.up, ["accurate"], "nice", 8)
+        # a reason code with no counterpart here is kept in the comment; its 1-10 score is kept
+        assert (by_text[tea].rating, by_text[tea].reasons, by_text[tea].comment, by_text[tea].score) == (
+            Rating.down, [], "[Open WebUI: Don't like the style]", 3)
         ben_user = crud.get_user_by_username(session, username="owui-77b1d0c4-ben")
         assert not crud.list_feedback(session, user_id=ben_user.id)  # Ann's ratings never land on Ben's same-text reply
         # the same export again changes nothing; a changed vote replaces the old one
@@ -115,6 +117,18 @@ def test_open_webui_feedback_export_becomes_the_proxied_users_ratings(app_factor
     bad = subprocess.run([sys.executable, "-m", "service.cli", "import-openwebui-feedback", str(tmp_path / "bad.json")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "not Open WebUI's feedback export" in bad.stderr
+
+
+def test_open_webui_reason_codes_all_map():
+    """Issue 31: Open WebUI 0.5+ stores reason codes; 5 of its 13 arrived with no reason."""
+    down = {"too_verbose": ["too_long"], "not_helpful": ["unhelpful"], "not_factually_correct": ["inaccurate"],
+            "didnt_fully_follow_instructions": ["unhelpful"], "refused_when_it_shouldnt_have": ["refused"],
+            "being_lazy": ["unhelpful"], "dont_like_the_style": [], "other": []}
+    up = {"accurate_information": ["accurate"], "followed_instructions_perfectly": ["helpful"],
+          "showcased_creativity": ["creative"], "positive_attitude": ["friendly"], "attention_to_detail": ["detailed"],
+          "thorough_explanation": ["detailed"], "other": []}
+    assert {code: map_reasons(code, [], Rating.down) for code in down} == down
+    assert {code: map_reasons(code, [], Rating.up) for code in up} == up
 
 
 def test_open_webui_reasons_map_by_keywords_and_by_the_rating_side():
