@@ -234,7 +234,12 @@ def _save_merged(model, tokenizer, target: Path, result: SafetyResult, budgets: 
 def ensure_safety_stage(settings: "Settings", budgets: Budgets) -> SafetyResult | None:
     """The learning worker's first start: train the safety stage when this base has none yet and none
     was refused (a refusal is written beside it as ``<hash>.refused.json``; ``assistant safety train``
-    tries again). None when there was nothing to do."""
+    tries again). None when there was nothing to do, or another worker is training it: workers that
+    start together take a lock beside the stage (``<hash>.lock``, released when its holder exits,
+    however it exits), and only its holder trains; the others go on, and the server swaps the stage
+    in when its holder saves it."""
+    import fcntl
+
     from service.model_loading import base_model_hash, plain_model_settings, safe_base_dir
 
     if not (settings.safety_stage and settings.safety_train_at_start):
@@ -244,9 +249,17 @@ def ensure_safety_stage(settings: "Settings", budgets: Budgets) -> SafetyResult 
     refused = target.with_name(target.name + ".refused.json")
     if (target / "SAFETY.json").exists() or refused.exists():
         return None
-    logger.info("training the shared safety stage for this base (first start; the server keeps serving meanwhile)")
-    result = train_safety_stage(settings, budgets)
-    if not result.accepted:
-        refused.parent.mkdir(parents=True, exist_ok=True)
-        refused.write_text(json.dumps(result.as_dict(), indent=2))
-    return result
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another worker is training the shared safety stage; this one goes on without waiting")
+            return None
+        if (target / "SAFETY.json").exists() or refused.exists():  # its holder finished while this one started
+            return None
+        logger.info("training the shared safety stage for this base (first start; the server keeps serving meanwhile)")
+        result = train_safety_stage(settings, budgets)
+        if not result.accepted:
+            refused.write_text(json.dumps(result.as_dict(), indent=2))
+        return result

@@ -82,3 +82,35 @@ def test_the_safety_stage_trains_on_its_own_prompts_and_decides_on_its_dev_split
     assert (safe_base_dir(settings, result.base_hash) / "SAFETY.json").exists() == result.accepted
     assert (resolve_model_path(settings) != resolve_model_path(settings.model_copy(update={"safety_stage": False}))) \
         == result.accepted
+
+
+def test_only_one_worker_trains_the_stage_at_first_start(own_models_settings, monkeypatch):
+    """Issue 27: two workers started together both trained the stage (13 minutes each, the second
+    overwriting the first). The lock's holder trains; another worker goes on at once."""
+    import fcntl
+    import threading
+    import types
+
+    from learning import safety
+
+    settings = own_models_settings.model_copy(update={"safety_stage": True, "safety_train_at_start": True})
+    started, release = threading.Event(), threading.Event()
+    calls = []
+
+    def slow_training(s, b):  # stands in for the 13-minute stage: what is measured is who trains
+        calls.append(threading.current_thread().name)
+        started.set()
+        release.wait(30)
+        return types.SimpleNamespace(accepted=True)
+
+    monkeypatch.setattr(safety, "train_safety_stage", slow_training)
+    first = threading.Thread(target=safety.ensure_safety_stage, args=(settings, Budgets()), name="first")
+    first.start()
+    assert started.wait(30)
+    assert safety.ensure_safety_stage(settings, Budgets()) is None  # the second worker: no wait, no training
+    release.set()
+    first.join(30)
+    assert calls == ["first"]
+    target = safe_base_dir(settings, base_model_hash(settings))
+    with open(target.with_name(target.name + ".lock"), "a") as lock:  # released with its holder
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
