@@ -238,6 +238,16 @@ class Worker:
         self._run_thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         self._run_thread.start()
 
+    def _sync_openwebui(self) -> None:
+        """Open WebUI's ratings into labels here (``service.openwebui_sync``); a failure is logged, and the
+        next interval tries again."""
+        from service.openwebui_sync import SyncError, sync_feedback
+
+        try:
+            sync_feedback(self.settings, self.engine)
+        except SyncError as exc:
+            logger.warning("Open WebUI sync: %s", exc)
+
     # lifecycle -----------------------------------------------------------------------------------
     def start(self) -> "Worker":
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -249,6 +259,11 @@ class Worker:
         self._scheduler.start()
         self.sync_schedule()
         self._scheduler.add_job(self._poll, "interval", seconds=self.poll_seconds, id="poll", next_run_time=utcnow_local())
+        if self.settings.openwebui_url and self.settings.openwebui_token:
+            self._scheduler.add_job(self._sync_openwebui, "interval", seconds=self.settings.openwebui_sync_s, id="openwebui",
+                                    next_run_time=utcnow_local())
+            logger.info("importing Open WebUI's ratings from %s every %.0f s", self.settings.openwebui_url,
+                        self.settings.openwebui_sync_s)
         logger.info("training worker %s started", self.worker_id)
         return self
 

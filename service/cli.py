@@ -9,6 +9,7 @@
     assistant reward-curve [...]                          reward-model accuracy vs labels per user -> reports
     assistant export-feedback --out DIR [--format F]      everyone's labels as TRL JSONL (preference, kto)
     assistant import-openwebui-feedback FILE [--dry-run]  Open WebUI's thumbs (its feedback export) as ratings here
+    assistant sync-openwebui-feedback     the same, read from ASSISTANT_OPENWEBUI_URL now (the worker does it every minute)
     assistant pool-audit                                  who would feed the shared models now, and who is kept out
     assistant bench serve [...]                           engine benchmark vs the naive baseline
     assistant bench rollouts [...]                        training rollouts: HF generate vs the batched engine
@@ -183,6 +184,23 @@ def cmd_bench(args: argparse.Namespace) -> None:
     main_bench(args, _settings())
 
 
+def cmd_sync_openwebui_feedback(args: argparse.Namespace) -> None:
+    """One read of Open WebUI's feedback export from ASSISTANT_OPENWEBUI_URL (what the worker does every minute)."""
+    from service.db import init_db, make_engine
+    from service.openwebui_sync import SyncError, sync_feedback
+
+    settings = _settings()
+    db = make_engine(settings)
+    init_db(db)
+    try:
+        report = sync_feedback(settings, db)
+    except SyncError as exc:
+        raise SystemExit(str(exc))
+    finally:
+        db.dispose()
+    print(report.summary())
+
+
 def cmd_import_openwebui_feedback(args: argparse.Namespace) -> None:
     """Open WebUI's feedback export (a JSON array) -> thumbs ratings of the replies generated here."""
     import json
@@ -315,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     ow.add_argument("file", help="the exported JSON file")
     ow.add_argument("--dry-run", action="store_true", help="match and report, write nothing")
     ow.set_defaults(func=cmd_import_openwebui_feedback)
+    so = sub.add_parser("sync-openwebui-feedback",
+                        help="read Open WebUI's ratings from ASSISTANT_OPENWEBUI_URL now (deleting those deleted there)")
+    so.set_defaults(func=cmd_sync_openwebui_feedback)
 
     pa = sub.add_parser("pool-audit", help="before a run: who would feed the shared models, and who is kept out "
                                            "(thumbs-up on replies the harm judge flags)")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from sqlmodel import Session, col, select
 
 from service.adapter_store import label_of
-from service.models import AdapterVersion, Feedback, Message, Ranking, User, is_generated_reply
+from service.models import PERSON_SOURCES, AdapterVersion, Feedback, Message, Ranking, User, is_generated_reply
 
 Format = Literal["preference", "kto"]
 FORMATS: tuple[str, ...] = ("preference", "kto")
@@ -83,7 +83,7 @@ def preference_rows(session: Session, *, user_ids: Sequence[int] | None) -> Iter
 
 
 def kto_rows(session: Session, *, user_ids: Sequence[int] | None) -> Iterator[dict[str, Any]]:
-    stmt = select(Feedback).where(Feedback.source == "human").order_by(col(Feedback.id))
+    stmt = select(Feedback).where(col(Feedback.source).in_(PERSON_SOURCES)).order_by(col(Feedback.id))
     if user_ids is not None:
         stmt = stmt.where(col(Feedback.user_id).in_(list(user_ids)))
     feedback = session.exec(stmt).all()

@@ -120,6 +120,8 @@ class Conversation(SQLModel, table=True):
 
 
 GENERATED = "generated"  # Message.origin of a reply this server's model produced
+OPENWEBUI_SOURCE = "openwebui"  # Feedback.source of a rating imported from Open WebUI (a person's, like "human")
+PERSON_SOURCES = ("human", OPENWEBUI_SOURCE)  # Feedback.source values a person gave (not a judge)
 
 
 def is_generated_reply(msg: "Message | None") -> bool:

@@ -22,6 +22,10 @@ model's reply, a user who never chatted through the proxy, a reply edited in Ope
 counted and listed, never guessed. Records apply oldest first (by their ``updated_at``), so the
 newest vote on a reply wins; a rating made before the user deleted their ratings here
 (``User.ratings_deleted_at``) is never brought back; a malformed record is skipped, not fatal.
+
+Ratings written here carry ``source="openwebui"``. With ``sync_deletions`` (the export is Open
+WebUI's whole feedback table, as ``service.openwebui_sync`` fetches it), a rating imported before
+whose record is gone from the export (the user deleted it there) is deleted here too.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from service import crud
-from service.models import GENERATED, Message, Rating, User
+from service.models import GENERATED, OPENWEBUI_SOURCE, Feedback, Message, Rating, User
 from service.proxy import USERNAME_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -73,9 +77,12 @@ class ImportReport:
     imported: int = 0  # ratings written (new or changed)
     unchanged: int = 0  # already there with the same rating, reasons and comment
     skipped: list[str] = field(default_factory=list)  # one line per record that matched nothing
+    deleted: int = 0  # with sync_deletions: imported ratings whose record left the export
+    matched: set[tuple[int, int]] = field(default_factory=set)  # (user id, message id) the export rates
 
     def summary(self) -> str:
-        return f"{self.imported} imported, {self.unchanged} unchanged, {len(self.skipped)} skipped"
+        out = f"{self.imported} imported, {self.unchanged} unchanged, {len(self.skipped)} skipped"
+        return out + (f", {self.deleted} deleted" if self.deleted else "")
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -177,9 +184,11 @@ class _Replies:
         return None
 
 
-def import_feedback(session: Session, records: Iterable[Any], *, dry_run: bool = False) -> ImportReport:
+def import_feedback(session: Session, records: Iterable[Any], *, dry_run: bool = False,
+                    sync_deletions: bool = False) -> ImportReport:
     """Write each Open WebUI rating that matches a reply generated here as that user's thumbs rating
-    (``dry_run``: only count what would be written)."""
+    (``dry_run``: only count what would be written; ``sync_deletions``: the records are the whole
+    export, so imported ratings missing from it are deleted)."""
     report = ImportReport()
     users: dict[str, User | None] = {}
     replies = _Replies(session)
@@ -195,8 +204,21 @@ def import_feedback(session: Session, records: Iterable[Any], *, dry_run: bool =
         except (TypeError, ValueError, AttributeError) as exc:  # a malformed record: skip it, keep going
             session.rollback()
             report.skipped.append(f"{where}: malformed record ({type(exc).__name__})")
+    if sync_deletions:
+        _delete_missing(session, report, dry_run)
     logger.info("Open WebUI feedback import: %s", report.summary())
     return report
+
+
+def _delete_missing(session: Session, report: ImportReport, dry_run: bool) -> None:
+    """Ratings imported from Open WebUI that no record of the export rates any more."""
+    gone = [f for f in session.exec(select(Feedback).where(Feedback.source == OPENWEBUI_SOURCE))
+            if (f.user_id, f.message_id) not in report.matched]
+    report.deleted = len(gone)
+    if gone and not dry_run:
+        for f in gone:
+            session.delete(f)
+        session.commit()
 
 
 def _import_one(session: Session, record: dict[str, Any], where: str, report: ImportReport, users: dict[str, User | None],
@@ -231,6 +253,7 @@ def _import_one(session: Session, record: dict[str, Any], where: str, report: Im
     if msg is None:
         report.skipped.append(f"{where}: no reply generated here for {user.username} has this text")
         return
+    report.matched.add((user.id, msg.id))
     reasons = map_reasons(data.get("reason"), data.get("tags"), rating)
     comment, score = _comment(data), _score(data)
     before = crud.feedback_for(session, user_id=user.id, message_ids=[msg.id]).get(msg.id)
@@ -239,5 +262,5 @@ def _import_one(session: Session, record: dict[str, Any], where: str, report: Im
         return
     if not dry_run:
         crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=rating, reasons=reasons, comment=comment,
-                             score=score)
+                             score=score, source=OPENWEBUI_SOURCE)
     report.imported += 1

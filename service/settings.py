@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     sign_in_window_s: float = Field(300.0, gt=0, description="Window of the sign-in failure limits, seconds.")
     proxy_users_per_hour: int = Field(200, ge=0, description="New users the trusted proxy may create per hour (they are approved "
                                       "on creation); past it a new user's request answers 401 until the hour's oldest ages out. 0 = no limit.")
+    openwebui_url: str | None = Field(None, description="Open WebUI's base URL (e.g. http://localhost:8080): with "
+                                      "ASSISTANT_OPENWEBUI_TOKEN, the learning worker imports its users' thumbs every "
+                                      "ASSISTANT_OPENWEBUI_SYNC_S seconds and deletes the ones deleted there.")
+    openwebui_token: str | None = Field(None, description="An Open WebUI admin's API key (Settings > Account > API keys), "
+                                        "to read its feedback export.")
+    openwebui_sync_s: float = Field(60.0, ge=5, description="Seconds between two reads of Open WebUI's ratings.")
     proxy_addresses: str = Field("", description="Comma-separated addresses or networks (CIDR) the trusted-proxy key is accepted "
                                  "from (the front end's host); empty: from anywhere. The address is the one ASSISTANT_TRUSTED_PROXIES "
                                  "resolves.")

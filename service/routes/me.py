@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from service import adapter_store, crud, proxy
 from service.auth import CurrentUser, SessionDep, SessionUser, SettingsDep, token_from_request
-from service.models import AdapterVersion, ApiKey, Feedback, Ranking, UserPreference
+from service.models import PERSON_SOURCES, AdapterVersion, ApiKey, Feedback, Ranking, UserPreference
 from service.routes.admin import version_public, versions_of
 from service.schemas import (
     ApiKeyCreate,
@@ -133,7 +133,8 @@ def _counts(session: Session, user_id: int, after: datetime | None, until: datet
             stmt = stmt.where(created <= until)
         return stmt
 
-    rows = session.exec(window(select(Feedback.rating, func.count()).where(Feedback.user_id == user_id, Feedback.source == "human")
+    rows = session.exec(window(select(Feedback.rating, func.count()).where(Feedback.user_id == user_id,
+                                                                       col(Feedback.source).in_(PERSON_SOURCES))
                                .group_by(Feedback.rating), col(Feedback.created_at))).all()
     by = {r.value if hasattr(r, "value") else r: n for r, n in rows}
     ranks = session.exec(window(select(func.count()).select_from(Ranking).where(Ranking.user_id == user_id),

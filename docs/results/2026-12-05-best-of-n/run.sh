@@ -6,7 +6,9 @@
 #    trainer now writes; its evaluation is "adapter alone")
 # 2. this script: the same evaluation seeds and cached base replies, replies chosen by best-of-n
 #    (VARIANT=whole: n=4 among whole replies, plus the base reranked by the population's reward;
-#     VARIANT=block16: n=4, a choice every 16 tokens, as served by default)
+#     VARIANT=block16: n=4, a choice every 16 tokens, as served by default;
+#     VARIANT=first1: as block16, but the first choice is over 1 token, so the first token comes as soon
+#     as without best-of-n (ASSISTANT_BEST_OF_N_FIRST_BLOCK=1); compared with block16, paired)
 # 3. assistant protocol compare <this variant's folder> docs/results/2026-12-05-quick-bon-base (paired by prompt)
 set -eu
 VARIANT=${1:-whole}
@@ -19,6 +21,7 @@ mkdir -p "$OUT"
 case $VARIANT in
   whole) EXTRA="--best-of-n 4 --best-of-block 0 --best-of-base" ;;
   block16) EXTRA="--best-of-n 4 --best-of-block 16" ;;
+  first1) EXTRA="--best-of-n 4 --best-of-block 16 --best-of-first-block 1" ;;
   *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
 esac
 ASSIGN=$(python -c "import json; print(' '.join(f'--assign {u[\"username\"]}={u[\"profile\"]}' for u in json.load(open('$RUN/work/fixture.json'))['users']))")
@@ -32,3 +35,7 @@ cp "$LATEST/report.json" "$LATEST/report.md" "$OUT/"
 echo "{\"variant\": \"$VARIANT\", \"args\": \"$EXTRA\", \"commit\": \"$(git -C "$REPO" rev-parse HEAD)\", \"wall_s\": $((END - START))}" > "$OUT/run.json"
 assistant protocol compare "$OUT" "$RUN" > "$OUT/compare.md"
 cat "$OUT/compare.md"
+if [ "$VARIANT" = first1 ]; then
+  assistant protocol compare "$OUT" "$HERE/block16" > "$OUT/compare-block16.md"
+  cat "$OUT/compare-block16.md"
+fi
