@@ -331,6 +331,29 @@ async function evalReport() {
 
 // --- users: the approval queue and new accounts -------------------------------------------------
 
+/** Keep a user's labels and prompts out of the shared models (global adapter, population reward, harm head), or let them back. */
+function poolToggle(u, status) {
+  const out = u.shared_pool_excluded === true;
+  return el('button', {
+    type: 'button', class: 'small', 'data-testid': 'admin-shared-pool', 'aria-pressed': String(out),
+    'aria-label': out ? `Let ${u.username} back into the shared models` : `Keep ${u.username} out of the shared models`,
+    onclick: async (e) => {
+      e.target.disabled = true;
+      try {
+        const r = await api(`api/admin/users/${u.id}/shared-pool`, { method: 'POST', json: { excluded: !out }, quiet: true });
+        u.shared_pool_excluded = r.shared_pool_excluded;
+        $('#admin-users').replaceChildren(usersTable());
+        $('#admin-users p[aria-live]').textContent = r.shared_pool_excluded
+          ? `${u.username}'s ratings stay out of the shared models from the next run on (their own adapter still learns).`
+          : `${u.username}'s ratings count for the shared models again from the next run on.`;
+      } catch (err) {
+        status.textContent = `Could not change ${u.username}: ${err.detail}`;
+        e.target.disabled = false;
+      }
+    },
+  }, out ? 'Let back in' : 'Keep out');
+}
+
 function usersTable() {
   const status = el('p', { class: 'muted', 'aria-live': 'polite' });
   const rows = A.users.map((u) => el('tr', { 'data-testid': 'admin-user-row', 'data-user-id': u.id, 'data-approved': String(u.approved !== false) },
@@ -351,7 +374,8 @@ function usersTable() {
           e.target.disabled = false;
         }
       },
-    }, 'Approve') : null)));
+    }, 'Approve') : null),
+    el('td', {}, u.role === 'operator' ? null : poolToggle(u, status))));
   const name = el('input', { id: 'new-user-name', required: true, autocomplete: 'off', 'aria-label': 'New username' });
   const pass = el('input', { id: 'new-user-password', type: 'password', required: true, minlength: 12, autocomplete: 'new-password', 'aria-label': 'New password' });
   const form = el('form', { class: 'row wrap', 'data-testid': 'admin-create-user' },
@@ -371,7 +395,7 @@ function usersTable() {
   return el('div', {},
     el('div', { class: 'table-wrap' }, el('table', {},
       el('caption', { class: 'visually-hidden' }, 'Accounts'),
-      el('thead', {}, el('tr', {}, ['User', 'Status', 'Ratings', 'Rankings', ''].map((h) => el('th', { scope: 'col' }, h)))),
+      el('thead', {}, el('tr', {}, ['User', 'Status', 'Ratings', 'Rankings', '', 'Shared models'].map((h) => el('th', { scope: 'col' }, h)))),
       el('tbody', {}, rows))),
     form, status);
 }

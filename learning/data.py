@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
+from itertools import zip_longest
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, TypeVar
@@ -408,6 +409,22 @@ def save_snapshot(session: Session, dataset: Dataset, *, run_id: int | None, ext
     session.commit()
     session.refresh(row)
     return row
+
+
+def operator_excluded(session: Session) -> set[int]:
+    """Users an operator keeps out of the shared models (``User.shared_pool_excluded``, issue 28 M8)."""
+    return set(session.exec(select(User.id).where(User.shared_pool_excluded == True)).all())  # noqa: E712 (SQL)
+
+
+def pooled_prompts(session: Session, render: Renderer, per_user: int, excluded: Iterable[int] = ()) -> list[str]:
+    """The global adapter's own prompts: each approved user's newest ``per_user``, taken in turns
+    (every user's newest first, then every user's second, ...) so the first prompts, which the gate
+    takes, come from many users and not from the lowest ids (issue 28, L5); ``excluded`` users' none."""
+    out = set(excluded)
+    ids = [u for u in session.exec(select(User.id).where(User.approved == True).order_by(User.id)).all()  # noqa: E712
+           if u not in out]
+    lists = [recent_prompts(session, render, uid, per_user) for uid in ids]
+    return [p for turn in zip_longest(*lists) for p in turn if p is not None]
 
 
 def recent_prompts(session: Session, render: Renderer, user_id: int, limit: int) -> list[str]:

@@ -55,8 +55,8 @@ from service.models import (AdapterStatus, AdapterVersion, RunStatus, TrainingRe
 from service.settings import Settings
 
 from learning.config import Budgets
-from learning.data import (build_dataset, chat_renderer, pool_audit, recent_prompts, save_snapshot, shared_pool,
-                           split_shared_prompts)
+from learning.data import (build_dataset, chat_renderer, operator_excluded, pool_audit, pooled_prompts, recent_prompts,
+                           save_snapshot, shared_pool, split_shared_prompts)
 
 logger = logging.getLogger(__name__)
 
@@ -571,7 +571,11 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
         if full.label_count() == 0:
             raise ValueError("no ratings or rankings to learn from yet; rate some replies first")
         audit = pool_audit(full, budgets)
-        pool = shared_pool(full, budgets, excluded=[u for u, row in audit.items() if row["excluded"]])
+        by_operator = operator_excluded(session)
+        for uid, row in audit.items():
+            row["excluded_by_operator"] = uid in by_operator
+        excluded = sorted(by_operator | {u for u, row in audit.items() if row["excluded"]})
+        pool = shared_pool(full, budgets, excluded=excluded)
         snapshot = save_snapshot(session, full, run_id=run_id, extra={
             "pool_labels": pool.label_count(), "pool_audit": {str(u): row for u, row in audit.items()}})
     progress(0.05, f"snapshot {snapshot.sha256[:12]}: {full.stats['pairs']} pairs, {full.stats['points']} thumbs")
@@ -590,7 +594,7 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
     flagged = list(dict.fromkeys(h.prompt for h in sorted(pool.harm, key=lambda h: h.updated_at) if h.harmful))
     SharedModels(reward, harm, flagged, preferred_replies(full, budgets.heldout_fraction),
                  heldout_labels(full, budgets.heldout_fraction),
-                 training_pairs(full, budgets.heldout_fraction)).save(_shared_path(settings, run_id))
+                 training_pairs(full, budgets.heldout_fraction), excluded).save(_shared_path(settings, run_id))
     progress(SHARED_SHARE, f"reward model: held-out accuracy {reward_metrics.get('reward/heldout_accuracy')} "
                            f"(longer-wins {reward_metrics.get('reward/length_baseline_accuracy')})")
 
@@ -723,9 +727,8 @@ def _prompts_for(ctx: _Context, user_id: int | None) -> tuple[list[str], list[st
     render = ctx.models.render
     shared_train, shared_gate = split_shared_prompts(render)
     with Session(ctx.engine) as session:
-        if user_id is None:
-            user_ids = session.exec(select(User.id)).all()
-            own = [p for uid in user_ids for p in recent_prompts(session, render, uid, 10)]
+        if user_id is None:  # excluded users' prompts train no shared model either (issue 28, L5)
+            own = pooled_prompts(session, render, 10, excluded=ctx.shared.excluded)
         else:
             own = recent_prompts(session, render, user_id, 50)
     own = list(dict.fromkeys(own))

@@ -60,12 +60,15 @@ class SharedModels:
     pairs: dict[int, list[tuple[str, str, str, str]]] = field(default_factory=dict)
     """Per user: their ranked pairs (chosen prompt, chosen, rejected prompt, rejected), training
     split only, oldest first: the warm start's DPO pairs."""
+    excluded: list[int] = field(default_factory=list)
+    """Users kept out of the shared pool (the audit's outliers and the operator's exclusions):
+    their prompts do not train the global adapter either."""
 
     def save(self, path: Path) -> None:
         data = {"reward": self.reward.state_dict(), "harm": self.harm.state_dict(), "harm_prompts": self.harm_prompts,
                 "preferred": {str(u): [list(x) for x in xs] for u, xs in self.preferred.items()},
                 "heldout": {str(u): h.as_json() for u, h in self.heldout.items()},
-                "pairs": {str(u): [list(x) for x in xs] for u, xs in self.pairs.items()}}
+                "pairs": {str(u): [list(x) for x in xs] for u, xs in self.pairs.items()}, "excluded": self.excluded}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "w") as f:
@@ -84,7 +87,8 @@ class SharedModels:
                    list(data.get("harm_prompts", [])),
                    {int(u): [(p, r) for p, r in xs] for u, xs in data.get("preferred", {}).items()},
                    {int(u): HeldoutLabels.from_json(h) for u, h in data.get("heldout", {}).items()},
-                   {int(u): [tuple(x) for x in xs] for u, xs in data.get("pairs", {}).items()})
+                   {int(u): [tuple(x) for x in xs] for u, xs in data.get("pairs", {}).items()},
+                   [int(u) for u in data.get("excluded", [])])
 
 
 def preferred_replies(dataset, heldout_fraction: float) -> dict[int, list[tuple[str, str]]]:

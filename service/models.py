@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlalchemy import true as sa_true
 from sqlmodel import Field, SQLModel
 
@@ -77,6 +78,9 @@ class User(SQLModel, table=True):
     # can never sign in as a later account that got the same id (issue 28, H1). Migration 0009.
     token_salt: str = Field(default_factory=lambda: secrets.token_hex(8), max_length=32,
                             sa_column_kwargs={"server_default": ""})
+    # An operator keeps this user's labels and prompts out of the shared models (issue 28, M8;
+    # migration 0013); their own adapter still learns from them.
+    shared_pool_excluded: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
 
 
 class UserPreference(SQLModel, table=True):

@@ -573,3 +573,9 @@ class UserAdminPublic(BaseModel):
     created_at: str
     feedback: int
     rankings: int
+    shared_pool_excluded: bool = False
+
+
+class SharedPoolUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    excluded: bool = Field(strict=True, description="true: the user's labels and prompts stay out of the shared models")

@@ -6,6 +6,9 @@
     POST /api/admin/users/{user_id}/suspend the reverse, at once: not approved (no chat, no rating, its labels
                                             out of every training run), every session ended, every API key revoked
     DELETE /api/admin/users/{user_id}       delete the account and everything of it (as its owner would)
+    POST /api/admin/users/{user_id}/shared-pool {"excluded": true|false}: keep the user's labels and prompts
+                                            out of the shared models (global adapter, population reward, harm
+                                            head) from the next run on; their own adapter still learns from them
 
 With ``ASSISTANT_REGISTRATION=approval`` (the default outside dev mode) self-registered accounts
 wait here; with ``closed`` this is the only way in.
@@ -22,7 +25,7 @@ from sqlmodel import Session, select
 from service import adapter_store, crud
 from service.auth import OperatorUser, SessionDep, SettingsDep, end_sessions
 from service.models import Feedback, Ranking, Role, User
-from service.schemas import IdPath, UserAdminPublic, UserCreate
+from service.schemas import IdPath, SharedPoolUpdate, UserAdminPublic, UserCreate
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/admin/users", tags=["users"])
@@ -35,7 +38,7 @@ def _counts(session: Session, model) -> dict[int, int]:
 def _public(user: User, feedback: dict[int, int], rankings: dict[int, int]) -> UserAdminPublic:
     return UserAdminPublic(id=user.id, username=user.username, role=user.role.value, approved=user.approved,
                            created_at=user.created_at.isoformat(), feedback=feedback.get(user.id, 0),
-                           rankings=rankings.get(user.id, 0))
+                           rankings=rankings.get(user.id, 0), shared_pool_excluded=user.shared_pool_excluded)
 
 
 @router.get("", response_model=list[UserAdminPublic])
@@ -75,7 +78,7 @@ def _other_user(session: Session, user_id: int) -> User:
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {user_id}")
     if user.role == Role.operator:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "the operator account cannot be suspended or deleted here")
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the operator account cannot be suspended, excluded or deleted here")
     return user
 
 
@@ -91,6 +94,20 @@ def suspend_user(user_id: IdPath, operator: OperatorUser, session: SessionDep) -
     for key in crud.list_api_keys(session, user_id=user_id):
         crud.delete_api_key(session, user_id=user_id, key_id=key.id)
     logger.warning("operator %s suspended user %s", operator.username, user_id)
+    return _public(session.get(User, user_id), _counts(session, Feedback), _counts(session, Ranking))
+
+
+@router.post("/{user_id}/shared-pool", response_model=UserAdminPublic)
+def set_shared_pool(user_id: IdPath, body: SharedPoolUpdate, operator: OperatorUser, session: SessionDep) -> UserAdminPublic:
+    """Keep a user's labels and prompts out of the shared models, or let them back (audit 2026-12-05,
+    M8): for a user the pool audit shows favouring flagged replies, without suspending them."""
+    user = _other_user(session, user_id)
+    if user.shared_pool_excluded != body.excluded:
+        user.shared_pool_excluded = body.excluded
+        session.add(user)
+        session.commit()
+        logger.warning("operator %s %s user %s the shared pool", operator.username,
+                       "excluded" if body.excluded else "let back into", user_id)
     return _public(session.get(User, user_id), _counts(session, Feedback), _counts(session, Ranking))
 
 

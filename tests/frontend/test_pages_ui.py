@@ -162,3 +162,22 @@ def test_operator_dashboard_renders_runs_adapters_and_plots(page, server):
     expect(page.locator(".schedule-form")).to_contain_text("Saved: 30 3 * * 1 (enabled)")
     assert ("POST", "/api/admin/users/2/adapter/rollback", None) in calls
     assert page.js_errors == []
+
+
+def test_operator_keeps_a_user_out_of_the_shared_models_from_the_dashboard(page, server):
+    """Issue 28, M8: the dashboard showed a suspicious user and offered nothing short of suspension."""
+    name = unique_name("poolie")
+    made = page.request.post(server.url + "/api/auth/register", data={"username": name, "password": "correct-horse-1"})
+    assert made.status == 201, made.text()
+    uid = made.json()["id"]
+    sign_in(page, server, "admin", ADMIN_PASSWORD)
+    page.get_by_test_id("nav-admin").click()
+    row = page.locator(f"[data-testid=admin-user-row][data-user-id='{uid}']")
+    toggle = row.get_by_test_id("admin-shared-pool")
+    expect(toggle).to_have_attribute("aria-pressed", "false")
+    toggle.click()
+    expect(row.get_by_test_id("admin-shared-pool")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#admin-users p[aria-live]")).to_contain_text("stay out of the shared models")
+    users = page.request.get(server.url + "/api/admin/users").json()
+    assert next(u for u in users if u["id"] == uid)["shared_pool_excluded"] is True
+    assert page.js_errors == []

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
-from service.models import Feedback, Rating, TrainingSnapshot
+from service.models import Feedback, Rating, TrainingSnapshot, User
 
 from learning.config import Budgets
 from learning.data import build_dataset, recent_prompts, save_snapshot, shared_pool
@@ -256,3 +256,25 @@ def test_scores_order_siblings_that_thumbs_alone_do_not(db, seeder):
     pairs = {(p.chosen, p.rejected): p.source.split(":")[0] for p in build(db).pairs}
     # up-vs-down decides first; the score orders the two thumbs-up; equal scores decide nothing
     assert pairs == {("nine", "bad"): "feedback", ("four", "bad"): "feedback", ("nine", "four"): "score"}
+
+
+def test_the_global_adapters_prompts_come_from_every_user_in_turns_and_none_from_excluded_ones(db, seeder):
+    """Issue 28, L5: the global gate took its prompts from the lowest user ids, and users kept out of
+    the shared pool still trained the global adapter through their prompts. M8: the operator's flag."""
+    from learning.data import operator_excluded, pooled_prompts
+
+    ann, bob, eve, wait = seeder.user("ann"), seeder.user("bob"), seeder.user("eve"), seeder.user("wait", approved=False)
+    for uid, name in ((ann, "ann"), (bob, "bob"), (eve, "eve"), (wait, "wait")):
+        for i in range(3):
+            seeder.turn(uid, f"{name} question {i}", ["a reply"])
+    with Session(db) as s:
+        assert operator_excluded(s) == set()
+        got = pooled_prompts(s, render, 2, excluded=[eve])
+        eve_row = s.get(User, eve)
+        eve_row.shared_pool_excluded = True
+        s.add(eve_row)
+        s.commit()
+        assert operator_excluded(s) == {eve}
+    owners = [p.split(" question")[0].split(">")[-1] for p in got]
+    assert owners == ["ann", "bob", "ann", "bob"]  # in turns, newest first; eve excluded, wait not approved
+    assert "ann question 2" in got[0]

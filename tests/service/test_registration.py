@@ -94,3 +94,24 @@ def test_operators_can_suspend_and_delete_an_account_at_once(app_factory):
     assert "mallory" not in {u["username"] for u in client.get("/api/admin/users", headers=op).json()}
     assert client.delete("/api/admin/users/9999", headers=op).status_code == 404
     assert client.get("/api/me", headers=bob["headers"]).status_code == 200  # nobody else touched
+
+
+def test_operators_keep_a_user_out_of_the_shared_pool_without_suspending_them(app_factory):
+    """Audit 2026-12-05, M8: the dashboard showed who favours flagged replies; nothing but a suspension
+    could keep their labels out of the shared models."""
+    client = app_factory(admin_password="operator-pass-1")
+    mallory, bob = signup(client, "mallory"), signup(client, "bob")
+    op = _operator(client)
+    url = f"/api/admin/users/{mallory['id']}/shared-pool"
+    assert client.post(url, json={"excluded": True}, headers=bob["headers"]).status_code == 403
+    for bad in ({}, {"excluded": "yes"}, {"excluded": True, "extra": 1}):
+        assert client.post(url, json=bad, headers=op).status_code == 422
+    r = client.post(url, json={"excluded": True}, headers=op)
+    assert r.status_code == 200 and r.json()["shared_pool_excluded"] is True and r.json()["approved"] is True
+    assert client.get("/api/me", headers=mallory["headers"]).status_code == 200  # still signed in, still chatting
+    listed = {u["username"]: u["shared_pool_excluded"] for u in client.get("/api/admin/users", headers=op).json()}
+    assert listed["mallory"] is True and listed["bob"] is False
+    assert client.post(url, json={"excluded": False}, headers=op).json()["shared_pool_excluded"] is False
+    admin_id = next(u["id"] for u in client.get("/api/admin/users", headers=op).json() if u["username"] == "admin")
+    assert client.post(f"/api/admin/users/{admin_id}/shared-pool", json={"excluded": True}, headers=op).status_code == 403
+    assert client.post("/api/admin/users/9999/shared-pool", json={"excluded": True}, headers=op).status_code == 404
