@@ -81,9 +81,20 @@ LIVE_WORKERS: set[str] = set()
 
 
 def new_worker_id() -> str:
-    """host:pid:start:random, so recovery can tell a dead local worker from a live remote one, and
-    a reused pid (a restarted container numbers its processes again) from the worker that had it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or 0}:{os.urandom(3).hex()}"
+    """host:pid:start:random:pid-namespace, so recovery can tell a dead local worker from a live
+    remote one, a reused pid (a restarted container numbers its processes again) from the worker
+    that had it, and a worker in another container with the same hostname and pid (PID 1 twice,
+    an explicit ``hostname:``) from this one: its pid means nothing here, only its heartbeat does."""
+    return (f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or 0}:{os.urandom(3).hex()}:"
+            f"{_pid_namespace()}")
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace (its inode number), or "0" where unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid").rsplit("[", 1)[-1].rstrip("]")
+    except OSError:
+        return "0"
 
 
 def _process_start(pid: int) -> str | None:
@@ -185,7 +196,8 @@ def _owner_is_dead(worker_id: str | None, heartbeat_at, stale_after: float) -> b
     """True when the worker that owns a running run or job is certainly gone."""
     if worker_id:
         parts = worker_id.split(":")
-        if len(parts) >= 2 and parts[0] == socket.gethostname() and parts[1].isdigit():
+        same_namespace = len(parts) < 5 or parts[4] == _pid_namespace()  # ids from before: assume this one
+        if len(parts) >= 2 and parts[0] == socket.gethostname() and parts[1].isdigit() and same_namespace:
             if int(parts[1]) == os.getpid():
                 return worker_id not in LIVE_WORKERS
             if not _pid_alive(int(parts[1])):

@@ -411,3 +411,23 @@ def test_a_job_whose_user_deleted_their_ratings_meanwhile_never_serves(db, seede
         s.delete(s.get(User, alice))
         s.commit()
         assert "account was deleted" in _ratings_deleted_since(s, alice, snapshot_at)
+
+
+def test_a_worker_in_another_container_with_the_same_hostname_and_pid_is_judged_by_its_heartbeat():
+    """Issue 28, L2: two containers with one hostname (an explicit ``hostname:``) both run their
+    worker as PID 1; each took the other's running job for dead at once, from the pid alone."""
+    import os
+    import socket
+    from datetime import timedelta
+
+    from learning.pipeline import _owner_is_dead, _pid_namespace, _process_start, new_worker_id
+    from service.models import utcnow
+
+    host, pid = socket.gethostname(), os.getpid()
+    elsewhere = f"{host}:{pid}:{_process_start(pid)}:bbbbbb:{int(_pid_namespace()) + 1}"  # our pid, another namespace
+    assert not _owner_is_dead(elsewhere, utcnow(), 60.0)  # its heartbeat is fresh: alive
+    assert _owner_is_dead(elsewhere, utcnow() - timedelta(seconds=120), 60.0)  # silent: dead
+    here = new_worker_id()
+    assert here.split(":")[4] == _pid_namespace()
+    assert _owner_is_dead(here, utcnow(), 60.0)  # this very process, and no live worker of it holds that id
+
