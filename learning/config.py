@@ -55,6 +55,15 @@ class Budgets:
     newest kept, the rest dropped; at least ``pool_harm_user_floor`` each): one account cannot define
     what the global harm head calls harmful. 1 = no cap."""
 
+    pool_max_share: float = 0.5
+    """No user's pairs, nor their thumbs, make more than this share of the shared pool's (their newest
+    kept; at least ``pool_user_floor`` each): one account cannot steer the global adapter and the
+    population's reward weights beyond its share (issue 28, M2). 1 = no cap."""
+
+    pool_user_floor: int = 50
+    """Pairs (and thumbs) every user may add to the shared pool whatever the share cap, so a small
+    community's few active users all count."""
+
     pool_harm_user_floor: int = 4
     """Harm positives every user may add to the shared pool whatever the share cap (so a few honest
     flags always count, even when nobody else has flagged anything yet)."""
@@ -390,7 +399,7 @@ class Budgets:
         for name in ("ppo_steps", "warm_start_prompts", "warm_start_own_labels", "warm_start_dpo_pairs", "pool_outlier_min_flagged"):
             if getattr(self, name) < 0:
                 problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
-        for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share", "pool_harm_max_share",
+        for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share", "pool_harm_max_share", "pool_max_share",
                      "safety_max_harm_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{self.env_name(name)} must be between 0 and 1 (got {getattr(self, name)})")

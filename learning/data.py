@@ -189,28 +189,35 @@ def cap_per_user(items: list[T], cap: int) -> list[T]:
     return sorted(kept, key=lambda i: i.key)
 
 
-def cap_harm_share(labels: list[HarmLabel], share: float, floor: int) -> list[HarmLabel]:
-    """Drop each user's oldest harm positives beyond ``share`` of all positives (at least ``floor``
-    each). A user's cap is measured against everyone else's positives (the judge's included):
+def cap_share(items: list[T], share: float, floor: int, *, counts: Callable[[T], bool] = lambda _: True,
+              what: str = "labels", setting: str = "ASSISTANT_POOL_MAX_SHARE") -> list[T]:
+    """Drop each user's oldest counted items beyond ``share`` of all counted items (at least ``floor``
+    each). A user's cap is measured against everyone else's (the judge's included):
     ``mine <= share / (1 - share) * others``, so that after capping their share is at most ``share``."""
     if share >= 1:
-        return labels
-    positives: dict[int | None, list[HarmLabel]] = defaultdict(list)
-    for h in labels:
-        if h.harmful:
-            positives[h.user_id].append(h)
-    total = sum(len(v) for v in positives.values())
+        return items
+    counted: dict[int | None, list[T]] = defaultdict(list)
+    for item in items:
+        if counts(item):
+            counted[item.user_id].append(item)
+    total = sum(len(v) for v in counted.values())
     dropped: set[str] = set()
-    for uid, mine in positives.items():
+    for uid, mine in counted.items():
         if uid is None:
-            continue  # the judge's flags are no one's
+            continue  # the judge's labels are no one's
         limit = max(floor, int(share / (1 - share) * (total - len(mine))))
         if len(mine) > limit:
-            newest_first = sorted(mine, key=lambda h: (h.updated_at, h.key), reverse=True)
-            dropped.update(h.key for h in newest_first[limit:])
-            logger.warning("shared pool: user %s flagged %d replies as harmful, %d kept (at most %.0f%% of the pool's "
-                           "harm positives, ASSISTANT_POOL_HARM_MAX_SHARE)", uid, len(mine), limit, 100 * share)
-    return [h for h in labels if h.key not in dropped] if dropped else labels
+            newest_first = sorted(mine, key=lambda i: (i.updated_at, i.key), reverse=True)
+            dropped.update(i.key for i in newest_first[limit:])
+            logger.warning("shared pool: user %s gave %d %s, %d kept (at most %.0f%% of the pool's, %s)", uid, len(mine),
+                           what, limit, 100 * share, setting)
+    return [i for i in items if i.key not in dropped] if dropped else items
+
+
+def cap_harm_share(labels: list[HarmLabel], share: float, floor: int) -> list[HarmLabel]:
+    """``cap_share`` over harm positives: one account cannot define what the global harm head calls harmful."""
+    return cap_share(labels, share, floor, counts=lambda h: bool(h.harmful), what="harm flags",
+                     setting="ASSISTANT_POOL_HARM_MAX_SHARE")
 
 
 def content_sha256(dataset: Dataset) -> str:
@@ -383,9 +390,10 @@ def shared_pool(dataset: Dataset, budgets: Budgets, *, excluded: Iterable[int] =
     ``excluded`` users' (``pool_audit``); the judge's own labels stay."""
     out = set(excluded)
     cap = budgets.global_max_items_per_user
+    share, floor = budgets.pool_max_share, budgets.pool_user_floor
     pooled = Dataset(
-        pairs=cap_per_user([p for p in dataset.pairs if p.user_id not in out], cap),
-        points=cap_per_user([p for p in dataset.points if p.user_id not in out], cap),
+        pairs=cap_share(cap_per_user([p for p in dataset.pairs if p.user_id not in out], cap), share, floor, what="pairs"),
+        points=cap_share(cap_per_user([p for p in dataset.points if p.user_id not in out], cap), share, floor, what="thumbs"),
         harm=cap_harm_share(cap_per_user([h for h in dataset.harm if h.user_id not in out], cap),
                             budgets.pool_harm_max_share, budgets.pool_harm_user_floor),
     )

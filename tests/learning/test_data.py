@@ -134,6 +134,27 @@ def test_one_account_cannot_define_what_the_shared_harm_head_calls_harmful(db, s
     assert len(shared_pool(build(db), Budgets(pool_harm_max_share=1.0)).harm) == 26  # the cap off
 
 
+def test_no_account_steers_the_shared_pairs_and_thumbs_beyond_its_share(db, seeder):
+    """Issue 28, M2: the pool's cap was absolute (200 per kind); one busy account could still make
+    most of the shared pairs. Now each kind is capped as a share of everyone else's."""
+    busy, ann, bob = seeder.user("busy"), seeder.user("ann"), seeder.user("bob")
+    for i in range(12):
+        a, b = seeder.turn(busy, f"b{i}", [f"busy good {i}", f"busy bad {i}"])
+        seeder.rank(busy, [a, b])
+        seeder.rate(busy, a, "up")
+    for uid, name in ((ann, "ann"), (bob, "bob")):
+        for i in range(2):
+            a, b = seeder.turn(uid, f"{name}{i}", [f"{name} good {i}", f"{name} bad {i}"])
+            seeder.rank(uid, [a, b])
+            seeder.rate(uid, a, "up")
+    pool = shared_pool(build(db), Budgets(pool_max_share=0.5, pool_user_floor=2))
+    # busy's cap: 0.5 / 0.5 * the others' 4 = 4 pairs and 4 thumbs, their newest; the others keep theirs
+    assert [p.chosen for p in pool.pairs if p.user_id == busy] == [f"busy good {i}" for i in range(8, 12)]
+    assert sum(p.user_id == busy for p in pool.points) == 4 and sum(p.user_id != busy for p in pool.points) == 4
+    assert sum(p.user_id == ann for p in pool.pairs) == 2
+    assert len(shared_pool(build(db), Budgets(pool_max_share=1.0)).pairs) == 16  # the cap off
+
+
 def test_the_audit_sees_every_favoured_reply_however_many_rows_came_after(db, seeder, monkeypatch):
     import learning.data as data
     from learning.data import pool_audit
