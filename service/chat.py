@@ -191,6 +191,8 @@ class ChatService:
     # --- turns --------------------------------------------------------------------
     def _plan_turn(self, *, user_id: int, conversation_id: int | None, content: str, alternatives: int,
                    params: SamplingParams, parent_id: int | None, edit_of: int | None = None) -> Turn:
+        if conversation_id is None and (parent_id is not None or edit_of is not None):  # refused before anything is stored
+            raise ChatError("bad_frame", "parent_id and edit_of need the conversation_id they belong to", 422)
         with Session(self.db, expire_on_commit=False) as session:
             if conversation_id is None:
                 conv = crud.create_conversation(session, user_id=user_id, title=content.strip().splitlines()[0][:60])

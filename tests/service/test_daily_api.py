@@ -96,6 +96,12 @@ def test_edit_and_resend_stores_a_branch(client):
     assert not_user["error"]["code"] == "not_found"
     both = chat_turn(client, alice["token"], "Hi", conversation_id=conv, edit_of=old_user, parent_id=reply_id, max_new_tokens=3)
     assert both["error"]["code"] == "bad_frame"
+    # issue 28, L3: a refused frame without a conversation left an empty conversation behind
+    before = len(client.get("/api/conversations", headers=bob["headers"]).json())
+    for frame in ({"edit_of": old_user}, {"parent_id": reply_id}):
+        refused = chat_turn(client, bob["token"], "Hi", conversation_id=None, max_new_tokens=3, **frame)
+        assert refused["error"]["code"] == "bad_frame"
+    assert len(client.get("/api/conversations", headers=bob["headers"]).json()) == before
 
 
 def _search_case(client):
