@@ -45,7 +45,7 @@ def test_sign_up_chat_stream_and_thumbs_down_with_reason(page, server):
     message_id = int(reply.get_attribute("data-message-id"))
     conv = api_get(page, f"/api/conversations/{conversation_id(page)}")
     stored = next(m for m in conv["messages"] if m["id"] == message_id)
-    assert stored["feedback"] == {"rating": "down", "reasons": ["unhelpful"], "comment": "too vague"}
+    assert stored["feedback"] == {"rating": "down", "reasons": ["unhelpful"], "comment": "too vague", "score": None}
     assert server.db_rows("SELECT rating, reasons FROM feedback WHERE message_id = ?", (message_id,)) == [("down", '["unhelpful"]')]
 
     # The saved state survives a reload and can be changed.
