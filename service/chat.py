@@ -191,9 +191,13 @@ class ChatService:
     # --- turns --------------------------------------------------------------------
     def _plan_turn(self, *, user_id: int, conversation_id: int | None, content: str, alternatives: int,
                    params: SamplingParams, parent_id: int | None, edit_of: int | None = None) -> Turn:
-        if conversation_id is None and (parent_id is not None or edit_of is not None):  # refused before anything is stored
-            raise ChatError("bad_frame", "parent_id and edit_of need the conversation_id they belong to", 422)
         with Session(self.db, expire_on_commit=False) as session:
+            anchor = parent_id if parent_id is not None else edit_of
+            if conversation_id is None and anchor is not None:  # the message's own conversation, never a new empty one
+                msg = crud.get_message(session, user_id=user_id, message_id=anchor)
+                if msg is None:
+                    raise ChatError("not_found", f"message {anchor} not found", 404)
+                conversation_id = msg.conversation_id
             if conversation_id is None:
                 conv = crud.create_conversation(session, user_id=user_id, title=content.strip().splitlines()[0][:60])
                 # A new conversation starts under the user's custom instructions, stored as its root

@@ -100,8 +100,11 @@ def test_edit_and_resend_stores_a_branch(client):
     before = len(client.get("/api/conversations", headers=bob["headers"]).json())
     for frame in ({"edit_of": old_user}, {"parent_id": reply_id}):
         refused = chat_turn(client, bob["token"], "Hi", conversation_id=None, max_new_tokens=3, **frame)
-        assert refused["error"]["code"] == "bad_frame"
+        assert refused["error"]["code"] == "not_found"
     assert len(client.get("/api/conversations", headers=bob["headers"]).json()) == before
+    # without a conversation id, one's own parent message names its conversation
+    again = chat_turn(client, alice["token"], "More?", conversation_id=None, parent_id=reply_id, max_new_tokens=3)
+    assert again["starts"][0]["conversation_id"] == conv
 
 
 def _search_case(client):
