@@ -1,9 +1,9 @@
-"""From feedback rows to training examples, with provenance.
+"""From labels to training examples, with provenance.
 
-Three kinds of examples come out of the database:
+Which ratings and rankings count, and the preference pairs they make, is ``service.labels``'s
+(shared with the exports, so a trainer elsewhere reads the same pairs). Here they become:
 
-- ``PreferencePair``: from a ``Ranking`` (every better/worse pair in best..worst order) and
-  from sibling replies of one user turn whose thumbs differ (up beats down).
+- ``PreferencePair``: a label pair, its prompt rendered.
 - ``PointLabel``: every thumbs up (1) or down (0).
 - ``HarmLabel``: 1 for a thumbs down with a reason in ``HARM_REASONS`` (or an automated judge's
   flag), 0 for every other rated reply. Harm labels from all users train one global classifier.
@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from sqlmodel import Session, select
 
-from service.models import GENERATED, HARM_REASONS, Feedback, Message, Ranking, Rating, TrainingSnapshot, User, is_generated_reply
+from service import labels
+from service.models import GENERATED, HARM_REASONS, Message, TrainingSnapshot, User
 
 from learning.config import Budgets
 
@@ -147,32 +148,6 @@ def chat_renderer(tokenizer) -> Renderer:
     return render
 
 
-def conversation_before(messages_by_id: dict[int, Message], reply: Message) -> list[dict[str, str]]:
-    """The turns that led to ``reply`` (oldest first), following ``parent_id``; the reply itself excluded."""
-    chain: list[dict[str, str]] = []
-    seen: set[int] = set()
-    parent_id = reply.parent_id
-    while parent_id is not None and parent_id not in seen:
-        seen.add(parent_id)
-        msg = messages_by_id.get(parent_id)
-        if msg is None:
-            break
-        chain.append({"role": msg.role, "content": msg.content})
-        parent_id = msg.parent_id
-    return list(reversed(chain))
-
-
-def load_messages(session: Session, ids: Iterable[int]) -> dict[int, Message]:
-    """The given messages plus all their ancestors."""
-    out: dict[int, Message] = {}
-    frontier = set(ids)
-    while frontier:
-        rows = session.exec(select(Message).where(Message.id.in_(sorted(frontier)))).all()
-        out.update({m.id: m for m in rows})
-        frontier = {m.parent_id for m in rows if m.parent_id is not None and m.parent_id not in out}
-    return out
-
-
 T = TypeVar("T", PreferencePair, PointLabel, HarmLabel)
 
 JUDGE_SCAN_LIMIT = 2000  # newest generated replies an automated harm judge looks at per run (besides every rated one)
@@ -243,77 +218,25 @@ def build_dataset(
     ``judge_flags``, if given, receives (message id, reply text) for rated assistant replies and
     returns which an automated harm judge flags; flags become extra harm labels (user None).
     """
-    # Accounts an operator has not approved (ASSISTANT_REGISTRATION=approval) add no labels.
-    waiting = set(session.exec(select(User.id).where(User.approved == False)).all())  # noqa: E712 (SQL)
-    feedback = [f for f in session.exec(select(Feedback).order_by(Feedback.id)).all() if f.user_id not in waiting]
-    rankings = [r for r in session.exec(select(Ranking).order_by(Ranking.id)).all() if r.user_id not in waiting]
-    ranked_ids = {mid for r in rankings for mid in r.message_ids}
-    messages = load_messages(session, {f.message_id for f in feedback} | ranked_ids)
-
+    # Which ratings and rankings count, and the pairs they make: service.labels, shared with the exports.
+    read = labels.read(session)
+    thread = read.thread
     prompts: dict[int, str] = {}
 
     def prompt_of(msg: Message) -> str:
         if msg.id not in prompts:
-            prompts[msg.id] = render(conversation_before(messages, msg))
+            prompts[msg.id] = render(thread.before(msg))
         return prompts[msg.id]
 
-    def usable(msg: Message | None) -> bool:
-        return is_generated_reply(msg) and bool(msg.content.strip())
-
     ds = Dataset()
-    used_feedback: set[int] = set()
-    used_rankings: set[int] = set()
-    seen_pairs: set[tuple[int, int, int]] = set()
-
-    # 1. Rankings: best..worst gives every (better, worse) pair.
-    for r in rankings:
-        ordered = [messages.get(mid) for mid in r.message_ids]
-        ordered = [m for m in ordered if usable(m) and m.user_id == r.user_id]
-        for i, better in enumerate(ordered):
-            for worse in ordered[i + 1:]:
-                key = (r.user_id, better.id, worse.id)
-                if key in seen_pairs or better.parent_id != worse.parent_id:
-                    continue
-                seen_pairs.add(key)
-                used_rankings.add(r.id)
-                ds.pairs.append(PreferencePair(r.user_id, prompt_of(better), better.content, worse.content,
-                                               better.id, worse.id, f"ranking:{r.id}", r.updated_at))
-
-    # 2. Thumbs: pointwise labels, harm labels, and up-vs-down pairs among siblings.
-    groups: dict[tuple[int, int], list[tuple[Feedback, Message]]] = defaultdict(list)
-    for f in feedback:
-        msg = messages.get(f.message_id)
-        if not usable(msg) or msg.user_id != f.user_id:  # only rate your own conversations
-            continue
-        used_feedback.add(f.id)
-        up = f.rating == Rating.up
-        ds.points.append(PointLabel(f.user_id, prompt_of(msg), msg.content, int(up), msg.id, f.id, f.updated_at))
-        harmful = (not up) and any(reason in HARM_REASONS for reason in (f.reasons or []))
+    for p in read.pairs:
+        ds.pairs.append(PreferencePair(p.user_id, prompt_of(p.chosen), p.chosen.content, p.rejected.content,
+                                       p.chosen.id, p.rejected.id, p.source, p.updated_at))
+    for t in read.thumbs:
+        f, msg = t.feedback, t.message
+        ds.points.append(PointLabel(f.user_id, prompt_of(msg), msg.content, int(t.up), msg.id, f.id, f.updated_at))
+        harmful = (not t.up) and any(reason in HARM_REASONS for reason in (f.reasons or []))
         ds.harm.append(HarmLabel(f.user_id, prompt_of(msg), msg.content, int(harmful), msg.id, f"feedback:{f.id}", f.updated_at))
-        if msg.alternative_group is not None:
-            groups[(f.user_id, msg.alternative_group)].append((f, msg))
-    for (user_id, _group), rated in groups.items():
-        ups = [(f, m) for f, m in rated if f.rating == Rating.up]
-        downs = [(f, m) for f, m in rated if f.rating == Rating.down]
-        for fu, better in ups:
-            for fd, worse in downs:
-                key = (user_id, better.id, worse.id)
-                if key in seen_pairs or (user_id, worse.id, better.id) in seen_pairs:
-                    continue  # a ranking of the same replies already decided this pair
-                seen_pairs.add(key)
-                ds.pairs.append(PreferencePair(user_id, prompt_of(better), better.content, worse.content, better.id,
-                                               worse.id, f"feedback:{fu.id},{fd.id}", max(fu.updated_at, fd.updated_at)))
-        # 1-10 scores (Open WebUI asks for one): the higher-scored sibling is preferred, for the pairs
-        # neither a ranking nor up-vs-down decided (two thumbs-up scored 9 and 4, say).
-        scored = sorted(((f, m) for f, m in rated if f.score is not None), key=lambda fm: -fm[0].score)
-        for i, (fa, better) in enumerate(scored):
-            for fb, worse in scored[i + 1:]:
-                key = (user_id, better.id, worse.id)
-                if fa.score == fb.score or key in seen_pairs or (user_id, worse.id, better.id) in seen_pairs:
-                    continue
-                seen_pairs.add(key)
-                ds.pairs.append(PreferencePair(user_id, prompt_of(better), better.content, worse.content, better.id,
-                                               worse.id, f"score:{fa.id},{fb.id}", max(fa.updated_at, fb.updated_at)))
 
     # 3. Optional automated judge: extra harm labels, attributed to no user.
     #    Every reply someone rated is judged (the pool audit looks at what each user favoured, however
@@ -321,17 +244,17 @@ def build_dataset(
     if judge_flags is not None:
         newest = session.exec(select(Message.id).where(Message.role == "assistant", Message.origin == GENERATED)
                               .order_by(Message.id.desc()).limit(JUDGE_SCAN_LIMIT)).all()
-        messages.update(load_messages(session, [i for i in newest if i not in messages]))
+        thread.load(newest)
         rated = {m for m in (*(p.message_id for p in ds.points), *(p.chosen_id for p in ds.pairs),
                              *(p.rejected_id for p in ds.pairs))}
-        judged = [(mid, messages[mid].content) for mid in sorted(set(newest) | rated) if usable(messages.get(mid))]
+        judged = [(mid, thread.by_id[mid].content) for mid in sorted(set(newest) | rated) if labels.usable(thread.get(mid))]
         for (mid, text), flagged in zip(judged, judge_flags(judged)):
             if flagged:
-                msg = messages[mid]
+                msg = thread.by_id[mid]
                 ds.harm.append(HarmLabel(None, prompt_of(msg), text, 1, mid, "judge", msg.created_at))
 
-    ds.feedback_ids = sorted(used_feedback)
-    ds.ranking_ids = sorted(used_rankings)
+    ds.feedback_ids = sorted(t.feedback.id for t in read.thumbs)
+    ds.ranking_ids = sorted({p.ranking_id for p in read.pairs if p.ranking_id is not None})
     ds.sha256 = content_sha256(ds)
     ds.stats = {
         "pairs": len(ds.pairs),
@@ -440,12 +363,13 @@ def recent_prompts(session: Session, render: Renderer, user_id: int, limit: int)
     rows = session.exec(
         select(Message).where(Message.user_id == user_id, Message.role == "user").order_by(Message.id.desc()).limit(limit)
     ).all()
-    messages = load_messages(session, [m.id for m in rows])
+    thread = labels.Thread(session)
+    thread.load(m.id for m in rows)
     out = []
     for m in rows:
         if not m.content.strip():
             continue
-        turns = conversation_before(messages, m) + [{"role": "user", "content": m.content}]
+        turns = thread.before(m) + [{"role": "user", "content": m.content}]
         out.append(render(turns))
     return out
 

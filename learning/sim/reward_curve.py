@@ -58,20 +58,21 @@ def stored_replies(settings: "Settings", render, limit: int) -> list[Reply]:
     """Up to ``limit`` non-empty assistant replies of this data dir, oldest first."""
     from sqlmodel import Session, select
 
-    from learning.data import conversation_before, load_messages
     from service.db import init_db, make_engine
+    from service.labels import Thread
     from service.models import Message
 
     db = make_engine(settings)
     init_db(db)  # a data dir from an older release is upgraded first, as the service would
     with Session(db) as session:
         rows = session.exec(select(Message).where(Message.role == "assistant").order_by(Message.id).limit(limit)).all()
-        by_id = load_messages(session, {m.id for m in rows})
+        thread = Thread(session)
+        thread.load(m.id for m in rows)
         out = []
         for m in rows:
             if not m.content.strip():
                 continue
-            conversation = conversation_before(by_id, m)
+            conversation = thread.before(m)
             out.append(Reply(conversation[-1]["content"], render(conversation), m.content, m.id))
     return out
 

@@ -299,3 +299,45 @@ def test_the_global_adapters_prompts_come_from_every_user_in_turns_and_none_from
     owners = [p.split(" question")[0].split(">")[-1] for p in got]
     assert owners == ["ann", "bob", "ann", "bob"]  # in turns, newest first; eve excluded, wait not approved
     assert "ann question 2" in got[0]
+
+
+def test_the_export_holds_exactly_the_pairs_and_thumbs_training_learns_from(db, seeder):
+    """Issue 29, item 1: training and the TRL export read labels by different rules (sibling thumbs
+    pairs, scores, identical texts, a judge's feedback rows), so DPO on the export trained on another
+    pair set than the product's own reward model. Both now read ``service.labels``."""
+    from service import exports
+    from service.labels import approved_user_ids
+
+    ann, bob, wait = seeder.user("ann"), seeder.user("bob"), seeder.user("wait", approved=False)
+    good, mid, bad = seeder.turn(ann, "rank these", ["good", "mid", "bad"])
+    seeder.rank(ann, [good, mid, bad])
+    seeder.rate(ann, good, "up")
+    seeder.rate(ann, bad, "down", ["offensive"])
+    up, down, same = seeder.turn(ann, "thumbs only", ["liked", "disliked", "liked"])  # two identical texts
+    seeder.rate(ann, up, "up", score=8)
+    seeder.rate(ann, down, "down")
+    seeder.rate(ann, same, "up", score=3)  # identical to `up`: no pair between them, whatever the scores say
+    hi, lo = seeder.turn(bob, "scores", ["nine", "four"])
+    seeder.rate(bob, hi, "up", score=9)
+    seeder.rate(bob, lo, "up", score=4)
+    seeder.rank(bob, [hi, lo])  # the ranking decides the pair first; the scores add nothing
+    (judged,) = seeder.turn(bob, "a judge rated", ["judged reply"])
+    with Session(db) as s:
+        s.add(Feedback(user_id=bob, message_id=judged, rating=Rating.down, reasons=["harmful"], source="judge:test"))
+        s.commit()
+    a, b = seeder.turn(wait, "not approved", ["x", "y"])
+    seeder.rank(wait, [a, b])
+
+    ds = build(db)
+    with Session(db) as s:
+        ids = approved_user_ids(s)
+        pref = list(exports.preference_rows(s, user_ids=ids))
+        kto = list(exports.kto_rows(s, user_ids=ids))
+    assert {(p.chosen_id, p.rejected_id, p.source) for p in ds.pairs} == {
+        (r["chosen_id"], r["rejected_id"], r["source"]) for r in pref}
+    assert {(p.message_id, p.feedback_id, p.label) for p in ds.points} == {
+        (r["message_id"], r["feedback_id"], int(r["label"])) for r in kto}
+    assert len(pref) == len(ds.pairs) == 3 + 2 + 1  # ranking 3; liked > disliked twice; bob's ranking
+    assert len(kto) == len(ds.points) == 2 + 3 + 2  # the judge's row and the waiting account's ranking: neither
+    assert {r["source"].split(":")[0] for r in pref} == {"ranking", "feedback"}
+    assert all(r["chosen"][0]["content"] != r["rejected"][0]["content"] for r in pref)
