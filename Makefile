@@ -30,7 +30,9 @@ run: provision
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
+# The lint first (seconds; pyproject.toml's [tool.ruff] says which rules), then the suite.
 test: install browser
+	$(BIN)/ruff check service learning tests deploy
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

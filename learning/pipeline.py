@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import timezone
+from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -925,7 +925,10 @@ def _ratings_deleted_since(session: Session, user_id: int | None, snapshot_at) -
     deleted = user.ratings_deleted_at
     if deleted is None:
         return None
-    aware = (lambda t: t if t.tzinfo else t.replace(tzinfo=timezone.utc))
+
+    def aware(t: datetime) -> datetime:
+        return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
     if aware(deleted) > aware(snapshot_at):
         return "the user deleted their ratings after this run's snapshot: nothing trained on them is kept"
     return None

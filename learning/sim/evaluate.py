@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from learning.sim import prompts as P
 # stats, policies and history names are also re-exported here for existing importers
-from learning.sim.history import (_simulation_rounds, find_metric, global_reward_accuracy, latest_snapshot_models,
+from learning.sim.history import (_simulation_rounds, global_reward_accuracy, latest_snapshot_models,
                                   newest_version, reward_model_accuracy, training_history, user_reward_accuracy)  # noqa: F401
 from learning.sim.judge import Judge, make_judge
 from learning.sim.policies import BASE, BaseReplyCache, Generation, PolicyBank  # noqa: F401

@@ -20,8 +20,6 @@ above it.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from service.engine.adapter_cache import LORA_MODULES, LoraWeights
+from service.engine.adapter_cache import LoraWeights
 
 
 class UnsupportedModel(RuntimeError):

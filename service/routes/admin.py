@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
@@ -28,7 +28,7 @@ from sqlmodel import Session, select
 
 from service import adapter_store, run_queue
 from service.crud import get_or_create_schedule
-from service.auth import CurrentUser, OperatorUser, SessionDep, SettingsDep
+from service.auth import OperatorUser, SessionDep, SettingsDep
 from service.schemas import (
     IdPath,
     TrainingRunCreate,
@@ -42,7 +42,6 @@ from service.schemas import (
     StatsPublic,
 )
 from service.models import (
-    AdapterStatus,
     AdapterVersion,
     Feedback,
     RunStatus,

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
-from sqlmodel import Session
 from starlette.websockets import WebSocketState
 
 from service.auth import COOKIE_NAME, NOT_APPROVED, user_for_token

@@ -4,7 +4,6 @@ preference from profile-labelled pairs and generalises to replies it never saw."
 import argparse
 import json
 
-from sqlmodel import Session
 
 from learning.sim.reward_curve import add_reward_curve_arguments, main_reward_curve
 from service.db import init_db, make_engine

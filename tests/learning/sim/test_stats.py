@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from learning.sim.evaluate import bootstrap_interval, compare, find_metric, win_rate, wilson_interval
+from learning.sim.evaluate import bootstrap_interval, compare, win_rate, wilson_interval
+from learning.sim.history import find_metric
 from learning.sim.stats import compare_pools, paired_difference, pooled_win_rate, share
 from learning.sim.profiles import BUILTIN_PROFILES
 

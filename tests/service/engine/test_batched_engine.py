@@ -140,7 +140,7 @@ def test_pinned_adapter_is_not_evicted_and_new_adapter_waits_for_room(base_model
         wait_tokens(first, 2)
         second = request("second", p1, a1, n=6)  # a1 cannot become resident while a0 is pinned
         engine.submit(second)
-        (f_toks, f_end), (s_toks, s_end) = collect(first), collect(second)
+        (f_toks, _), (s_toks, _) = collect(first), collect(second)
         stats = engine.stats()
         engine.evict_adapter(a1.key)  # pinned until its row retires, then dropped
         deadline = time.monotonic() + 10
