@@ -52,6 +52,7 @@ from learning.config import Budgets
 from learning.losses import masked_mean
 from learning.policy import Sampler, forward_logprobs, reference_mode, reply_logprob_sums, sample, score_samples
 from learning.shared import HeldoutLabels
+from service.training_records import GATE_BASE, GATE_CANDIDATE, GATE_WIN_RATE_VS_BASE
 
 logger = logging.getLogger(__name__)
 
@@ -301,11 +302,11 @@ class Gate:
         return decision, candidate
 
     def metrics(self, candidate: PolicyEval) -> dict[str, float]:
-        out = {**candidate.as_metrics("gate/candidate"), **self.current.as_metrics("gate/current"),
-               **self.base.as_metrics("gate/base")}
+        out = {**candidate.as_metrics(GATE_CANDIDATE), **self.current.as_metrics("gate/current"),
+               **self.base.as_metrics(GATE_BASE)}
         wins = win_rate(candidate, self.base)
         if wins is not None:
-            out["gate/win_rate_vs_base"] = round(wins, 4)
+            out[GATE_WIN_RATE_VS_BASE] = round(wins, 4)
         if self.label_check is not None:
             out["gate/labels_vs_base"] = round(self.label_check.vs_base, 4)
             out["gate/labels_vs_current"] = round(self.label_check.vs_current, 4)

@@ -50,6 +50,7 @@ from learning.data import Dataset, PointLabel, PreferencePair
 from learning.losses import bradley_terry_loss, pointwise_bce_loss
 from service import traits as T
 from service.reply_reward import Preference, ReplyReward
+from service.training_records import TraitWeight, UserRewardSummary
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -461,33 +462,32 @@ class RewardModel:
         per_user: dict[str, dict[str, object]] = {}
         for user_id in full.user_ids():
             mine = [p for p in held if p.user_id == user_id]
-            entry: dict[str, object] = {"labels": self.users[user_id].labels if user_id in self.users else 0,
-                                        "personalized": self.is_personal(user_id),
-                                        "top_traits": self.top_traits(user_id)}
+            entry = UserRewardSummary(labels=self.users[user_id].labels if user_id in self.users else 0,
+                                      personalized=self.is_personal(user_id), top_traits=self.top_traits(user_id))
             if mine:
-                entry.update({"heldout_pairs": len(mine), "accuracy": self.pair_accuracy(user_id, mine),
-                              "global_accuracy": self.pair_accuracy(user_id, mine, population=True),
-                              "length_baseline_accuracy": length_baseline_accuracy(mine)})
-            per_user[str(user_id)] = entry
+                entry = entry.model_copy(update=dict(
+                    heldout_pairs=len(mine), accuracy=self.pair_accuracy(user_id, mine),
+                    global_accuracy=self.pair_accuracy(user_id, mine, population=True),
+                    length_baseline_accuracy=length_baseline_accuracy(mine)))
+            per_user[str(user_id)] = entry.model_dump(exclude_none=True)
         out["reward/per_user"] = per_user
         return out
 
-    def top_traits(self, user_id: int | None, n: int = 3) -> list[dict[str, object]]:
+    def top_traits(self, user_id: int | None, n: int = 3) -> list[TraitWeight]:
         """The named traits whose weights move this scope's reward most (per standard deviation of
         the trait over the stored replies), with the direction: what the assistant learned."""
         head = self.head_for(user_id)
         w = head.weight[: len(T.NAMES)] / head.scale
         order = sorted(range(len(T.NAMES)), key=lambda i: -abs(float(w[i])))[:n]
-        return [{"trait": T.NAMES[i], "description": T.describe(T.NAMES[i]), "weight": round(float(w[i]), 3),
-                 "likes": float(w[i]) > 0} for i in order]
+        return [TraitWeight(trait=T.NAMES[i], description=T.describe(T.NAMES[i]), weight=round(float(w[i]), 3),
+                            likes=float(w[i]) > 0) for i in order]
 
     def user_metrics(self, user_id: int | None) -> dict[str, object]:
         if user_id is None:
             return {k: v for k, v in self.metrics.items() if k not in ("reward/per_user", "reward/basis")}
-        return {
-            "reward/personalized": self.is_personal(user_id),
-            **{f"reward/{k}": v for k, v in self.metrics.get("reward/per_user", {}).get(str(user_id), {}).items()},  # type: ignore[union-attr]
-        }
+        mine = self.metrics.get("reward/per_user", {}).get(str(user_id))  # type: ignore[union-attr]
+        summary = UserRewardSummary.model_validate(mine) if mine else UserRewardSummary()
+        return summary.model_copy(update={"personalized": self.is_personal(user_id)}).flat()
 
     def reply_reward(self, user_id: int | None) -> ReplyReward | None:
         """What serving's best-of-n scores with (``service.reply_reward``): this scope's weights and the

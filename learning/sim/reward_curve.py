@@ -196,7 +196,7 @@ def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int
             results[profile.name]["sizes"][str(n)] = {
                 "train_pairs": len(labels[uid][0]), "train_thumbs": len(labels[uid][1]),
                 "accuracy": float(wins.float().mean()), "population_accuracy": float(pop.float().mean()),
-                "top_traits": [t["trait"] + ("+" if t["likes"] else "-") for t in model.top_traits(uid)]}
+                "top_traits": [t.trait + ("+" if t.likes else "-") for t in model.top_traits(uid)]}
             logger.info("reward curve %s: %d pairs + %d thumbs -> held-out accuracy %.3f (population %.3f)", profile.name,
                         len(labels[uid][0]), len(labels[uid][1]), results[profile.name]["sizes"][str(n)]["accuracy"],
                         results[profile.name]["sizes"][str(n)]["population_accuracy"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from sqlalchemy import func
@@ -24,6 +25,7 @@ from service import adapter_store, crud, proxy
 from service.auth import CurrentUser, SessionDep, SessionUser, SettingsDep, token_from_request
 from service.models import PERSON_SOURCES, AdapterVersion, ApiKey, Feedback, Ranking, UserPreference
 from service.routes.admin import version_public, versions_of
+from service.training_records import Readings
 from service.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -143,11 +145,12 @@ def _counts(session: Session, user_id: int, after: datetime | None, until: datet
 
 
 def _round(session: Session, user_id: int, row: AdapterVersion, after: datetime | None) -> RoundPublic:
-    m = row.metrics or {}
+    r = Readings.of(row.metrics)
     return RoundPublic(version=row.version, label=adapter_store.label_of(row), status=row.status.value, created_at=row.created_at,
-                       new_labels=_counts(session, user_id, after, row.created_at), reward_labels=m.get("reward/labels"),
-                       heldout_accuracy=m.get("reward/accuracy"), win_rate_vs_base=m.get("gate/win_rate_vs_base"),
-                       reward=m.get("gate/candidate/mean_reward"), base_reward=m.get("gate/base/mean_reward"), reason=row.reason)
+                       new_labels=_counts(session, user_id, after, row.created_at),
+                       reward_labels=r.reward.labels if r.reward else None,
+                       heldout_accuracy=r.reward.accuracy if r.reward else None, win_rate_vs_base=r.win_rate_vs_base,
+                       reward=r.mean_reward, base_reward=r.base_mean_reward, reason=row.reason)
 
 
 @router.get("/learned", response_model=LearnedPublic)
@@ -163,7 +166,11 @@ def get_learned(user: CurrentUser, session: SessionDep, settings: SettingsDep) -
                               win_rate_vs_base=None, reward=None, base_reward=None, reason=None))
     # Traits from the adapter that serves the user, else their newest trained round.
     active = adapter_store.active_version(session, user.id)
-    source = active or next((v for v in reversed(versions) if (v.metrics or {}).get("reward/top_traits")), None)
-    traits = list((source.metrics or {}).get("reward/top_traits") or []) if source else []
+    def traits_of(v: AdapterVersion | None) -> list[dict[str, Any]]:
+        r = Readings.of(v.metrics) if v is not None else None
+        return [t.model_dump() for t in r.reward.top_traits] if r and r.reward else []
+
+    source = active or next((v for v in reversed(versions) if traits_of(v)), None)
+    traits = traits_of(source)
     return LearnedPublic(policy=resolved.policy, served_label=resolved.label, totals=_counts(session, user.id, None, None),
                          traits=traits, traits_from=adapter_store.label_of(source) if source else None, rounds=rounds)

@@ -115,7 +115,7 @@ def test_a_user_who_wants_lists_is_learned_from_a_few_dozen_labels(model_data_di
         everyone = model_rm.score(None, [prompt] * 3, [listed, short, long])
         assert int(mine.argmax()) == 0 and int(everyone.argmax()) == 1, (mine, everyone)
     top = model_rm.top_traits(1)[0]  # the list replies open with a "Here are tips:" label line
-    assert top["trait"] in ("lists", "line_breaks", "headings") and top["likes"], model_rm.top_traits(1)
+    assert top.trait in ("lists", "line_breaks", "headings") and top.likes, model_rm.top_traits(1)
 
     # the hand-off: a model rebuilt from its state scores the same features identically
     feats = model_rm.cache.features([prompt] * 3, [listed, short, long])
