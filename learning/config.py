@@ -116,6 +116,17 @@ class Budgets:
     (beside the named reply traits). Measured with ``assistant reward-curve`` (README): 0 scored best at
     12-100 pairs per user on the tuning profiles (4 cost about 0.02 of accuracy, 8 about 0.04)."""
 
+    reward_text_features: int = 0
+    """Hashed text features (``service.text_features``: words, bigrams, first-sentence and last-line
+    words, punctuation, line shapes) added to the preference basis beside the named traits, so a user
+    can be learned who prefers what no trait measures (issue 26). The number of hash buckets; 0 = off.
+    Serving's best-of-n scores them too (text only)."""
+
+    reward_text_precision: float = 4.0
+    """The hashed text features' prior precision, as a multiple of the traits' (the population's
+    ``reward_weight_decay``, a user's ``user_head_l2``): many sparse columns need a tighter prior than
+    ~20 standardised traits."""
+
     reward_pooled_direction: bool = False
     """Add the pooled reward direction (a ridge-logistic head on the backbone's ~1k features, fitted on
     everyone's labels) to the basis. Off by default: fitted on the same labels, it overfits them and
@@ -381,8 +392,9 @@ class Budgets:
                          "lora_r", "lora_alpha", "gate_prompts", "reward_steps", "max_prompt_tokens", "max_reply_tokens",
                          "global_max_items_per_user", "harm_min_positive", "harm_steps", "rollout_max_rows", "gate_min_labels",
                          "gate_harm_samples")
-        if self.reward_components < 0:
-            problems.append(f"{self.env_name('reward_components')} must be >= 0 (got {self.reward_components})")
+        for name in ("reward_components", "reward_text_features"):
+            if getattr(self, name) < 0:
+                problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 problems.append(f"{self.env_name(name)} must be at least 1 (got {getattr(self, name)})")
@@ -419,6 +431,7 @@ class Budgets:
             if getattr(self, name) <= 0:
                 problems.append(f"{self.env_name(name)} must be > 0 (got {getattr(self, name)})")
         for name in ("job_time_budget_s", "ppo_kl_coef", "ppo_harm_lambda", "ppo_no_eos_penalty", "user_head_l2", "reward_weight_decay",
+                     "reward_text_precision",
                      "harm_weight_decay", "reward_uncertainty_k", "ppo_harm_lambda_lr",
                      "gate_helpfulness_tolerance", "gate_harm_z"):
             if getattr(self, name) < 0:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -50,6 +50,7 @@ from learning.data import Dataset, PointLabel, PreferencePair
 from learning.losses import bradley_terry_loss, pointwise_bce_loss
 from service import traits as T
 from service.reply_reward import Preference, ReplyReward
+from service.text_features import hashed_matrix
 from service.training_records import TraitWeight, UserRewardSummary
 
 if TYPE_CHECKING:
@@ -203,11 +204,21 @@ class Basis:
     pooled: RewardHead | None  # the pooled reward direction on the backbone's features
     pooled_mu: float = 0.0
     pooled_sd: float = 1.0
+    text_mu: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (H,) mean hashed text features; H = 0: off
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text_mu.shape[0])
 
     @property
     def names(self) -> list[str]:
-        return list(T.NAMES) + [f"backbone_pc{i + 1}" for i in range(self.components.shape[1])] + \
+        return list(T.NAMES) + [f"text_h{i}" for i in range(self.text_dim)] + \
+            [f"backbone_pc{i + 1}" for i in range(self.components.shape[1])] + \
             (["pooled_reward"] if self.pooled is not None else [])
+
+    def text_slice(self) -> slice:
+        """Where the hashed text features sit in ``z`` (right after the traits)."""
+        return slice(len(T.NAMES), len(T.NAMES) + self.text_dim)
 
     @property
     def dim(self) -> int:
@@ -216,16 +227,18 @@ class Basis:
     def __call__(self, feats: torch.Tensor, prompts: Sequence[str], replies: Sequence[str]) -> torch.Tensor:
         """(N, F) backbone features and the N texts -> (N, D)."""
         traits = (T.trait_matrix([T.user_text(p) for p in prompts], replies) - self.trait_mu) / self.trait_sd  # (N, T)
+        text = hashed_matrix(replies, self.text_dim) - self.text_mu  # (N, H)
         x = (feats.float() - self.lm_mu) / self.lm_sd  # (N, F)
-        parts = [traits, (x @ self.components) / self.pc_sd]  # (N, K)
+        parts = [traits, text, (x @ self.components) / self.pc_sd]  # (N, K)
         if self.pooled is not None:
             parts.append(((self.pooled.logits(feats.float()) - self.pooled_mu) / self.pooled_sd).unsqueeze(1))  # (N, 1)
         return torch.cat(parts, dim=1)
 
     @classmethod
     def fit(cls, feats: torch.Tensor, prompts: Sequence[str], replies: Sequence[str], k: int,
-            pooled: RewardHead | None) -> "Basis":
-        """Statistics of the training replies; the top-``k`` principal directions of their features."""
+            pooled: RewardHead | None, text_dim: int = 0) -> "Basis":
+        """Statistics of the training replies; the top-``k`` principal directions of their features;
+        ``text_dim`` hashed text features (``service.text_features``; 0 = none)."""
         traits = T.trait_matrix([T.user_text(p) for p in prompts], replies)  # (N, T)
         trait_mu, trait_sd = traits.mean(0), traits.std(0).clamp(min=0.05) if len(traits) > 1 else torch.ones(traits.shape[1])
         lm_mu = feats.mean(0)
@@ -238,7 +251,8 @@ class Basis:
             pc_sd = (x @ components).std(0).clamp(min=1e-4)
         else:
             components, pc_sd = torch.zeros((feats.shape[1], 0)), torch.ones(0)
-        basis = cls(trait_mu, trait_sd, lm_mu, lm_sd, components, pc_sd, None)
+        basis = cls(trait_mu, trait_sd, lm_mu, lm_sd, components, pc_sd, None,
+                    text_mu=hashed_matrix(replies, text_dim).mean(0) if text_dim and len(replies) else torch.zeros(text_dim))
         if pooled is not None:
             with torch.no_grad():
                 s = pooled.logits(feats)
@@ -250,7 +264,8 @@ class Basis:
         out: dict[str, Any] = {"trait_names": list(T.NAMES), "trait_mu": self.trait_mu.tolist(), "trait_sd": self.trait_sd.tolist(),
                                "lm_mu": self.lm_mu.tolist(), "lm_sd": self.lm_sd.tolist(),
                                "components": self.components.tolist(), "pc_sd": self.pc_sd.tolist(),
-                               "pooled_mu": self.pooled_mu, "pooled_sd": self.pooled_sd, "pooled": None}
+                               "pooled_mu": self.pooled_mu, "pooled_sd": self.pooled_sd, "pooled": None,
+                               "text_mu": self.text_mu.tolist()}
         if self.pooled is not None:
             out["pooled"] = {k: getattr(self.pooled, k).tolist() for k in ("weight", "bias", "mu", "sigma")}
         return out
@@ -264,7 +279,8 @@ class Basis:
         pooled = None if state["pooled"] is None else RewardHead(
             *(torch.tensor(state["pooled"][k], dtype=torch.float32) for k in ("weight", "bias", "mu", "sigma")))
         return cls(t("trait_mu"), t("trait_sd"), t("lm_mu"), t("lm_sd"), comps.reshape(len(state["lm_mu"]), -1),
-                   t("pc_sd"), pooled, state["pooled_mu"], state["pooled_sd"])
+                   t("pc_sd"), pooled, state["pooled_mu"], state["pooled_sd"],
+                   torch.tensor(state.get("text_mu", []), dtype=torch.float32))  # a model from before the text features: none
 
 
 def fit_preferences(pairs: tuple[torch.Tensor, torch.Tensor] | None, thumbs: tuple[torch.Tensor, torch.Tensor] | None,
@@ -367,6 +383,7 @@ class RewardModel:
         if zt is not None:
             zt = (zt[0] - center, zt[1])
         prec = torch.full((self.basis.dim + 1,), 2.0 * precision)
+        prec[self.basis.text_slice()] *= self.budgets.reward_text_precision  # many sparse columns: a prior of their own
         prec[-1] = THUMBS_BIAS_PRECISION
         theta, cov = fit_preferences(zp, zt, prior_mean, prec, thumbs_weight=self.budgets.reward_bce_weight)
         w = theta[:-1]
@@ -399,7 +416,7 @@ class RewardModel:
               torch.tensor([float(p.label) for p in train_points])) if train_points else None
         pooled, pooled_stats = fit_head(pf, tf, mu, sigma, self.budgets) if self.budgets.reward_pooled_direction else (None, {})
         # 3. the basis, then the population's weights and every user's
-        self.basis = Basis.fit(feats, prompts, replies, self.budgets.reward_components, pooled)
+        self.basis = Basis.fit(feats, prompts, replies, self.budgets.reward_components, pooled, self.budgets.reward_text_features)
         train_z = self.basis(feats, prompts, replies)  # (N, D)
         center = train_z.mean(0)
         zeros = torch.zeros(self.basis.dim + 1)
@@ -491,13 +508,13 @@ class RewardModel:
 
     def reply_reward(self, user_id: int | None) -> ReplyReward | None:
         """What serving's best-of-n scores with (``service.reply_reward``): this scope's weights and the
-        population's over the traits, or None when the basis needs the backbone (components or the
+        population's over the traits (and the hashed text features), or None when the basis needs the backbone (components or the
         pooled direction: serving would have to run the model to score)."""
         basis = self.basis
         if basis is None or basis.components.shape[1] or basis.pooled is not None:
             return None
         return ReplyReward(basis.trait_mu, basis.trait_sd, self.head_for(user_id), self.population,
-                           self.budgets.reward_uncertainty_k)  # z is the standardised traits alone here
+                           self.budgets.reward_uncertainty_k, basis.text_mu)  # z: the traits and the hashed text
 
     # --- serialisation ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

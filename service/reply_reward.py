@@ -9,7 +9,8 @@ standardisation, the user's weights and the population's. Serving scores a candi
 
 (the issue's rule: the user's lower bound, so a reply the user's few labels cannot vouch for is not
 chosen on a guess, plus what everyone agrees on). Nothing here touches the model: traits are
-computed from the text, so scoring n candidates costs well under a millisecond each.
+computed from the text, so scoring n candidates costs well under a millisecond each; so are the
+hashed text features (``service.text_features``) when the trainer's basis has them.
 
 A basis with backbone directions (``ASSISTANT_REWARD_COMPONENTS`` > 0) needs the model's hidden
 states; the trainer writes no file for it and serving falls back to one candidate.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +28,7 @@ import torch
 
 from service import traits as T
 from service.adapter_store import REWARD_FILE
+from service.text_features import hashed_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +74,14 @@ class ReplyReward:
     user: Preference
     population: Preference
     k: float  # standard deviations below the user's mean (the trainer's ``reward_uncertainty_k``)
+    text_mu: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (H,) hashed text features' mean; H = 0: none
 
     def z(self, prompt: str, replies: Sequence[str]) -> torch.Tensor:
-        """(N, T) standardised traits of ``replies`` to ``prompt``."""
-        return (T.trait_matrix([T.user_text(prompt)] * len(replies), replies) - self.trait_mu) / self.trait_sd
+        """(N, T + H) standardised traits of ``replies`` to ``prompt``, then their centred hashed text features."""
+        traits = (T.trait_matrix([T.user_text(prompt)] * len(replies), replies) - self.trait_mu) / self.trait_sd
+        if not self.text_mu.shape[0]:
+            return traits
+        return torch.cat([traits, hashed_matrix(replies, self.text_mu.shape[0]) - self.text_mu], dim=1)
 
     def score(self, prompt: str, replies: Sequence[str]) -> list[float]:
         """Best-of-n's choice criterion per reply: the user's lower bound plus the population's mean."""
@@ -90,14 +96,16 @@ class ReplyReward:
 
     def state_dict(self) -> dict[str, Any]:
         return {"trait_names": list(T.NAMES), "trait_mu": self.trait_mu.tolist(), "trait_sd": self.trait_sd.tolist(),
-                "user": self.user.state_dict(), "population": self.population.state_dict(), "k": self.k}
+                "user": self.user.state_dict(), "population": self.population.state_dict(), "k": self.k,
+                "text_mu": self.text_mu.tolist()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "ReplyReward":
         if state.get("trait_names") != list(T.NAMES):
             raise ValueError("the reward was fitted with another trait set; the next training run writes a new one")
         return cls(torch.tensor(state["trait_mu"]), torch.tensor(state["trait_sd"]), Preference.from_state(state["user"]),
-                   Preference.from_state(state["population"]), float(state["k"]))
+                   Preference.from_state(state["population"]), float(state["k"]),
+                   torch.tensor(state.get("text_mu", []), dtype=torch.float32))
 
     def save(self, adapter_dir: Path) -> None:
         (adapter_dir / REWARD_FILE).write_text(json.dumps(self.state_dict()))

@@ -99,6 +99,29 @@ def labelled_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: 
     return pairs
 
 
+def sibling_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
+                  noise: float) -> list[tuple[int, int]]:
+    """As ``labelled_pairs``, but both replies answer the same user text: the comparison best-of-n,
+    the warm start and the gate make (and the harder one: length and topic barely differ)."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, r in enumerate(replies):
+        by_prompt.setdefault(r.user_text, []).append(i)
+    groups = [g for g in by_prompt.values() if len(g) > 1]
+    pairs: list[tuple[int, int]] = []
+    attempts = 0
+    while groups and len(pairs) < count and attempts < 50 * count:
+        attempts += 1
+        i, j = rng.sample(rng.choice(groups), 2)
+        sa, sb = profile.score(replies[i].user_text, replies[i].text), profile.score(replies[j].user_text, replies[j].text)
+        if math.isclose(sa, sb, rel_tol=1e-9, abs_tol=1e-9):
+            continue
+        verdict = 1.0 if sa > sb else 0.0
+        if rng.random() < noise:
+            verdict = float(rng.random() < 0.5)
+        pairs.append((i, j) if verdict == 1.0 else (j, i))
+    return pairs
+
+
 def labelled_thumbs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
                     noise: float) -> list[tuple[int, int]]:
     """``count`` (reply index, 1 up / 0 down) thumbs under ``profile``: up when the reply scores above
@@ -134,8 +157,9 @@ def _as_dataset(pool: Sequence[Reply], labels: dict[int, tuple[list[tuple[int, i
     return ds
 
 
-def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int], *, test_pairs: int = 400,
-          max_replies: int = 2000, seed: int = 0, thumbs_per_pair: float = 2.0) -> dict[str, Any]:
+def curve(settings: "Settings", profiles: Sequence[Profile] | None, sizes: Sequence[int], *, test_pairs: int = 400,
+          max_replies: int = 2000, seed: int = 0, thumbs_per_pair: float = 2.0, siblings: bool = False,
+          raters: int = 0) -> dict[str, Any]:
     """The production reward model's held-out accuracy per profile and label count.
 
     For each size N every profile gives N pairs and ``thumbs_per_pair * N`` thumbs (with its vote
@@ -160,8 +184,15 @@ def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int
         raise ValueError(f"only {len(replies)} stored replies in {settings.data_dir}; run `assistant simulate` "
                          "(or use the service) first so there are replies to label")
 
-    train_pool = [r for r in replies if not is_heldout(f"reply:{r.message_id}", TEST_SHARE)]
-    test_pool = [r for r in replies if is_heldout(f"reply:{r.message_id}", TEST_SHARE)]
+    # sibling pairs: split by the user text, so every reply to a test prompt is a test reply
+    split = (lambda r: f"prompt:{r.user_text}") if siblings else (lambda r: f"reply:{r.message_id}")
+    train_pool = [r for r in replies if not is_heldout(split(r), TEST_SHARE)]
+    test_pool = [r for r in replies if is_heldout(split(r), TEST_SHARE)]
+    if raters:  # drawn over the training replies' text only (learning.sim.raters)
+        from learning.sim.raters import draw
+
+        profiles = [*(profiles or ()), *draw([r.text for r in train_pool], raters, seed=seed)]
+    pairs_of = sibling_pairs if siblings else labelled_pairs
     cache = FeatureCache(load_base_model(settings, dtype=torch.float32), tokenizer, budgets)
     cache.features([r.prompt for r in replies], [r.text for r in replies])  # every backbone pass, once
 
@@ -169,7 +200,7 @@ def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int
     tests: dict[str, list[tuple[int, int]]] = {}
     for profile in profiles:
         rng = random.Random(seed)
-        tests[profile.name] = test = labelled_pairs(test_pool, profile, test_pairs, rng, noise=0.0)
+        tests[profile.name] = test = pairs_of(test_pool, profile, test_pairs, rng, noise=0.0)
         longer = [1.0 if len(test_pool[c].text) > len(test_pool[r].text) else
                   0.5 if len(test_pool[c].text) == len(test_pool[r].text) else 0.0 for c, r in test]
         results[profile.name] = {"test_pairs": len(test), "noise": profile.behaviour.noise,
@@ -178,7 +209,7 @@ def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int
         labels = {}
         for uid, profile in enumerate(profiles):
             rng = random.Random(seed * 7919 + n * 31 + uid)
-            labels[uid] = (labelled_pairs(train_pool, profile, n, rng, noise=profile.behaviour.noise),
+            labels[uid] = (pairs_of(train_pool, profile, n, rng, noise=profile.behaviour.noise),
                            labelled_thumbs(train_pool, profile, int(round(thumbs_per_pair * n)), rng,
                                            noise=profile.behaviour.noise))
         data = _as_dataset(train_pool, labels)
@@ -186,6 +217,9 @@ def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int
         model.fit(data, data)
         for uid, profile in enumerate(profiles):
             test = tests[profile.name]
+            if not test:
+                results[profile.name]["sizes"][str(n)] = {"train_pairs": len(labels[uid][0]), "accuracy": None}
+                continue
             chosen = [test_pool[c] for c, _ in test]
             rejected = [test_pool[r] for _, r in test]
             with torch.no_grad():
@@ -200,16 +234,39 @@ def curve(settings: "Settings", profiles: Sequence[Profile], sizes: Sequence[int
             logger.info("reward curve %s: %d pairs + %d thumbs -> held-out accuracy %.3f (population %.3f)", profile.name,
                         len(labels[uid][0]), len(labels[uid][1]), results[profile.name]["sizes"][str(n)]["accuracy"],
                         results[profile.name]["sizes"][str(n)]["population_accuracy"])
+    synthetic = [p.name for p in profiles if p.name.startswith("rater")]
     return {
         "created_at": datetime.now(timezone.utc).isoformat(),
         "base_model": settings.model,
+        "synthetic_raters": {"count": len(synthetic), "seed": seed, "sizes": {
+            str(n): rater_summary([results[name] for name in synthetic], str(n)) for n in sizes}} if synthetic else None,
         "replies": {"train_pool": len(train_pool), "test_pool": len(test_pool)},
-        "budgets": {"reward_components": budgets.reward_components, "user_head_l2": budgets.user_head_l2,
+        "pairs": "sibling (same user text)" if siblings else "any two replies",
+        "budgets": {"reward_components": budgets.reward_components, "reward_text_features": budgets.reward_text_features,
+                    "reward_text_precision": budgets.reward_text_precision, "user_head_l2": budgets.user_head_l2,
                     "reward_weight_decay": budgets.reward_weight_decay, "reward_bce_weight": budgets.reward_bce_weight},
         "thumbs_per_pair": thumbs_per_pair,
         "sizes": list(sizes),
         "profiles": results,
     }
+
+
+def rater_summary(entries: Sequence[dict[str, Any]], size: str, min_test_pairs: int = 20) -> dict[str, Any]:
+    """Mean held-out accuracy over raters with at least ``min_test_pairs`` test pairs, with a 95%
+    interval (normal, over raters), next to the mean of "longer wins" and the population's."""
+    kept = [e for e in entries if e["test_pairs"] >= min_test_pairs and e["sizes"][size].get("accuracy") is not None]
+    if not kept:
+        return {"raters": 0}
+
+    def mean_ci(xs: list[float]) -> list[float]:
+        m = sum(xs) / len(xs)
+        se = (sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1) / len(xs)) ** 0.5
+        return [round(m, 4), round(m - 1.96 * se, 4), round(m + 1.96 * se, 4)]
+
+    return {"raters": len(kept), "accuracy": mean_ci([e["sizes"][size]["accuracy"] for e in kept]),
+            "population_accuracy": mean_ci([e["sizes"][size]["population_accuracy"] for e in kept]),
+            "length_baseline_accuracy": mean_ci([e["length_baseline_accuracy"] for e in kept]),
+            "above_length_baseline": sum(e["sizes"][size]["accuracy"] > e["length_baseline_accuracy"] for e in kept)}
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -220,15 +277,28 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Held-out pairwise accuracy of the production reward model (shared basis on frozen `{report['base_model']}` "
         f"features and reply traits, a prior-pulled head per profile) trained on N profile-labelled pairs "
         f"and {report.get('thumbs_per_pair', 0):g}N thumbs per profile of stored replies ({report['replies']['train_pool']} training / "
-        f"{report['replies']['test_pool']} test replies), next to \"longer reply wins\".",
+        f"{report['replies']['test_pool']} test replies), next to \"longer reply wins\". "
+        f"Pairs: {report.get('pairs', 'any two replies')}.",
         "",
         "| profile | " + " | ".join(f"N={n}" for n in sizes) + " | longer wins | test pairs |",
         "|---|" + "---|" * (len(sizes) + 2),
     ]
     for name, entry in report["profiles"].items():
-        accs = [f"{entry['sizes'][n]['accuracy']:.2f}" for n in sizes]
+        if report.get("synthetic_raters") and name.startswith("rater"):
+            continue  # summarised below
+        accs = [f"{entry['sizes'][n]['accuracy']:.2f}" if entry["sizes"][n].get("accuracy") is not None else "–" for n in sizes]
         base = entry["length_baseline_accuracy"]
         lines.append(f"| {name} | " + " | ".join(accs) + f" | {'–' if base is None else f'{base:.2f}'} | {entry['test_pairs']} |")
+    raters = report.get("synthetic_raters")
+    if raters:
+        cells = []
+        for n in sizes:
+            r = raters["sizes"][n]
+            cells.append(f"{r['accuracy'][0]:.3f} ({r['accuracy'][1]:.3f}-{r['accuracy'][2]:.3f})" if r.get("raters") else "–")
+        first = raters["sizes"][sizes[0]]
+        base = f"{first['length_baseline_accuracy'][0]:.2f}" if first.get("raters") else "–"
+        lines.append(f"| {raters['count']} synthetic raters (mean, 95% interval over raters) | " + " | ".join(cells)
+                     + f" | {base} | {first.get('raters', 0)} raters with >= 20 |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,8 +315,14 @@ def write(report: dict[str, Any], reports_dir: Path) -> dict[str, Path]:
     paths["markdown"].write_text(render_markdown(report))
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, entry in report["profiles"].items():
+        if report.get("synthetic_raters") and name.startswith("rater"):
+            continue
         xs = [entry["sizes"][str(n)]["train_pairs"] for n in report["sizes"]]
         ax.plot(xs, [entry["sizes"][str(n)]["accuracy"] for n in report["sizes"]], marker="o", label=name)
+    raters = report.get("synthetic_raters")
+    if raters and all(raters["sizes"][str(n)].get("raters") for n in report["sizes"]):
+        ax.plot(report["sizes"], [raters["sizes"][str(n)]["accuracy"][0] for n in report["sizes"]], marker="s", color="black",
+                label=f"{raters['count']} synthetic raters (mean)")
     ax.axhline(0.85, color="grey", linestyle="--", linewidth=1, label="target 0.85")
     ax.set_xscale("log")
     ax.set_xlabel("training pairs per user")
@@ -268,6 +344,10 @@ def add_reward_curve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-pairs", type=int, default=400, help="held-out pairs per profile")
     p.add_argument("--max-replies", type=int, default=2000, help="stored replies to use at most")
     p.add_argument("--seed", type=int, default=0, help="seed for pair sampling and vote noise")
+    p.add_argument("--siblings", action="store_true",
+                   help="pairs of replies to the same user text (what best-of-n and the gate compare), split by prompt")
+    p.add_argument("--raters", type=int, default=0,
+                   help="add this many synthetic raters drawn at random over the text indicators (learning/sim/raters.py)")
     p.add_argument("--thumbs-per-pair", type=float, default=2.0,
                    help="thumbs each profile gives per training pair (round 1 of the simulation: about 2)")
 
@@ -287,11 +367,13 @@ def main_reward_curve(args: argparse.Namespace, settings=None) -> dict[str, Path
         known = {**BUILTIN_PROFILES, **extra}
         names = [n.strip() for n in args.profiles.split(",") if n.strip()]
         unknown = [n for n in names if n not in known]
-        if unknown or not names:
+        if args.raters < 0:
+            raise ValueError("--raters must be >= 0")
+        if unknown or not (names or args.raters):
             raise ProfileError(f"unknown profiles {unknown}; known: {', '.join(sorted(known))}")
         report = curve(settings, [known[n] for n in names], sizes, test_pairs=args.test_pairs,
                        max_replies=args.max_replies, seed=args.seed,
-                       thumbs_per_pair=args.thumbs_per_pair)
+                       thumbs_per_pair=args.thumbs_per_pair, siblings=args.siblings, raters=args.raters)
     except (ProfileError, ValueError) as exc:
         sys.exit(f"assistant reward-curve: {exc}")
     paths = write(report, settings.data_dir / "reports")

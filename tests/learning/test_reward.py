@@ -124,3 +124,52 @@ def test_a_user_who_wants_lists_is_learned_from_a_few_dozen_labels(model_data_di
         a, _ = model_rm.rewards(uid, feats, [prompt] * 3, [listed, short, long], k=1.0)
         b, _ = again.rewards(uid, feats, [prompt] * 3, [listed, short, long], k=1.0)
         assert torch.allclose(a, b, atol=1e-5)
+
+
+BRITISH = (("colour", "color"), ("favourite", "favorite"), ("organise", "organize"), ("centre", "center"))
+
+
+@pytest.mark.e2e
+def test_a_preference_no_trait_measures_is_learned_from_the_text_and_served_alike(model_data_dir):
+    """Issue 26, item 2: a user who prefers British spelling. No named trait tells "colour" from "color";
+    the hashed text features do, the same for the trainer and for serving's best-of-n."""
+    from service.model_loading import load_base_model, load_tokenizer
+    from service.settings import Settings
+
+    settings = Settings(data_dir=model_data_dir, dev_mode=True)
+    tokenizer, model = load_tokenizer(settings), load_base_model(settings, dtype=torch.float32)
+    budgets = Budgets(min_user_labels=4, heldout_fraction=0.01, reward_text_features=256, reward_text_precision=1.0)
+    render = lambda q: tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,  # noqa: E731
+                                                     add_generation_prompt=True)
+
+    def pair(topic: str, k: int) -> tuple[str, str]:
+        uk, us = BRITISH[k % len(BRITISH)]
+        line = "The {} of {} matters; pick your {} one."
+        return line.format(uk, topic, BRITISH[(k + 1) % len(BRITISH)][0]), line.format(us, topic, BRITISH[(k + 1) % len(BRITISH)][1])
+
+    data, mid = Dataset(), 0
+    for i, topic in enumerate(TOPICS[:8]):
+        prompt = render(f"Tell me about {topic}.")
+        uk, us = pair(topic, i)
+        mid += 2
+        data.pairs.append(PreferencePair(1, prompt, uk, us, mid, mid + 1, f"r{i}", NOW))  # user 1: British
+        data.points.append(PointLabel(1, prompt, uk, 1, mid, 100 + i, NOW))
+        data.points.append(PointLabel(1, prompt, us, 0, mid + 1, 200 + i, NOW))
+        for uid in (2, 3):  # everyone else: American
+            data.pairs.append(PreferencePair(uid, prompt, us, uk, mid + 1, mid, f"s{uid}{i}", NOW))
+    model_rm = RewardModel(FeatureCache(model, tokenizer, budgets), budgets)
+    model_rm.fit(data, data)
+    assert model_rm.basis.text_dim == 256 and model_rm.basis.names[len(model_rm.basis.names) - 1] == "text_h255"
+
+    served = model_rm.reply_reward(1)
+    for i, topic in enumerate(TOPICS[8:]):  # unseen topics
+        prompt = render(f"Tell me about {topic}.")
+        uk, us = pair(topic, i + 1)
+        mine = model_rm.score(1, [prompt] * 2, [uk, us])
+        everyone = model_rm.score(None, [prompt] * 2, [uk, us])
+        assert mine[0] > mine[1] and everyone[1] > everyone[0], (topic, mine, everyone)
+        # serving scores from the text alone, with the same basis: the same order, the same rewards
+        z = served.z(prompt, [uk, us])
+        assert torch.allclose(served.user.mean(z), mine, atol=1e-4)
+    again = RewardModel.from_state(model_rm.state_dict(), budgets)
+    assert torch.equal(again.basis.text_mu, model_rm.basis.text_mu)
