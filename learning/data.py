@@ -328,6 +328,29 @@ def shared_pool(dataset: Dataset, budgets: Budgets, *, excluded: Iterable[int] =
     return pooled
 
 
+@dataclass
+class PoolView:
+    """Every label (``full``), the audit, who is kept out of the shared models (by the audit or an
+    operator) and the capped ``pool`` the shared models learn from: what one run sees."""
+
+    full: Dataset
+    audit: dict[int, dict[str, Any]]
+    excluded: list[int]
+    pool: Dataset
+
+
+def shared_view(session: Session, render: Renderer, budgets: Budgets, *,
+                judge_flags: Callable[[list[tuple[int, str]]], list[bool]] | None = None) -> PoolView:
+    """The training run's view of the labels; the pool-audit command and the operator's export show the same."""
+    full = build_dataset(session, render, budgets, judge_flags=judge_flags)
+    audit = pool_audit(full, budgets)
+    by_operator = operator_excluded(session)
+    for uid, row in audit.items():
+        row["excluded_by_operator"] = uid in by_operator
+    excluded = sorted(by_operator | {u for u, row in audit.items() if row["excluded"]})
+    return PoolView(full, audit, excluded, shared_pool(full, budgets, excluded=excluded))
+
+
 def save_snapshot(session: Session, dataset: Dataset, *, run_id: int | None, extra: dict[str, Any] | None = None) -> TrainingSnapshot:
     row = TrainingSnapshot(
         run_id=run_id,

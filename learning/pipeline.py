@@ -55,8 +55,7 @@ from service.models import (AdapterStatus, AdapterVersion, RunStatus, TrainingRe
 from service.settings import Settings
 
 from learning.config import Budgets
-from learning.data import (build_dataset, chat_renderer, operator_excluded, pool_audit, pooled_prompts, recent_prompts,
-                           save_snapshot, shared_pool, split_shared_prompts)
+from learning.data import chat_renderer, pooled_prompts, recent_prompts, save_snapshot, shared_view, split_shared_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -579,17 +578,12 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
     # 1. snapshot: exactly which feedback this run learns from
     with Session(engine) as session:
         flags = judge_flagger(judge, budgets.harm_judge_threshold) if judge is not None else None
-        full = build_dataset(session, render, budgets, judge_flags=flags)
+        view = shared_view(session, render, budgets, judge_flags=flags)
+        full, pool, excluded = view.full, view.pool, view.excluded
         if full.label_count() == 0:
             raise ValueError("no ratings or rankings to learn from yet; rate some replies first")
-        audit = pool_audit(full, budgets)
-        by_operator = operator_excluded(session)
-        for uid, row in audit.items():
-            row["excluded_by_operator"] = uid in by_operator
-        excluded = sorted(by_operator | {u for u, row in audit.items() if row["excluded"]})
-        pool = shared_pool(full, budgets, excluded=excluded)
         snapshot = save_snapshot(session, full, run_id=run_id, extra={
-            "pool_labels": pool.label_count(), "pool_audit": {str(u): row for u, row in audit.items()}})
+            "pool_labels": pool.label_count(), "pool_audit": {str(u): row for u, row in view.audit.items()}})
     progress(0.05, f"snapshot {snapshot.sha256[:12]}: {full.stats['pairs']} pairs, {full.stats['points']} thumbs")
 
     # 2. reward and harm models on frozen backbone features (before any LoRA wraps the base)

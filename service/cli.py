@@ -7,7 +7,7 @@
     assistant simulate [...]                              simulated users over the public API, then evaluate
     assistant evaluate [...]                              win rates, harm, reward accuracy, KL -> reports
     assistant reward-curve [...]                          reward-model accuracy vs labels per user -> reports
-    assistant export-feedback --out DIR [--format F]      everyone's labels as TRL JSONL (preference, kto)
+    assistant export-feedback --out DIR [--format F] [--every-label]  the shared pool's labels as TRL JSONL (preference, kto)
     assistant import-openwebui-feedback FILE [--dry-run]  Open WebUI's thumbs (its feedback export) as ratings here
     assistant sync-openwebui-feedback     the same, read from ASSISTANT_OPENWEBUI_URL now (the worker does it every minute)
     assistant pool-audit                                  who would feed the shared models now, and who is kept out
@@ -156,7 +156,9 @@ def cmd_reward_curve(args: argparse.Namespace) -> None:
 
 
 def cmd_export_feedback(args: argparse.Namespace) -> None:
-    """Everyone's labels (approved accounts) as TRL JSONL: <out>/<format>.jsonl."""
+    """Labels as TRL JSONL, <out>/<format>.jsonl: by default what the shared models learn from (approved
+    accounts, less those the pool audit or an operator keeps out, under the per-user caps); with
+    ``--every-label`` every approved account's labels."""
     from sqlmodel import Session
 
     from service import exports
@@ -165,17 +167,37 @@ def cmd_export_feedback(args: argparse.Namespace) -> None:
     settings = _settings()
     engine = make_engine(settings)
     init_db(engine)
+    only = None if args.every_label else _shared_pool_keys(settings, engine)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for fmt in exports.FORMATS if args.format == "all" else (args.format,):
         path = out / f"{fmt}.jsonl"
         n = 0
         with Session(engine) as session, open(path, "w", encoding="utf-8") as f:
-            for line in exports.jsonl(exports.rows(session, fmt, user_ids=exports.approved_user_ids(session))):
+            for line in exports.jsonl(exports.rows(session, fmt, user_ids=exports.approved_user_ids(session), only=only)):
                 f.write(line)
                 n += 1
         print(f"{path}: {n} rows")
     engine.dispose()
+
+
+def _shared_pool_keys(settings, engine) -> set[str]:
+    """The keys of the labels the next training run's shared models would learn from (``learning.data.shared_view``)."""
+    from sqlmodel import Session
+
+    from learning.config import Budgets
+    from learning.data import chat_renderer, shared_view
+    from learning.harm import judge_flagger, make_judge
+    from service.model_loading import load_tokenizer
+
+    budgets = Budgets.from_env()
+    judge = make_judge(budgets.harm_judge)
+    with Session(engine) as session:
+        flags = judge_flagger(judge, budgets.harm_judge_threshold) if judge is not None else None
+        view = shared_view(session, chat_renderer(load_tokenizer(settings)), budgets, judge_flags=flags)
+    if view.excluded:
+        print(f"kept out of the shared pool, so out of this export: users {view.excluded} (assistant pool-audit says why)")
+    return {p.key for p in view.pool.pairs} | {p.key for p in view.pool.points}
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -239,7 +261,7 @@ def cmd_pool_audit(args: argparse.Namespace) -> None:
     from sqlmodel import Session, select
 
     from learning.config import Budgets
-    from learning.data import build_dataset, chat_renderer, pool_audit
+    from learning.data import chat_renderer, shared_view
     from learning.harm import judge_flagger, make_judge
     from service.db import init_db, make_engine
     from service.model_loading import load_tokenizer
@@ -252,16 +274,16 @@ def cmd_pool_audit(args: argparse.Namespace) -> None:
     render = chat_renderer(load_tokenizer(settings))
     with Session(engine) as session:
         flags = judge_flagger(judge, budgets.harm_judge_threshold) if judge is not None else None
-        audit = pool_audit(build_dataset(session, render, budgets, judge_flags=flags), budgets)
+        audit = shared_view(session, render, budgets, judge_flags=flags).audit
         names = dict(session.exec(select(User.id, User.username)).all())
     engine.dispose()
     if judge is None:
         print("no harm judge configured (ASSISTANT_HARM_JUDGE=none): nothing is flagged, nobody is kept out")
     print(f"{'user':<24} {'labels':>6} {'favoured':>8} {'flagged':>7} {'harm flags':>10} {'unconfirmed':>11}  shared pool")
     for uid, row in sorted(audit.items(), key=lambda kv: (not kv[1]["excluded"], -kv[1]["favoured_flagged"])):
+        why = row["reason"] if row["excluded"] else "an operator excluded them" if row["excluded_by_operator"] else None
         print(f"{names.get(uid, uid)!s:<24} {row['labels']:>6} {row['favoured']:>8} {row['favoured_flagged']:>7} "
-              f"{row['harm_flags']:>10} {row['harm_flags_unconfirmed']:>11}  "
-              f"{'KEPT OUT: ' + row['reason'] if row['excluded'] else 'used'}")
+              f"{row['harm_flags']:>10} {row['harm_flags_unconfirmed']:>11}  {'KEPT OUT: ' + why if why else 'used'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export-feedback", help="everyone's labels as JSONL in TRL's formats (preference, kto), for training elsewhere")
     ex.add_argument("--format", choices=["preference", "kto", "all"], default="all")
     ex.add_argument("--out", required=True, help="directory to write <format>.jsonl into")
+    ex.add_argument("--every-label", action="store_true",
+                    help="every approved account's labels, also those the shared models leave out (the pool audit, "
+                         "an operator's exclusion, the per-user caps)")
     ex.set_defaults(func=cmd_export_feedback)
 
     ow = sub.add_parser("import-openwebui-feedback",

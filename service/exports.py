@@ -18,7 +18,7 @@ from the rows they fed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Literal
 
 from sqlmodel import Session, col, select
@@ -52,10 +52,13 @@ def _read(session: Session, user_ids: Sequence[int] | None) -> labels.Labels:
     return labels.read(session, user_ids=user_ids, approved_only=False)
 
 
-def preference_rows(session: Session, *, user_ids: Sequence[int] | None) -> Iterator[dict[str, Any]]:
+def preference_rows(session: Session, *, user_ids: Sequence[int] | None,
+                    only: Collection[str] | None = None) -> Iterator[dict[str, Any]]:
+    """``only``: the label keys to keep (the shared pool's, for an operator's export), None = all."""
     read = _read(session, user_ids)
-    adapter = _Adapters(session, [m for p in read.pairs for m in (p.chosen, p.rejected)])
-    for p in read.pairs:
+    pairs = [p for p in read.pairs if only is None or p.key in only]
+    adapter = _Adapters(session, [m for p in pairs for m in (p.chosen, p.rejected)])
+    for p in pairs:
         yield {"prompt": read.thread.before(p.chosen), "chosen": _reply(p.chosen), "rejected": _reply(p.rejected),
                "chosen_adapter": adapter(p.chosen), "chosen_policy": p.chosen.policy,
                "rejected_adapter": adapter(p.rejected), "rejected_policy": p.rejected.policy,
@@ -63,18 +66,22 @@ def preference_rows(session: Session, *, user_ids: Sequence[int] | None) -> Iter
                "source": p.source, "chosen_id": p.chosen.id, "rejected_id": p.rejected.id}
 
 
-def kto_rows(session: Session, *, user_ids: Sequence[int] | None) -> Iterator[dict[str, Any]]:
+def kto_rows(session: Session, *, user_ids: Sequence[int] | None,
+             only: Collection[str] | None = None) -> Iterator[dict[str, Any]]:
     read = _read(session, user_ids)
-    adapter = _Adapters(session, [t.message for t in read.thumbs])
-    for t in read.thumbs:
+    thumbs = [t for t in read.thumbs if only is None or t.key in only]
+    adapter = _Adapters(session, [t.message for t in thumbs])
+    for t in thumbs:
         f, m = t.feedback, t.message
         yield {"prompt": read.thread.before(m), "completion": _reply(m), "label": t.up,
                "reasons": f.reasons, "adapter": adapter(m), "policy": m.policy,
                "user_id": f.user_id, "feedback_id": f.id, "message_id": m.id}
 
 
-def rows(session: Session, fmt: Format, *, user_ids: Sequence[int] | None) -> Iterator[dict[str, Any]]:
-    return preference_rows(session, user_ids=user_ids) if fmt == "preference" else kto_rows(session, user_ids=user_ids)
+def rows(session: Session, fmt: Format, *, user_ids: Sequence[int] | None,
+         only: Collection[str] | None = None) -> Iterator[dict[str, Any]]:
+    make = preference_rows if fmt == "preference" else kto_rows
+    return make(session, user_ids=user_ids, only=only)
 
 
 def jsonl(rows_: Iterator[dict[str, Any]]) -> Iterator[str]:

@@ -74,6 +74,11 @@ class Pair:
     ranking_id: int | None = None
     feedback_ids: tuple[int, ...] = ()
 
+    @property
+    def key(self) -> str:
+        """The same key as the training example made of it (``learning.data.PreferencePair.key``)."""
+        return f"pair:{self.user_id}:{self.chosen.id}:{self.rejected.id}"
+
 
 @dataclass(frozen=True)
 class Thumb:
@@ -87,6 +92,11 @@ class Thumb:
     @property
     def up(self) -> bool:
         return self.feedback.rating == Rating.up
+
+    @property
+    def key(self) -> str:
+        """The same key as the training example made of it (``learning.data.PointLabel.key``)."""
+        return f"point:{self.feedback.id}"
 
 
 @dataclass

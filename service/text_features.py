@@ -21,6 +21,7 @@ beside the traits under a prior of their own (``Budgets.reward_text_precision``)
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from collections.abc import Iterable, Sequence
@@ -56,13 +57,19 @@ def _bucket(token: str, dim: int) -> tuple[int, float]:
     return (h >> 1) % dim, (1.0 if h & 1 else -1.0)
 
 
-def hashed(text: str, dim: int) -> torch.Tensor:
-    """(dim,) signed presence indicators of ``text``'s tokens."""
+@functools.lru_cache(maxsize=65536)
+def _hashed(text: str, dim: int) -> torch.Tensor:
     out = torch.zeros(dim)
     for token in set(tokens(text)):
         i, sign = _bucket(token, dim)
         out[i] += sign
     return out
+
+
+def hashed(text: str, dim: int) -> torch.Tensor:
+    """(dim,) signed presence indicators of ``text``'s tokens (memoised: PPO and the gate score the
+    same replies several times; a copy, so callers may write to it)."""
+    return _hashed(text, dim).clone()
 
 
 def hashed_matrix(replies: Sequence[str], dim: int) -> torch.Tensor:

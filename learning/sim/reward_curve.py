@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 from learning.sim.profiles import BUILTIN_PROFILES, Profile, ProfileError, load_profiles
 
 if TYPE_CHECKING:
+    from learning.config import Budgets
+    from learning.reward import FeatureCache
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -159,7 +161,7 @@ def _as_dataset(pool: Sequence[Reply], labels: dict[int, tuple[list[tuple[int, i
 
 def curve(settings: "Settings", profiles: Sequence[Profile] | None, sizes: Sequence[int], *, test_pairs: int = 400,
           max_replies: int = 2000, seed: int = 0, thumbs_per_pair: float = 2.0, siblings: bool = False,
-          raters: int = 0) -> dict[str, Any]:
+          raters: int = 0, budgets: "Budgets | None" = None, cache: "FeatureCache | None" = None) -> dict[str, Any]:
     """The production reward model's held-out accuracy per profile and label count.
 
     For each size N every profile gives N pairs and ``thumbs_per_pair * N`` thumbs (with its vote
@@ -177,7 +179,7 @@ def curve(settings: "Settings", profiles: Sequence[Profile] | None, sizes: Seque
     from service.model_loading import load_base_model, load_tokenizer
 
     # every label trains (the test pool below is the held-out set); the curve needs no label minimum
-    budgets = dataclasses.replace(Budgets.from_env(), heldout_fraction=1e-9, min_user_labels=1)
+    budgets = dataclasses.replace(budgets or Budgets.from_env(), heldout_fraction=1e-9, min_user_labels=1)
     tokenizer = load_tokenizer(settings)
     replies = stored_replies(settings, chat_renderer(tokenizer), max_replies)
     if len(replies) < 20:
@@ -193,7 +195,8 @@ def curve(settings: "Settings", profiles: Sequence[Profile] | None, sizes: Seque
 
         profiles = [*(profiles or ()), *draw([r.text for r in train_pool], raters, seed=seed)]
     pairs_of = sibling_pairs if siblings else labelled_pairs
-    cache = FeatureCache(load_base_model(settings, dtype=torch.float32), tokenizer, budgets)
+    if cache is None:  # one may be passed in to compare settings on the same backbone passes
+        cache = FeatureCache(load_base_model(settings, dtype=torch.float32), tokenizer, budgets)
     cache.features([r.prompt for r in replies], [r.text for r in replies])  # every backbone pass, once
 
     results: dict[str, Any] = {}

@@ -87,17 +87,33 @@ def _trl_takes(settings, pref_ds, kto_ds, tmp_path) -> None:
 
 
 def test_operator_export_covers_approved_users_and_respects_deletion(client, tmp_path):
-    alice, bob = signup(client, "alice"), signup(client, "bob")
+    alice, bob, carol = signup(client, "alice"), signup(client, "bob"), signup(client, "carol")
     _rate_and_rank(client, alice, "Name a colour.")
     _rate_and_rank(client, bob, "Name an animal.")
+    _rate_and_rank(client, carol, "Name a fruit.")
     assert client.delete("/api/me/feedback", headers=bob["headers"]).status_code == 204  # bob deletes his labels
+    from sqlmodel import Session
+
+    from service.models import User
+
+    with Session(client.app.state.db) as s:  # an operator keeps carol out of the shared pool (issue 28, M8)
+        row = s.get(User, carol["id"])
+        row.shared_pool_excluded = True
+        s.add(row)
+        s.commit()
     settings = client.app.state.settings
     env = {**os.environ, "ASSISTANT_DATA_DIR": str(settings.data_dir), "ASSISTANT_DEV_MODE": "1", "HF_HUB_OFFLINE": "1"}
-    out = tmp_path / "export"
-    done = subprocess.run([sys.executable, "-m", "service.cli", "export-feedback", "--out", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    pref = _jsonl((out / "preference.jsonl").read_text())
-    kto = _jsonl((out / "kto.jsonl").read_text())
+
+    def export(*flags: str) -> tuple[list[dict], list[dict], str]:
+        out = tmp_path / f"export{'-'.join(flags)}"
+        done = subprocess.run([sys.executable, "-m", "service.cli", "export-feedback", "--out", str(out), *flags], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return _jsonl((out / "preference.jsonl").read_text()), _jsonl((out / "kto.jsonl").read_text()), done.stdout
+
+    # by default, what the shared models learn from (issue 28, L5): carol's labels are left out, and it says so
+    pref, kto, stdout = export()
     assert len(pref) == 1 and len(kto) == 2 and {r["user_id"] for r in pref + kto} == {alice["id"]}
-    assert "preference.jsonl: 1 rows" in done.stdout
+    assert "preference.jsonl: 1 rows" in stdout and f"users [{carol['id']}]" in stdout
+    pref, kto, _ = export("--every-label")
+    assert len(pref) == 2 and len(kto) == 4 and {r["user_id"] for r in pref + kto} == {alice["id"], carol["id"]}

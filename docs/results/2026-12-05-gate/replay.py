@@ -16,7 +16,6 @@ refused on helpfulness); the morning run had no trained harm judge (gate harm 0 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from learning.config import Budgets
