@@ -56,14 +56,14 @@ export async function showMe(message = null) {
   }));
   const deleteBtn = el('button', { type: 'button', class: 'button-danger' }, 'Delete my feedback');
   deleteBtn.addEventListener('click', () => act(deleteBtn, async () => {
-    if (!(await confirmDialog('Delete all your ratings, rankings and comments? Your personal model, trained on them, is deleted too. The shared model no longer learns from them from its next training run, but keeps some influence of what it already learned, because each version starts from the last. This cannot be undone.', 'Delete'))) return null;
+    if (!(await confirmDialog('Delete all your ratings, rankings and comments? Your personal model, trained on them, is deleted too. The shared model serves on until its next training run, which starts over without them, so nothing of them stays. This cannot be undone.', 'Delete'))) return null;
     await api('api/me/feedback', { method: 'DELETE' });
-    await showMe('Your feedback was deleted. Your personal model, trained on it, was deleted too; the shared model no longer learns from your ratings from its next training run (it keeps some influence of what it already learned).');
+    await showMe('Your feedback was deleted. Your personal model, trained on it, was deleted too; the shared model serves on until its next training run, which starts over without your ratings.');
     return null;
   }));
   const accountBtn = el('button', { type: 'button', class: 'button-danger', 'data-testid': 'delete-account' }, 'Delete my account');
   accountBtn.addEventListener('click', () => act(accountBtn, async () => {
-    if (!(await confirmDialog('Delete your account with all your conversations, ratings and your personal model? The shared model no longer learns from your ratings from its next training run, but keeps some influence of what it already learned. This cannot be undone.', 'Delete account'))) return null;
+    if (!(await confirmDialog('Delete your account with all your conversations, ratings and your personal model? The shared model serves on until its next training run, which starts over without your ratings. This cannot be undone.', 'Delete account'))) return null;
     await api('api/me', { method: 'DELETE' });
     window.location.reload();
     return null;

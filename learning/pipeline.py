@@ -689,11 +689,16 @@ class _Context:
 
 
 def _start_adapter(ctx: _Context, user_id: int | None) -> AdapterVersion | None:
-    """The last promoted adapter serving this scope: the user's own, else the global one."""
+    """The last promoted adapter serving this scope: the user's own, else the global one; none (a fresh
+    start) instead of a global version that learned from ratings since deleted (audit M3(c))."""
     with Session(ctx.engine) as session:
         row = adapter_store.active_version(session, user_id)
         if row is None and user_id is not None:
             row = adapter_store.active_version(session, None)
+        if row is not None and row.user_id is None and adapter_store.learned_from_deleted_labels(session, row):
+            logger.info("%s learned from ratings deleted since: this job starts fresh, so nothing of them stays",
+                        adapter_store.label_of(row))
+            return None
         return row
 
 

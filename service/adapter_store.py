@@ -227,3 +227,38 @@ def resolve_for_user(settings: Settings, session: Session, user_id: int) -> Reso
         if row is not None and row.status == AdapterStatus.promoted:
             return Resolved(ref_for(settings, row), policy, label_of(row), row.id)
     return Resolved(None, "base", None, None)
+
+
+def learned_from_deleted_labels(session: Session, row: AdapterVersion) -> bool:
+    """Whether ``row``, or any version it was warm-started from (``metrics["started_from"]``, back to a
+    fresh start), trained on a rating or ranking that no longer exists (audit 2026-12-05, M3(c)).
+
+    A global version starts from the last one, so what a user deleted would live on in every later
+    version; the learning job starts the next global version fresh instead when this is true, and
+    "the shared model forgets your ratings at its next run" holds. Each run's ``TrainingSnapshot``
+    lists exactly the feedback and ranking ids it learned from."""
+    from sqlmodel import col, func
+
+    from service.models import Feedback, Ranking, TrainingSnapshot
+
+    same_scope = AdapterVersion.user_id == row.user_id if row.user_id is not None else col(AdapterVersion.user_id).is_(None)
+    by_label = {label_of(v): v for v in session.exec(select(AdapterVersion).where(same_scope)).all()}
+    runs: set[int] = set()
+    seen: set[int] = set()
+    current: AdapterVersion | None = row
+    while current is not None and current.id not in seen:
+        seen.add(current.id)
+        if current.training_run_id is not None:
+            runs.add(current.training_run_id)
+        current = by_label.get((current.metrics or {}).get("started_from"))
+    if not runs:
+        return False
+    snapshots = session.exec(select(TrainingSnapshot).where(col(TrainingSnapshot.run_id).in_(sorted(runs)))).all()
+    for table, ids in ((Feedback, {i for s in snapshots for i in s.feedback_ids}),
+                       (Ranking, {i for s in snapshots for i in s.ranking_ids})):
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), 5000):  # within every database's limit on bound parameters
+            chunk = ordered[start:start + 5000]
+            if session.exec(select(func.count()).select_from(table).where(col(table.id).in_(chunk))).one() < len(chunk):
+                return True
+    return False

@@ -252,8 +252,8 @@ async def export_conversations(user: SessionUser, request: Request) -> Streaming
 def delete_my_feedback(user: SessionUser, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete every rating and ranking of the user, and the personal adapters trained on them (they
     stop serving at once; their files are deleted; a job that snapshotted them before and finishes
-    after serves nothing). The global adapter's next run no longer sees them, but each global version
-    starts from the last, so some influence stays (the UI says so)."""
+    after serves nothing). The global adapter serves on until its next run, which starts fresh rather
+    than from a version that learned from them (``adapter_store.learned_from_deleted_labels``)."""
     crud.delete_feedback(session, user_id=user.id)
     adapter_store.erase_user_adapters(settings, session, user_id=user.id, reason="the user deleted their ratings")
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -431,3 +431,35 @@ def test_a_worker_in_another_container_with_the_same_hostname_and_pid_is_judged_
     assert here.split(":")[4] == _pid_namespace()
     assert _owner_is_dead(here, utcnow(), 60.0)  # this very process, and no live worker of it holds that id
 
+
+
+def test_a_global_version_that_learned_from_deleted_ratings_is_not_started_from(db, seeder):
+    """Audit 2026-12-05, M3(c): every global version started from the last, so "the shared model forgets
+    your ratings at its next run" was false. Its lineage's snapshots say what it learned from."""
+    from sqlmodel import Session
+
+    from service import crud
+    from service.adapter_store import learned_from_deleted_labels
+    from service.models import TrainingSnapshot
+
+    alice, bob = seeder.user("alice"), seeder.user("bob")
+    (a,) = seeder.turn(alice, "q", ["alice's reply"])
+    (b,) = seeder.turn(bob, "q", ["bob's reply"])
+    fa, fb = seeder.rate(alice, a, "up"), seeder.rate(bob, b, "down")
+    with Session(db) as s:
+        versions = []
+        for n, (feedback, started_from) in enumerate((([fa], "fresh"), ([fb], "global-v1"), ([fb], "fresh")), start=1):
+            run = TrainingRun(status=RunStatus.succeeded)
+            s.add(run)
+            s.commit()
+            s.add(TrainingSnapshot(run_id=run.id, sha256="x", feedback_ids=feedback, ranking_ids=[]))
+            v = AdapterVersion(user_id=None, version=n, status=AdapterStatus.promoted, path=f"global/v{n}",
+                               training_run_id=run.id, metrics={"started_from": started_from})
+            s.add(v)
+            s.commit()
+            versions.append(v)
+        v1, v2, v3 = versions
+        assert not any(learned_from_deleted_labels(s, v) for v in versions)
+        crud.delete_feedback(s, user_id=alice)  # alice's rating trained v1, which v2 started from
+        assert learned_from_deleted_labels(s, v1) and learned_from_deleted_labels(s, v2)
+        assert not learned_from_deleted_labels(s, v3)  # a fresh start, on bob's rating only
