@@ -75,6 +75,7 @@ class ChatService:
         self._rewards = ServingRewards(settings)
         self._rng = random.Random()
         self._rate = SlidingWindow(settings.request_limit, 60.0)  # turns started per user per minute
+        self._chars: dict[int, tuple[int, float]] = {}  # user id -> (stored characters, when counted): the byte quota
         # Storing rows and rendering prompts run in threads of their own, a bounded few, so a burst of
         # long prompts waits here instead of taking the threads every other route needs.
         self._planning = CapacityLimiter(settings.prompt_workers)
@@ -271,10 +272,15 @@ class ChatService:
         def guarded() -> Turn:
             with Session(self.db) as session:
                 held = crud.count_messages(session, user_id=user_id)
+                chars = self._stored_chars(session, user_id)
             if held >= self.settings.max_messages_per_user:
                 self.metrics.refusals.labels(reason="quota").inc()
                 raise ChatError("quota", f"you store {held} messages, the limit is {self.settings.max_messages_per_user}: "
                                          "delete conversations you no longer need", 413)
+            if chars >= self.settings.max_stored_chars_per_user:
+                self.metrics.refusals.labels(reason="quota").inc()
+                raise ChatError("quota", f"you store {chars} characters of messages, the limit is "
+                                         f"{self.settings.max_stored_chars_per_user}: delete conversations you no longer need", 413)
             return plan()
 
         try:
@@ -282,6 +288,15 @@ class ChatService:
         except BaseException:
             self.release(user_id, n, background)
             raise
+
+    def _stored_chars(self, session: Session, user_id: int) -> int:
+        """The user's stored characters, counted at most once a minute (the count reads every row of theirs)."""
+        cached = self._chars.get(user_id)
+        now = time.monotonic()
+        if cached is None or now - cached[1] > 60.0:
+            cached = (crud.stored_chars(session, user_id=user_id), now)
+            self._chars[user_id] = cached
+        return cached[0]
 
     async def start_turn(self, *, user_id: int, conversation_id: int | None, content: str, alternatives: int = 1,
                          params: SamplingParams, parent_id: int | None = None, edit_of: int | None = None) -> Turn:

@@ -349,6 +349,12 @@ def count_messages(session: Session, *, user_id: int) -> int:
     return int(session.exec(select(func.count()).select_from(Message).where(Message.user_id == user_id)).one())
 
 
+def stored_chars(session: Session, *, user_id: int) -> int:
+    """Characters of all the user's stored messages (a scan of their rows: call it sparingly)."""
+    return int(session.exec(select(func.coalesce(func.sum(func.length(Message.content)), 0))
+                            .where(Message.user_id == user_id)).one())
+
+
 def delete_account(session: Session, *, user_id: int) -> None:
     """Delete a user and everything that is theirs, in one transaction: conversations, messages,
     feedback, rankings, their training results and adapter version rows (erase the adapter files

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
                                             "(429 / a rate_limited frame above; 0 = no limit). Default: 60, or no limit in dev mode.")
     max_messages_per_user: int = Field(100_000, ge=1, description="Stored messages one user may hold (a new turn is refused with 413 / quota above; "
                                        "deleting conversations frees room).")
+    max_stored_chars_per_user: int = Field(200_000_000, ge=1, description="Characters of stored messages one user may hold (a new turn "
+                                           "is refused with 413 / quota above; checked at most once a minute per user, so it may be "
+                                           "passed by one minute's turns).")
     heavy_reads_per_minute: int | None = Field(None, ge=0, description="Searches and exports one user may start per minute (429 above; "
                                                "0 = no limit). Default: 30, or no limit in dev mode.")
     heavy_read_threads: int = Field(2, ge=1, le=64, description="Threads that run searches and exports (a pool of their own, so "

@@ -61,3 +61,18 @@ def test_requests_per_minute_and_storage_quota(app_factory):
     assert client.post("/v1/chat/completions", json=body, headers=v["headers"]).status_code == 200  # 4: over now
     r = client.post("/v1/chat/completions", json=body, headers=v["headers"])
     assert r.status_code == 413 and "limit is 3" in r.json()["error"]["message"]
+
+
+def test_the_storage_quota_counts_characters_too(app_factory):
+    """Issue 28, L3: the quota counted messages, so a user could store 100,000 messages of the longest
+    size. A character quota beside it, counted at most once a minute per user."""
+    client = app_factory(max_stored_chars_per_user=5000)
+    u = signup(client, "writer")
+    long = {"model": "smollm2-135m-instruct", "max_tokens": 1, "temperature": 0,
+            "messages": [{"role": "user", "content": "word " * 1100}]}  # 5,500 characters stored
+    assert client.post("/v1/chat/completions", json=long, headers=u["headers"]).status_code == 200  # counted: 0 before it
+    client.app.state.chat._chars.clear()  # a minute later (the count is cached for a minute)
+    r = client.post("/v1/chat/completions", json=long, headers=u["headers"])
+    assert r.status_code == 413 and "characters" in r.json()["error"]["message"] and "limit is 5000" in r.json()["error"]["message"]
+    other = signup(client, "someone_else")
+    assert client.post("/v1/chat/completions", json=long, headers=other["headers"]).status_code == 200  # per user
