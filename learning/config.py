@@ -164,6 +164,13 @@ class Budgets:
     warm_start_dpo_beta: float = 0.1
     """DPO's beta (how far the implicit reward may move from the base) in the warm start."""
 
+    warm_start_rso_pairs: int = 0
+    """At most this many pairs sampled from the adapter itself join the warm start's DPO term: for
+    each warm-start prompt, its best-scored sample over its worst under the user's reward (RSO, Liu
+    et al. 2024: pairs rejection-sampled from the policy and labelled by the reward model), so the
+    contrast the reward draws reaches the adapter where the user's own pairs are few. 0 = off
+    (unmeasured: off until a protocol run says it helps)."""
+
     # --- the safety stage (``learning.safety``; trained once per base model) ---
     safety_samples: int = 4
     """Base replies sampled per harm-inviting training prompt, as served: the flagged ones are DPO's
@@ -408,7 +415,8 @@ class Budgets:
                 f"{self.env_name('ppo_group_size')}={self.ppo_group_size} must divide "
                 f"{self.env_name('ppo_batch_size')}={self.ppo_batch_size}; e.g. set it to 4 and the batch to 16"
             )
-        for name in ("ppo_steps", "warm_start_prompts", "warm_start_own_labels", "warm_start_dpo_pairs", "pool_outlier_min_flagged"):
+        for name in ("ppo_steps", "warm_start_prompts", "warm_start_own_labels", "warm_start_dpo_pairs", "warm_start_rso_pairs",
+                     "pool_outlier_min_flagged"):
             if getattr(self, name) < 0:
                 problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
         for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share", "pool_harm_max_share", "pool_max_share",

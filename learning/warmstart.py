@@ -15,7 +15,8 @@ closer to them (RAFT, Dong et al. 2023; best-of-n distillation as in BOND, Sessa
        end-of-turn included) on the LoRA weights only, plus, on the user's own ranked pairs (at most
        ``warm_start_dpo_pairs``), DPO's loss against the base (Rafailov et al. 2023; RS-DPO,
        Khaki et al. 2024): -log sigmoid(beta * (log-ratio of the chosen - log-ratio of the rejected)),
-       so the adapter learns the contrast the user drew, not only what they liked.
+       so the adapter learns the contrast the user drew, not only what they liked; optionally
+       (``warm_start_rso_pairs``) also each prompt's best sample over its worst from step 3 (RSO).
 
 PPO then trains the adapter from there; the gate judges the result against the base and the
 current adapter, so a warm start that hurts is never served.
@@ -51,6 +52,7 @@ class WarmStartResult:
     dpo_pairs: int = 0  # the user's ranked pairs in the DPO term
     dpo_loss_first: float = 0.0  # mean DPO loss of the first and the last pass (log 2 = no preference yet)
     dpo_loss_last: float = 0.0
+    rso_pairs: int = 0  # of the DPO pairs, those sampled from the adapter and ordered by the reward (RSO)
 
     def as_metrics(self) -> dict[str, float]:
         return {f"warm_start/{k}": float(v) for k, v in self.__dict__.items()}
@@ -108,6 +110,7 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
     harm_lambda = budgets.ppo_harm_lambda if harm_lambda is None else harm_lambda
     n = budgets.warm_start_samples
     chosen: list[tuple[str, str]] = []
+    rso: list[tuple[str, str, str, str]] = []
     sampled = 0
     pool = list(dict.fromkeys(prompts))
     if budgets.warm_start_prompts and pool and n > 1:
@@ -117,16 +120,20 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
         _, rewards, harm = score_samples(model, samples, scorer, budgets)
         scores = (rewards - harm_lambda * harm - budgets.ppo_no_eos_penalty * (~samples.finished).float()).view(-1, n)  # (G, n)
         sampled = scores.numel()
-        # 3. each prompt's best, when it stands out from its siblings
-        best = scores.argmax(1)  # (G,)
-        for g, i in enumerate(best.tolist()):
+        # 3. each prompt's best, when it stands out from its siblings (and, for RSO, its worst)
+        best, worst = scores.argmax(1), scores.argmin(1)  # (G,)
+        for g, (i, j) in enumerate(zip(best.tolist(), worst.tolist())):
             if scores[g, i] > scores[g].mean() and samples.texts[g * n + i].strip():
                 chosen.append((picks[g], samples.texts[g * n + i]))
+                if scores[g, i] > scores[g, j] and samples.texts[g * n + i] != samples.texts[g * n + j]:
+                    rso.append((picks[g], samples.texts[g * n + i], picks[g], samples.texts[g * n + j]))
     n_distilled = len(chosen)
     # 4. the user's own preferred replies
     own = list(own)[-budgets.warm_start_own_labels:] if budgets.warm_start_own_labels else []
     data = chosen + [(p, r) for p, r in own if r.strip()]
     pairs = list(pairs)[-budgets.warm_start_dpo_pairs:] if budgets.warm_start_dpo_pairs else []
+    rso = rso[:budgets.warm_start_rso_pairs]
+    pairs += rso
     if not data and not pairs:
         return WarmStartResult(sampled, 0, 0, 0.0, 0.0, time.monotonic() - started)
     mb = budgets.ppo_minibatch_size
@@ -158,8 +165,8 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
         return sum(xs) / len(xs) if xs else 0.0
 
     result = WarmStartResult(sampled, n_distilled, len(data) - n_distilled, mean(losses[0]), mean(losses[-1]),
-                             time.monotonic() - started, len(pairs), mean(dpo_losses[0]), mean(dpo_losses[-1]))
-    logger.info("warm start: %d best-of-%d and %d own replies, NLL %.3f -> %.3f; %d own pairs, DPO %.3f -> %.3f (%.1fs)",
-                result.distilled, n, result.own, result.loss_first, result.loss_last, result.dpo_pairs, result.dpo_loss_first,
-                result.dpo_loss_last, result.wall_s)
+                             time.monotonic() - started, len(pairs), mean(dpo_losses[0]), mean(dpo_losses[-1]), len(rso))
+    logger.info("warm start: %d best-of-%d and %d own replies, NLL %.3f -> %.3f; %d pairs (%d sampled), DPO %.3f -> %.3f (%.1fs)",
+                result.distilled, n, result.own, result.loss_first, result.loss_last, result.dpo_pairs, result.rso_pairs,
+                result.dpo_loss_first, result.dpo_loss_last, result.wall_s)
     return result

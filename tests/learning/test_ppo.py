@@ -208,3 +208,24 @@ def test_warm_start_dpo_on_the_users_pairs_separates_chosen_from_rejected(tiny):
     assert result.dpo_pairs == 2 and result.own == 0 and result.distilled == 0
     assert result.dpo_loss_last < result.dpo_loss_first
     assert (margins() > 0).all()  # both chosen replies gained on their rejected ones, relative to the base
+
+
+def test_warm_start_rso_pairs_are_the_adapters_own_best_over_worst_samples(tiny):
+    """Issue 26, item 3 (RSO): with warm_start_rso_pairs, each warm-start prompt's best-scored sample
+    over its worst joins the DPO term; off by default."""
+    import dataclasses
+
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+    assert Budgets().warm_start_rso_pairs == 0
+
+    def scorer(feats, prompts, texts):  # the user likes longer replies: best and worst differ wherever lengths do
+        return torch.tensor([float(len(t)) for t in texts]), torch.zeros(len(texts))
+
+    budgets = dataclasses.replace(BUDGETS, warm_start_own_labels=0, warm_start_rso_pairs=8, warm_start_samples=4)
+    result = warm_start(policy, tok, scorer, PROMPTS, [], budgets, seed=1)
+    assert result.sampled == 8 and 1 <= result.rso_pairs <= 2 and result.dpo_pairs == result.rso_pairs
+    assert result.as_metrics()["warm_start/rso_pairs"] == result.rso_pairs
+    off = warm_start(make_policy(model, BUDGETS), tok, scorer, PROMPTS, [],
+                     dataclasses.replace(budgets, warm_start_rso_pairs=0), seed=1)
+    assert off.rso_pairs == 0 and off.dpo_pairs == 0
