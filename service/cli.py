@@ -159,45 +159,23 @@ def cmd_export_feedback(args: argparse.Namespace) -> None:
     """Labels as TRL JSONL, <out>/<format>.jsonl: by default what the shared models learn from (approved
     accounts, less those the pool audit or an operator keeps out, under the per-user caps); with
     ``--every-label`` every approved account's labels."""
-    from sqlmodel import Session
-
     from service import exports
     from service.db import init_db, make_engine
 
     settings = _settings()
     engine = make_engine(settings)
     init_db(engine)
-    only = None if args.every_label else _shared_pool_keys(settings, engine)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for fmt in exports.FORMATS if args.format == "all" else (args.format,):
-        path = out / f"{fmt}.jsonl"
-        n = 0
-        with Session(engine) as session, open(path, "w", encoding="utf-8") as f:
-            for line in exports.jsonl(exports.rows(session, fmt, user_ids=exports.approved_user_ids(session), only=only)):
-                f.write(line)
-                n += 1
+    only = None
+    if not args.every_label:
+        from learning.audit import shared_pool_keys, view_now
+
+        view, _, _ = view_now(settings, engine)
+        if view.excluded:
+            print(f"kept out of the shared pool, so out of this export: users {view.excluded} (assistant pool-audit says why)")
+        only = shared_pool_keys(view)
+    for path, n in exports.write_files(engine, Path(args.out), args.format, only=only):
         print(f"{path}: {n} rows")
     engine.dispose()
-
-
-def _shared_pool_keys(settings, engine) -> set[str]:
-    """The keys of the labels the next training run's shared models would learn from (``learning.data.shared_view``)."""
-    from sqlmodel import Session
-
-    from learning.config import Budgets
-    from learning.data import chat_renderer, shared_view
-    from learning.harm import judge_flagger, make_judge
-    from service.model_loading import load_tokenizer
-
-    budgets = Budgets.from_env()
-    judge = make_judge(budgets.harm_judge)
-    with Session(engine) as session:
-        flags = judge_flagger(judge, budgets.harm_judge_threshold) if judge is not None else None
-        view = shared_view(session, chat_renderer(load_tokenizer(settings)), budgets, judge_flags=flags)
-    if view.excluded:
-        print(f"kept out of the shared pool, so out of this export: users {view.excluded} (assistant pool-audit says why)")
-    return {p.key for p in view.pool.pairs} | {p.key for p in view.pool.points}
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -257,33 +235,16 @@ def cmd_bench_rollouts(args: argparse.Namespace) -> None:
 
 def cmd_pool_audit(args: argparse.Namespace) -> None:
     """Before a run: per user, the labels they would feed the shared models, their thumbs-up on
-    replies the harm judge flags, and whether the next run keeps them out (``learning.data.pool_audit``)."""
-    from sqlmodel import Session, select
-
-    from learning.config import Budgets
-    from learning.data import chat_renderer, shared_view
-    from learning.harm import judge_flagger, make_judge
+    replies the harm judge flags, and whether the next run keeps them out (``learning.audit``)."""
+    from learning.audit import audit_table, view_now
     from service.db import init_db, make_engine
-    from service.model_loading import load_tokenizer
-    from service.models import User
 
-    settings, budgets = _settings(), Budgets.from_env()
-    judge = make_judge(budgets.harm_judge)
+    settings = _settings()
     engine = make_engine(settings)
     init_db(engine)
-    render = chat_renderer(load_tokenizer(settings))
-    with Session(engine) as session:
-        flags = judge_flagger(judge, budgets.harm_judge_threshold) if judge is not None else None
-        audit = shared_view(session, render, budgets, judge_flags=flags).audit
-        names = dict(session.exec(select(User.id, User.username)).all())
+    view, names, judged = view_now(settings, engine)
     engine.dispose()
-    if judge is None:
-        print("no harm judge configured (ASSISTANT_HARM_JUDGE=none): nothing is flagged, nobody is kept out")
-    print(f"{'user':<24} {'labels':>6} {'favoured':>8} {'flagged':>7} {'harm flags':>10} {'unconfirmed':>11}  shared pool")
-    for uid, row in sorted(audit.items(), key=lambda kv: (not kv[1]["excluded"], -kv[1]["favoured_flagged"])):
-        why = row["reason"] if row["excluded"] else "an operator excluded them" if row["excluded_by_operator"] else None
-        print(f"{names.get(uid, uid)!s:<24} {row['labels']:>6} {row['favoured']:>8} {row['favoured_flagged']:>7} "
-              f"{row['harm_flags']:>10} {row['harm_flags_unconfirmed']:>11}  {'KEPT OUT: ' + why if why else 'used'}")
+    print(audit_table(view, names, judged))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlmodel import Session, col, select
@@ -90,3 +91,18 @@ def jsonl(rows_: Iterator[dict[str, Any]]) -> Iterator[str]:
 
 
 approved_user_ids = labels.approved_user_ids
+
+
+def write_files(engine, out: Path, fmt: str, *, only: Collection[str] | None = None) -> list[tuple[Path, int]]:
+    """The approved accounts' labels (``only``: those keys) as ``out/<format>.jsonl`` for ``fmt`` (or "all");
+    the files written and their row counts."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in FORMATS if fmt == "all" else (fmt,):
+        path, n = out / f"{f}.jsonl", 0
+        with Session(engine) as session, open(path, "w", encoding="utf-8") as fh:
+            for line in jsonl(rows(session, f, user_ids=approved_user_ids(session), only=only)):  # type: ignore[arg-type]
+                fh.write(line)
+                n += 1
+        written.append((path, n))
+    return written
