@@ -25,7 +25,7 @@ ignored, so token counts are comparable):
 Each scenario runs ``repeats`` times and keeps its best run, so load from other processes
 sharing the cores distorts the ratios less; the batched scenarios alternate. The naive
 baseline runs (and its thread ends) before the batched engine's thread starts, since a
-second live engine thread's OpenMP pool slows the first (``service.threads``). Times are taken in the engine thread when it emits each event (``_TimedStream``), so
+second live engine thread's OpenMP pool slows the first (``service.threads``). Times are taken in the engine thread when it emits each event (``service.bench_common.TimedStream``), so
 consumer wake-ups do not blur them. TTFT = first token - submit; inter-token latency =
 gaps between a request's successive tokens; aggregate tokens/s = all completion tokens /
 (last end - first submit). ``tokens_per_cpu_s`` divides by this process's CPU time
@@ -38,18 +38,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from service.engine.base import AdapterRef, EndEvent, GenerationRequest, RequestStream, SamplingParams
+from service.bench_common import LORA_TARGETS, TimedStream, loadavg, make_random_adapter, pct, run_requests  # noqa: F401
+from service.engine.base import AdapterRef, GenerationRequest, SamplingParams
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 PROMPTS = [
     "Write a short poem about the sea.",
@@ -61,106 +59,6 @@ PROMPTS = [
     "Tell me a joke about computers.",
     "Summarize the plot of Romeo and Juliet.",
 ]
-
-
-def make_random_adapter(base_model, path: Path | str, seed: int, r: int = 8, *, alpha: int | None = None, b_std: float = 0.02) -> Path:
-    """Write a random PEFT LoRA adapter (all linear layers of the decoder) to ``path``.
-
-    lora_A is drawn like PEFT's default init (uniform, +-1/sqrt(in)); lora_B is N(0, b_std)
-    instead of zeros, so the adapter changes the model's outputs while keeping them fluent
-    enough to be a realistic workload. Written with safetensors in PEFT's file layout, so
-    ``PeftModel.from_pretrained`` and the engines both load it.
-    """
-    import torch
-    from peft import LoraConfig
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, module in base_model.named_modules():
-        if name.rsplit(".", 1)[-1] not in LORA_TARGETS or not isinstance(module, torch.nn.Linear):
-            continue
-        bound = 1.0 / module.in_features**0.5
-        a = (torch.rand(r, module.in_features, generator=gen) * 2 - 1) * bound  # (r, in)
-        b = torch.randn(module.out_features, r, generator=gen) * b_std  # (out, r)
-        tensors[f"base_model.model.{name}.lora_A.weight"] = a.contiguous()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = b.contiguous()
-    if not tensors:
-        raise ValueError(f"no {LORA_TARGETS} linear layers found in {type(base_model).__name__}")
-    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    cfg = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, target_modules=list(LORA_TARGETS),
-                     lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-    cfg.save_pretrained(str(path))
-    return path
-
-
-class _TimedStream(RequestStream):
-    """A sync stream that stamps every event when the engine thread puts it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.times: list[float] = []
-
-    def put(self, event) -> None:
-        self.times.append(time.perf_counter())
-        super().put(event)
-
-
-def _loadavg() -> float | None:
-    """1-minute load average (Linux), recorded so readers can tell a contended run."""
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
-def _run_requests(engine, prompts: list[list[int]], adapters: list[AdapterRef | None], max_new_tokens: int, timeout: float = 600) -> dict:
-    """Submit all requests at once, wait for every end; return throughput and latency numbers."""
-    reqs = []
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    for i, (ids, ad) in enumerate(zip(prompts, adapters)):
-        req = GenerationRequest(
-            request_id=f"bench-{uuid.uuid4().hex[:8]}-{i}", prompt_ids=ids,
-            params=SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True),
-            adapter=ad, stream=_TimedStream(), cache_salt=uuid.uuid4().hex,  # fresh requests: no prefix reuse
-        )
-        engine.submit(req)
-        reqs.append(req)
-    ends: list[EndEvent] = []
-    for req in reqs:
-        end = [ev for ev in req.stream.iter_sync(timeout=timeout) if isinstance(ev, EndEvent)][-1]
-        if end.finish_reason not in ("length", "stop"):
-            raise RuntimeError(f"benchmark request ended with {end.finish_reason}: {end.error}")
-        ends.append(end)
-    t_end = max(r.stream.times[-1] for r in reqs)
-    cpu = time.process_time() - cpu0  # this process's CPU seconds: robust to other processes' load
-    ttft = [r.stream.times[0] - r.submitted_at for r in reqs]
-    itl = [b - a for r in reqs for a, b in zip(r.stream.times[:-2], r.stream.times[1:-1])]  # token gaps, not the end
-    tokens = sum(e.completion_tokens for e in ends)
-    wall = t_end - t0
-    return {
-        "requests": len(reqs),
-        "tokens": tokens,
-        "wall_s": round(wall, 3),
-        "tokens_per_s": round(tokens / wall, 2),
-        "cpu_s": round(cpu, 3),
-        "tokens_per_cpu_s": round(tokens / cpu, 2),
-        "ttft_p50_s": round(_pct(ttft, 50), 4),
-        "ttft_p95_s": round(_pct(ttft, 95), 4),
-        "itl_p50_s": round(_pct(itl, 50), 4),
-        "itl_p95_s": round(_pct(itl, 95), 4),
-    }
 
 
 SYSTEM_PROMPT = (
@@ -187,7 +85,7 @@ def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
 def _generate(engine, ids: list[int], adapter: AdapterRef | None, n: int, *, ignore_eos: bool = False) -> tuple[GenerationRequest, list[int]]:
     from service.engine.base import TokenEvent
 
-    req = GenerationRequest(request_id=f"bench-{uuid.uuid4().hex[:8]}", prompt_ids=ids, adapter=adapter, stream=_TimedStream(),
+    req = GenerationRequest(request_id=f"bench-{uuid.uuid4().hex[:8]}", prompt_ids=ids, adapter=adapter, stream=TimedStream(),
                             params=SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=ignore_eos), cache_salt="bench")
     engine.submit(req)
     events = list(req.stream.iter_sync(timeout=600))
@@ -228,7 +126,7 @@ def _long_prompt_join(engine, tokenizer, prompts: list[list[int]], refs: list[Ad
     _generate(engine, long_ids, None, 1)
     saved, engine.scheduler.chunk_tokens = engine.scheduler.chunk_tokens, chunk
     steady = [GenerationRequest(request_id=f"bench-steady-{uuid.uuid4().hex[:6]}-{i}", prompt_ids=prompts[i], adapter=refs[i],
-                                stream=_TimedStream(), params=SamplingParams(max_new_tokens=96, temperature=0.0, ignore_eos=True))
+                                stream=TimedStream(), params=SamplingParams(max_new_tokens=96, temperature=0.0, ignore_eos=True))
               for i in range(8)]
     try:
         for r in steady:
@@ -252,7 +150,7 @@ def _long_prompt_join(engine, tokenizer, prompts: list[list[int]], refs: list[Ad
             elif b <= t_in:
                 gaps_idle.append(b - a)
     return {"long_prompt_tokens": len(long_ids), "chunk_tokens": chunk, "long_ttft_s": round(t_first - t_in, 3),
-            "itl_idle_p50_s": round(_pct(gaps_idle, 50), 4), "itl_during_p95_s": round(_pct(gaps_during, 95), 4),
+            "itl_idle_p50_s": round(pct(gaps_idle, 50), 4), "itl_during_p95_s": round(pct(gaps_during, 95), 4),
             "itl_during_max_s": round(max(gaps_during, default=float("nan")), 4)}
 
 
@@ -298,7 +196,7 @@ def run_serve_bench(
                    "dtype": dtype, "dtype_choice": dtype_choice, "lora_rank": rank, "torch_threads": threads, "repeats": repeats,
                    "naive_requests": 0 if skip_naive or while_training else min(users, naive_requests or users),
                    "prefill_chunk_tokens": settings.prefill_chunk_tokens, "prefix_cache_mb": settings.prefix_cache_mb,
-                   "load_avg_at_start": _loadavg(),
+                   "load_avg_at_start": loadavg(),
                    "prompt_tokens_mean": round(sum(map(len, prompts[:users])) / users, 1)},
     }
     with tempfile.TemporaryDirectory(prefix="bench-adapters-") as tmp:
@@ -320,7 +218,7 @@ def run_serve_bench(
 
             engine.start()
             try:
-                _run_requests(engine, prompts[:2], [None, None], 4)  # warm-up
+                run_requests(engine, prompts[:2], [None, None], 4)  # warm-up
                 result.update(run_while_training_bench(settings, engine, prompts[:8], max_new_tokens=max_new_tokens))
             finally:
                 engine.stop()
@@ -345,8 +243,8 @@ def run_serve_bench(
             for rep in range(repeats):
                 for name, eng, ps, ads in group:
                     if eng is engine and len(set(ads)) <= engine.adapters.capacity:
-                        _run_requests(eng, ps, ads, 1)  # their adapters resident, as for users already chatting
-                    r = _run_requests(eng, ps, ads, max_new_tokens)
+                        run_requests(eng, ps, ads, 1)  # their adapters resident, as for users already chatting
+                    r = run_requests(eng, ps, ads, max_new_tokens)
                     logger.info("run %d %s: %s", rep, name, r)
                     if name not in result or r["tokens_per_s"] > result[name]["tokens_per_s"]:
                         result[name] = r
@@ -356,12 +254,12 @@ def run_serve_bench(
             # an engine thread that stays alive keeps its OpenMP pool, which slows the other (service.threads).
             if naive is not None:
                 naive.start()
-                _run_requests(naive, prompts[:2], refs[-2:], 4)  # warm-up
+                run_requests(naive, prompts[:2], refs[-2:], 4)  # warm-up
                 best_of([sc for sc in scenarios if sc[1] is naive])
                 naive.stop()
                 naive = None
             engine.start()
-            _run_requests(engine, prompts[:2], refs[-2:], 4)  # warm-up
+            run_requests(engine, prompts[:2], refs[-2:], 4)  # warm-up
             best_of([sc for sc in scenarios if sc[1] is engine])
             result["prefix_reuse"] = _prefix_reuse(engine, tokenizer, refs[0], max_new_tokens)  # 6.
             logger.info("prefix reuse: %s", result["prefix_reuse"])
@@ -398,7 +296,7 @@ def run_serve_bench(
 
 
 def _write(result: dict, out_path: Path | str | None) -> dict:
-    result["config"]["load_avg_at_end"] = _loadavg()
+    result["config"]["load_avg_at_end"] = loadavg()
     if out_path is not None:
         Path(out_path).write_text(json.dumps(result, indent=2))
     return result

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from service.bench import _pct
+from service.bench_common import pct
 from service.settings import Settings
 
 BEST_OF_TEMPERATURE = 0.7  # the server's default temperature
@@ -122,8 +122,8 @@ def _summary(results: list[dict], t0: float) -> dict:
     itl = [b - a for r in ok for a, b in zip(r["times"], r["times"][1:])]
     return {"requests": len(results), "failures": len(results) - len(ok), "errors": sorted({r["error"] for r in results if "error" in r}),
             "tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2) if wall > 0 else 0.0,
-            "ttft_p50_s": round(_pct([r["ttft"] for r in ok], 50), 4), "ttft_p95_s": round(_pct([r["ttft"] for r in ok], 95), 4),
-            "itl_p95_s": round(_pct(itl, 95), 4)}
+            "ttft_p50_s": round(pct([r["ttft"] for r in ok], 50), 4), "ttft_p95_s": round(pct([r["ttft"] for r in ok], 95), 4),
+            "itl_p95_s": round(pct(itl, 95), 4)}
 
 
 async def _scenarios(base: str, users: int, max_tokens: int, repeats: int, prepare=None, temperature: float = 0.0) -> dict:
@@ -187,7 +187,7 @@ def _adapters_with_rewards(settings: Settings, root: Path, users: int) -> list[P
     import torch
 
     from service import traits as T
-    from service.bench import make_random_adapter
+    from service.bench_common import make_random_adapter
     from service.model_loading import load_base_model
     from service.reply_reward import Preference, ReplyReward
 

@@ -71,10 +71,10 @@ def _finish_load(proc, q, stop) -> list[tuple[float, float]]:
 def run_while_training_bench(settings: Settings, engine, prompts: list[list[int]], *, requests: int = 12,
                              max_new_tokens: int = 64, load_seconds: float = 30.0) -> dict:
     """Chat idle vs beside a training load, and the load alone vs beside the chat."""
-    from service.bench import _run_requests
+    from service.bench_common import run_requests
 
     def chat() -> dict:  # one user at a time, as a person chatting would
-        runs = [_run_requests(engine, [prompts[i % len(prompts)]], [None], max_new_tokens) for i in range(requests)]
+        runs = [run_requests(engine, [prompts[i % len(prompts)]], [None], max_new_tokens) for i in range(requests)]
         return {"ttft_p50_s": round(statistics.median(r["ttft_p50_s"] for r in runs), 4),
                 "ttft_max_s": round(max(r["ttft_p50_s"] for r in runs), 4),
                 "itl_p50_s": round(statistics.median(r["itl_p50_s"] for r in runs), 4),

@@ -133,7 +133,14 @@ def cmd_evaluate_safety(args: argparse.Namespace) -> None:
 def cmd_simulate(args: argparse.Namespace) -> None:
     from learning.sim.simulate import main_simulate
 
-    main_simulate(args, _settings())
+    settings = _settings()
+    record = main_simulate(args, settings)
+    if not args.no_evaluate:  # the evaluation of what the simulation left (learning.sim.evaluate)
+        from learning.sim.config import EvalConfig
+        from learning.sim.evaluate import run_and_write
+
+        paths = run_and_write(settings, record, EvalConfig(judge=args.judge, harm_threshold=args.harm_threshold))
+        print(f"evaluation report: {paths['markdown']}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

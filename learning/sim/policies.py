@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 if TYPE_CHECKING:
-    from learning.sim.evaluate import EvalConfig
+    from learning.sim.config import EvalConfig
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from learning.sim import prompts as P
-from learning.sim.evaluate import EvalConfig
+from learning.sim.config import EvalConfig
 from learning.sim.judge import make_judge
 from learning.sim.profiles import BUILTIN_PROFILES, is_refusal
 from learning.sim.redteam_b import EDGY_BENIGN, RED_TEAM_B

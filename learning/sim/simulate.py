@@ -2,7 +2,7 @@
 
 Contract-only: everything goes through ``learning.sim.client.AssistantClient`` (HTTP + the chat
 WebSocket), never the database or the engine, so the same command exercises a deployed instance.
-``evaluate`` (run at the end unless ``--no-evaluate``) is the in-process part.
+``evaluate`` (which ``assistant simulate`` runs at the end unless ``--no-evaluate``) is the in-process part.
 
 One simulation:
     1. register (or sign in) ``users`` accounts ``<prefix><i>-<profile>``, profiles cycled
@@ -42,6 +42,7 @@ from typing import Any
 
 from learning.sim import prompts as P
 from learning.sim.client import AssistantClient, ContractError, Turn
+from learning.sim.config import simulations_dir
 from learning.sim.judge import Judge, make_judge
 from learning.sim.profiles import Profile, ProfileError, Rater, load_profiles, resolve_profiles
 
@@ -296,10 +297,6 @@ async def run_simulation(cfg: SimConfig, profiles: list[Profile], judge: Judge |
 # --- the command -----------------------------------------------------------------------------------
 
 
-def simulations_dir(data_dir: Path) -> Path:
-    return data_dir / "reports" / "simulations"
-
-
 def write_record(record: dict[str, Any], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=str))
@@ -367,9 +364,4 @@ def main_simulate(args: argparse.Namespace, settings=None) -> dict[str, Any]:
     out = write_record(record, args.out or simulations_dir(settings.data_dir) / f"{stamp}.json")
     logger.info("simulation record written to %s", out)
     print(f"simulation record: {out}")
-    if not args.no_evaluate:
-        from learning.sim.evaluate import EvalConfig, run_and_write
-
-        paths = run_and_write(settings, record, EvalConfig(judge=cfg.judge, harm_threshold=cfg.harm_threshold))
-        print(f"evaluation report: {paths['markdown']}")
     return record

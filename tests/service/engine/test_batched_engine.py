@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from service.bench import _TimedStream
+from service.bench_common import TimedStream as _TimedStream
 from service.engine.base import EndEvent, GenerationRequest, QueueFull, SamplingParams, TokenEvent
 from service.engine.batched import BatchedEngine
 
