@@ -8,23 +8,17 @@ The worker that claims a run (``learning.worker.claim_run``) runs the shared sta
 heads to ``<adapters>/.runs/run-<id>.json`` (the adapter store is what workers share besides the
 database) and, in one commit, creates a ``TrainingResult`` row per scope: "queued" for each
 adapter to train, "succeeded" with the reason for users skipped for too few labels. Those queued
-rows are the jobs. Every worker then takes jobs with one conditional UPDATE (``claim_job``:
-``status='queued'`` -> ``'running'``, with its ``worker_id``; the row count says who won), so each
-adapter is trained exactly once. A user job is claimable only once the run's global job has
-finished, so users without an adapter of their own start from the global adapter this very run
-promoted (as when one process trained them in order). The run's progress is
-``0.2 + 0.8 * (finished jobs + fractions of running ones) / jobs``; whichever worker finishes
-the last job ends the run, "failed" (with each failed scope's reason) if any job failed, else
-"succeeded". ``run_training`` does all of it in one process (``assistant train --now``).
+rows are the jobs, and every operation on them is ``learning.jobs``'s (claiming with one
+conditional UPDATE, heartbeats, progress, ending the run with its last job, recovery of dead
+workers' jobs). A user job is claimable only once the run's global job has finished, so users
+without an adapter of their own start from the global adapter this very run promoted.
+``run_training`` does all of it in one process (``assistant train --now``).
 
 Crash safety: an adapter reaches users only through ``service.adapter_store.publish``
 (temporary directory, fsync, rename, then the row) followed by one commit that records the
-gate's verdict and flips ``ActiveAdapter``. A worker killed at any moment (kill -9) leaves at
-most an unserved directory or a "candidate" row. ``recover_interrupted_runs`` (every worker
-start and poll) marks a job whose worker died *failed* with the reason -- it is not retried:
-retrying would train on data the next run snapshots anyway, and the user keeps being served
-their last promoted adapter meanwhile -- rejects its candidate rows, ends the run once no job is
-left, and fails a run whose worker died during the shared stage.
+gate's verdict and flips ``ActiveAdapter`` (``_train_scope``), and only while the job is still
+this worker's. A worker killed at any moment (kill -9) leaves at most an unserved directory or a
+"candidate" row, which ``learning.jobs.recover_interrupted_runs`` cleans up.
 """
 
 from __future__ import annotations
@@ -33,9 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -44,9 +36,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Sequence
 
-from sqlalchemy import exists, select as sa_select, update
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from service import adapter_store
@@ -55,56 +46,14 @@ from service.models import (AdapterStatus, AdapterVersion, RunStatus, TrainingRe
 from service.settings import Settings
 
 from learning.config import Budgets
+from learning.jobs import (DONE, HEARTBEAT_SECONDS, SHARED_SHARE, Heartbeat, RunAborted, RunFailed, RunNotClaimed, claim_job,
+                           fail_job, fail_run, finish_run_if_done, new_worker_id, recover_interrupted_runs, refresh_run_progress,
+                           shared_path, update_job, update_run)
 from learning.data import chat_renderer, pooled_prompts, recent_prompts, save_snapshot, shared_view, split_shared_prompts
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, str], None]
-
-HEARTBEAT_SECONDS = 10.0
-STALE_AFTER_SECONDS = 120.0
-SHARED_SHARE = 0.2  # of a run's progress: the shared stage; the jobs share the rest
-DONE = (RunStatus.succeeded, RunStatus.failed)
-
-
-class RunNotClaimed(RuntimeError):
-    """run_training was given a run that is not in the "running" state."""
-
-
-class RunFailed(RuntimeError):
-    """The run ended "failed"; the message is its error (each failed scope and why)."""
-
-
-# Worker ids of the workers alive in this process (a stopped worker's id is removed).
-LIVE_WORKERS: set[str] = set()
-
-
-def new_worker_id() -> str:
-    """host:pid:start:random:pid-namespace, so recovery can tell a dead local worker from a live
-    remote one, a reused pid (a restarted container numbers its processes again) from the worker
-    that had it, and a worker in another container with the same hostname and pid (PID 1 twice,
-    an explicit ``hostname:``) from this one: its pid means nothing here, only its heartbeat does."""
-    return (f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or 0}:{os.urandom(3).hex()}:"
-            f"{_pid_namespace()}")
-
-
-def _pid_namespace() -> str:
-    """This process's pid namespace (its inode number), or "0" where unknown."""
-    try:
-        return os.readlink("/proc/self/ns/pid").rsplit("[", 1)[-1].rstrip("]")
-    except OSError:
-        return "0"
-
-
-def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started, in clock ticks since boot (/proc), or None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
-
 
 def code_version() -> dict[str, str]:
     """The package version and a hash of the learning code that trained an adapter."""
@@ -119,310 +68,14 @@ def code_version() -> dict[str, str]:
     return {"package": version, "learning_sha256": h.hexdigest()[:16]}
 
 
-# --- run and job bookkeeping -------------------------------------------------------------------
-
-
-class RunAborted(RuntimeError):
-    """The run or job row left the "running" state under us (a stopped worker or recovery failed it)."""
-
-
-def _update_run(engine: Engine, run_id: int, **fields: Any) -> None:
-    """Update a running run's row; raises RunAborted if it is no longer running."""
-    with Session(engine) as session:
-        run = session.get(TrainingRun, run_id)
-        if run is None:
-            raise LookupError(f"training run {run_id} vanished from the database")
-        if run.status != RunStatus.running:
-            raise RunAborted(f"training run {run_id} is {run.status.value} ({run.error}); stopping")
-        for k, v in fields.items():
-            setattr(run, k, v)
-        session.add(run)
-        session.commit()
-
-
-def _update_job(engine: Engine, job_id: int, worker_id: str, **fields: Any) -> None:
-    """Update a job this worker holds; raises RunAborted if it is no longer running under ``worker_id``."""
-    with Session(engine) as session:
-        job = session.get(TrainingResult, job_id)
-        if job is None:
-            raise LookupError(f"training job {job_id} vanished from the database")
-        if job.status != RunStatus.running or job.worker_id != worker_id:
-            raise RunAborted(f"training job {job_id} ({adapter_store.scope_of(job.user_id)}) is {job.status.value} "
-                             f"under {job.worker_id} ({job.reason}); stopping")
-        for k, v in fields.items():
-            setattr(job, k, v)
-        session.add(job)
-        session.commit()
-
-
-class _Heartbeat:
-    """Calls ``beat`` every few seconds (touching a run's or job's ``heartbeat_at``) until closed."""
-
-    def __init__(self, beat: Callable[[], None], name: str, every: float = HEARTBEAT_SECONDS) -> None:
-        self.beat, self.name, self.every = beat, name, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{name}", daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.beat()
-            except RunAborted:
-                return
-            except Exception:  # a missed beat is logged and retried; the work itself goes on
-                logger.warning("heartbeat for %s failed", self.name, exc_info=True)
-
-    def __enter__(self) -> "_Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owner_is_dead(worker_id: str | None, heartbeat_at, stale_after: float) -> bool:
-    """True when the worker that owns a running run or job is certainly gone."""
-    if worker_id:
-        parts = worker_id.split(":")
-        same_namespace = len(parts) < 5 or parts[4] == _pid_namespace()  # ids from before: assume this one
-        if len(parts) >= 2 and parts[0] == socket.gethostname() and parts[1].isdigit() and same_namespace:
-            if int(parts[1]) == os.getpid():
-                return worker_id not in LIVE_WORKERS
-            if not _pid_alive(int(parts[1])):
-                return True
-            started = _process_start(int(parts[1]))  # alive: the same process, or a new one with its pid?
-            return len(parts) >= 4 and started is not None and parts[2] != started
-    if heartbeat_at is None:
-        return True
-    return (utcnow() - heartbeat_at).total_seconds() > stale_after
-
-
-def claim_job(engine: Engine, worker_id: str, *, run_id: int | None = None) -> int | None:
-    """Take one queued job (of ``run_id``, or of any running run) for ``worker_id``; None if none is free.
-
-    Exactly once across workers: one conditional UPDATE (``status='queued'`` -> ``'running'``) per
-    candidate, and only the caller whose UPDATE changed the row (row count 1) has it -- on SQLite
-    the write lock serialises them, on PostgreSQL the loser re-reads the committed row and no
-    longer matches. The global job comes first; a user job is held back while its run's global
-    job is still queued or running, so it starts from the global adapter this run promoted.
-    """
-    with Session(engine) as session:
-        query = (select(TrainingResult.id, TrainingResult.run_id, TrainingResult.user_id)
-                 .join(TrainingRun, TrainingRun.id == TrainingResult.run_id)
-                 .where(TrainingResult.status == RunStatus.queued, TrainingRun.status == RunStatus.running))
-        if run_id is not None:
-            query = query.where(TrainingResult.run_id == run_id)
-        candidates = session.exec(query.order_by(TrainingResult.run_id, TrainingResult.user_id.is_not(None),
-                                                 TrainingResult.id)).all()
-    other = aliased(TrainingResult)
-    for job_id, job_run, user_id in candidates:
-        now = utcnow()
-        stmt = update(TrainingResult).where(TrainingResult.id == job_id, TrainingResult.status == RunStatus.queued)
-        if user_id is not None:
-            stmt = stmt.where(~exists(sa_select(other.id).where(
-                other.run_id == job_run, other.user_id.is_(None), other.status.in_([RunStatus.queued, RunStatus.running]))))
-        stmt = stmt.values(status=RunStatus.running, worker_id=worker_id, started_at=now, heartbeat_at=now, progress=0.0)
-        with engine.begin() as conn:
-            claimed = conn.execute(stmt).rowcount == 1
-        if claimed:
-            logger.info("worker %s took job %s (run %s, %s)", worker_id, job_id, job_run, adapter_store.scope_of(user_id))
-            return job_id
-    return None
-
-
-def _refresh_run_progress(engine: Engine, run_id: int) -> float:
-    """Recompute a running run's progress from its jobs and store it; returns it."""
-    with Session(engine) as session:
-        jobs = session.exec(select(TrainingResult).where(TrainingResult.run_id == run_id)).all()
-        done = sum(1.0 if j.status in DONE else j.progress for j in jobs)
-        fraction = round(SHARED_SHARE + (1 - SHARED_SHARE) * done / max(len(jobs), 1), 4)
-    with engine.begin() as conn:
-        conn.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running)
-                     .values(progress=fraction))
-    return fraction
-
-
-def finish_run_if_done(settings: Settings, engine: Engine, run_id: int) -> RunStatus | None:
-    """End a running run whose every job has finished; returns the status it got, None if not (yet) ended here.
-
-    Any worker may call it after any job: the conditional UPDATE ends the run exactly once.
-    """
-    with Session(engine) as session:
-        jobs = session.exec(select(TrainingResult).where(TrainingResult.run_id == run_id).order_by(TrainingResult.id)).all()
-        if not jobs or any(j.status not in DONE for j in jobs):
-            return None
-        failed = [j for j in jobs if j.status == RunStatus.failed]
-        error = "; ".join(f"{adapter_store.scope_of(j.user_id)}: {j.reason}" for j in failed) or None
-    status = RunStatus.failed if failed else RunStatus.succeeded
-    with engine.begin() as conn:
-        ended = conn.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running)
-                             .values(status=status, error=error, progress=1.0, finished_at=utcnow())).rowcount == 1
-    if not ended:
-        return None
-    _shared_path(settings, run_id).unlink(missing_ok=True)
-    logger.info("training run %s %s (%d jobs, %d failed)", run_id, status.value, len(jobs), len(failed))
-    return status
-
-
-def fail_job(settings: Settings, engine: Engine, job_id: int, reason: str, *, worker_id: str | None = None) -> RunStatus | None:
-    """Mark a running job failed (only while ``worker_id`` holds it, if given) and reject its unjudged
-    adapter rows; then end its run if that was the last job. Returns the run's new status, if it ended."""
-    with Session(engine) as session:
-        job = session.get(TrainingResult, job_id)
-        if job is None or job.status != RunStatus.running or (worker_id is not None and job.worker_id != worker_id):
-            return None
-        job.status, job.reason, job.finished_at = RunStatus.failed, reason, utcnow()
-        session.add(job)
-        for version in session.exec(select(AdapterVersion).where(
-                AdapterVersion.training_run_id == job.run_id, AdapterVersion.status == AdapterStatus.candidate,
-                AdapterVersion.user_id.is_(None) if job.user_id is None else AdapterVersion.user_id == job.user_id)).all():
-            version.status = AdapterStatus.rejected
-            version.reason = "job interrupted before the gate's verdict was recorded"
-            session.add(version)
-        run_id = job.run_id
-        session.commit()
-    return finish_run_if_done(settings, engine, run_id)
-
-
-def recover_interrupted_runs(settings: Settings, engine: Engine, *, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
-    """Fail jobs and runs whose worker died, reject their unjudged adapter rows; clean temp dirs.
-
-    A worker is taken as dead when it ran on this host and that process is gone, or when its
-    heartbeat is older than ``stale_after`` seconds. A dead job is failed with the reason, not
-    re-queued (see the module docstring); a run whose worker died during the shared stage (no job
-    rows yet) is failed. Nothing that was active changes: users keep being served their last
-    promoted adapter. Returns the ids of the runs that ended failed here.
-    """
-    with Session(engine) as session:
-        running = session.exec(select(TrainingRun).where(TrainingRun.status == RunStatus.running)).all()
-        with_jobs = set(session.exec(select(TrainingResult.run_id).where(
-            TrainingResult.run_id.in_([r.id for r in running]))).all())
-        dead_runs = [(run.id, run.worker_id, run.progress) for run in running
-                     if run.id not in with_jobs and _owner_is_dead(run.worker_id, run.heartbeat_at, stale_after)]
-        dead_jobs = [(job.id, job.run_id, job.user_id, job.worker_id, job.progress) for job in session.exec(
-            select(TrainingResult).where(TrainingResult.status == RunStatus.running)).all()
-            if _owner_is_dead(job.worker_id, job.heartbeat_at, stale_after)]
-    failed: list[int] = []
-    for run_id, worker_id, progress in dead_runs:
-        fail_run(engine, run_id, f"interrupted: worker {worker_id or 'unknown'} stopped while the run was at "
-                                 f"{progress:.0%} (process killed or restarted); nothing it left half-done is served. "
-                                 "Queue a new run to retry.")
-        failed.append(run_id)
-    for job_id, run_id, user_id, worker_id, progress in dead_jobs:
-        ended = fail_job(settings, engine, job_id, worker_id=worker_id, reason=(
-            f"interrupted: worker {worker_id or 'unknown'} stopped while training {adapter_store.scope_of(user_id)} at "
-            f"{progress:.0%} (process killed or restarted); not retried, the last promoted adapter keeps serving. "
-            "Queue a new run to retry."))
-        if ended == RunStatus.failed:
-            failed.append(run_id)
-    for run_id in with_jobs:  # a worker that died between its run's last job and ending the run
-        if finish_run_if_done(settings, engine, run_id) == RunStatus.failed:
-            failed.append(run_id)
-    if failed:
-        logger.warning("marked interrupted training runs %s as failed", failed)
-    _clean_tmp(settings.adapters_dir / ".tmp", older_than=stale_after)
-    _remove_orphan_dirs(settings, engine)
-    return sorted(set(failed))
-
-
-def _remove_orphan_dirs(settings: Settings, engine: Engine) -> None:
-    """Remove version directories that a failed run left without a row (a kill between rename and
-    insert) and the shared files of runs that ended; none is ever served.
-
-    Only a directory whose metadata names a run this database knows as failed is removed: a worker
-    pointed at an empty or older database must not delete a store it does not know (issue 12,
-    finding 10); such directories are logged as an error and kept. Skipped while any run is
-    executing, since a live publish has exactly such a directory for a moment.
-    """
-    root = settings.adapters_dir
-    if not root.exists():
-        return
-    with Session(engine) as session:
-        if session.exec(select(TrainingRun.id).where(TrainingRun.status == RunStatus.running)).first() is not None:
-            return
-        known = set(session.exec(select(AdapterVersion.path)).all())
-        failed_runs = set(session.exec(select(TrainingRun.id).where(TrainingRun.status == RunStatus.failed)).all())
-    unknown = []
-    for path in root.glob("*/v*"):
-        rel = f"{path.parent.name}/{path.name}"
-        if not path.is_dir() or path.parent.name.startswith(".") or rel in known:
-            continue
-        if _written_by(path) in failed_runs:
-            logger.warning("removing adapter directory %s: its run failed before a database row pointed at it", rel)
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            unknown.append(rel)
-    if unknown:
-        logger.error("the adapter store at %s holds %d version(s) this database does not know (%s); kept. Is this "
-                     "worker using the right database (ASSISTANT_DATABASE_URL)?", root, len(unknown), ", ".join(unknown[:5]))
-    for path in (root / ".runs").glob("run-*.json"):
-        path.unlink(missing_ok=True)
-
-
-def _written_by(version_dir: Path) -> int | None:
-    """The training run recorded in a version directory's metadata.json, if any."""
-    try:
-        run_id = json.loads((version_dir / "metadata.json").read_text()).get("training_run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return run_id if isinstance(run_id, int) else None
-
-
-def fail_run(engine: Engine, run_id: int, error: str) -> None:
-    """Mark a running run failed, its unfinished jobs failed and its unjudged adapter rows rejected."""
-    with Session(engine) as session:
-        run = session.get(TrainingRun, run_id)
-        if run is None or run.status != RunStatus.running:
-            return
-        run.status, run.error, run.finished_at = RunStatus.failed, error, utcnow()
-        session.add(run)
-        for result in session.exec(select(TrainingResult).where(TrainingResult.run_id == run_id)).all():
-            if result.status in (RunStatus.queued, RunStatus.running):
-                result.status = RunStatus.failed
-                result.reason = "run interrupted before this adapter was judged"
-                result.finished_at = utcnow()
-                session.add(result)
-        for version in session.exec(select(AdapterVersion).where(AdapterVersion.training_run_id == run_id,
-                                                                 AdapterVersion.status == AdapterStatus.candidate)).all():
-            version.status = AdapterStatus.rejected
-            version.reason = "run interrupted before the gate's verdict was recorded"
-            session.add(version)
-        session.commit()
-
-
-def _clean_tmp(tmp: Path, older_than: float) -> None:
-    """Remove half-written adapter directories a killed run left (never served: no row points there)."""
-    if not tmp.exists():
-        return
-    cutoff = time.time() - older_than
-    for entry in tmp.iterdir():
-        if entry.stat().st_mtime < cutoff:
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-
-
 # --- what the shared stage hands to the jobs -------------------------------------------------------
-
-
-def _shared_path(settings: Settings, run_id: int) -> Path:
-    return settings.adapters_dir / ".runs" / f"run-{run_id}.json"
 
 
 def _load_shared(settings: Settings, run_id: int, budgets: Budgets):
     """The ``SharedModels`` the shared stage fitted; they score features, never compute them."""
     from learning.shared import SharedModels
 
-    path = _shared_path(settings, run_id)
+    path = shared_path(settings, run_id)
     if not path.exists():
         raise FileNotFoundError(f"the reward/harm models of run {run_id} are missing at {path}; is the adapter store "
                                 "shared by every worker (ASSISTANT_DATA_DIR)? Queue a new run to retry")
@@ -536,13 +189,13 @@ def run_shared_stage(settings: Settings, engine: Engine, run_id: int, progress_c
         requested = list(run.user_ids) if run.user_ids is not None else None
 
     def progress(fraction: float, message: str) -> None:
-        _update_run(engine, run_id, progress=round(min(max(fraction, 0.0), 1.0), 4), heartbeat_at=utcnow())
+        update_run(engine, run_id, progress=round(min(max(fraction, 0.0), 1.0), 4), heartbeat_at=utcnow())
         logger.info("run %s: %3.0f%% %s", run_id, 100 * fraction, message)
         if progress_cb is not None:
             progress_cb(fraction, message)
 
     try:
-        with _Heartbeat(lambda: _update_run(engine, run_id, heartbeat_at=utcnow()), f"run-{run_id}"):
+        with Heartbeat(lambda: update_run(engine, run_id, heartbeat_at=utcnow()), f"run-{run_id}"):
             _shared_stage(settings, engine, run_id, requested, budgets, progress)
     except RunAborted:
         logger.warning("training run %s was aborted from outside; nothing more is published", run_id)
@@ -554,7 +207,7 @@ def run_shared_stage(settings: Settings, engine: Engine, run_id: int, progress_c
     with Session(engine) as session:
         has_jobs = session.exec(select(TrainingResult.id).where(TrainingResult.run_id == run_id)).first() is not None
     if not has_jobs:  # nobody to train or skip (an empty user list): nothing more to do
-        _update_run(engine, run_id, status=RunStatus.succeeded, progress=1.0, finished_at=utcnow())
+        update_run(engine, run_id, status=RunStatus.succeeded, progress=1.0, finished_at=utcnow())
     else:
         finish_run_if_done(settings, engine, run_id)  # every user skipped: no job to wait for
 
@@ -600,7 +253,7 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
     flagged = list(dict.fromkeys(h.prompt for h in sorted(pool.harm, key=lambda h: h.updated_at) if h.harmful))
     SharedModels(reward, harm, flagged, preferred_replies(full, budgets.heldout_fraction),
                  heldout_labels(full, budgets.heldout_fraction),
-                 training_pairs(full, budgets.heldout_fraction), excluded).save(_shared_path(settings, run_id))
+                 training_pairs(full, budgets.heldout_fraction), excluded).save(shared_path(settings, run_id))
     progress(SHARED_SHARE, f"reward model: held-out accuracy {reward_metrics.get('reward/heldout_accuracy')} "
                            f"(longer-wins {reward_metrics.get('reward/length_baseline_accuracy')})")
 
@@ -618,7 +271,7 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
         else:
             skipped[user_id] = (f"skipped: {n} labels, a personal adapter needs {budgets.min_user_labels} "
                                 "(ASSISTANT_MIN_USER_LABELS); served the global adapter meanwhile")
-    _update_run(engine, run_id, heartbeat_at=utcnow())  # raises RunAborted: queue nothing for a stopped run
+    update_run(engine, run_id, heartbeat_at=utcnow())  # raises RunAborted: queue nothing for a stopped run
     with Session(engine) as session:
         for user_id in scopes:
             session.add(TrainingResult(run_id=run_id, user_id=user_id, status=RunStatus.queued))
@@ -645,15 +298,15 @@ def run_job(settings: Settings, engine: Engine, job_id: int, worker_id: str, *, 
     scope = adapter_store.scope_of(user_id)
 
     def scope_progress(step: int, total: int, _m: dict) -> None:
-        _update_job(engine, job_id, worker_id, progress=round(0.8 * step / total, 4), heartbeat_at=utcnow())
-        fraction = _refresh_run_progress(engine, run_id)
+        update_job(engine, job_id, worker_id, progress=round(0.8 * step / total, 4), heartbeat_at=utcnow())
+        fraction = refresh_run_progress(engine, run_id)
         logger.info("run %s: %3.0f%% %s: PPO step %d/%d", run_id, 100 * fraction, scope, step, total)
         if progress_cb is not None:
             progress_cb(fraction, f"{scope}: PPO step {step}/{total}")
 
     status = RunStatus.failed
     try:
-        with _Heartbeat(lambda: _update_job(engine, job_id, worker_id, heartbeat_at=utcnow()), f"job-{job_id}"):
+        with Heartbeat(lambda: update_job(engine, job_id, worker_id, heartbeat_at=utcnow()), f"job-{job_id}"):
             shared = _load_shared(settings, run_id, budgets)
             models = _models_for(settings, run_id, budgets)
             ctx = _Context(settings, engine, run_id, job_id, worker_id, budgets, models, shared, snapshot)
@@ -666,7 +319,7 @@ def run_job(settings: Settings, engine: Engine, job_id: int, worker_id: str, *, 
         logger.exception("job %s (%s) of training run %s failed", job_id, scope, run_id)
         if not isinstance(exc, Exception):
             raise
-    fraction = _refresh_run_progress(engine, run_id)
+    fraction = refresh_run_progress(engine, run_id)
     finish_run_if_done(settings, engine, run_id)
     if progress_cb is not None:
         progress_cb(fraction, f"{scope} done")
@@ -867,7 +520,7 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
         "created_at": utcnow().isoformat(),
     }
     # raises RunAborted: publish nothing for a job recovery failed or a run that was stopped
-    _update_job(ctx.engine, ctx.job_id, ctx.worker_id, heartbeat_at=utcnow())
+    update_job(ctx.engine, ctx.job_id, ctx.worker_id, heartbeat_at=utcnow())
     candidate_state = lora_state(policy)
     work = ctx.settings.adapters_dir / ".tmp" / f"run-{ctx.run_id}-{scope.replace(':', '-')}"
     if work.exists():

@@ -15,7 +15,7 @@ the UPDATE also holds a transaction-level advisory lock, so two workers cannot e
 different run at the same instant. The worker that claims a run does its shared stage
 (snapshot, reward and harm models) and queues one job per adapter. Jobs: every worker polls for
 queued jobs and takes them one at a time with the same kind of conditional UPDATE
-(``learning.pipeline.claim_job``) until none is left, so however many ``assistant worker``
+(``learning.jobs.claim_job``) until none is left, so however many ``assistant worker``
 processes run, each user is trained exactly once per run, by one of them. The poll interval is
 ``ASSISTANT_WORKER_POLL_SECONDS`` (default 5).
 
@@ -46,8 +46,8 @@ from service.models import RunStatus, Schedule, TrainingRun, User, utcnow
 from service.settings import Settings
 
 from learning.config import Budgets
-from learning.pipeline import (LIVE_WORKERS, claim_job, fail_job, fail_run, new_worker_id, recover_interrupted_runs,
-                               release_models, run_job, run_shared_stage, run_training)
+from learning.jobs import LIVE_WORKERS, claim_job, fail_job, fail_run, new_worker_id, recover_interrupted_runs
+from learning.pipeline import release_models, run_job, run_shared_stage, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def train_foreground(settings: Settings, user: str | None = None, *, now: bool =
     With ``now`` this process runs the shared stage and takes the run's jobs until none is left;
     running workers may take some of them too, and this returns once every job has finished.
     Without ``now`` the run only waits in the queue for a worker. Returns the run id; raises
-    ``learning.pipeline.RunFailed`` if the run failed,
+    ``learning.jobs.RunFailed`` if the run failed,
     ``RunConflict`` if an overlapping run is queued or running, ``RunBusy`` if another run is
     executing (the new run stays queued for the worker), ``LookupError`` for an unknown user.
     """

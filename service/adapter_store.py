@@ -120,7 +120,7 @@ def publish(
     config_path.write_text(json.dumps(config, indent=2))
     metadata = {**metadata, "base_model_local_path": local_base}
     # training_run_id: which run wrote the files, so clean-up can tell a failed run's leftover from a
-    # version this database does not know (learning.pipeline._remove_orphan_dirs)
+    # version this database does not know (learning.jobs._remove_orphan_dirs)
     (tmp / "metadata.json").write_text(json.dumps({**metadata, "version": version, "user_id": user_id,
                                                    "training_run_id": training_run_id}, indent=2, default=str))
     _fsync_tree(tmp)

@@ -80,3 +80,9 @@ def test_no_import_circle_among_the_projects_modules():
     graph = import_graph()
     assert "learning.sim.evaluate" in graph and "learning.sim.config" in graph["learning.sim.policies"]
     assert circles(graph) == []
+
+
+def test_no_source_file_over_600_lines():
+    """Issue 29: a file past 600 lines was doing several jobs (learning/pipeline.py held the queue too)."""
+    long = {str(p.relative_to(ROOT)): n for p in _modules().values() if (n := len(p.read_text().splitlines())) > 600}
+    assert long == {}

@@ -25,7 +25,7 @@ from service.db import init_db, make_engine
 from service.models import AdapterVersion, RunStatus, TrainingRun
 from service.settings import Settings
 
-from learning.pipeline import recover_interrupted_runs
+from learning.jobs import recover_interrupted_runs
 
 KILLS = int(os.environ.get("ASSISTANT_TEST_PUBLISH_KILLS", "20"))
 

@@ -17,7 +17,8 @@ from service import adapter_store
 from service.db import init_db, make_engine
 from service.models import AdapterStatus, AdapterVersion, RunStatus, TrainingResult, TrainingRun, TrainingSnapshot
 
-from learning.pipeline import recover_interrupted_runs, run_training
+from learning.jobs import recover_interrupted_runs
+from learning.pipeline import run_training
 from learning.worker import claim_run, enqueue_run
 
 from tests.learning.conftest import Seeder, seed_feedback, tiny_budgets

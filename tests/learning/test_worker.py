@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from service.models import AdapterStatus, AdapterVersion, RunStatus, Schedule, TrainingRun, utcnow
 
-from learning.pipeline import recover_interrupted_runs
+from learning.jobs import recover_interrupted_runs
 from learning.worker import RunConflict, Worker, claim_next, claim_run, enqueue_run, fire_schedule
 
 
@@ -184,14 +184,14 @@ def test_recovery_removes_a_directory_whose_publish_never_reached_the_database(d
     foreign = version_dir("user-9/v1", failed_id + 100)
     legacy = settings.adapters_dir / "user-9" / "v2"
     legacy.mkdir(parents=True)
-    caplog.set_level(logging.ERROR, logger="learning.pipeline")
+    caplog.set_level(logging.ERROR, logger="learning.jobs")
     recover_interrupted_runs(settings, db)
     assert not orphan.exists() and kept.exists() and foreign.exists() and legacy.exists()
     assert any("does not know" in r.getMessage() and "user-9/v1" in r.getMessage() for r in caplog.records)
 
 
 def test_stopping_a_worker_mid_run_fails_the_run_and_the_run_stops_publishing(db, settings):
-    from learning.pipeline import RunAborted, _update_run
+    from learning.jobs import RunAborted, update_run as _update_run
 
     worker = Worker(settings, db, poll_seconds=3600)
     run_id = enqueue_run(db, trigger="manual").id
@@ -253,7 +253,7 @@ def backend_db(db_url, tmp_path):
 def test_threads_racing_for_jobs_take_each_exactly_once_global_first(backend_db):
     from service.models import TrainingResult
 
-    from learning.pipeline import claim_job
+    from learning.jobs import claim_job
 
     from tests.learning.conftest import Seeder
 
@@ -295,7 +295,7 @@ def test_threads_racing_for_jobs_take_each_exactly_once_global_first(backend_db)
 def test_a_dead_jobs_worker_fails_the_job_and_the_last_job_ends_the_run(db, settings, seeder):
     from service.models import TrainingResult
 
-    from learning.pipeline import claim_job, finish_run_if_done
+    from learning.jobs import claim_job, finish_run_if_done
 
     alice, bob = seeder.user("alice"), seeder.user("bob")
     run_id, jobs = running_run_with_jobs(db, [alice, bob])
@@ -330,7 +330,7 @@ def test_a_dead_jobs_worker_fails_the_job_and_the_last_job_ends_the_run(db, sett
 def test_stopping_a_worker_mid_job_fails_only_that_job(db, settings, seeder):
     from service.models import TrainingResult
 
-    from learning.pipeline import RunAborted, _update_job, claim_job
+    from learning.jobs import RunAborted, claim_job, update_job as _update_job
 
     alice, bob = seeder.user("alice"), seeder.user("bob")
     run_id, jobs = running_run_with_jobs(db, [alice, bob])
@@ -381,7 +381,7 @@ def test_a_reused_pid_does_not_keep_a_dead_workers_run_alive():
     (pids numbered again) a live process with the old worker's pid is not taken for that worker."""
     import socket
 
-    from learning.pipeline import _owner_is_dead, _process_start, new_worker_id
+    from learning.jobs import _owner_is_dead, _process_start, new_worker_id
 
     host, pid = socket.gethostname(), 1  # pid 1 is always alive
     assert not _owner_is_dead(f"{host}:{pid}:{_process_start(pid)}:aaaaaa", None, 60.0)
@@ -420,7 +420,7 @@ def test_a_worker_in_another_container_with_the_same_hostname_and_pid_is_judged_
     import socket
     from datetime import timedelta
 
-    from learning.pipeline import _owner_is_dead, _pid_namespace, _process_start, new_worker_id
+    from learning.jobs import _owner_is_dead, _pid_namespace, _process_start, new_worker_id
     from service.models import utcnow
 
     host, pid = socket.gethostname(), os.getpid()
