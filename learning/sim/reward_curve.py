@@ -34,7 +34,7 @@ import random
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from learning.sim.profiles import BUILTIN_PROFILES, Profile, ProfileError, load_profiles
 
@@ -79,17 +79,18 @@ def stored_replies(settings: "Settings", render, limit: int) -> list[Reply]:
     return out
 
 
-def labelled_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
-                   noise: float) -> list[tuple[int, int]]:
-    """``count`` (chosen, rejected) index pairs under ``profile`` (replies may answer different
-    prompts); with probability ``noise`` a pair's order is a coin flip. Ties are skipped."""
+def _vote(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random, noise: float,
+          draw: Callable[[], tuple[int, int] | None]) -> list[tuple[int, int]]:
+    """``count`` (chosen, rejected) pairs among those ``draw`` offers, under ``profile``; with probability
+    ``noise`` a pair's order is a coin flip. Ties are skipped."""
     pairs: list[tuple[int, int]] = []
     attempts = 0
     while len(pairs) < count and attempts < 50 * count:
         attempts += 1
-        i, j = rng.randrange(len(replies)), rng.randrange(len(replies))
-        if i == j:
+        drawn = draw()
+        if drawn is None:
             continue
+        i, j = drawn
         # each reply is scored against its own prompt, as a pointwise reward model scores it
         sa, sb = profile.score(replies[i].user_text, replies[i].text), profile.score(replies[j].user_text, replies[j].text)
         if math.isclose(sa, sb, rel_tol=1e-9, abs_tol=1e-9):
@@ -101,6 +102,16 @@ def labelled_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: 
     return pairs
 
 
+def labelled_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
+                   noise: float) -> list[tuple[int, int]]:
+    """``count`` pairs of any two replies (they may answer different prompts), labelled by ``profile``."""
+    def draw() -> tuple[int, int] | None:
+        i, j = rng.randrange(len(replies)), rng.randrange(len(replies))
+        return None if i == j else (i, j)
+
+    return _vote(replies, profile, count, rng, noise, draw)
+
+
 def sibling_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
                   noise: float) -> list[tuple[int, int]]:
     """As ``labelled_pairs``, but both replies answer the same user text: the comparison best-of-n,
@@ -109,19 +120,9 @@ def sibling_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: r
     for i, r in enumerate(replies):
         by_prompt.setdefault(r.user_text, []).append(i)
     groups = [g for g in by_prompt.values() if len(g) > 1]
-    pairs: list[tuple[int, int]] = []
-    attempts = 0
-    while groups and len(pairs) < count and attempts < 50 * count:
-        attempts += 1
-        i, j = rng.sample(rng.choice(groups), 2)
-        sa, sb = profile.score(replies[i].user_text, replies[i].text), profile.score(replies[j].user_text, replies[j].text)
-        if math.isclose(sa, sb, rel_tol=1e-9, abs_tol=1e-9):
-            continue
-        verdict = 1.0 if sa > sb else 0.0
-        if rng.random() < noise:
-            verdict = float(rng.random() < 0.5)
-        pairs.append((i, j) if verdict == 1.0 else (j, i))
-    return pairs
+    if not groups:
+        return []
+    return _vote(replies, profile, count, rng, noise, lambda: tuple(rng.sample(rng.choice(groups), 2)))
 
 
 def labelled_thumbs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
