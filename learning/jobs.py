@@ -106,7 +106,7 @@ def update_job(engine: Engine, job_id: int, worker_id: str, **fields: Any) -> No
         if job is None:
             raise LookupError(f"training job {job_id} vanished from the database")
         if job.status != RunStatus.running or job.worker_id != worker_id:
-            raise RunAborted(f"training job {job_id} ({adapter_store.scope_of(job.user_id)}) is {job.status.value} "
+            raise RunAborted(f"training job {job_id} ({adapter_store.Scope(job.user_id).key}) is {job.status.value} "
                              f"under {job.worker_id} ({job.reason}); stopping")
         for k, v in fields.items():
             setattr(job, k, v)
@@ -195,7 +195,7 @@ def claim_job(engine: Engine, worker_id: str, *, run_id: int | None = None) -> i
         with engine.begin() as conn:
             claimed = conn.execute(stmt).rowcount == 1
         if claimed:
-            logger.info("worker %s took job %s (run %s, %s)", worker_id, job_id, job_run, adapter_store.scope_of(user_id))
+            logger.info("worker %s took job %s (run %s, %s)", worker_id, job_id, job_run, adapter_store.Scope(user_id).key)
             return job_id
     return None
 
@@ -222,7 +222,7 @@ def finish_run_if_done(settings: Settings, engine: Engine, run_id: int) -> RunSt
         if not jobs or any(j.status not in DONE for j in jobs):
             return None
         failed = [j for j in jobs if j.status == RunStatus.failed]
-        error = "; ".join(f"{adapter_store.scope_of(j.user_id)}: {j.reason}" for j in failed) or None
+        error = "; ".join(f"{adapter_store.Scope(j.user_id).key}: {j.reason}" for j in failed) or None
     status = RunStatus.failed if failed else RunStatus.succeeded
     with engine.begin() as conn:
         ended = conn.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running)
@@ -245,7 +245,7 @@ def fail_job(settings: Settings, engine: Engine, job_id: int, reason: str, *, wo
         session.add(job)
         for version in session.exec(select(AdapterVersion).where(
                 AdapterVersion.training_run_id == job.run_id, AdapterVersion.status == AdapterStatus.candidate,
-                AdapterVersion.user_id.is_(None) if job.user_id is None else AdapterVersion.user_id == job.user_id)).all():
+                adapter_store.Scope(job.user_id).where(AdapterVersion.user_id))).all():
             version.status = AdapterStatus.rejected
             version.reason = "job interrupted before the gate's verdict was recorded"
             session.add(version)
@@ -280,7 +280,7 @@ def recover_interrupted_runs(settings: Settings, engine: Engine, *, stale_after:
         failed.append(run_id)
     for job_id, run_id, user_id, worker_id, progress in dead_jobs:
         ended = fail_job(settings, engine, job_id, worker_id=worker_id, reason=(
-            f"interrupted: worker {worker_id or 'unknown'} stopped while training {adapter_store.scope_of(user_id)} at "
+            f"interrupted: worker {worker_id or 'unknown'} stopped while training {adapter_store.Scope(user_id).key} at "
             f"{progress:.0%} (process killed or restarted); not retried, the last promoted adapter keeps serving. "
             "Queue a new run to retry."))
         if ended == RunStatus.failed:

@@ -282,7 +282,7 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
     if scopes:  # keep the loaded base for this process's own jobs
         _models_for(settings, run_id, budgets, tokenizer=tokenizer, base=base)
     logger.info("run %s: queued %d jobs (%s), skipped %d users", run_id, len(scopes),
-                ", ".join(adapter_store.scope_of(u) for u in scopes), len(skipped))
+                ", ".join(adapter_store.Scope(u).key for u in scopes), len(skipped))
 
 
 def run_job(settings: Settings, engine: Engine, job_id: int, worker_id: str, *, budgets: Budgets | None = None,
@@ -295,7 +295,7 @@ def run_job(settings: Settings, engine: Engine, job_id: int, worker_id: str, *, 
         job = session.get(TrainingResult, job_id)
         run_id, user_id = job.run_id, job.user_id
         snapshot = session.exec(select(TrainingSnapshot).where(TrainingSnapshot.run_id == run_id)).one()
-    scope = adapter_store.scope_of(user_id)
+    scope = adapter_store.Scope(user_id).key
 
     def scope_progress(step: int, total: int, _m: dict) -> None:
         update_job(engine, job_id, worker_id, progress=round(0.8 * step / total, 4), heartbeat_at=utcnow())
@@ -446,7 +446,7 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     from learning.warmstart import warm_start
 
     budgets = dataclasses.replace(ctx.budgets, seed=ctx.budgets.seed + (user_id or 0))
-    scope = adapter_store.scope_of(user_id)
+    scope = adapter_store.Scope(user_id).key
     reward, harm = ctx.shared.reward, ctx.shared.harm
     policy, tokenizer = ctx.models.policy, ctx.models.tokenizer
 
@@ -522,7 +522,7 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     # raises RunAborted: publish nothing for a job recovery failed or a run that was stopped
     update_job(ctx.engine, ctx.job_id, ctx.worker_id, heartbeat_at=utcnow())
     candidate_state = lora_state(policy)
-    work = ctx.settings.adapters_dir / ".tmp" / f"run-{ctx.run_id}-{scope.replace(':', '-')}"
+    work = ctx.settings.adapters_dir / ".tmp" / f"run-{ctx.run_id}-{adapter_store.Scope(user_id).name}"
     if work.exists():
         shutil.rmtree(work)
     ctx.models.policy.save_pretrained(str(work))  # adapter_config.json + adapter_model.safetensors

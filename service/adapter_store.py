@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service.engine.base import AdapterRef
 from service.model_loading import base_model_id
@@ -42,17 +42,41 @@ class AdapterStoreError(RuntimeError):
     pass
 
 
-def scope_of(user_id: int | None) -> str:
-    return "global" if user_id is None else f"user:{user_id}"
+@dataclass(frozen=True)
+class Scope:
+    """Whose adapter: one user's (``user_id``) or the global one (``None``). Every spelling of it lives here."""
+
+    user_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The ``ActiveAdapter`` primary key, and how logs and job reasons name the scope."""
+        return "global" if self.user_id is None else f"user:{self.user_id}"
+
+    def label(self, version: int) -> str:
+        """The public name of a version, as shown in `end` frames and the UI."""
+        return f"global-v{version}" if self.user_id is None else f"u{self.user_id}-v{version}"
+
+    @property
+    def name(self) -> str:
+        """The scope in file names: ``global`` or ``user-<id>``."""
+        return "global" if self.user_id is None else f"user-{self.user_id}"
+
+    def dir(self, version: int) -> str:
+        """A version's directory, relative to the adapter store's root."""
+        return f"{self.name}/v{version}"
+
+    def where(self, column):
+        """The SQL condition "this scope" on a ``user_id`` column (``IS NULL`` for the global one)."""
+        return col(column).is_(None) if self.user_id is None else col(column) == self.user_id
+
+    def __str__(self) -> str:
+        return self.key
 
 
 def label_of(row: AdapterVersion) -> str:
     """The public name of a version, as shown in `end` frames and the UI."""
-    return f"global-v{row.version}" if row.user_id is None else f"u{row.user_id}-v{row.version}"
-
-
-def _rel_dir(user_id: int | None, version: int) -> str:
-    return f"global/v{version}" if user_id is None else f"user-{user_id}/v{version}"
+    return Scope(row.user_id).label(row.version)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -79,7 +103,7 @@ def validate_adapter_dir(path: Path) -> None:
 def next_version(session: Session, user_id: int | None) -> int:
     stmt = select(AdapterVersion.version).where(AdapterVersion.user_id == user_id) if user_id is not None else select(
         AdapterVersion.version
-    ).where(AdapterVersion.user_id.is_(None))
+    ).where(Scope(None).where(AdapterVersion.user_id))
     versions = session.exec(stmt).all()
     return (max(versions) if versions else 0) + 1
 
@@ -101,7 +125,7 @@ def publish(
     root = settings.adapters_dir
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(session, user_id)
-    rel = _rel_dir(user_id, version)
+    rel = Scope(user_id).dir(version)
     final = root / rel
     if final.exists():  # a leftover from a crash before the row was inserted: never served
         shutil.rmtree(final)
@@ -143,7 +167,7 @@ def publish(
 
 def activate(session: Session, *, user_id: int | None, version_id: int | None) -> None:
     """Make ``version_id`` (or the base model, None) serve this scope. The last step of a publish."""
-    scope = scope_of(user_id)
+    scope = Scope(user_id).key
     row = session.get(ActiveAdapter, scope)
     if row is None:
         row = ActiveAdapter(scope=scope)
@@ -154,7 +178,7 @@ def activate(session: Session, *, user_id: int | None, version_id: int | None) -
 
 
 def active_version(session: Session, user_id: int | None) -> AdapterVersion | None:
-    row = session.get(ActiveAdapter, scope_of(user_id))
+    row = session.get(ActiveAdapter, Scope(user_id).key)
     if row is None or row.adapter_version_id is None:
         return None
     return session.get(AdapterVersion, row.adapter_version_id)
@@ -164,7 +188,7 @@ def rollback(session: Session, *, user_id: int | None) -> AdapterVersion | None:
     """Back to the previous promoted version (or the base/global model). Returns the new active one."""
     current = active_version(session, user_id)
     stmt = select(AdapterVersion).where(AdapterVersion.status == AdapterStatus.promoted)
-    stmt = stmt.where(AdapterVersion.user_id == user_id) if user_id is not None else stmt.where(AdapterVersion.user_id.is_(None))
+    stmt = stmt.where(Scope(user_id).where(AdapterVersion.user_id))
     promoted = sorted(session.exec(stmt).all(), key=lambda r: r.version)
     if current is not None:
         current.status = AdapterStatus.retired
@@ -188,7 +212,7 @@ def erase_user_adapters(settings: Settings, session: Session, *, user_id: int, r
         if row.status != AdapterStatus.retired:
             row.status, row.reason = AdapterStatus.retired, reason
         session.add(row)
-    active = session.get(ActiveAdapter, scope_of(user_id))
+    active = session.get(ActiveAdapter, Scope(user_id).key)
     if active is not None:
         active.adapter_version_id, active.updated_at = None, utcnow()
         session.add(active)
@@ -237,12 +261,11 @@ def learned_from_deleted_labels(session: Session, row: AdapterVersion) -> bool:
     version; the learning job starts the next global version fresh instead when this is true, and
     "the shared model forgets your ratings at its next run" holds. Each run's ``TrainingSnapshot``
     lists exactly the feedback and ranking ids it learned from."""
-    from sqlmodel import col, func
+    from sqlmodel import func
 
     from service.models import Feedback, Ranking, TrainingSnapshot
 
-    same_scope = AdapterVersion.user_id == row.user_id if row.user_id is not None else col(AdapterVersion.user_id).is_(None)
-    by_label = {label_of(v): v for v in session.exec(select(AdapterVersion).where(same_scope)).all()}
+    by_label = {label_of(v): v for v in session.exec(select(AdapterVersion).where(Scope(row.user_id).where(AdapterVersion.user_id))).all()}
     runs: set[int] = set()
     seen: set[int] = set()
     current: AdapterVersion | None = row

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from service.settings import Settings
 
-from service.adapter_store import label_of
+from service.adapter_store import Scope, label_of
 from service.api_keys import new_api_key
 from service.passwords import hash_password, verify_password
 from service.models import (
@@ -366,7 +366,7 @@ def delete_account(session: Session, *, user_id: int) -> None:
     session.execute(sa_delete(Message).where(Message.user_id == user_id))
     session.execute(sa_delete(Conversation).where(Conversation.user_id == user_id))
     session.execute(sa_delete(TrainingResult).where(TrainingResult.user_id == user_id))
-    session.execute(sa_delete(ActiveAdapter).where(ActiveAdapter.scope == f"user:{user_id}"))
+    session.execute(sa_delete(ActiveAdapter).where(ActiveAdapter.scope == Scope(user_id).key))
     session.execute(sa_delete(AdapterVersion).where(AdapterVersion.user_id == user_id))
     session.execute(sa_delete(UserPreference).where(UserPreference.user_id == user_id))
     session.execute(sa_delete(ApiKey).where(ApiKey.user_id == user_id))

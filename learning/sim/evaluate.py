@@ -78,7 +78,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
     """Evaluate ``users`` ([{"username", "profile": name or profile dict}]) on this data dir; return the report."""
     from sqlmodel import Session, select
 
-    from service.adapter_store import active_version, label_of, resolve_for_user
+    from service.adapter_store import Scope, active_version, label_of, resolve_for_user
     from service.best_of_n import ServingRewards, summarise_choices
     from service.db import init_db, make_engine
     from service.engine.base import AdapterRef
@@ -99,7 +99,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
     with Session(db) as session:
         def note(row, serving: bool) -> str:
             label = label_of(row)
-            info = adapter_info.setdefault(label, {"scope": "global" if row.user_id is None else f"user:{row.user_id}",
+            info = adapter_info.setdefault(label, {"scope": Scope(row.user_id).key,
                                                    "status": getattr(row.status, "value", row.status), "serving": False,
                                                    "path": settings.adapters_dir / row.path,
                                                    "gate_kl": (row.metrics or {}).get("gate/candidate/kl_per_token")})

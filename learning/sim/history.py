@@ -65,10 +65,10 @@ def newest_version(session, user_id: int | None):
     """The newest adapter version of a scope, whatever its status (None if never trained)."""
     from sqlmodel import select
 
+    from service.adapter_store import Scope
     from service.models import AdapterVersion
 
-    stmt = select(AdapterVersion).where(AdapterVersion.user_id == user_id if user_id is not None
-                                        else AdapterVersion.user_id.is_(None))
+    stmt = select(AdapterVersion).where(Scope(user_id).where(AdapterVersion.user_id))
     return session.exec(stmt.order_by(AdapterVersion.version.desc())).first()
 
 

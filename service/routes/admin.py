@@ -78,7 +78,7 @@ def run_public(session: Session, *, run: TrainingRun) -> TrainingRunPublic:
 
 def versions_of(session: Session, *, user_id: int | None) -> list[AdapterVersion]:
     stmt = select(AdapterVersion)
-    stmt = stmt.where(AdapterVersion.user_id == user_id) if user_id is not None else stmt.where(AdapterVersion.user_id.is_(None))
+    stmt = stmt.where(adapter_store.Scope(user_id).where(AdapterVersion.user_id))
     return list(session.exec(stmt.order_by(AdapterVersion.version.desc())).all())
 
 
