@@ -224,6 +224,23 @@ def get_current_user(request: Request, settings: SettingsDep) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
+def get_caller(request: Request, settings: SettingsDep) -> User | None:
+    """For routes that read nothing of a user's (``GET /v1/models``): a signed-in user, or None for the
+    trusted proxy itself, which creates no product user here (issue 31: Open WebUI lists models
+    for its users, with or without their headers, and each listing made an account)."""
+    token = token_from_request(request)
+    if proxy.is_proxy_key(settings, token):
+        allowed = request.app.state.proxy_addresses
+        if allowed is not None and not allowed(client_address(request)):
+            logger.warning("proxy key refused from %s (not in ASSISTANT_PROXY_ADDRESSES)", client_address(request))
+            raise _UNAUTHORIZED
+        return None
+    return get_current_user(request, settings)
+
+
+Caller = Annotated[User | None, Depends(get_caller)]
+
+
 SESSION_ONLY = ("this needs a signed-in session (sign in with your password): an API key may chat, rate, read and call "
                 "/v1, but not manage keys, export or delete data, or sign sessions out")
 

@@ -20,7 +20,7 @@ import time
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from service.auth import ApprovedUser, CurrentUser, token_from_request
+from service.auth import ApprovedUser, Caller, token_from_request
 from service.chat import ChatError, ChatService
 from service.engine.base import EndEvent
 from service.external_chats import CHAT_ID_HEADER, MAX_CHAT_ID
@@ -75,7 +75,7 @@ def _model_name(request: Request) -> str:
 
 
 @router.get("/models", response_model=OAIModelList)
-def models(request: Request, _: CurrentUser) -> OAIModelList:
+def models(request: Request, _: Caller) -> OAIModelList:
     name = _model_name(request)
     return OAIModelList(data=[OAIModel(id=name + suffix) for suffix in POLICIES])
 

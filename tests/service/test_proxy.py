@@ -140,3 +140,17 @@ def test_background_calls_have_slots_of_their_own(app_factory):
     assert client.post("/v1/chat/completions", json=turn, headers=ann).status_code == 200
     over = client.post("/v1/chat/completions", json=task, headers=ann)
     assert over.status_code == 429 and "background calls" in over.json()["error"]["message"]
+
+
+def test_listing_models_through_the_proxy_creates_no_user(app_factory):
+    """Issue 31: Open WebUI lists models for each of its users (and at start, with no user headers);
+    every listing made a product account, approved, before anyone had chatted."""
+    client = app_factory(proxy_key=PROXY_KEY, admin_password="operator-pass-1")
+    assert client.get("/v1/models", headers=_as("lurker", "Lurker")).status_code == 200
+    bare = client.get("/v1/models", headers={"Authorization": f"Bearer {PROXY_KEY}"})
+    assert bare.status_code == 200 and {m["id"] for m in bare.json()["data"]} >= {MODEL, f"{MODEL}:global", f"{MODEL}:base"}
+    assert client.get("/v1/models", headers={"Authorization": "Bearer not-the-key"}).status_code == 401
+    op = client.post("/api/auth/token", data={"username": "admin", "password": "operator-pass-1"}).json()["access_token"]
+    names = {u["username"] for u in client.get("/api/admin/users", headers={"Authorization": f"Bearer {op}"}).json()}
+    assert "owui-lurker" not in names
+    assert client.get("/api/me", headers=_as("lurker", "Lurker")).status_code == 200  # the first real call makes them
