@@ -1,7 +1,9 @@
 """The text reward (issue 26, item 2), tuned on synthetic raters: sibling-pair accuracy of the reward
 model with and without hashed text features, at round-1 and round-3 label counts.
 
-    ASSISTANT_DEV_MODE=1 python docs/results/2026-12-05-text-reward/run.py /work/fixtures/all OUT
+    ASSISTANT_DEV_MODE=1 python docs/results/2026-12-05-text-reward/run.py /work/fixtures/all docs/results/2026-12-05-text-reward
+
+(the fixture is copied to a temporary directory first; only results.json and summary.md land in OUT)
 
 Data: the stored replies of the frozen round-1 fixture (a copy; read only). Raters: 60 drawn by
 ``learning.sim.raters`` over the training replies' text indicators, plus the five tuning profiles;
@@ -22,6 +24,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,9 +55,8 @@ if SMOKE:
 
 def main(fixture: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    data = out / "data"
-    if not data.exists():
-        shutil.copytree(fixture, data, symlinks=True, ignore=shutil.ignore_patterns("*.log", "serve-*", "reports"))
+    data = Path(tempfile.mkdtemp(prefix="text-reward-")) / "data"
+    shutil.copytree(fixture, data, symlinks=True, ignore=shutil.ignore_patterns("*.log", "serve-*", "reports"))
     settings = Settings(data_dir=data, dev_mode=True)
     tokenizer = load_tokenizer(settings)
     cache = FeatureCache(load_base_model(settings, dtype=torch.float32), tokenizer, Budgets())
