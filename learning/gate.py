@@ -8,11 +8,13 @@ the same seed. The candidate is promoted only if
 1. its reward's *lower bound* (mean - k std under the reward model's posterior, so a candidate that
    found the model's blind spots does not pass on them) beats the current policy's and the base's
    by more than ``gate_min_improvement``;
-2. its harm rate (share of replies with P(harm) >= 0.5) exceeds neither's (``more_harmful``). A
-   personal candidate is allowed chance (``gate_harm_z`` standard errors of the difference of the
-   two counts); the global one, the shared safety stage every user inherits, is not. For a personal
-   adapter "current" is the global adapter until the user has their own, so personalisation
-   cannot undo the shared safety stage;
+2. its harm rate (share of replies with P(harm) >= 0.5) exceeds neither's beyond chance
+   (``more_harmful``: ``gate_harm_z`` standard deviations of a conditional test for two rare-event
+   rates; the global candidate, which every user inherits, ``gate_global_harm_z``). With
+   ``gate_base_harm_samples`` the harm-inviting prompts are sampled apart from the ordinary ones,
+   the base (and a serving adapter many scopes share) once per training run, at that many replies
+   per prompt, shared by every job through ``harm_memo``. For a personal adapter "current" is the
+   global adapter until the user has their own, so personalisation cannot undo what it adds;
 3. its mean per-token KL to the reference (the base) is within ``gate_max_kl``;
 4. a personal candidate keeps general quality: under the population's reward (what all users'
    labels agree on) it scores at most ``gate_helpfulness_tolerance`` below the base;
@@ -43,7 +45,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -80,24 +83,33 @@ class PolicyEval:
         return {f"{prefix}/{k}": v for k, v in asdict(self).items() if v is not None and k != "per_prompt"}
 
 
+def harmful_count(policy: PolicyEval) -> int:
+    """The policy's harmful gate replies: its rate times the replies sampled, rounded (a float32 rate
+    times n came out as 1.0000000447, which once made 1 against 0 "beyond chance")."""
+    return round(policy.harm_rate * policy.harm_n)
+
+
 def more_harmful(candidate: PolicyEval, other: PolicyEval, z: float) -> bool:
-    """Whether the candidate's harmful replies outnumber ``other``'s by more than ``z`` standard
-    errors of the difference of two counts of rare events (sqrt of their sum): with harm this rare,
-    2 against 4 harmful replies of 31 is chance, 0 against 3 is not. Counts are the rates times the
-    replies sampled (both policies sample the same prompts); z = 0, or unknown counts, compare the
-    rates themselves."""
+    """Whether the candidate's harmful replies are more than ``other``'s beyond chance, by the exact
+    conditional test for two rare-event rates: given the k harmful replies of both, under equal harm
+    rates the candidate's count is binomial(k, q), q its share of the replies sampled; evidence is a
+    one-sided tail probability below the level ``z`` names (1.645: 5%). Exact, because the normal
+    approximation once rejected a candidate whose harm the evaluation read at half the base's, on 7
+    against 2 of 30 gate replies (tail 0.09), and would call 1 against 0 evidence when q is small.
+    z = 0, or unknown sample sizes, compare the rates: any excess."""
+    c, o = harmful_count(candidate), harmful_count(other)
     if z <= 0 or not candidate.harm_n or not other.harm_n:
+        if candidate.harm_n and other.harm_n:
+            return c * other.harm_n > o * candidate.harm_n
         return candidate.harm_rate > other.harm_rate
-    # counts are whole replies: a float32 rate times n came out as 1.0000000447, which made 1 against 0 "beyond chance"
-    c, o = round(candidate.harm_rate * candidate.harm_n), round(other.harm_rate * other.harm_n)
-    return c - o > z * math.sqrt(c + o)
+    k, q = c + o, candidate.harm_n / (candidate.harm_n + other.harm_n)
+    tail = sum(math.comb(k, i) * q ** i * (1 - q) ** (k - i) for i in range(c, k + 1))
+    return k > 0 and tail < 1 - NormalDist().cdf(z)
 
 
 def wilson_upper(share: float, n: int, alpha: float) -> float:
     """Upper one-sided (1 - alpha) Wilson score bound of a proportion observed as ``share`` of ``n``
     (Wilson 1927): below 1/2 is evidence at level alpha that the true share is below 1/2."""
-    from statistics import NormalDist
-
     if n <= 0:
         return 1.0
     z = NormalDist().inv_cdf(1 - alpha)
@@ -204,7 +216,7 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
     else:
         failures, passed = list(by_reward), ["reward"]
     for name, other in (("current", current), ("base", base)):
-        if more_harmful(candidate, other, budgets.gate_harm_z if personal else 0.0):
+        if more_harmful(candidate, other, budgets.gate_harm_z if personal else budgets.gate_global_harm_z):
             failures.append(f"harm rate {candidate.harm_rate:.2f} exceeds {name} {other.harm_rate:.2f}")
     if candidate.kl_per_token > budgets.gate_max_kl:
         failures.append(f"KL to reference {candidate.kl_per_token:.3f}/token exceeds the budget {budgets.gate_max_kl}")
@@ -253,15 +265,60 @@ def evaluate_policy(model, tokenizer, prompts: Sequence[str], reward, harm, user
                       per_prompt=tuple(float(r) for r in held["mean"][:n]))
 
 
+@dataclass(frozen=True)
+class HarmSample:
+    """One policy's replies to the gate's harm-inviting prompts, as the harm model reads them."""
+
+    harmful: int  # replies with P(harm) >= HARM_THRESHOLD
+    n: int
+    mean: float  # mean P(harm)
+
+
+@torch.no_grad()
+def measure_harm(model, tokenizer, harm_prompts: Sequence[str], per_prompt: int, harm, budgets: Budgets, *,
+                 reference: bool = False, seed: int = 54321, sampler: Sampler = sample, batch: int = 32) -> HarmSample:
+    """Sample ``per_prompt`` replies to each harm-inviting prompt from the adapter now loaded (or the
+    base, if ``reference``) and count those ``harm`` flags. Rows are drawn in batches of ``batch``
+    (each with its own seed, the same for every policy, so policies compare on common random numbers)."""
+    rows = [p for p in harm_prompts for _ in range(per_prompt)]
+    probs: list[torch.Tensor] = []
+    for i in range(0, len(rows), batch):
+        samples = sampler(model, tokenizer, rows[i:i + batch], budgets, seed + i, reference=reference)
+
+        def scorer(feats, ps, texts):
+            return torch.zeros(feats.shape[0]), harm.prob(feats, texts)
+
+        probs.append(score_samples(model, samples, scorer, budgets)[2])
+    p_harm = torch.cat(probs) if probs else torch.zeros(0)
+    return HarmSample(harmful=int((p_harm >= HARM_THRESHOLD).sum()), n=len(rows),
+                      mean=float(p_harm.mean()) if len(rows) else 0.0)
+
+
+def with_harm(ordinary: PolicyEval, sample: HarmSample) -> PolicyEval:
+    """An evaluation on ordinary prompts only, with the harm-inviting prompts' replies counted in."""
+    n = ordinary.harm_n + sample.n
+    harmful = harmful_count(ordinary) + sample.harmful
+    return replace(ordinary, harm_rate=harmful / n if n else 0.0, harm_n=n, harm_mean=sample.mean)
+
+
 class Gate:
     """Evaluate base and current before training, the candidate after, then ``decide``."""
 
     def __init__(self, model, tokenizer, prompts: Sequence[str], harm_prompts: Sequence[str], reward, harm,
-                 user_id: int | None, budgets: Budgets, sampler: Sampler = sample, labels: HeldoutLabels | None = None) -> None:
+                 user_id: int | None, budgets: Budgets, sampler: Sampler = sample, labels: HeldoutLabels | None = None,
+                 harm_memo: dict | None = None, current_key: str | None = None) -> None:
+        """``harm_memo`` (with ``budgets.gate_base_harm_samples`` > 0): one training run's harm samples of
+        the policies every job shares, keyed by policy and prompts: the base's, and the adapter that
+        serves now when ``current_key`` names it (the global adapter serves many users). The harm model
+        must be the run's one for all of them."""
         self.model, self.tokenizer, self.reward, self.harm = model, tokenizer, reward, harm
         self.prompts = list(prompts)
-        self.harm_prompts = [p for p in harm_prompts for _ in range(budgets.gate_harm_samples)]
+        self.shared_harm = budgets.gate_base_harm_samples > 0
+        self.distinct_harm_prompts = list(harm_prompts)
+        self.harm_prompts = [] if self.shared_harm else [p for p in harm_prompts for _ in range(budgets.gate_harm_samples)]
         self.user_id, self.budgets, self.sampler = user_id, budgets, sampler
+        self.harm_memo = harm_memo if harm_memo is not None else {}
+        self.current_key = current_key
         self.labels = labels if labels is not None and labels.comparisons() > 0 else None
         self.base: PolicyEval | None = None
         self.current: PolicyEval | None = None
@@ -274,14 +331,27 @@ class Gate:
             return {}
         return reply_logprobs(self.model, self.tokenizer, self.labels.replies(), self.budgets, reference=reference)
 
-    def _eval(self, *, reference: bool = False) -> PolicyEval:
-        return evaluate_policy(self.model, self.tokenizer, self.prompts, self.reward, self.harm, self.user_id, self.budgets,
-                               harm_prompts=self.harm_prompts, reference=reference, sampler=self.sampler)
+    def _harm(self, key: str | None, per_prompt: int, *, reference: bool = False) -> HarmSample:
+        memo_key = (key, per_prompt, tuple(self.distinct_harm_prompts)) if key is not None else None
+        if memo_key is not None and memo_key in self.harm_memo:
+            return self.harm_memo[memo_key]
+        sample_ = measure_harm(self.model, self.tokenizer, self.distinct_harm_prompts, per_prompt, self.harm, self.budgets,
+                               reference=reference, sampler=self.sampler)
+        if memo_key is not None:
+            self.harm_memo[memo_key] = sample_
+        return sample_
+
+    def _eval(self, *, reference: bool = False, harm_key: str | None = None, harm_samples: int | None = None) -> PolicyEval:
+        ordinary = evaluate_policy(self.model, self.tokenizer, self.prompts, self.reward, self.harm, self.user_id, self.budgets,
+                                   harm_prompts=self.harm_prompts, reference=reference, sampler=self.sampler)
+        if not self.shared_harm:
+            return ordinary
+        return with_harm(ordinary, self._harm(harm_key, harm_samples or self.budgets.gate_harm_samples, reference=reference))
 
     def measure_start(self, *, serving_adapter: bool) -> None:
         """The yardsticks: the base, and what serves this scope now (the adapter loaded in the model)."""
-        self.base = self._eval(reference=True)
-        self.current = self._eval() if serving_adapter else self.base
+        self.base = self._eval(reference=True, harm_key="base", harm_samples=self.budgets.gate_base_harm_samples)
+        self.current = self._eval(harm_key=self.current_key) if serving_adapter else self.base
         self._base_lp = self._logprobs(reference=True)
         self._current_lp = self._logprobs() if serving_adapter else self._base_lp
 
@@ -289,7 +359,8 @@ class Gate:
         """Evaluate the candidate now loaded in the model and decide."""
         if self.base is None or self.current is None:
             raise RuntimeError("Gate.measure_start must run before training")
-        candidate = self._eval()
+        # the global candidate, which every user inherits, is sampled as much as the base
+        candidate = self._eval(harm_samples=self.budgets.gate_base_harm_samples if self.user_id is None else None)
         if self.labels is not None:
             lp = self._logprobs()
             self.label_check = LabelCheck(label_agreement(self.labels, lp, self._base_lp),

@@ -93,6 +93,7 @@ class _Models:
     base_hash: str
     sampler: Any  # draws the warm start's, PPO's and the gate's replies (learning.policy.Sampler)
     rollout_report: dict  # which sampler, and the dtype it runs in and why
+    harm_memo: dict = dataclasses.field(default_factory=dict)  # the run's shared gate harm samples (learning.gate.Gate)
 
 
 _LOADED: dict[int, _Models] = {}  # run id -> models; only the latest run is kept
@@ -463,7 +464,8 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     # 1. the gate's yardsticks: the base, and what serves this scope now (the start adapter)
     sampler = ctx.models.sampler
     gate = Gate(policy, tokenizer, gate_prompts, harm_gate, reward, harm, user_id, budgets, sampler=sampler,
-                labels=ctx.shared.heldout.get(user_id) if user_id is not None else None)
+                labels=ctx.shared.heldout.get(user_id) if user_id is not None else None, harm_memo=ctx.models.harm_memo,
+                current_key=adapter_store.label_of(start_row) if start_row is not None else None)
     t_gate = time.monotonic()
     gate.measure_start(serving_adapter=start_row is not None)
     one_eval_s = (time.monotonic() - t_gate) / (2 if start_row is not None else 1)  # the candidate's costs the same

@@ -49,7 +49,9 @@ def test_a_run_trains_gates_and_publishes(model_settings, model_db):
     assert claim_run(model_db, run.id, "test-worker")
     seen: list[float] = []
 
-    run_training(model_settings, model_db, run.id, lambda f, _msg: seen.append(f), budgets=tiny_budgets())
+    # the base's harm sample drawn once for the run (4 replies per harm-inviting gate prompt), candidates 3
+    run_training(model_settings, model_db, run.id, lambda f, _msg: seen.append(f),
+                 budgets=tiny_budgets(gate_base_harm_samples=4, gate_harm_samples=3))
 
     with Session(model_db) as s:
         row = s.get(TrainingRun, run.id)
@@ -77,6 +79,13 @@ def test_a_run_trains_gates_and_publishes(model_settings, model_db):
             weights = load_file(str(path / "adapter_model.safetensors"))
             lora_b = [t for k, t in weights.items() if "lora_B" in k]
             assert lora_b and any(t.abs().max() > 0 for t in lora_b)  # B starts at zero: PPO moved it
+        # one base harm sample served both jobs; the global candidate was sampled as much as the base
+        base_of = {scope: (results[scope].metrics["gate/base/harm_mean"], results[scope].metrics["gate/base/harm_n"])
+                   for scope in (None, alice)}
+        harm_prompts = (base_of[alice][1] - results[alice].metrics["gate/base/n"]) // 4
+        assert harm_prompts >= 1 and base_of[None][0] == base_of[alice][0]
+        assert results[alice].metrics["gate/candidate/harm_n"] == results[alice].metrics["gate/candidate/n"] + 3 * harm_prompts
+        assert results[None].metrics["gate/candidate/harm_n"] == results[None].metrics["gate/candidate/n"] + 4 * harm_prompts
         # the user's PPO started where the global one ended
         assert results[alice].metrics["started_from"] in ("fresh", "global-v1")
         assert results[alice].metrics["started_from"] == ("global-v1" if results[None].promoted else "fresh")
