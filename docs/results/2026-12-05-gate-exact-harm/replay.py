@@ -5,7 +5,6 @@ each job's gate stored, judged against the powered evaluation's truth (``gate_co
 Run: .venv/bin/python docs/results/2026-12-05-gate-exact-harm/replay.py > docs/results/2026-12-05-gate-exact-harm/replay.md
 """
 
-import dataclasses
 import json
 import math
 import sys
