@@ -127,6 +127,12 @@ class Budgets:
     ``reward_weight_decay``, a user's ``user_head_l2``): many sparse columns need a tighter prior than
     ~20 standardised traits."""
 
+    reward_text_evidence: bool = False
+    """Let each scope's own labels decide how much text it needs (empirical Bayes): its text-block
+    precision is the one of ``REWARD_TEXT_PRECISION_GRID`` (times the traits', the last one "no text")
+    with the highest Laplace evidence, the marginal likelihood of its labels, instead of
+    ``reward_text_precision`` for everyone. Only with ``reward_text_features``."""
+
     reward_pooled_direction: bool = False
     """Add the pooled reward direction (a ridge-logistic head on the backbone's ~1k features, fitted on
     everyone's labels) to the basis. Off by default: fitted on the same labels, it overfits them and

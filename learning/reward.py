@@ -283,18 +283,9 @@ class Basis:
                    torch.tensor(state.get("text_mu", []), dtype=torch.float32))  # a model from before the text features: none
 
 
-def fit_preferences(pairs: tuple[torch.Tensor, torch.Tensor] | None, thumbs: tuple[torch.Tensor, torch.Tensor] | None,
-                    prior_mean: torch.Tensor, prior_precision: torch.Tensor, *, thumbs_weight: float = 1.0,
-                    iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
-    """MAP weights and Laplace covariance of a Bradley-Terry + logistic model with a Gaussian prior.
-
-    ``theta = [w (D,), b]``. Pairs (z_chosen, z_rejected), each (N, D): P(chosen wins) =
-    sigmoid(w . (z_c - z_r)). Thumbs (z (M, D), labels (M,)): P(up) = sigmoid(w . z + b), each
-    weighted ``thumbs_weight``. Prior N(prior_mean, diag(1 / prior_precision)) over theta (D + 1,).
-    Newton's method with backtracking on the log-posterior (concave, so it converges to the one optimum); returns
-    (theta (D + 1,), the inverse Hessian (D + 1, D + 1)). Hand-checked in tests/learning/test_reward.py.
-    """
-    dim = prior_mean.shape[0]
+def _design(pairs: tuple[torch.Tensor, torch.Tensor] | None, thumbs: tuple[torch.Tensor, torch.Tensor] | None, dim: int,
+            thumbs_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X (N, dim), targets (N,), weights (N,)) in float64: a pair's row is z_c - z_r with no bias; a thumb's z and 1."""
     rows, targets, weights = [], [], []
     if pairs is not None and len(pairs[0]):
         d = (pairs[0] - pairs[1]).double()
@@ -306,10 +297,39 @@ def fit_preferences(pairs: tuple[torch.Tensor, torch.Tensor] | None, thumbs: tup
         rows.append(torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1))
         targets.append(thumbs[1].double())
         weights.append(torch.full((len(z),), float(thumbs_weight), dtype=z.dtype))
-    m, prec = prior_mean.double(), prior_precision.double()
-    X = torch.cat(rows) if rows else torch.zeros((0, dim), dtype=torch.float64)  # (N, D + 1)
+    X = torch.cat(rows) if rows else torch.zeros((0, dim), dtype=torch.float64)
     y = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.float64)
     s = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64)
+    return X, y, s
+
+
+def fit_preferences(pairs: tuple[torch.Tensor, torch.Tensor] | None, thumbs: tuple[torch.Tensor, torch.Tensor] | None,
+                    prior_mean: torch.Tensor, prior_precision: torch.Tensor, *, thumbs_weight: float = 1.0,
+                    iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAP weights and Laplace covariance of a Bradley-Terry + logistic model with a Gaussian prior.
+
+    ``theta = [w (D,), b]``. Pairs (z_chosen, z_rejected), each (N, D): P(chosen wins) =
+    sigmoid(w . (z_c - z_r)). Thumbs (z (M, D), labels (M,)): P(up) = sigmoid(w . z + b), each
+    weighted ``thumbs_weight``. Prior N(prior_mean, diag(1 / prior_precision)) over theta (D + 1,).
+    Newton's method with backtracking on the log-posterior (concave, so it converges to the one optimum); returns
+    (theta (D + 1,), the inverse Hessian (D + 1, D + 1)). Hand-checked in tests/learning/test_reward.py.
+    """
+    theta, cov, _ = fit_preferences_with_evidence(pairs, thumbs, prior_mean, prior_precision, thumbs_weight=thumbs_weight,
+                                                  iterations=iterations)
+    return theta, cov
+
+
+def fit_preferences_with_evidence(pairs: tuple[torch.Tensor, torch.Tensor] | None,
+                                  thumbs: tuple[torch.Tensor, torch.Tensor] | None, prior_mean: torch.Tensor,
+                                  prior_precision: torch.Tensor, *, thumbs_weight: float = 1.0,
+                                  iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``fit_preferences`` and the Laplace approximation of the log marginal likelihood of the labels
+    under the prior (MacKay 1992): log p(labels | theta*) + log N(theta*; prior) + (D + 1)/2 log 2 pi
+    - 1/2 log det H, i.e. -(the negative log-posterior at theta*) + 1/2 sum log prior_precision
+    - 1/2 log det H. Priors compare by it: the one the labels support most is the highest."""
+    m, prec = prior_mean.double(), prior_precision.double()
+    X, y, s = _design(pairs, thumbs, m.shape[0], thumbs_weight)
+
     def objective(t: torch.Tensor) -> torch.Tensor:  # the negative log-posterior
         logits = X @ t
         nll = s * (torch.nn.functional.softplus(logits) - y * logits)  # -[y log p + (1 - y) log(1 - p)]
@@ -336,7 +356,8 @@ def fit_preferences(pairs: tuple[torch.Tensor, torch.Tensor] | None, thumbs: tup
             break
     p = torch.sigmoid(X @ theta)
     hessian = X.T @ (X * (s * p * (1 - p)).unsqueeze(1)) + torch.diag(prec)
-    return theta.float(), torch.linalg.inv(hessian).float()
+    evidence = -float(objective(theta)) + 0.5 * float(torch.log(prec).sum()) - 0.5 * float(torch.linalg.slogdet(hessian)[1])
+    return theta.float(), torch.linalg.inv(hessian).float(), evidence
 
 
 def is_heldout(key: str, fraction: float) -> bool:
@@ -353,6 +374,9 @@ def length_baseline_accuracy(pairs: Sequence[PreferencePair]) -> float | None:
 
 
 THUMBS_BIAS_PRECISION = 0.1  # a weak prior on how generous a rater's thumbs are (logit scale)
+# The text block's prior precisions (times the traits') a scope's evidence chooses among with
+# ``reward_text_evidence``; the last is "no text" (weights pinned at the prior mean).
+REWARD_TEXT_PRECISION_GRID = (1.0, 4.0, 16.0, 64.0, 1e6)
 
 
 class RewardModel:
@@ -364,6 +388,7 @@ class RewardModel:
         self.basis: Basis | None = None
         self.population: Preference | None = None
         self.users: dict[int, Preference] = {}
+        self.text_precisions: dict[str, float] = {}  # scope -> the text block's prior precision its fit used
         self.metrics: dict[str, object] = {}
 
     # --- fitting ---------------------------------------------------------------
@@ -378,14 +403,23 @@ class RewardModel:
         return zp, zt
 
     def _fit_scope(self, pairs, points, prior_mean: torch.Tensor, precision: float, center: torch.Tensor,
-                   train_z: torch.Tensor) -> Preference:
+                   train_z: torch.Tensor, key: str) -> Preference:
+        """One scope's weights (``key``: "population" or the user id); its text-block precision, chosen by
+        evidence with ``reward_text_evidence``, is kept in ``text_precisions``."""
         zp, zt = self._labels(pairs, points)
         if zt is not None:
             zt = (zt[0] - center, zt[1])
-        prec = torch.full((self.basis.dim + 1,), 2.0 * precision)
-        prec[self.basis.text_slice()] *= self.budgets.reward_text_precision  # many sparse columns: a prior of their own
-        prec[-1] = THUMBS_BIAS_PRECISION
-        theta, cov = fit_preferences(zp, zt, prior_mean, prec, thumbs_weight=self.budgets.reward_bce_weight)
+        grid = REWARD_TEXT_PRECISION_GRID if self.budgets.reward_text_evidence and self.basis.text_dim else \
+            (self.budgets.reward_text_precision,)
+        best = None
+        for text_precision in grid:
+            prec = torch.full((self.basis.dim + 1,), 2.0 * precision)
+            prec[self.basis.text_slice()] *= text_precision  # many sparse columns: a prior of their own
+            prec[-1] = THUMBS_BIAS_PRECISION
+            fitted = fit_preferences_with_evidence(zp, zt, prior_mean, prec, thumbs_weight=self.budgets.reward_bce_weight)
+            if best is None or fitted[2] > best[0][2]:
+                best = (fitted, text_precision)
+        (theta, cov, _), self.text_precisions[key] = best
         w = theta[:-1]
         spread = float(((train_z - center) @ w).std()) if len(train_z) > 1 else 1.0
         return Preference(w, cov[:-1, :-1], float(theta[-1]), center, spread if spread > 1e-6 else 1.0,
@@ -420,7 +454,8 @@ class RewardModel:
         train_z = self.basis(feats, prompts, replies)  # (N, D)
         center = train_z.mean(0)
         zeros = torch.zeros(self.basis.dim + 1)
-        self.population = self._fit_scope(train_pairs, train_points, zeros, self.budgets.reward_weight_decay, center, train_z)
+        self.population = self._fit_scope(train_pairs, train_points, zeros, self.budgets.reward_weight_decay, center, train_z,
+                                          "population")
         self.metrics["reward/pooled_direction_train"] = pooled_stats
         self.metrics["reward/basis"] = self.basis.names
         prior = torch.cat([self.population.weight, torch.tensor([self.population.thumbs_bias])])
@@ -430,7 +465,10 @@ class RewardModel:
             upoints = [p for p in mine.points if not is_heldout(p.split_key, frac)]
             if not upairs and not upoints:
                 continue
-            self.users[user_id] = self._fit_scope(upairs, upoints, prior, self.budgets.user_head_l2, center, train_z)
+            self.users[user_id] = self._fit_scope(upairs, upoints, prior, self.budgets.user_head_l2, center, train_z,
+                                                  str(user_id))
+        if self.budgets.reward_text_evidence and self.basis.text_dim:
+            self.metrics["reward/text_precision"] = dict(self.text_precisions)
         self.metrics.update(self.evaluate(full))
         return self.metrics
 

@@ -173,3 +173,39 @@ def test_a_preference_no_trait_measures_is_learned_from_the_text_and_served_alik
         assert torch.allclose(served.user.mean(z), mine, atol=1e-4)
     again = RewardModel.from_state(model_rm.state_dict(), budgets)
     assert torch.equal(again.basis.text_mu, model_rm.basis.text_mu)
+
+
+def test_the_evidence_is_the_marginal_likelihood():
+    from learning.reward import fit_preferences_with_evidence
+
+    # no labels: the evidence of any prior is log 1
+    assert fit_preferences_with_evidence(None, None, torch.zeros(2), torch.tensor([3.0, 1.0]))[2] == pytest.approx(0.0, abs=1e-9)
+    # one pair, w ~ N(0, 1): P(chosen wins) = E[sigmoid(w)] = 1/2 by symmetry; Laplace is close
+    one = fit_preferences_with_evidence((torch.tensor([[1.0]]), torch.tensor([[0.0]])), None, torch.zeros(2), torch.ones(2))[2]
+    assert one == pytest.approx(math.log(0.5), abs=0.01)
+    # five agreeing pairs: log E[sigmoid(w)^5], by quadrature -2.348
+    five = fit_preferences_with_evidence((torch.ones(5, 1), torch.zeros(5, 1)), None, torch.zeros(2), torch.ones(2))[2]
+    assert five == pytest.approx(-2.348, abs=0.02)
+
+
+@pytest.mark.parametrize("which, n, wants_text", [(0, 24, False), (10, 80, True)])
+def test_the_evidence_chooses_text_only_for_labels_text_explains(which, n, wants_text):
+    """2 trait columns and 40 text columns; the labels follow one column (a trait or a text one):
+    among the text block's prior precisions, the highest evidence pins the text weights (1e6) when a
+    trait explains the labels, and frees them when a text column does."""
+    from learning.reward import REWARD_TEXT_PRECISION_GRID, fit_preferences_with_evidence
+
+    g = torch.Generator().manual_seed(0)
+    zc, zr = torch.randn(n, 42, generator=g), torch.randn(n, 42, generator=g)
+    w = torch.zeros(42)
+    w[which] = 3.0
+    flip = (torch.sigmoid((zc - zr) @ w) < torch.rand(n, generator=g)).unsqueeze(1)
+    chosen, rejected = torch.where(flip, zr, zc), torch.where(flip, zc, zr)
+
+    def evidence(text_precision: float) -> float:
+        prec = torch.full((43,), 2.0)
+        prec[2:42] *= text_precision
+        return fit_preferences_with_evidence((chosen, rejected), None, torch.zeros(43), prec)[2]
+
+    best = max(REWARD_TEXT_PRECISION_GRID, key=evidence)
+    assert (best < 1e6) is wants_text
