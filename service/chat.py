@@ -55,6 +55,7 @@ class PlannedReply:
     request: GenerationRequest | None = None  # once submitted: the engine stamps its queue time on it
     choice: ReplyChoice | None = None  # personal best-of-n, when it produces this reply
     background: bool = False  # a front end's background call: held in the user's background slots
+    prefix: str = ""  # a reply continued (OpenAI's partial last assistant message): stored before the new text
 
 
 @dataclass
@@ -172,6 +173,11 @@ class ChatService:
             ids = ids[-budget:]
         return list(ids)
 
+    def _continuing(self, prompt_ids: list[int], partial: str) -> list[int]:
+        """The prompt followed by a partial reply's tokens (no end of turn), the newest ``max_input_tokens``."""
+        ids = prompt_ids + list(self.engine.tokenizer.encode(partial, add_special_tokens=False))
+        return ids[-self.settings.max_input_tokens:]
+
     def _history(self, session: Session, leaf: Message) -> list[dict]:
         thread = crud.thread(session, leaf=leaf, limit=self.settings.max_messages)
         return [{"role": m.role, "content": m.content} for m in thread if m.content or m.role != "assistant"]
@@ -236,9 +242,9 @@ class ChatService:
             return Turn(conv.id, user_msg.id, replies)
 
     def _plan_reply(self, session: Session, user_id: int, conversation_id: int, user_msg: Message, index: int,
-                    prompt_ids: list[int], params: SamplingParams, resolved: Resolved) -> PlannedReply:
+                    prompt_ids: list[int], params: SamplingParams, resolved: Resolved, *, origin: str = GENERATED) -> PlannedReply:
         msg = crud.add_message(
-            session, conversation_id=conversation_id, user_id=user_id, role="assistant", content="", origin=GENERATED,
+            session, conversation_id=conversation_id, user_id=user_id, role="assistant", content="", origin=origin,
             parent_id=user_msg.id, alternative_group=user_msg.id, alternative_index=index,
             adapter_version_id=resolved.version_id, adapter_label=resolved.label, policy=resolved.policy,
             temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
@@ -328,7 +334,15 @@ class ChatService:
         ``background``: a front end's background call (title, tags), with instructions of its own
         (the user's are not added) and slots of its own (``reserve``). ``chat_id``: the front end's own
         id of the chat (``service.external_chats``): the history joins that chat's conversation,
-        and a regenerated reply joins the alternatives it regenerates."""
+        and a regenerated reply joins the alternatives it regenerates.
+
+        A last assistant message is a reply to continue (Open WebUI's Continue): the model goes on
+        from its text, the client gets the new text only, and the stored reply is the whole (a new
+        alternative beside the one continued). It is this server's, and can be rated and trained on,
+        only when its start is a reply generated here in that chat (``external_chats.generated_start``);
+        a text the client wrote or edited is stored as the client's."""
+        partial = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
+
         def work() -> Turn:
             with Session(self.db, expire_on_commit=False) as session:
                 instructions = "" if background else self.instructions(session, user_id)
@@ -347,19 +361,25 @@ class ChatService:
                         parent = crud.add_message(session, conversation_id=conv.id, user_id=user_id, role=m["role"],
                                                   content=m["content"], parent_id=parent.id if parent else None)
                 prompt_ids = self.render_prompt([{"role": m["role"], "content": m["content"]} for m in messages])
+                origin = GENERATED
+                if partial is not None:  # the model goes on from the partial reply, as if it had written it
+                    prompt_ids = self._continuing(prompt_ids, partial)
+                    ours = chat_id is not None and external_chats.generated_start(session, parent, partial)
+                    origin = GENERATED if ours else "client"
                 resolved = self.resolve(session, user_id, policy)
                 first = crud.next_alternative_index(session, group=parent.id)
-                replies = [self._plan_reply(session, user_id, conv.id, parent, first + k, prompt_ids, params, resolved)
-                           for k in range(n)]
+                replies = [self._plan_reply(session, user_id, conv.id, parent, first + k, prompt_ids, params, resolved,
+                                            origin=origin) for k in range(n)]
                 for reply in replies:
                     reply.background = background
+                    reply.prefix = partial or ""
                 return Turn(conv.id, parent.id, replies)
 
         if len(messages) > self.settings.max_messages:
             raise ChatError("too_large", f"{len(messages)} messages is over the limit of {self.settings.max_messages} "
                                          "(ASSISTANT_MAX_MESSAGES); send the newest turns only", 413)
-        for m in messages:
-            if len(m["content"]) > self.settings.max_message_chars:
+        for text in [m["content"] for m in messages] + ([partial] if partial is not None else []):
+            if len(text) > self.settings.max_message_chars:
                 raise ChatError("too_large", f"a message is over {self.settings.max_message_chars} characters", 413)
         if not 1 <= n <= self.settings.max_alternatives:
             raise ChatError("bad_frame", f"n must be between 1 and {self.settings.max_alternatives} (ASSISTANT_MAX_ALTERNATIVES)", 400)
@@ -531,6 +551,6 @@ class ChatService:
 
     def _store(self, reply: PlannedReply, content: str, ev: EndEvent) -> None:
         with Session(self.db) as session:
-            crud.finish_message(session, message_id=reply.message.id, content=content, finish_reason=ev.finish_reason,
+            crud.finish_message(session, message_id=reply.message.id, content=reply.prefix + content, finish_reason=ev.finish_reason,
                                 prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
                                 best_of=reply.choice.record() if reply.choice is not None else None)

@@ -16,7 +16,7 @@ from typing import Sequence
 from sqlmodel import Session, col, select
 
 from service import crud
-from service.models import Conversation, Message
+from service.models import Conversation, Message, is_generated_reply
 
 CHAT_ID_HEADER = "X-OpenWebUI-Chat-Id"
 MAX_CHAT_ID = 128
@@ -60,3 +60,11 @@ def attach(session: Session, *, user_id: int, chat_id: str, messages: Sequence[d
         parent = found
     assert parent is not None  # the route refuses an empty history
     return conv, parent
+
+
+def generated_start(session: Session, user_msg: Message, partial: str) -> bool:
+    """Whether ``partial`` (a reply the client asks to continue) is the start of a reply generated here
+    to ``user_msg``: then the continued reply is this server's, whole."""
+    start = partial.strip()
+    replies = session.exec(select(Message).where(Message.parent_id == user_msg.id, Message.user_id == user_msg.user_id))
+    return bool(start) and any(is_generated_reply(m) and m.content.strip().startswith(start) for m in replies)

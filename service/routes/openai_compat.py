@@ -126,8 +126,12 @@ def _refuse_unsupported(body: OAIChatRequest) -> None:
                 if part.type != "text" or part.text is None:
                     raise OpenAIError(400, f"content parts of type '{part.type}' are not supported; send text parts",
                                       param=f"messages[{i}].content[{j}]", code="unsupported_content_type")
-    if body.messages[-1].role != "user":
-        raise OpenAIError(400, "the last message must have role 'user'", param="messages")
+    last = body.messages[-1].role
+    # A last assistant message is a reply to continue (Open WebUI's Continue button): it needs the
+    # user's turn it answers.
+    if last != "user" and not (last == "assistant" and any(m.role == "user" for m in body.messages[:-1])):
+        raise OpenAIError(400, "the last message must have role 'user', or be a partial 'assistant' reply to continue "
+                          "after a 'user' message", param="messages")
     if body.stream_options is not None and not body.stream:
         raise OpenAIError(400, "stream_options is only allowed with stream: true", param="stream_options")
 

@@ -26,7 +26,7 @@ MAX_EXAMPLES = 8
 # Operations whose schema cannot say everything the route checks, so a schema-valid request may get a 4xx:
 SCHEMA_CANNOT_SAY = {
     "POST /api/auth/token": "FastAPI's OAuth2 form treats an empty field as missing (422) though the schema allows ''",
-    "POST /v1/chat/completions": "the last message must be the user's; max_tokens is bounded by a setting",
+    "POST /v1/chat/completions": "the last message must be the user's (or a reply to continue after one); max_tokens is bounded by a setting",
     "POST /api/rankings": "the message ids must be alternatives of one turn",
     "POST /api/auth/register": "a new password must not be a common one nor contain the username",
     "POST /api/admin/users": "a new password must not be a common one nor contain the username",

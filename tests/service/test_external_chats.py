@@ -79,3 +79,30 @@ def test_background_calls_with_a_chat_id_never_touch_the_chat_and_bad_ids_are_re
         r = client.post("/v1/chat/completions", headers={**ann, "X-OpenWebUI-Chat-Id": bad},
                         json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
         assert r.status_code == 400 and r.json()["error"]["param"] == "X-OpenWebUI-Chat-Id"
+
+
+def test_continue_goes_on_from_a_partial_reply_and_only_a_reply_generated_here_stays_rateable(app_factory):
+    """Open WebUI's Continue sends the reply so far as the last (assistant) message; it got a 400."""
+    from tests.service.test_proxy import PROXY_KEY
+
+    client = app_factory(proxy_key=PROXY_KEY, exploration_share=0.0, best_of_n=1)
+    ann = _as("ann-1", "Ann")
+    q = {"role": "user", "content": "Tell me about the sea."}
+    first = _ask(client, ann, "chat-c", [q])
+    so_far = first["choices"][0]["message"]["content"]  # cut at max_tokens: what Continue is for
+    more = _ask(client, ann, "chat-c", [q, {"role": "assistant", "content": so_far}])
+    new_text = more["choices"][0]["message"]["content"]
+    assert more["usage"]["completion_tokens"] >= 1
+    detail = client.get(f"/api/conversations/{first['conversation_id']}", headers=ann).json()
+    stored = next(m for m in detail["messages"] if m["id"] == int(more["id"]))
+    assert stored["content"] == so_far + new_text  # the whole reply, beside the one it continues
+    assert stored["parent_id"] == next(m for m in detail["messages"] if m["id"] == int(first["id"]))["parent_id"]
+    assert client.post(f"/api/messages/{more['id']}/feedback", json={"rating": "up"}, headers=ann).status_code in (200, 201)
+
+    # a start the client wrote (or edited) is not this server's reply: served, stored, never rateable
+    edited = _ask(client, ann, "chat-c", [q, {"role": "assistant", "content": "Waves, I wrote this myself,"}])
+    assert client.post(f"/api/messages/{edited['id']}/feedback", json={"rating": "up"}, headers=ann).status_code == 422
+    # an assistant message with no user turn before it answers nothing
+    r = client.post("/v1/chat/completions", headers=ann,
+                    json={"model": MODEL, "messages": [{"role": "assistant", "content": "Hello"}], "max_tokens": 2})
+    assert r.status_code == 400 and "continue" in r.json()["error"]["message"]
