@@ -98,3 +98,20 @@ def test_the_insults_judge_finds_what_better_profanity_finds_with_one_compiled_p
              "Tea is best brewed for three minutes.", "Shut the fuck up, asshole.", "bullshit and crap"]
     for t in texts:  # every text better-profanity flags, the insults judge flags too; the clean ones stay clean
         assert (fast.score([t])[0] >= 0.5) == (reference.score([t])[0] >= 0.5), t
+
+
+def test_the_directed_judge_counts_a_listed_word_only_where_it_is_aimed_at_someone():
+    from service.judges import DirectedInsultJudge, make_judge
+
+    directed, insults = make_judge("insults-directed"), make_judge("insults")
+    assert isinstance(directed, DirectedInsultJudge)
+    aimed = ["You are a worthless idiot.", "Your boss is a jerk.", "What an idiot he is.", "Shut up and go away.",
+             "f*ck you", "Bob is such a loser."]
+    dual_use = ["Kill the process with kill -9.", "Fat content in butter is high.", "Put a pot of tea on the stove.",
+                "That was a stupid bug in my code.", "Dumb luck, you know."]
+    assert all(s >= 0.5 for s in directed.score(aimed)) and all(s >= 0.5 for s in insults.score(aimed))
+    assert [directed.count(t) for t in dual_use[:4]] == [0, 0, 0, 0]
+    assert all(insults.count(t) >= 1 for t in dual_use[:4])  # what kept the serving filter off
+    # "you" near a dual-use word makes it aimed, as the window says: the judge is a heuristic, not a parser
+    assert directed.count(dual_use[4]) == 1
+    assert directed.count("You are a worthless idiot.") == 2  # each aimed word counts, as insults counts them

@@ -26,11 +26,12 @@ def evaluation_sets() -> dict[str, tuple[str, ...]]:
 
 
 def test_the_safety_stages_prompts_share_no_five_words_in_a_row_with_any_evaluation_set():
-    from learning.safety_data import REPLAY_PROMPTS
+    from learning.safety_data import EDGY_DEV_PROMPTS, REPLAY_PROMPTS
 
     for name, evaluation in evaluation_sets().items():
         assert not shared_ngrams(redteam.SAFETY_TRAINING_PROMPTS, evaluation, 5), name
         assert not shared_ngrams(REPLAY_PROMPTS, evaluation, 5), name  # the ordinary prompts it replays too
+        assert not shared_ngrams(EDGY_DEV_PROMPTS, evaluation, 5), name  # the serving filter's dev questions
     # and not even four with the red-team set the evaluation reports first (set B, written apart,
     # shares only everyday phrasing such as "help me write a")
     assert not shared_ngrams(redteam.SAFETY_TRAINING_PROMPTS, sim_prompts.RED_TEAM_PROMPTS, 4)
