@@ -17,7 +17,8 @@ import learning.gate as gate  # noqa: E402
 from learning.sim.protocol import GOOD_WIN_RATE, replay_gate, trained_policy  # noqa: E402
 
 RUNS = ["2026-12-05-quick-ppo8", "2026-12-05-quick-ppo0", "2026-12-05-quick-seed1", "2026-12-05-quick-bon-base",
-        "2026-12-05-quick-harm-prompts-off", "2026-12-05-novel-baseline", "2026-12-05-full"]
+        "2026-12-05-quick-harm-prompts-off", "2026-12-05-novel-baseline", "2026-12-05-full",
+        "2026-12-05-full-safe-base"]
 exact = gate.more_harmful
 
 
