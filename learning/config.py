@@ -116,20 +116,21 @@ class Budgets:
     (beside the named reply traits). Measured with ``assistant reward-curve`` (README): 0 scored best at
     12-100 pairs per user on the tuning profiles (4 cost about 0.02 of accuracy, 8 about 0.04)."""
 
-    reward_text_features: int = 256
+    reward_text_features: int = 0
     """Hashed text features (``service.text_features``: words, bigrams, first-sentence and last-line
     words, punctuation, line shapes) added to the preference basis beside the named traits, so a user
     can be learned who prefers what no trait measures (issue 26). The number of hash buckets; 0 = off.
-    Serving's best-of-n scores them too (text only). 256 with ``reward_text_evidence`` since 2026-12-05
-    (docs/results/2026-12-05-text-evidence: no cost to the users the traits describe); 1024 scored 0.001
-    higher there but stores a 1045 x 1045 posterior covariance per user."""
+    Serving's best-of-n scores them too (text only). With ``reward_text_evidence`` they cost the users
+    the traits describe nothing (docs/results/2026-12-05-text-evidence), but they are off until "what
+    the assistant learned" can explain a reward the text block carries: with them on, a user who
+    wants lists saw "warm" as their top trait (tests/learning/test_reward.py)."""
 
     reward_text_precision: float = 4.0
     """The hashed text features' prior precision, as a multiple of the traits' (the population's
     ``reward_weight_decay``, a user's ``user_head_l2``): many sparse columns need a tighter prior than
     ~20 standardised traits."""
 
-    reward_text_evidence: bool = True
+    reward_text_evidence: bool = False
     """Let each scope's own labels decide how much text it needs (empirical Bayes): its text-block
     precision is the one of ``REWARD_TEXT_PRECISION_GRID`` (times the traits', the last one "no text")
     with the highest Laplace evidence, the marginal likelihood of its labels, instead of
