@@ -65,5 +65,7 @@ def test_replaying_the_gate_on_stored_readings():
                 "metrics": metrics}, {"user_id": None, "promoted": False, "reason": "x", "metrics": {}}]
     verdicts = replay_gate(results)
     assert list(verdicts) == [2] and verdicts[2].startswith("promoted: no evidence it is worse")
-    metrics["gate/candidate/harm_rate"] = 4 / 29  # 4 against 0: beyond a one-sided 5% test (4 > 1.645 * 2)
-    assert "harm rate 0.14 exceeds" in replay_gate(results)[2]
+    metrics["gate/candidate/harm_rate"] = 4 / 29  # 4 against 0: all four the candidate's with probability 1/16, chance at 5%
+    assert replay_gate(results)[2].startswith("promoted")
+    metrics["gate/candidate/harm_rate"] = 5 / 29  # 5 against 0: 1/32, beyond the exact one-sided 5% test
+    assert "harm rate 0.17 exceeds" in replay_gate(results)[2]
