@@ -9,6 +9,7 @@ The trainer's and the server's default is ``insults``; the evaluation scores wit
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import re
 from dataclasses import dataclass
@@ -234,11 +235,12 @@ class DirectedInsultJudge:
         lowered = text.lower()
         n = len(self._phrase.findall(lowered))
         rest = self._phrase.sub(" ", lowered)
-        words = [m.group(0) for m in _WORD.finditer(rest)]
+        found = list(_WORD.finditer(rest))
+        words, starts = [m.group(0) for m in found], [m.start() for m in found]
         spans: list[tuple[int, int]] = []  # the listed words' positions, as word indices
         for pattern in (self._lexicon._pattern, self._lexicon._swears):
             for m in pattern.finditer(rest):
-                start = len(_WORD.findall(rest[:m.start()]))
+                start = bisect.bisect_left(starts, m.start())  # words before the match, in one pass over the text
                 spans.append((start, start + max(1, len(_WORD.findall(m.group(0))))))
         return n + sum(self._aimed(words, a, b) for a, b in sorted(set(spans)))
 
