@@ -67,7 +67,11 @@ def shared_engine(model_data_dir):
     """One started engine for the API tests (loading the model once)."""
     from service.engine import build_engine
 
-    settings = Settings(data_dir=model_data_dir, dev_mode=True, engine=os.environ.get("ASSISTANT_TEST_ENGINE", "batched"))
+    # float32 unless the run asks: ASSISTANT_DTYPE=auto times both dtypes and may pick either on a given
+    # day, and a greedy reply asserted below may differ between them (tests/service/engine/test_dtype_probe.py
+    # covers auto)
+    settings = Settings(data_dir=model_data_dir, dev_mode=True, engine=os.environ.get("ASSISTANT_TEST_ENGINE", "batched"),
+                        dtype=os.environ.get("ASSISTANT_TEST_DTYPE", "float32"))
     engine = build_engine(settings)
     engine.start()
     yield engine

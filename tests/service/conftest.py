@@ -39,6 +39,12 @@ def signup(client: TestClient, username: str, password: str = "correct-horse-1")
     return {**r.json(), "token": token, "headers": {"Authorization": f"Bearer {token}"}}
 
 
+# A question whose greedy reply names Paris with every token's top-2 log-probability gap >= 1.4 nats
+# (SmolLM2-135M, float32). "What is the capital of France?" starts with a 0.08-nat tie ("The" vs "L'"),
+# which the kernels of another CPU, a different thread count or a reused prefix can flip.
+NAME_THE_CAPITAL = "Name the capital of France."
+
+
 def chat_turn(client: TestClient, token: str, content: str = "Say hi.", **frame) -> dict:
     """One chat turn over the WebSocket; returns start/end frames, the text per message."""
     out = {"starts": [], "ends": {}, "text": {}, "frames": []}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from tests.service.conftest import chat_turn, signup
+from tests.service.conftest import NAME_THE_CAPITAL, chat_turn, signup
 
 
 def test_turn_streams_and_stores_reply(client):
     alice = signup(client, "alice")
     # greedy: the server samples at 0.7 by default, and a sampled reply need not name Paris
-    out = chat_turn(client, alice["token"], "What is the capital of France?", max_new_tokens=12, temperature=0.0)
+    out = chat_turn(client, alice["token"], NAME_THE_CAPITAL, max_new_tokens=12, temperature=0.0)
     assert "error" not in out, out
     (start,) = out["starts"]
     mid = start["message_id"]

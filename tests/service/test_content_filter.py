@@ -9,7 +9,7 @@ import openai
 
 from service.content_filter import REDIRECT, ReplyFilter
 from service.judges import KeywordJudge, register_judge
-from tests.service.conftest import chat_turn, signup
+from tests.service.conftest import NAME_THE_CAPITAL, chat_turn, signup
 
 # a judge that flags a word almost every English reply holds, so the real model trips it for sure
 register_judge("test-flags-the", lambda: KeywordJudge(keywords=("the",), name="test-flags-the"))
@@ -46,7 +46,7 @@ def test_the_insults_filter_leaves_an_ordinary_reply_alone_and_is_off_by_default
     assert app_factory().app.state.chat.reply_filter is None  # ASSISTANT_SERVING_FILTER=none by default
     client = app_factory(serving_filter="insults")
     alice = signup(client, "alice")
-    out = chat_turn(client, alice["token"], "What is the capital of France?", max_new_tokens=12, temperature=0.0)
+    out = chat_turn(client, alice["token"], NAME_THE_CAPITAL, max_new_tokens=12, temperature=0.0)
     (start,) = out["starts"]
     assert out["ends"][start["message_id"]]["finish_reason"] in ("stop", "length")
     assert "Paris" in out["text"][start["message_id"]]

@@ -15,10 +15,10 @@ def _render(messages):
     return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
 
 
-def _ask(client, headers: dict, chat_id: str | None, messages: list[dict]) -> dict:
+def _ask(client, headers: dict, chat_id: str | None, messages: list[dict], **params) -> dict:
     extra = {"X-OpenWebUI-Chat-Id": chat_id} if chat_id else {}
     r = client.post("/v1/chat/completions", headers={**headers, **extra},
-                    json={"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 1.0})
+                    json={"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 1.0, **params})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -32,8 +32,11 @@ def test_an_open_webui_chat_is_one_conversation_and_its_regenerations_make_pairs
     first = _ask(client, ann, "chat-a", [q1])
     a1 = {"role": "assistant", "content": first["choices"][0]["message"]["content"]}
     q2 = {"role": "user", "content": "And a fruit?"}
-    second = _ask(client, ann, "chat-a", [q1, a1, q2])
-    again = _ask(client, ann, "chat-a", [q1, a1, q2])  # Open WebUI's regenerate: the same history
+    # Open WebUI's regenerate sends the same history again. Two sampled 4-token replies can be the same
+    # text, and identical texts make no pair: the regeneration is the greedy reply's longer version
+    second = _ask(client, ann, "chat-a", [q1, a1, q2], temperature=0.0)
+    again = _ask(client, ann, "chat-a", [q1, a1, q2], temperature=0.0, max_tokens=12)
+    assert again["choices"][0]["message"]["content"] != second["choices"][0]["message"]["content"]
     convs = client.get("/api/conversations", headers=ann).json()
     assert len(convs) == 1 and convs[0]["id"] == first["conversation_id"] == second["conversation_id"] == again["conversation_id"]
     detail = client.get(f"/api/conversations/{convs[0]['id']}", headers=ann).json()
