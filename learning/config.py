@@ -363,6 +363,12 @@ class Budgets:
     """"not-worse": a candidate is refused when the upper one-sided (1 - alpha) Wilson bound of its
     agreement with the user's held-out labels, against what serves them now, is below one half."""
 
+    gate_label_units: str = "comparisons"
+    """"not-worse": what the Wilson bound counts as its sample size. "comparisons" (every ranked pair,
+    plus min(thumbs up, thumbs down)) or "prompts" (the distinct prompts those comparisons rest on,
+    at most the comparisons): pairs from one ranking share their prompt and replies, so counting
+    them as independent overstates the evidence that a candidate is worse."""
+
     gate_min_labels: int = 6
     """Held-out comparisons (ranked pairs, plus min(thumbs up, thumbs down)) a user needs before
     their held-out labels judge their candidate (gate_preference "labels" or "either")."""
@@ -446,6 +452,9 @@ class Budgets:
         if self.gate_preference not in GATE_PREFERENCES:
             problems.append(f"{self.env_name('gate_preference')} must be one of {', '.join(GATE_PREFERENCES)} "
                             f"(got {self.gate_preference!r})")
+        if self.gate_label_units not in ("comparisons", "prompts"):
+            problems.append(f"{self.env_name('gate_label_units')} must be \"comparisons\" or \"prompts\" "
+                            f"(got {self.gate_label_units!r})")
         if not 0.0 < self.gate_worse_alpha < 0.5:
             problems.append(f"{self.env_name('gate_worse_alpha')} must be between 0 and 0.5 (got {self.gate_worse_alpha})")
         if self.rollout_engine not in ("batched", "hf"):

@@ -169,6 +169,14 @@ class LabelCheck:
     vs_base: float
     vs_current: float
     comparisons: int
+    prompts: int | None = None  # distinct prompts under the comparisons (None: not recorded, as before 2026-12-06)
+
+    def units(self, counted: str) -> int:
+        """The sample size of the "not-worse" test: comparisons, or ("prompts") the distinct prompts
+        they rest on, never more than the comparisons."""
+        if counted == "prompts" and self.prompts is not None:
+            return max(1, min(self.comparisons, self.prompts))
+        return self.comparisons
 
 
 @dataclass(frozen=True)
@@ -202,11 +210,13 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
     if personal and budgets.gate_preference == "not-worse":
         mode = "not-worse"
     if mode == "not-worse":  # refused only on evidence that it is worse for the user than what serves now
-        upper = wilson_upper(labels.vs_current, labels.comparisons, budgets.gate_worse_alpha) if enough else None
+        units = labels.units(budgets.gate_label_units) if enough else 0
+        upper = wilson_upper(labels.vs_current, units, budgets.gate_worse_alpha) if enough else None
+        counted = f", counted as {units} prompts" if enough and units != labels.comparisons else ""
         failures = [] if upper is None or upper >= 0.5 else [
             f"worse for the user than what serves them now: moves toward their held-out preferences on only "
-            f"{labels.vs_current:.0%} of {labels.comparisons} comparisons (upper {1 - budgets.gate_worse_alpha:.0%} "
-            f"bound {upper:.0%} < 50%)"]
+            f"{labels.vs_current:.0%} of {labels.comparisons} comparisons{counted} (upper "
+            f"{1 - budgets.gate_worse_alpha:.0%} bound {upper:.0%} < 50%)"]
         passed = ["not-worse"]
     elif mode == "labels":
         failures, passed = list(by_labels), ["labels"]
@@ -364,7 +374,8 @@ class Gate:
         if self.labels is not None:
             lp = self._logprobs()
             self.label_check = LabelCheck(label_agreement(self.labels, lp, self._base_lp),
-                                          label_agreement(self.labels, lp, self._current_lp), self.labels.comparisons())
+                                          label_agreement(self.labels, lp, self._current_lp), self.labels.comparisons(),
+                                          self.labels.prompts())
         personal = self.user_id is not None and self.reward.is_personal(self.user_id)
         per_user = self.reward.metrics.get("reward/per_user", {}).get(str(self.user_id), {}) if personal else {}
         decision = decide(candidate, self.current, self.base, self.budgets, personal=personal,
@@ -382,4 +393,5 @@ class Gate:
             out["gate/labels_vs_base"] = round(self.label_check.vs_base, 4)
             out["gate/labels_vs_current"] = round(self.label_check.vs_current, 4)
             out["gate/label_comparisons"] = self.label_check.comparisons
+            out["gate/label_prompts"] = self.label_check.prompts
         return out

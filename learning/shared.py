@@ -33,6 +33,12 @@ class HeldoutLabels:
         ups = sum(label == 1 for _, _, label in self.points)
         return len(self.pairs) + min(ups, len(self.points) - ups)
 
+    def prompts(self) -> int:
+        """How many distinct prompts their comparisons rest on: the independent units. Three ranked
+        pairs from one ranking of three replies share their replies and their prompt; counted as three
+        comparisons, a test reads them as three times the evidence they are."""
+        return len({p for pc, _, pr, _ in self.pairs for p in (pc, pr)} | {p for p, _, _ in self.points})
+
     def replies(self) -> list[tuple[str, str]]:
         """Every distinct (prompt, reply) they mention, in first-seen order."""
         items = [x for pc, c, pr, r in self.pairs for x in ((pc, c), (pr, r))] + [(p, r) for p, r, _ in self.points]

@@ -324,7 +324,8 @@ def replay_gate(results: list[dict[str, Any]]) -> dict[int, str]:
             continue
         cand, cur, base = (PolicyEval(**{f: m[f"gate/{who}/{f}"] for f in fields if f"gate/{who}/{f}" in m})
                            for who in ("candidate", "current", "base"))
-        labels = (LabelCheck(m["gate/labels_vs_base"], m["gate/labels_vs_current"], int(m["gate/label_comparisons"]))
+        labels = (LabelCheck(m["gate/labels_vs_base"], m["gate/labels_vs_current"], int(m["gate/label_comparisons"]),
+                             int(m["gate/label_prompts"]) if "gate/label_prompts" in m else None)
                   if "gate/label_comparisons" in m else None)
         out[r["user_id"]] = decide(cand, cur, base, budgets, personal=True, labels=labels).reason
     return out

@@ -1,5 +1,7 @@
 """The promotion gate's verdicts, and the budget checks an operator sees."""
 
+from dataclasses import replace
+
 import pytest
 
 from learning.config import Budgets, BudgetError
@@ -96,7 +98,9 @@ def test_label_agreement_reads_pairs_and_thumbs_relative_to_the_other_policy():
     # vs other: pair 1 chosen gains 2 vs 0 (agree); pair 2 chosen gains 0 vs 1 (disagree);
     # thumbs: up gains 1, downs gain 0 and 1 -> AUC (1 + 0.5) / 2 = 0.75, weighing min(1, 2) = 1
     cand = {**other, ("p1", "good"): -8.0, ("p2", "bad2"): -8.0, ("p3", "up"): -7.0, ("p5", "down2"): -7.0}
-    assert labels.comparisons() == 3
+    assert labels.comparisons() == 3 and labels.prompts() == 5
+    one_ranking = HeldoutLabels(pairs=(("q", "a", "q", "b"), ("q", "a", "q", "c"), ("q", "b", "q", "c")))
+    assert one_ranking.comparisons() == 3 and one_ranking.prompts() == 1  # three pairs, one independent unit
     assert label_agreement(labels, cand, other) == pytest.approx((1 + 0 + 0.75) / 3)
     assert label_agreement(labels, other, other) == pytest.approx(0.5)  # no movement: all ties
     assert label_agreement(HeldoutLabels(points=(("p3", "up", 1),)), cand, other) is None  # nothing to compare
@@ -184,6 +188,15 @@ def test_not_worse_refuses_only_on_evidence_that_the_user_is_worse_off():
     d = decide(cand(reward=5.0), CURRENT, BASE, budgets, personal=True,
                labels=LabelCheck(vs_base=0.9, vs_current=0.3, comparisons=20))
     assert not d.promote and "worse for the user than what serves them now" in d.reason and "44%" in d.reason
+    # the same 30% of 20 from rankings over 5 prompts: as prompts, upper bound 66%: no evidence
+    clustered = LabelCheck(vs_base=0.9, vs_current=0.3, comparisons=20, prompts=5)
+    assert not decide(cand(reward=5.0), CURRENT, BASE, budgets, personal=True, labels=clustered).promote
+    by_prompt = replace(budgets, gate_label_units="prompts")
+    d = decide(cand(reward=5.0), CURRENT, BASE, by_prompt, personal=True, labels=clustered)
+    assert d.promote and "no evidence it is worse" in d.reason
+    by_prompt_many = LabelCheck(vs_base=0.9, vs_current=0.3, comparisons=20, prompts=40)  # never more than comparisons
+    d = decide(cand(reward=5.0), CURRENT, BASE, by_prompt, personal=True, labels=by_prompt_many)
+    assert not d.promote and "44%" in d.reason and "counted as" not in d.reason
     # too few labels to test: promoted if safe, close and helpful enough
     few = LabelCheck(vs_base=0.0, vs_current=0.0, comparisons=budgets.gate_min_labels - 1)
     assert decide(loses_on_reward, CURRENT, BASE, budgets, personal=True, labels=few).promote
