@@ -389,6 +389,7 @@ class RewardModel:
         self.population: Preference | None = None
         self.users: dict[int, Preference] = {}
         self.text_precisions: dict[str, float] = {}  # scope -> the text block's prior precision its fit used
+        self.train_z: torch.Tensor | None = None  # (N, D) the fit's training replies, centred: what top_traits explains over
         self.metrics: dict[str, object] = {}
 
     # --- fitting ---------------------------------------------------------------
@@ -453,6 +454,7 @@ class RewardModel:
         self.basis = Basis.fit(feats, prompts, replies, self.budgets.reward_components, pooled, self.budgets.reward_text_features)
         train_z = self.basis(feats, prompts, replies)  # (N, D)
         center = train_z.mean(0)
+        self.train_z = train_z - center
         zeros = torch.zeros(self.basis.dim + 1)
         self.population = self._fit_scope(train_pairs, train_points, zeros, self.budgets.reward_weight_decay, center, train_z,
                                           "population")
@@ -529,13 +531,26 @@ class RewardModel:
         return out
 
     def top_traits(self, user_id: int | None, n: int = 3) -> list[TraitWeight]:
-        """The named traits whose weights move this scope's reward most (per standard deviation of
-        the trait over the stored replies), with the direction: what the assistant learned."""
+        """The named traits that move this scope's reward most (per standard deviation of the trait over
+        the stored replies), with the direction: what the assistant learned, in words.
+
+        A trait's figure is its own weight plus the share of the unnamed columns (hashed text, backbone
+        directions) that goes with it: their reward over the fit's training replies, regressed on the
+        standardised traits. Without that, a user who wants lists, whose list replies the text columns
+        also recognise ("- " lines), saw a minor trait on top because the text block carried the list
+        signal. Without unnamed columns (or the training replies, after ``from_state``) it is the weight."""
         head = self.head_for(user_id)
-        w = head.weight[: len(T.NAMES)] / head.scale
-        order = sorted(range(len(T.NAMES)), key=lambda i: -abs(float(w[i])))[:n]
-        return [TraitWeight(trait=T.NAMES[i], description=T.describe(T.NAMES[i]), weight=round(float(w[i]), 3),
-                            likes=float(w[i]) > 0) for i in order]
+        w = head.weight / head.scale
+        n_traits = len(T.NAMES)
+        named = w[:n_traits].clone()
+        if self.train_z is not None and self.basis.dim > n_traits and len(self.train_z) > n_traits:
+            t = self.train_z[:, :n_traits]  # (N, T)
+            unnamed = self.train_z[:, n_traits:] @ w[n_traits:]  # (N,) their reward
+            ridge = 1e-2 * len(t) * torch.eye(n_traits)  # near-duplicate traits must not trade huge opposite slopes
+            named += torch.linalg.solve(t.T @ t + ridge, t.T @ unnamed)
+        order = sorted(range(n_traits), key=lambda i: -abs(float(named[i])))[:n]
+        return [TraitWeight(trait=T.NAMES[i], description=T.describe(T.NAMES[i]), weight=round(float(named[i]), 3),
+                            likes=float(named[i]) > 0) for i in order]
 
     def user_metrics(self, user_id: int | None) -> dict[str, object]:
         if user_id is None:

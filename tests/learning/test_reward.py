@@ -81,13 +81,17 @@ def _replies(topic: str) -> tuple[str, str, str]:
 
 
 @pytest.mark.e2e
-def test_a_user_who_wants_lists_is_learned_from_a_few_dozen_labels(model_data_dir):
+@pytest.mark.parametrize("text", [0, 256], ids=["traits", "text-evidence"])
+def test_a_user_who_wants_lists_is_learned_from_a_few_dozen_labels(model_data_dir, text):
     from service.model_loading import load_base_model, load_tokenizer
     from service.settings import Settings
 
     settings = Settings(data_dir=model_data_dir, dev_mode=True)
     tokenizer, model = load_tokenizer(settings), load_base_model(settings, dtype=torch.float32)
-    budgets = Budgets(min_user_labels=4, heldout_fraction=0.01, reward_steps=50)
+    # with hashed text columns (chosen by evidence), part of the list signal sits in them ("- " lines):
+    # "what the assistant learned" must still name lists, not a minor trait (before: "warm")
+    budgets = Budgets(min_user_labels=4, heldout_fraction=0.01, reward_steps=50, reward_text_features=text,
+                      reward_text_evidence=bool(text))
     render = lambda q: tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,  # noqa: E731
                                                      add_generation_prompt=True)
     data = Dataset()
