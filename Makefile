@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install provision clean browser
+.PHONY: run test install provision clean browser openwebui openwebui-e2e
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,16 @@ provision: install
 
 run: provision
 	ASSISTANT_DEV_MODE=$${ASSISTANT_DEV_MODE:-1} HF_HUB_OFFLINE=1 $(BIN)/assistant serve
+
+# Open WebUI in front (deploy/openwebui/run.py): installed once into its own venv, started offline in
+# trusted-proxy mode with its ratings synced here; then this product. Ctrl-C stops both.
+openwebui: provision
+	HF_HUB_OFFLINE=1 $(BIN)/python deploy/openwebui/run.py
+
+# The same stack on a fresh data dir, driven through Open WebUI's own API: two users sign up, chat and
+# rate there; each rating must arrive here as that user's label (minutes; not part of `make test`).
+openwebui-e2e: provision
+	HF_HUB_OFFLINE=1 $(BIN)/python deploy/openwebui/e2e.py
 
 # Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
 browser:
