@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -301,6 +302,8 @@ def run_worker(settings: Settings, engine: Engine | None = None, *, parent_pid: 
     stop = threading.Event()
     from learning.safety import ensure_safety_stage
 
+    if parent_pid is not None:  # watched from the start: the safety stage below trains for minutes
+        threading.Thread(target=_stop_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True).start()
     ensure_safety_stage(settings, Budgets.from_env())  # once per base model, before any run
     worker = Worker(settings, engine).start()
 
@@ -312,11 +315,18 @@ def run_worker(settings: Settings, engine: Engine | None = None, *, parent_pid: 
     signal.signal(signal.SIGINT, _handle)
     try:
         while not stop.wait(1.0):
-            if parent_pid is not None and os.getppid() != parent_pid:
-                logger.warning("the server process %s that started this worker has ended: stopping", parent_pid)
-                break
+            pass
     finally:
         worker.stop()
+
+
+def _stop_when_orphaned(parent_pid: int) -> None:
+    """SIGTERM to this process once the server that started it is gone: before the worker's handler is
+    installed (the safety stage's first training) that ends the process, after it a clean stop."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    logger.warning("the server process %s that started this worker has ended: stopping", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def train_foreground(settings: Settings, user: str | None = None, *, now: bool = True, engine: Engine | None = None,

@@ -345,18 +345,22 @@ def test_stopping_a_worker_mid_job_fails_only_that_job(db, settings, seeder):
         _update_job(db, job, worker.worker_id, progress=0.5)
 
 
-def test_a_worker_started_by_a_server_stops_when_the_server_dies(db, settings, tmp_path):
-    """`assistant serve` passes --parent-pid: its worker must not train on alone after a kill -9."""
+@pytest.mark.parametrize("safety_at_start", ["0", "1"], ids=["idle", "training-the-safety-stage"])
+def test_a_worker_started_by_a_server_stops_when_the_server_dies(make_settings, tmp_path, safety_at_start):
+    """`assistant serve` passes --parent-pid: its worker must not train on alone after a kill -9, also
+    while it trains the safety stage at its first start (minutes; before, it went on to the end)."""
     import os
 
+    settings = make_settings()
     pid_file = tmp_path / "worker.pid"
     parent = textwrap.dedent(f"""
         import os, subprocess, sys, time
         env = dict(os.environ, ASSISTANT_DATA_DIR={str(settings.data_dir)!r}, ASSISTANT_DEV_MODE="1",
-                   ASSISTANT_SCHEDULE_ENABLED="0")
+                   ASSISTANT_SCHEDULE_ENABLED="0", ASSISTANT_SAFETY_TRAIN_AT_START={safety_at_start!r},
+                   ASSISTANT_SAFETY_SAMPLES="1")
         w = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--parent-pid", str(os.getpid())], env=env)
         open({str(pid_file)!r}, "w").write(str(w.pid))
-        time.sleep(3)
+        time.sleep(3 if {safety_at_start!r} == "0" else 15)  # "1": well into the safety stage's sampling
         os._exit(0)  # gone without a word, like kill -9: no clean-up of its children
     """)
     subprocess.run([sys.executable, "-c", parent], timeout=60, check=True)
