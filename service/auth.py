@@ -212,7 +212,8 @@ def get_current_user(request: Request, settings: SettingsDep) -> User:
             logger.warning("proxy key refused from %s (not in ASSISTANT_PROXY_ADDRESSES)", client_address(request))
             raise _UNAUTHORIZED
         try:
-            return proxy.user_for_proxy(request.app.state.db, request.headers, request.app.state.proxy_new_users)
+            return proxy.user_for_proxy(request.app.state.db, request.headers, request.app.state.proxy_new_users,
+                                        settings.proxy_jwt_secret)
         except proxy.ProxyError as exc:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
     user = user_for_token(settings, request.app.state.db, token)

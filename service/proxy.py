@@ -3,7 +3,10 @@ connection for all its users, each of them still their own product user.
 
 The front end sends the operator's proxy key (``ASSISTANT_PROXY_KEY``) as its API key and, per
 request, the user headers Open WebUI forwards when ``ENABLE_FORWARD_USER_INFO_HEADERS=true``:
-``X-OpenWebUI-User-Id`` (required), ``-Name``, ``-Email``, ``-Role``. Each id maps to the product
+``X-OpenWebUI-User-Id`` (required), ``-Name``, ``-Email``, ``-Role``. With ``ASSISTANT_PROXY_JWT_SECRET``
+(Open WebUI's ``FORWARD_USER_INFO_HEADER_JWT_SECRET``) the user comes only from the signed
+``X-OpenWebUI-User-Jwt`` header Open WebUI then sends instead (HS256, issuer "open-webui", its
+``sub`` the user id), so whoever holds the proxy key still cannot name a user. Each id maps to the product
 user ``owui-<id>``, created on first sight (approved: the operator vouched for the proxy), with
 no password (they cannot sign in on the web UI). Their adapter, limits and data are theirs alone.
 
@@ -27,6 +30,8 @@ from service.models import User
 logger = logging.getLogger(__name__)
 
 USER_ID_HEADER = "x-openwebui-user-id"
+USER_JWT_HEADER = "x-openwebui-user-jwt"
+JWT_ISSUER = "open-webui"
 EXTERNAL_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,58}$")  # Open WebUI's ids are UUIDs
 USERNAME_PREFIX = "owui-"
 
@@ -43,11 +48,28 @@ class ProxyError(ValueError):
     pass
 
 
-def user_for_proxy(db, headers, new_users=None) -> User:
+def signed_user_id(headers, secret: str) -> str:
+    """The user id in Open WebUI's signed identity header, verified; ProxyError when it is missing,
+    forged, from another issuer or expired."""
+    import jwt
+
+    token = (headers.get(USER_JWT_HEADER) or "").strip()
+    if not token:
+        raise ProxyError("ASSISTANT_PROXY_JWT_SECRET is set: the proxy key needs Open WebUI's signed X-OpenWebUI-User-Jwt "
+                         "header (FORWARD_USER_INFO_HEADER_JWT_SECRET, the same secret)")
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"], issuer=JWT_ISSUER, options={"require": ["sub", "exp"]})
+    except jwt.PyJWTError as exc:
+        raise ProxyError(f"X-OpenWebUI-User-Jwt refused: {exc}") from exc
+    return str(claims["sub"]).strip()
+
+
+def user_for_proxy(db, headers, new_users=None, jwt_secret: str | None = None) -> User:
     """The product user a proxied request acts for (made on first sight). ``new_users``: the
     ``SlidingWindow`` that bounds how many users the proxy may create per hour (issue 28, M2: they
-    are approved on creation, so a leaked key or a runaway front end could fill the pool)."""
-    external = (headers.get(USER_ID_HEADER) or "").strip()
+    are approved on creation, so a leaked key or a runaway front end could fill the pool). With
+    ``jwt_secret`` the user is the signed header's, and the plain one is ignored."""
+    external = signed_user_id(headers, jwt_secret) if jwt_secret else (headers.get(USER_ID_HEADER) or "").strip()
     if not external:
         raise ProxyError("the proxy key needs an X-OpenWebUI-User-Id header naming the user (Open WebUI: "
                          "ENABLE_FORWARD_USER_INFO_HEADERS=true)")

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     sign_in_failures_per_account: int = Field(5, ge=0, description="Failed sign-ins per account in the window before 429 (0 = no limit).")
     sign_in_failures_per_address: int = Field(20, ge=0, description="Failed sign-ins per client address in the window before 429 (0 = no limit).")
     sign_in_window_s: float = Field(300.0, gt=0, description="Window of the sign-in failure limits, seconds.")
+    proxy_jwt_secret: str | None = Field(None, description="Open WebUI's FORWARD_USER_INFO_HEADER_JWT_SECRET: with it the trusted "
+                                         "proxy's user is read only from the signed X-OpenWebUI-User-Jwt header (HS256, issuer "
+                                         "open-webui, unexpired), never from the plain X-OpenWebUI-User-* headers, so the proxy key "
+                                         "alone cannot act as any user. 32+ characters; unset = the plain headers.")
     proxy_users_per_hour: int = Field(200, ge=0, description="New users the trusted proxy may create per hour (they are approved "
                                       "on creation); past it a new user's request answers 401 until the hour's oldest ages out. 0 = no limit.")
     openwebui_url: str | None = Field(None, description="Open WebUI's base URL (e.g. http://localhost:8080): with "
@@ -183,6 +187,8 @@ class Settings(BaseSettings):
             problems.append("ASSISTANT_SECRET_KEY must be at least 32 characters outside dev mode")
         if self.proxy_key is not None and len(self.proxy_key) < 32:
             problems.append("ASSISTANT_PROXY_KEY must be at least 32 characters (python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+        if self.proxy_jwt_secret is not None and len(self.proxy_jwt_secret) < 32:
+            problems.append("ASSISTANT_PROXY_JWT_SECRET must be at least 32 characters (Open WebUI signs with it as HS256)")
         if self.dev_mode and self.host not in LOOPBACK_HOSTS:
             problems.append(f"ASSISTANT_DEV_MODE is for local use only: bind to 127.0.0.1 (ASSISTANT_HOST={self.host}), "
                             "or turn dev mode off and set ASSISTANT_SECRET_KEY")

@@ -4,7 +4,8 @@
    (``OPENWEBUI_VENV``, default ``.openwebui/venv``), never into the product's. Done once; the
    install time is printed apart.
 2. Starts it offline (no model hub, no telemetry, no update check; see ``openwebui_env``), pointed
-   at this product's ``/v1`` with the trusted-proxy key and forwarding each user's identity, with
+   at this product's ``/v1`` with the trusted-proxy key and forwarding each user's identity (signed:
+   ``FORWARD_USER_INFO_HEADER_JWT_SECRET`` here, ``ASSISTANT_PROXY_JWT_SECRET`` there), with
    ordinary sign-up open (new users are active, not pending) and the models visible to every user.
 3. Makes its first admin (``OPENWEBUI_ADMIN_EMAIL``; the password is ``OPENWEBUI_ADMIN_PASSWORD`` or
    one generated and kept in the data dir) and an admin API key, with which this product reads Open
@@ -72,7 +73,7 @@ def install() -> Path:
     return exe
 
 
-def openwebui_env(proxy_key: str) -> dict[str, str]:
+def openwebui_env(proxy_key: str, jwt_secret: str) -> dict[str, str]:
     """Open WebUI's settings: this product as its only connection, offline, users forwarded."""
     return {
         **os.environ,
@@ -83,7 +84,8 @@ def openwebui_env(proxy_key: str) -> dict[str, str]:
         "OPENAI_API_BASE_URL": f"http://127.0.0.1:{ASSISTANT_PORT}/v1",
         "OPENAI_API_KEY": proxy_key,
         "ENABLE_OPENAI_API": "True",
-        "ENABLE_FORWARD_USER_INFO_HEADERS": "True",  # X-OpenWebUI-User-Id/-Name/-Email/-Role, X-OpenWebUI-Chat-Id
+        "ENABLE_FORWARD_USER_INFO_HEADERS": "True",  # the user, and X-OpenWebUI-Chat-Id
+        "FORWARD_USER_INFO_HEADER_JWT_SECRET": jwt_secret,  # the user as a signed X-OpenWebUI-User-Jwt
         "ENABLE_OLLAMA_API": "False",
         "ENABLE_EVALUATION_ARENA_MODELS": "False",
         # every user sees the product's models (else only the admin does), and may sign up as a user
@@ -161,6 +163,7 @@ def admin_api_key(base: str) -> str:
 def main() -> None:
     exe = install()
     proxy_key = os.environ.get("ASSISTANT_PROXY_KEY") or secret_file("proxy-key", lambda: secrets.token_urlsafe(32))
+    jwt_secret = os.environ.get("ASSISTANT_PROXY_JWT_SECRET") or secret_file("jwt-secret", lambda: secrets.token_urlsafe(32))
     DATA.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
 
@@ -180,13 +183,13 @@ def main() -> None:
     base = f"http://127.0.0.1:{PORT}"
     started = time.monotonic()
     say(f"starting Open WebUI on {base} (offline; data in {DATA})")
-    procs.append(subprocess.Popen([str(exe), "serve", "--host", HOST, "--port", str(PORT)], env=openwebui_env(proxy_key),
+    procs.append(subprocess.Popen([str(exe), "serve", "--host", HOST, "--port", str(PORT)], env=openwebui_env(proxy_key, jwt_secret),
                                   cwd=DATA))
     wait_until_up(f"{base}/health", procs[-1], "Open WebUI")
     token = admin_api_key(base)
     say(f"Open WebUI up in {time.monotonic() - started:.0f} s; its admin: {ADMIN_EMAIL} "
         f"(password: OPENWEBUI_ADMIN_PASSWORD or {DATA / 'admin-password'})")
-    env = {**os.environ, "ASSISTANT_PROXY_KEY": proxy_key, "ASSISTANT_OPENWEBUI_URL": base,
+    env = {**os.environ, "ASSISTANT_PROXY_KEY": proxy_key, "ASSISTANT_PROXY_JWT_SECRET": jwt_secret, "ASSISTANT_OPENWEBUI_URL": base,
            "ASSISTANT_OPENWEBUI_TOKEN": token, "ASSISTANT_PORT": str(ASSISTANT_PORT), "HF_HUB_OFFLINE": "1"}
     env.setdefault("ASSISTANT_DEV_MODE", "1")
     procs.append(subprocess.Popen([str(Path(sys.executable).with_name("assistant")), "serve"], env=env, cwd=ROOT))

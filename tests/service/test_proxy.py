@@ -154,3 +154,39 @@ def test_listing_models_through_the_proxy_creates_no_user(app_factory):
     names = {u["username"] for u in client.get("/api/admin/users", headers={"Authorization": f"Bearer {op}"}).json()}
     assert "owui-lurker" not in names
     assert client.get("/api/me", headers=_as("lurker", "Lurker")).status_code == 200  # the first real call makes them
+
+
+def test_with_a_jwt_secret_only_open_webuis_signed_identity_names_the_user(app_factory):
+    """Issue 31: Open WebUI's FORWARD_USER_INFO_HEADER_JWT_SECRET makes it send X-OpenWebUI-User-Jwt (HS256,
+    issuer open-webui, as its utils/headers.py mints it). With the same secret here, the proxy key alone, or
+    with plain headers naming someone, acts as nobody; a forged, foreign or expired token is refused."""
+    import time
+
+    import jwt
+
+    secret = "shared-with-open-webui-0123456789abcdef"
+    client = app_factory(proxy_key=PROXY_KEY, proxy_jwt_secret=secret)
+
+    def signed(sub: str, key: str = secret, iss: str = "open-webui", ttl: int = 300) -> dict:
+        now = int(time.time())
+        token = jwt.encode({"sub": sub, "email": f"{sub}@example.org", "name": sub, "role": "user", "iss": iss,
+                            "iat": now, "exp": now + ttl}, key, algorithm="HS256")
+        return {"Authorization": f"Bearer {PROXY_KEY}", "X-OpenWebUI-User-Jwt": token}
+
+    me = client.get("/api/me", headers=signed("ann-1"))
+    assert me.status_code == 200 and me.json()["username"] == "owui-ann-1"
+    # the plain header is ignored: it cannot pick the user, with or without a token
+    assert client.get("/api/me", headers=_as("ben-2", "Ben")).status_code == 401
+    both = {**signed("ann-1"), "X-OpenWebUI-User-Id": "ben-2"}
+    assert client.get("/api/me", headers=both).json()["username"] == "owui-ann-1"
+    for bad in (signed("ben-2", key="another-secret-0123456789abcdefghij"), signed("ben-2", iss="someone-else"),
+                signed("ben-2", ttl=-60)):
+        r = client.get("/api/me", headers=bad)
+        assert r.status_code == 401 and "X-OpenWebUI-User-Jwt refused" in r.json()["detail"], r.text
+    # a short secret is a configuration error, said at start
+    import pytest
+
+    from service.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="ASSISTANT_PROXY_JWT_SECRET"):
+        Settings(dev_mode=True, proxy_jwt_secret="short")
