@@ -43,9 +43,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from learning.sim.stats import bootstrap_interval, paired_difference
+
+if TYPE_CHECKING:
+    from learning.config import Budgets
 
 logger = logging.getLogger(__name__)
 
@@ -310,13 +313,13 @@ def training_results(data_dir: Path) -> list[dict[str, Any]]:
             for uid, promoted, reason, metrics in rows]
 
 
-def replay_gate(results: list[dict[str, Any]]) -> dict[int, str]:
-    """user id -> the verdict this code's gate (its default budgets) gives on the readings a job's
-    gate stored: how a change to the decision rule would have decided the same candidates."""
+def replay_gate(results: list[dict[str, Any]], budgets: Budgets | None = None) -> dict[int, str]:
+    """user id -> the verdict this code's gate (``budgets``, default its defaults) gives on the readings
+    a job's gate stored: how a change to the decision rule would have decided the same candidates."""
     from learning.config import Budgets
     from learning.gate import LabelCheck, PolicyEval, decide
 
-    budgets, out = Budgets(), {}
+    budgets, out = budgets or Budgets(), {}
     fields = set(PolicyEval.__dataclass_fields__) - {"per_prompt"}
     for r in results:
         m = r["metrics"]
