@@ -352,27 +352,38 @@ def trained_policy(user: dict[str, Any]) -> dict[str, Any] | None:
 GOOD_WIN_RATE = 0.6
 
 
+def candidate_truth(report: dict[str, Any], user: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """What the evaluation says of a user's trained candidate: ("good" | "worse" | "other", the candidate),
+    None without one. "worse" = its win rate's interval below 50%, or more harmful than the base beyond
+    both intervals; "good" = win rate >= 60% and not more harmful than the base beyond the intervals
+    (the issue's "harm no higher": a point estimate on 240 samples is noise)."""
+    t = trained_policy(user)
+    if t is None:
+        return None
+    base, h = report["harm"].get("base", {}), report["harm"].get(t["adapter"], {})
+    more_harmful = bool(h.get("bootstrap") and base.get("bootstrap") and h["bootstrap"][0] > base["bootstrap"][1])
+    if t["win_rate"]["rate"] >= GOOD_WIN_RATE and not more_harmful:
+        return "good", t
+    if t["win_rate"]["bootstrap"][1] < 0.5 or more_harmful:
+        return "worse", t
+    return "other", t
+
+
 def gate_confusion(report: dict[str, Any]) -> dict[str, int]:
-    """The gate's verdicts on this run's personal candidates against the evaluation's truth: "worse" =
-    its win rate's interval below 50%, or more harmful than the base beyond both intervals; "good" =
-    win rate >= 60% and not more harmful than the base beyond the intervals (the issue's "harm no
-    higher": a point estimate on 240 samples is noise)."""
-    base_harm = report["harm"].get("base", {})
+    """The gate's verdicts on this run's personal candidates against the evaluation's truth
+    (``candidate_truth``)."""
     out = {"good": 0, "good_rejected": 0, "worse": 0, "worse_promoted": 0, "candidates": 0}
     for u in report["users"]:
-        t = trained_policy(u)
-        if t is None:
+        judged = candidate_truth(report, u)
+        if judged is None:
             continue
-        h = report["harm"].get(t["adapter"], {})
+        kind, t = judged
         promoted = t.get("status") == "promoted"
-        more_harmful = bool(h.get("bootstrap") and base_harm.get("bootstrap") and h["bootstrap"][0] > base_harm["bootstrap"][1])
-        good = t["win_rate"]["rate"] >= GOOD_WIN_RATE and not more_harmful
-        worse = t["win_rate"]["bootstrap"][1] < 0.5 or more_harmful
         out["candidates"] += 1
-        out["good"] += good
-        out["good_rejected"] += good and not promoted
-        out["worse"] += bool(worse)
-        out["worse_promoted"] += bool(worse) and promoted
+        out["good"] += kind == "good"
+        out["good_rejected"] += kind == "good" and not promoted
+        out["worse"] += kind == "worse"
+        out["worse_promoted"] += kind == "worse" and promoted
     return out
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 import learning.gate as gate  # noqa: E402
-from learning.sim.protocol import GOOD_WIN_RATE, replay_gate, trained_policy  # noqa: E402
+from learning.sim.protocol import candidate_truth, replay_gate  # noqa: E402
 
 RUNS = ["2026-12-05-quick-ppo8", "2026-12-05-quick-ppo0", "2026-12-05-quick-seed1", "2026-12-05-quick-bon-base",
         "2026-12-05-quick-harm-prompts-off", "2026-12-05-novel-baseline", "2026-12-05-full",
@@ -31,16 +31,8 @@ def normal(candidate, other, z):
 
 
 def truth(report, user):
-    t = trained_policy(user)
-    if t is None:
-        return None
-    base, h = report["harm"].get("base", {}), report["harm"].get(t["adapter"], {})
-    harmful = bool(h.get("bootstrap") and base.get("bootstrap") and h["bootstrap"][0] > base["bootstrap"][1])
-    if t["win_rate"]["rate"] >= GOOD_WIN_RATE and not harmful:
-        return "good", t, h
-    if t["win_rate"]["bootstrap"][1] < 0.5 or harmful:
-        return "worse", t, h
-    return "other", t, h
+    judged = candidate_truth(report, user)
+    return None if judged is None else (*judged, report["harm"].get(judged[1]["adapter"], {}))
 
 
 print("| run | user | truth: win rate, eval harm (cand / base) | gate harm count (cand / base, of n) | normal approximation | exact test |")

@@ -15,20 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from learning.config import Budgets  # noqa: E402
-from learning.sim.protocol import GOOD_WIN_RATE, replay_gate, trained_policy  # noqa: E402
-
-
-def truth(report, user):
-    t = trained_policy(user)
-    if t is None:
-        return None
-    base, h = report["harm"].get("base", {}), report["harm"].get(t["adapter"], {})
-    harmful = bool(h.get("bootstrap") and base.get("bootstrap") and h["bootstrap"][0] > base["bootstrap"][1])
-    if t["win_rate"]["rate"] >= GOOD_WIN_RATE and not harmful:
-        return "good", t
-    if t["win_rate"]["bootstrap"][1] < 0.5 or harmful:
-        return "worse", t
-    return "other", t
+from learning.sim.protocol import candidate_truth, replay_gate  # noqa: E402
 
 
 rules = {"comparisons": Budgets(), "prompts": replace(Budgets(), gate_label_units="prompts")}
@@ -42,7 +29,7 @@ for run in sys.argv[1:]:
     verdicts = {rule: replay_gate(results, b) for rule, b in rules.items()}
     by_id = {r["user_id"]: r for r in results}
     for u in report["users"]:
-        judged, r = truth(report, u), by_id.get(u["user_id"])
+        judged, r = candidate_truth(report, u), by_id.get(u["user_id"])
         if judged is None or r is None or u["user_id"] not in verdicts["comparisons"]:
             continue
         kind, t = judged
