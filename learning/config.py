@@ -121,9 +121,10 @@ class Budgets:
     words, punctuation, line shapes) added to the preference basis beside the named traits, so a user
     can be learned who prefers what no trait measures (issue 26). The number of hash buckets; 0 = off.
     Serving's best-of-n scores them too (text only). With ``reward_text_evidence`` they cost the users
-    the traits describe nothing (docs/results/2026-12-05-text-evidence), but they are off until "what
-    the assistant learned" can explain a reward the text block carries: with them on, a user who
-    wants lists saw "warm" as their top trait (tests/learning/test_reward.py)."""
+    the traits describe nothing in sibling accuracy (docs/results/2026-12-05-text-evidence), and "what the
+    assistant learned" names the traits they go with (``RewardModel.top_traits``); they stay off because
+    end to end the quick protocol could not show them non-inferior at 3 points (-0.8, -3.6 to +2.0:
+    docs/results/2026-12-06-quick-safe-text-evidence, mostly training's run-to-run noise)."""
 
     reward_text_precision: float = 4.0
     """The hashed text features' prior precision, as a multiple of the traits' (the population's
