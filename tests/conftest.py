@@ -108,10 +108,30 @@ def make_postgres_database(postgres_admin_url) -> Iterator[Callable[[], str]]:
         return make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
 
     yield make
-    with admin.connect() as conn:
-        for name in made:  # FORCE: the app under test may still hold pooled connections
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    for name in made:
+        _drop_database(admin, name)
     admin.dispose()
+
+
+def _drop_database(admin, name: str, attempts: int = 40) -> None:
+    """DROP ... WITH (FORCE): the app under test may still hold pooled connections. FORCE may not end
+    a backend of another role, and an autovacuum worker (the superuser's) that happens to be in the
+    database just used refuses it ("must be a member of the role whose process is being terminated",
+    seen once in CI): it finishes within moments, so try again."""
+    import time
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(attempts):
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.25)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
