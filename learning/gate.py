@@ -210,9 +210,11 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
     if personal and budgets.gate_preference == "not-worse":
         mode = "not-worse"
     if mode == "not-worse":  # refused only on evidence that it is worse for the user than what serves now
-        units = labels.units(budgets.gate_label_units) if enough else 0
-        upper = wilson_upper(labels.vs_current, units, budgets.gate_worse_alpha) if enough else None
-        counted = f", counted as {units} prompts" if enough and units != labels.comparisons else ""
+        upper, counted = None, ""
+        if enough:
+            units = labels.units(budgets.gate_label_units)
+            upper = wilson_upper(labels.vs_current, units, budgets.gate_worse_alpha)
+            counted = f", counted as {units} prompts" if units != labels.comparisons else ""
         failures = [] if upper is None or upper >= 0.5 else [
             f"worse for the user than what serves them now: moves toward their held-out preferences on only "
             f"{labels.vs_current:.0%} of {labels.comparisons} comparisons{counted} (upper "

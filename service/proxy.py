@@ -22,6 +22,7 @@ import logging
 import re
 import secrets
 
+import jwt
 from sqlmodel import Session
 
 from service import crud
@@ -51,8 +52,6 @@ class ProxyError(ValueError):
 def signed_user_id(headers, secret: str) -> str:
     """The user id in Open WebUI's signed identity header, verified; ProxyError when it is missing,
     forged, from another issuer or expired."""
-    import jwt
-
     token = (headers.get(USER_JWT_HEADER) or "").strip()
     if not token:
         raise ProxyError("ASSISTANT_PROXY_JWT_SECRET is set: the proxy key needs Open WebUI's signed X-OpenWebUI-User-Jwt "
