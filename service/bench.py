@@ -168,6 +168,8 @@ def run_serve_bench(
     naive_requests: int | None = None,
     repeats: int = 2,
     while_training: bool = False,
+    peer: str | None = None,
+    llamacpp_server: str | None = None,
 ) -> dict:
     """Run the serving benchmark and return (and optionally write as JSON) its numbers."""
     import torch
@@ -249,6 +251,7 @@ def run_serve_bench(
                     if name not in result or r["tokens_per_s"] > result[name]["tokens_per_s"]:
                         result[name] = r
 
+        reference = None
         try:
             # The naive baseline runs first and its thread ends before the batched engine's starts:
             # an engine thread that stays alive keeps its OpenMP pool, which slows the other (service.threads).
@@ -269,10 +272,16 @@ def run_serve_bench(
             }
             logger.info("long prompt join: %s", result["long_prompt_join"])
             result["engine_stats"] = engine.stats()
+            if peer == "llamacpp":  # our greedy tokens, for the peer's float32 run to reproduce
+                reference = {"tokens": _generate(engine, prompts[0], refs[0], 32, ignore_eos=True)[1]}
         finally:
             engine.stop()
             if naive is not None:
                 naive.stop()
+        if peer == "llamacpp":  # 8. the same requests on llama.cpp, after our engine stopped: the same cores
+            result["peers"] = {"llamacpp": _llamacpp(model, refs, [sc for sc in scenarios if sc[1] is engine], result,
+                                                     Path(tmp), threads, max_new_tokens, repeats, llamacpp_server,
+                                                     reference)}
 
     b = result["batched_distinct"]
     ratios = {
@@ -291,8 +300,31 @@ def run_serve_bench(
         ratios[f"{many_adapters}_distinct_vs_one_adapter"] = round(
             result[f"batched_{many_adapters}_distinct"]["tokens_per_s"] / result[f"batched_{many_adapters}_one_adapter"]["tokens_per_s"], 3
         )
+    if "peers" in result and "f32" in result["peers"]["llamacpp"]:
+        from service.bench_peers import peer_ratios
+
+        ratios.update(peer_ratios(result, result["peers"]["llamacpp"]))
     result["ratios"] = ratios
     return _write(result, out_path)
+
+
+def _llamacpp(model, refs, scenarios, ours: dict, workdir: Path, threads: int, max_new_tokens: int, repeats: int,
+              binary: str | None, reference: dict) -> dict:
+    """llama.cpp's numbers on our scenarios, or why there are none (no binary, a model its GGUF cannot hold)."""
+    from service.bench_peers import find_llama_server, run_llamacpp_peer
+    from service.model_loading import embedded_gguf_path
+
+    found = find_llama_server(binary)
+    if found is None:
+        logger.warning("no llama-server: the peer is skipped (make peer-llamacpp, or --llamacpp-server PATH)")
+        return {"skipped": "no llama-server found: run `make peer-llamacpp` or pass --llamacpp-server PATH"}
+    try:
+        return run_llamacpp_peer(found, model, refs, {name: (ps, ads) for name, _, ps, ads in scenarios},
+                                 template=embedded_gguf_path(), workdir=workdir, threads=threads,
+                                 max_new_tokens=max_new_tokens, repeats=repeats, reference=reference)
+    except ValueError as e:  # a served model that is not the shipped architecture
+        logger.warning("the llama.cpp peer is skipped: %s", e)
+        return {"skipped": f"the served model cannot be written as the shipped GGUF: {e}"}
 
 
 def _write(result: dict, out_path: Path | str | None) -> dict:
@@ -322,6 +354,10 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--best-of-block", type=int, default=16, help="with --best-of-n: tokens per choice (0: whole replies)")
     parser.add_argument("--best-of-first-block", type=int, default=0,
                         help="with --best-of-n: tokens of the first choice (0: --best-of-block)")
+    parser.add_argument("--peer", choices=["llamacpp"], default=None,
+                        help="also run the same requests on llama.cpp's server (float32 and Q4_1, same adapters and cores)")
+    parser.add_argument("--llamacpp-server", default=None,
+                        help="with --peer llamacpp: the llama-server binary (default: `make peer-llamacpp`'s, else PATH)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     return parser
 
@@ -345,8 +381,13 @@ def main_bench(args: argparse.Namespace, settings: Settings | None = None) -> di
         settings, users=args.users, adapters=args.adapters, max_new_tokens=args.max_new_tokens, out_path=args.out,
         dtype=args.dtype, many_adapters=args.many_adapters, rank=args.rank, skip_naive=args.skip_naive,
         naive_requests=args.naive_requests, repeats=args.repeats, while_training=args.while_training,
+        peer=args.peer, llamacpp_server=args.llamacpp_server,
     )
     print(json.dumps(result, indent=2))  # the command's output, not a log line
+    if "f32" in result.get("peers", {}).get("llamacpp", {}):
+        from service.bench_peers import peer_table
+
+        print(peer_table(result, result["peers"]["llamacpp"]))
     return result
 
 
