@@ -360,9 +360,12 @@ class Budgets:
     served the base to 2-3 users of 8 (docs/results/2026-12-05-gate). The global adapter always
     uses the reward model."""
 
-    gate_worse_alpha: float = 0.1
+    gate_worse_alpha: float = 0.05
     """"not-worse": a candidate is refused when the upper one-sided (1 - alpha) Wilson bound of its
-    agreement with the user's held-out labels, against what serves them now, is below one half."""
+    agreement with the user's held-out labels, against what serves them now, is below one half. 0.05,
+    not 0.10, since 2026-12-06 (docs/results/2026-12-06-gate-label-validity): over 45 tuning-profile
+    candidates the label yardstick correlates with the measured win rate at r = 0.14 and has never
+    caught a worse one; at 0.10 it refused one that truly won 55%, at 0.05 none."""
 
     gate_label_units: str = "comparisons"
     """"not-worse": what the Wilson bound counts as its sample size. "comparisons" (every ranked pair,

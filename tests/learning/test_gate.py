@@ -178,7 +178,7 @@ def test_wilson_upper_bound_worked_by_hand():
 
 def test_not_worse_refuses_only_on_evidence_that_the_user_is_worse_off():
     assert Budgets().gate_preference == "not-worse"  # the default
-    budgets = Budgets(gate_max_kl=0.3)
+    budgets = Budgets(gate_max_kl=0.3, gate_worse_alpha=0.1)  # the one-sided 90% bound worked by hand above
     loses_on_reward = cand(reward=-1.0)  # the reward model PPO optimised is not asked
     # 40% of 10 comparisons: could be chance (upper bound 60%): promoted
     d = decide(loses_on_reward, CURRENT, BASE, budgets, personal=True,
@@ -210,6 +210,22 @@ def test_not_worse_refuses_only_on_evidence_that_the_user_is_worse_off():
     assert not decide(loses_on_reward, CURRENT, BASE, budgets).promote
     with pytest.raises(BudgetError, match="ASSISTANT_GATE_WORSE_ALPHA"):
         Budgets(gate_worse_alpha=0.7)
+
+
+def test_the_default_not_worse_test_asks_for_a_95_percent_bound():
+    # z = 1.644854, z^2 = 2.705543. 2 of 8 (25%): centre 0.25 + 2.705543/16 = 0.419096; half = 1.644854 *
+    #   sqrt(0.1875/8 + 2.705543/256) = 0.303323; / (1 + 2.705543/8 = 1.338193): upper 0.5398, no evidence...
+    assert Budgets().gate_worse_alpha == 0.05
+    assert wilson_upper(0.25, 8, 0.05) == pytest.approx((0.419096 + 0.303323) / 1.338193, abs=1e-5)
+    labels = LabelCheck(vs_base=0.9, vs_current=0.25, comparisons=8)
+    assert decide(cand(reward=5.0), CURRENT, BASE, Budgets(gate_max_kl=0.3), personal=True, labels=labels).promote
+    # ...which the older one-sided 90% bound (0.4763) called evidence
+    assert not decide(cand(reward=5.0), CURRENT, BASE, Budgets(gate_max_kl=0.3, gate_worse_alpha=0.1), personal=True,
+                      labels=labels).promote
+    # 1 of 10: centre 0.235277, half 0.206518, / 1.270554: upper 0.3477 at 95%, still refused
+    assert wilson_upper(0.1, 10, 0.05) == pytest.approx((0.235277 + 0.206518) / 1.270554, abs=1e-5)
+    few = LabelCheck(vs_base=0.9, vs_current=0.1, comparisons=10)
+    assert not decide(cand(reward=5.0), CURRENT, BASE, Budgets(gate_max_kl=0.3), personal=True, labels=few).promote
 
 
 def test_one_harmful_reply_against_none_is_chance_whatever_the_floating_point():
