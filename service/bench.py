@@ -170,6 +170,7 @@ def run_serve_bench(
     while_training: bool = False,
     peer: str | None = None,
     llamacpp_server: str | None = None,
+    int8_rows: int = 0,
 ) -> dict:
     """Run the serving benchmark and return (and optionally write as JSON) its numbers."""
     import torch
@@ -214,7 +215,9 @@ def run_serve_bench(
         # alternate, best of ``repeats``, so a burst of load from other processes hits both.
         engine = BatchedEngine(model, tokenizer, max_batch_size=max(16, users), max_queue=max(64, users, many_adapters),
                                adapter_cache_size=32, dtype=tdtype, prefill_chunk_tokens=settings.prefill_chunk_tokens,
-                               prefix_cache_bytes=settings.prefix_cache_mb * 2**20, threads=threads)
+                               prefix_cache_bytes=settings.prefix_cache_mb * 2**20, threads=threads, int8_rows=int8_rows)
+        result["config"]["int8_rows"] = engine.runner.int8_rows  # 0 when the dtype is float32
+        result["config"]["weight_bytes"] = engine.runner.weight_bytes()
         if while_training:
             from service.bench_training import run_while_training_bench
 
@@ -233,6 +236,7 @@ def run_serve_bench(
             scenarios.append(("naive", naive, prompts[:n_naive], [refs[i % adapters] for i in range(n_naive)]))
         scenarios += [
             ("batched_1_user", engine, prompts[:1], [refs[0]]),  # 2. one user
+            *([("batched_1_user_int8", engine, prompts[:1], [refs[0]])] if engine.runner.int8_rows else []),  # 2b. on int8
             ("batched_distinct", engine, prompts[:users], [refs[i % adapters] for i in range(users)]),  # 3.
             ("batched_one_adapter", engine, prompts[:users], [refs[0]] * users),  # 4. the same requests, one adapter
         ]
@@ -244,6 +248,8 @@ def run_serve_bench(
         def best_of(group) -> None:
             for rep in range(repeats):
                 for name, eng, ps, ads in group:
+                    if eng is engine:  # int8 weights only in the scenario named for them
+                        engine.runner.int8_rows = result["config"]["int8_rows"] if name.endswith("_int8") else 0
                     if eng is engine and len(set(ads)) <= engine.adapters.capacity:
                         run_requests(eng, ps, ads, 1)  # their adapters resident, as for users already chatting
                     r = run_requests(eng, ps, ads, max_new_tokens)
@@ -279,7 +285,8 @@ def run_serve_bench(
             if naive is not None:
                 naive.stop()
         if peer == "llamacpp":  # 8. the same requests on llama.cpp, after our engine stopped: the same cores
-            result["peers"] = {"llamacpp": _llamacpp(model, refs, [sc for sc in scenarios if sc[1] is engine], result,
+            result["peers"] = {"llamacpp": _llamacpp(model, refs, [sc for sc in scenarios if sc[1] is engine
+                                                                    and not sc[0].endswith("_int8")], result,
                                                      Path(tmp), threads, max_new_tokens, repeats, llamacpp_server,
                                                      reference)}
 
@@ -292,6 +299,9 @@ def run_serve_bench(
     lj = result["long_prompt_join"]
     ratios["itl_p95_during_long_prompt_vs_idle_chunked"] = round(lj["chunked"]["itl_during_p95_s"] / lj["chunked"]["itl_idle_p50_s"], 2)
     ratios["itl_p95_during_long_prompt_vs_idle_one_pass"] = round(lj["one_pass"]["itl_during_p95_s"] / lj["one_pass"]["itl_idle_p50_s"], 2)
+    if "batched_1_user_int8" in result:
+        ratios["1_user_int8_vs_dense_tokens_per_s"] = round(result["batched_1_user_int8"]["tokens_per_s"]
+                                                            / result["batched_1_user"]["tokens_per_s"], 2)
     if "naive" in result:
         ratios["batched_vs_naive_tokens_per_s"] = round(b["tokens_per_s"] / result["naive"]["tokens_per_s"], 2)
         ratios["batched_vs_naive_tokens_per_cpu_s"] = round(b["tokens_per_cpu_s"] / result["naive"]["tokens_per_cpu_s"], 2)
@@ -354,6 +364,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--best-of-block", type=int, default=16, help="with --best-of-n: tokens per choice (0: whole replies)")
     parser.add_argument("--best-of-first-block", type=int, default=0,
                         help="with --best-of-n: tokens of the first choice (0: --best-of-block)")
+    parser.add_argument("--int8-rows", type=int, default=0,
+                        help="also one user on int8 weights (decode steps of at most this many rows; 16-bit dtypes only)")
     parser.add_argument("--peer", choices=["llamacpp"], default=None,
                         help="also run the same requests on llama.cpp's server (float32 and Q4_1, same adapters and cores)")
     parser.add_argument("--llamacpp-server", default=None,
@@ -381,7 +393,7 @@ def main_bench(args: argparse.Namespace, settings: Settings | None = None) -> di
         settings, users=args.users, adapters=args.adapters, max_new_tokens=args.max_new_tokens, out_path=args.out,
         dtype=args.dtype, many_adapters=args.many_adapters, rank=args.rank, skip_naive=args.skip_naive,
         naive_requests=args.naive_requests, repeats=args.repeats, while_training=args.while_training,
-        peer=args.peer, llamacpp_server=args.llamacpp_server,
+        peer=args.peer, llamacpp_server=args.llamacpp_server, int8_rows=args.int8_rows,
     )
     print(json.dumps(result, indent=2))  # the command's output, not a log line
     if "f32" in result.get("peers", {}).get("llamacpp", {}):

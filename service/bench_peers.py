@@ -315,10 +315,12 @@ def peer_ratios(ours: dict, peer: dict) -> dict:
     ratios: dict = {}
     for kind in ("f32", "q4_1"):
         for name in _scenarios(peer):
-            if name in ours and name in peer.get(kind, {}):
-                p = peer[kind][name]
-                ratios[f"{name}_vs_llamacpp_{kind}_tokens_per_s"] = round(ours[name]["tokens_per_s"] / p["tokens_per_s"], 2)
-                ratios[f"{name}_vs_llamacpp_{kind}_ttft_p95"] = round(ours[name]["ttft_p95_s"] / max(p["ttft_p95_s"], 1e-6), 2)
+            # our int8 variant of a scenario is compared with the peer's run of the same requests
+            for mine in (name, f"{name}_int8"):
+                if mine in ours and name in peer.get(kind, {}):
+                    p = peer[kind][name]
+                    ratios[f"{mine}_vs_llamacpp_{kind}_tokens_per_s"] = round(ours[mine]["tokens_per_s"] / p["tokens_per_s"], 2)
+                    ratios[f"{mine}_vs_llamacpp_{kind}_ttft_p95"] = round(ours[mine]["ttft_p95_s"] / max(p["ttft_p95_s"], 1e-6), 2)
     return ratios
 
 
@@ -326,11 +328,11 @@ def peer_table(ours: dict, peer: dict) -> str:
     """Markdown: each scenario, our numbers next to llama.cpp's float32 and Q4_1 ones, and the ratios."""
     rows = ["| scenario | ours tok/s | llama.cpp f32 tok/s | ratio | llama.cpp Q4_1 tok/s | ratio | TTFT p50 / p95 (s): ours | f32 | Q4_1 | tok per CPU-s: ours | f32 | Q4_1 |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name in _scenarios(peer):
-        o, f, q = ours.get(name), peer.get("f32", {}).get(name), peer.get("q4_1", {}).get(name)
+    for name, mine in [(n, m) for n in _scenarios(peer) for m in (n, f"{n}_int8")]:
+        o, f, q = ours.get(mine), peer.get("f32", {}).get(name), peer.get("q4_1", {}).get(name)
         if not (o and f and q):
             continue
-        rows.append(f"| {name} | {o['tokens_per_s']:.1f} | {f['tokens_per_s']:.1f} | {o['tokens_per_s'] / f['tokens_per_s']:.2f}x "
+        rows.append(f"| {mine} | {o['tokens_per_s']:.1f} | {f['tokens_per_s']:.1f} | {o['tokens_per_s'] / f['tokens_per_s']:.2f}x "
                     f"| {q['tokens_per_s']:.1f} | {o['tokens_per_s'] / q['tokens_per_s']:.2f}x "
                     f"| {o['ttft_p50_s']:.2f} / {o['ttft_p95_s']:.2f} | {f['ttft_p50_s']:.2f} / {f['ttft_p95_s']:.2f} "
                     f"| {q['ttft_p50_s']:.2f} / {q['ttft_p95_s']:.2f} | {o['tokens_per_cpu_s']:.1f} | {f['tokens_per_cpu_s']:.1f} "

@@ -7,10 +7,13 @@ product's models, chat (a chat of two turns each, with Open WebUI's chat id), an
 It then waits for each rating to arrive here as that user's label (the rating sync,
 ``ASSISTANT_OPENWEBUI_SYNC_S``, 5 s here) and checks: each Open WebUI user is their own product
 user, each chat is one conversation, each rating sits on the reply it rated with its sign,
-reason and comment. It prints the timings and exits non-zero on any failure.
+reason and comment. Each user rates two more replies; then one training run of the two users
+(``assistant train --now``, the smoke protocol's tiny budgets, so it takes a minute or two), and
+each user's next reply through Open WebUI must come from the policy the product now serves them,
+recorded on the message: their own new adapter version where the gate promoted it (printed, with
+the gate's reason where it did not). It prints the timings and exits non-zero on any failure.
 
-Not covered here: a training run and the next reply from the user's own adapter (minutes of
-CPU); `tests/service/test_proxy.py` and `tests/service/test_openwebui_*.py` cover the headers and
+`tests/service/test_proxy.py` and `tests/service/test_openwebui_*.py` cover the headers and
 records, against this product only.
 """
 
@@ -28,6 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, http  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from learning.sim.protocol import TINY_BUDGETS  # noqa: E402
 
 BASE = f"http://127.0.0.1:{os.environ.get('OPENWEBUI_PORT', '8080')}"
 LABEL_TIMEOUT_S = 60.0
@@ -71,8 +77,67 @@ def conversations(db: Path, username: str) -> int:
                             (username,)).fetchone()[0]
 
 
-def drive(db: Path) -> None:
-    """Two Open WebUI users chat and rate there; their ratings must arrive here as labels."""
+def rate(token: str, model: str, chat_id: str, message_id: str, index: int, verdict: int, name: str) -> None:
+    """A thumbs up or down in Open WebUI, with a reason, a 1-10 score and a comment, the chat attached."""
+    status, chat = http("GET", f"{BASE}/api/v1/chats/{chat_id}", token=token)
+    check(status == 200, f"{name}'s chat reads back from Open WebUI ({status})")
+    status, _ = http("POST", f"{BASE}/api/v1/evaluations/feedback", {
+        "type": "rating",
+        "data": {"rating": verdict, "model_id": model, "reason": "Too verbose" if verdict < 0 else "Accurate information",
+                 "comment": f"e2e {name}", "details": {"rating": 3 if verdict < 0 else 9}},
+        "meta": {"chat_id": chat_id, "message_id": message_id, "message_index": index, "model_id": model},
+        "snapshot": {"chat": chat}}, token=token)
+    check(status == 200, f"{name} rates a reply {verdict:+d} in Open WebUI ({status})")
+
+
+def wait_for_labels(db: Path, username: str, count: int, since: float) -> list[tuple]:
+    got: list[tuple] = []
+    while time.monotonic() - since < LABEL_TIMEOUT_S and len(got) < count:
+        time.sleep(1)
+        got = labels(db, username) if db.exists() else []
+    return got
+
+
+def last_reply(db: Path, username: str) -> tuple:
+    """(adapter version id, adapter label, policy) of the user's newest stored reply."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "select m.adapter_version_id, m.adapter_label, m.policy from message m join conversation c on c.id = m.conversation_id "
+            "join user u on u.id = c.user_id where u.username = ? and m.role = 'assistant' order by m.id desc limit 1",
+            (username,)).fetchone()
+
+
+def training_result(db: Path, username: str) -> tuple:
+    """(promoted, the new adapter version's id, the gate's reason) of the user's newest training result."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "select t.promoted, t.adapter_version_id, t.reason from trainingresult t join user u on u.id = t.user_id "
+            "where u.username = ? order by t.id desc limit 1", (username,)).fetchone()
+
+
+def train_and_reply(db: Path, env: dict[str, str], users: list[dict], model: str) -> None:
+    """One training run of the Open WebUI users; each one's next reply through Open WebUI comes from what serves them now."""
+    names = [f"owui-{me['id']}" for me in users]
+    started = time.monotonic()
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "assistant"), "train", "--now", "--users", ",".join(names)],
+                          env=env, capture_output=True, text=True)
+    check(done.returncode == 0, f"one training run of the two Open WebUI users ({time.monotonic() - started:.0f} s)"
+          + ("" if done.returncode == 0 else f": {done.stderr[-2000:]}"))
+    for me, username in zip(users, names):
+        promoted, version_id, reason = training_result(db, username)
+        print(f"     {me['name']}: {'promoted' if promoted else 'refused'} ({reason})", flush=True)
+        ask(me["token"], model, None, [{"role": "user", "content": "Suggest a name for a cat."}], None)
+        served = last_reply(db, username)
+        if promoted:
+            check(served[0] == version_id and served[2] == "user",
+                  f"{me['name']}'s next reply through Open WebUI comes from their own adapter version {served[1]}")
+        else:  # the gate kept the candidate out: the reply says what served it instead
+            check(served[0] != version_id and served[2] in ("global", "base"),
+                  f"{me['name']}'s candidate was refused; the next reply says it came from {served[2]} ({served[1]})")
+
+
+def drive(db: Path, env: dict[str, str]) -> None:
+    """Two Open WebUI users chat and rate there; their ratings must arrive here as labels; then they train."""
     users = []
     for name in ("Ann", "Ben"):
         email = f"{name.lower()}-{uuid.uuid4().hex[:6]}@example.com"
@@ -93,23 +158,22 @@ def drive(db: Path) -> None:
         check(stored.get(a2_id, {}).get("content", "").strip() == a2.strip(),
               f"Open WebUI keeps {me['name']}'s chat with both turns ({status}, {len(stored)} messages)")
         rated_at = time.monotonic()
-        status, _ = http("POST", f"{BASE}/api/v1/evaluations/feedback", {
-            "type": "rating",
-            "data": {"rating": verdict, "model_id": model, "reason": "Too verbose" if verdict < 0 else "Accurate information",
-                     "comment": f"e2e {me['name']}", "details": {"rating": 3 if verdict < 0 else 9}},
-            "meta": {"chat_id": chat_id, "message_id": a2_id, "message_index": 4, "model_id": model},
-            "snapshot": {"chat": chat}}, token=me["token"])
-        check(status == 200, f"{me['name']} rates the second reply {verdict:+d} in Open WebUI ({status})")
+        rate(me["token"], model, chat_id, a2_id, 4, verdict, me["name"])
         username = f"owui-{me['id']}"
-        got = []
-        while time.monotonic() - rated_at < LABEL_TIMEOUT_S and not got:
-            time.sleep(1)
-            got = labels(db, username) if db.exists() else []
+        got = wait_for_labels(db, username, 1, rated_at)
         check(len(got) == 1 and got[0][0] == ("up" if verdict > 0 else "down") and got[0][3].strip() == a2.strip()
               and got[0][2] == f"e2e {me['name']}" and got[0][4] == (3 if verdict < 0 else 9)
               and got[0][1] == ('["too_long"]' if verdict < 0 else '["accurate"]'),
               f"{me['name']}'s rating is a label here on the reply rated, in {time.monotonic() - rated_at:.0f} s: {got}")
         check(conversations(db, username) == 1, f"{me['name']}'s chat of two turns is one conversation here")
+        # two more ratings (the first reply, and a reply in a second chat): enough labels for the tiny training budgets
+        rated_at = time.monotonic()
+        rate(me["token"], model, chat_id, a1_id, 2, -verdict, me["name"])
+        chat2, b1_id, _ = ask(me["token"], model, None, [{"role": "user", "content": "Name a river."}], None)
+        rate(me["token"], model, chat2, b1_id, 2, verdict, me["name"])
+        got = wait_for_labels(db, username, 3, rated_at)
+        check(len(got) == 3, f"{me['name']}'s three ratings are labels here ({len(got)})")
+    train_and_reply(db, env, users, model)
 
 
 def main() -> None:
@@ -118,7 +182,8 @@ def main() -> None:
     if not (data / "models").exists() and models.exists():
         (data / "models").symlink_to(models.resolve())
     env = {**os.environ, "ASSISTANT_DATA_DIR": str(data), "ASSISTANT_OPENWEBUI_SYNC_S": "5",
-           "ASSISTANT_SAFETY_TRAIN_AT_START": "0"}
+           "ASSISTANT_SAFETY_TRAIN_AT_START": "0", "ASSISTANT_JOB_TIME_BUDGET_S": "0", "ASSISTANT_PPO_STEPS": "1",
+           **TINY_BUDGETS}  # the server's worker and the training run below both train at the smoke size
     started = time.monotonic()
     stack = subprocess.Popen([sys.executable, str(Path(__file__).with_name("run.py"))], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,7 +195,7 @@ def main() -> None:
         log = (data / "openwebui-e2e.log").open("w")
         threading.Thread(target=lambda: [log.write(x) for x in stack.stdout], daemon=True).start()  # never block the stack
         check(stack.poll() is None, f"the stack is wired ({time.monotonic() - started:.0f} s)")
-        drive(data / "assistant.db")
+        drive(data / "assistant.db", env)
         print(f"passed in {time.monotonic() - started:.0f} s", flush=True)
     finally:
         stack.terminate()

@@ -26,18 +26,23 @@ def build_engine(settings: Settings) -> Engine:
 
         return NaiveEngine(model, tokenizer, max_queue=settings.max_queue, threads=threads)
     from service.engine.batched import BatchedEngine
-    from service.engine.dtype_probe import DtypeReport, choose_dtype
+    from service.engine.dtype_probe import DtypeReport, Int8Report, choose_dtype, choose_int8_rows
 
     if settings.dtype == "auto":
         dtype, report = run_in_thread(lambda: choose_dtype(model, tokenizer), threads=threads, name="dtype-probe")
     else:
         dtype = getattr(torch, settings.dtype)
         report = DtypeReport(chosen=settings.dtype, reason="set by ASSISTANT_DTYPE")
+    if settings.int8_decode_rows < 0:
+        int8 = run_in_thread(lambda: choose_int8_rows(model, tokenizer, dtype), threads=threads, name="int8-probe")
+    else:
+        int8 = Int8Report(settings.int8_decode_rows, "set by ASSISTANT_INT8_DECODE_ROWS")
     engine = BatchedEngine(
         model, tokenizer, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
         adapter_cache_size=settings.adapter_cache_size, dtype=dtype,
         prefill_chunk_tokens=settings.prefill_chunk_tokens, prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
-        threads=threads,
+        threads=threads, int8_rows=int8.rows,
     )
     engine.dtype_report = report.as_dict()
+    engine.int8_report = {**int8.as_dict(), "rows": engine.runner.int8_rows}
     return engine

@@ -58,6 +58,7 @@ class BatchedEngine:
         prefill_chunk_tokens: int = 256,
         prefix_cache_bytes: int = 256 * 2**20,
         threads: int | None = None,
+        int8_rows: int = 0,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be at least 1")
@@ -72,7 +73,7 @@ class BatchedEngine:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.dtype = resolve_dtype(dtype, model)
-        self.runner = LlamaRunner(model, max_rows=max_batch_size, dtype=self.dtype)
+        self.runner = LlamaRunner(model, max_rows=max_batch_size, dtype=self.dtype, int8_rows=int8_rows)
         self._wake = threading.Event()
         self.adapters = AdapterCache(
             lambda ref: load_lora(ref, num_layers=self.runner.n_layers, dtype=self.runner.lora_dtype),
@@ -90,6 +91,7 @@ class BatchedEngine:
         self._stopping = threading.Event()
         self.tokens_generated = 0
         self.dtype_report: dict | None = None  # how build_engine chose the dtype (ASSISTANT_DTYPE=auto)
+        self.int8_report: dict | None = None  # how build_engine chose the int8 decode width (ASSISTANT_INT8_DECODE_ROWS)
         self.shrink_after_s = 300.0  # idle seconds before a grown KV cache is given back
         self._pending_base = None  # a new base's weights, applied between passes (``replace_base``)
         self._pending_since = 0.0
@@ -157,6 +159,7 @@ class BatchedEngine:
             "engine": "batched",
             "dtype": str(self.dtype).removeprefix("torch."),
             "dtype_choice": self.dtype_report,
+            "int8_decode": self.int8_report,
             "running": len(self.scheduler.running),
             "queued": self.scheduler.queued(),
             "max_batch_size": self.max_batch_size,

@@ -103,3 +103,64 @@ def choose_dtype(model, tokenizer, *, candidates: tuple[torch.dtype, ...] = (tor
     )
     logger.info("serving dtype: %s (%s; decode ms per step at %d rows: %s)", report.chosen, reason, rows, report.decode_ms)
     return chosen, report
+
+
+@dataclass
+class Int8Report:
+    rows: int  # decode steps of at most this many rows use the int8 weights (0: never)
+    reason: str
+    decode_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # rows -> {"dense": ms, "int8": ms}
+    agreement: float | None = None  # share of probe prompts whose int8 greedy prefix matches float32's
+    logprob_drift: float | None = None  # largest |log p| difference of float32's greedy tokens, int8 vs float32
+    probe_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _greedy_logprobs(runner: LlamaRunner, prompt: list[int], tokens: list[int]) -> list[float]:
+    """Log-probabilities of ``tokens`` (a continuation of ``prompt``) under ``runner``, decoded one row at a time."""
+    logits = runner.extend([prompt], [0], first_row=0, use_lora=False)
+    out = []
+    for i, tok in enumerate(tokens):
+        out.append(float(torch.log_softmax(logits[0].float(), -1)[tok]))
+        logits = runner.decode(torch.tensor([tok]), torch.tensor([len(prompt) + i]), use_lora=False)
+    return out
+
+
+def choose_int8_rows(model, tokenizer, dtype: torch.dtype, *, candidates: tuple[int, ...] = (1, 2, 4, 8),
+                     steps: int = 6, agree_tokens: int = 8, min_speedup: float = 1.1) -> Int8Report:
+    """How wide a decode step may be and still run on int8 weights (``ASSISTANT_INT8_DECODE_ROWS=-1``): the
+    widest candidate whose int8 step is at least ``min_speedup`` faster than the dense one in ``dtype``, if
+    one row's greedy tokens on the probe prompts agree with float32's as the dtype probe asks (2 of 3)."""
+    t_start = time.perf_counter()
+    if dtype not in (torch.bfloat16, torch.float16):
+        return Int8Report(0, f"int8 decode needs 16-bit serving weights (serving {dtype})")
+    prompts = [_prompt_ids(tokenizer, p) for p in PROBE_PROMPTS]
+    with torch.inference_mode():
+        ref_runner = LlamaRunner(model, max_rows=1, dtype=torch.float32, initial_capacity=64)
+        ref = [_greedy(ref_runner, p, agree_tokens) for p in prompts]
+        ref_lp = [_greedy_logprobs(ref_runner, p, g) for p, g in zip(prompts, ref)]
+        del ref_runner
+        runner = LlamaRunner(model, max_rows=max(candidates), dtype=dtype, initial_capacity=64, int8_rows=max(candidates))
+        got = [_greedy(runner, p, agree_tokens) for p in prompts]
+        lp = [_greedy_logprobs(runner, p, g) for p, g in zip(prompts, ref)]
+        timings: dict[str, dict[str, float]] = {}
+        for rows in candidates:
+            runner.int8_rows = 0
+            dense = _decode_ms(runner, prompts[0], rows, steps)
+            runner.int8_rows = rows
+            timings[str(rows)] = {"dense": round(dense, 2), "int8": round(_decode_ms(runner, prompts[0], rows, steps), 2)}
+    agreement = sum(a == b for a, b in zip(got, ref)) / len(ref)
+    drift = max(abs(a - b) for xs, ys in zip(lp, ref_lp) for a, b in zip(xs, ys))
+    fast = [r for r in candidates if timings[str(r)]["dense"] / timings[str(r)]["int8"] >= min_speedup]
+    if agreement < 2 / 3:
+        rows, reason = 0, f"int8 greedy tokens disagree with float32 ({agreement:.2f})"
+    elif not fast:
+        rows, reason = 0, "int8 is not faster here at any width"
+    else:
+        rows = max(fast)
+        reason = f"int8 is {timings['1']['dense'] / timings['1']['int8']:.2f}x faster at 1 row, at least {min_speedup}x up to {rows}"
+    report = Int8Report(rows, reason, timings, agreement, round(drift, 4), round(time.perf_counter() - t_start, 2))
+    logger.info("int8 decode up to %d rows (%s; ms per step %s; log-prob drift %.3f)", rows, reason, timings, drift)
+    return report

@@ -64,6 +64,21 @@ class _Layer:
     b_gu: torch.Tensor | None
     w_down: torch.Tensor  # (D, I)
     b_down: torch.Tensor | None
+    q8: dict[str, "_Int8"] | None = None  # weight-only int8 copies of w_qkv, w_o, w_gu, w_down (``int8_rows``)
+
+
+@dataclass
+class _Int8:
+    """A projection's weights as int8 with one scale per output channel (symmetric, round to nearest)."""
+
+    q: torch.Tensor  # (out, in) int8
+    s: torch.Tensor  # (out,) in the runner's dtype
+
+    @classmethod
+    def of(cls, w: torch.Tensor) -> "_Int8":
+        w32 = w.float()
+        s = w32.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        return cls(torch.round(w32 / s[:, None]).clamp(-127, 127).to(torch.int8).contiguous(), s.to(w.dtype))
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -124,7 +139,7 @@ class LlamaRunner:
     range, so every per-row tensor used in a pass is a slice (a view, never a gather).
     """
 
-    def __init__(self, model, *, max_rows: int, dtype: torch.dtype, initial_capacity: int = 512) -> None:
+    def __init__(self, model, *, max_rows: int, dtype: torch.dtype, initial_capacity: int = 512, int8_rows: int = 0) -> None:
         _check_supported(model)
         cfg, core = model.config, model.model
         layer0 = core.layers[0]
@@ -142,6 +157,12 @@ class LlamaRunner:
         self.max_positions = int(cfg.max_position_embeddings)
         self.max_rows = max_rows
         self.device = next(model.parameters()).device
+        # Decode steps of at most this many rows multiply int8 copies of the weights (torch's weight-only
+        # int8 kernel): one stream is bound by reading the weights, and int8 reads half of bfloat16. Wider
+        # steps are bound by compute, where the kernel loses, so they keep the runner's dtype. 16-bit only:
+        # the kernel is slower than float32 with float32 inputs, and float32 stays the exact reference.
+        self.int8_rows = int8_rows if dtype in (torch.bfloat16, torch.float16) and self.device.type == "cpu" else 0
+        self._int8_now = False
         # output columns of each module inside its group's fused projection
         self._cols = {
             "q_proj": (0, self.d_q), "k_proj": (self.d_q, self.d_q + self.d_kv),
@@ -201,6 +222,25 @@ class LlamaRunner:
                     b_gu=cat(mlp.gate_proj.bias, mlp.up_proj.bias),
                     w_down=cast(mlp.down_proj.weight), b_down=cast(mlp.down_proj.bias),
                 ))
+            self.lm_head_q8 = _Int8.of(self.lm_head) if self.int8_rows else None
+            for ly in self.layers if self.int8_rows else ():
+                ly.q8 = {name: _Int8.of(getattr(ly, name)) for name in ("w_qkv", "w_o", "w_gu", "w_down")}
+
+    def weight_bytes(self) -> dict[str, int]:
+        """Bytes of the weights the runner multiplies, and of their int8 copies (0 without them)."""
+        dense = [self.embed, self.lm_head, self.norm] + [t for ly in self.layers for t in
+                                                        (ly.ln1, ly.w_qkv, ly.w_o, ly.ln2, ly.w_gu, ly.w_down)]
+        q8 = ([self.lm_head_q8] if self.lm_head_q8 else []) + [c for ly in self.layers for c in (ly.q8 or {}).values()]
+        size = sum(t.numel() * t.element_size() for t in dense if t is not None)
+        return {"weights": size, "int8_copies": sum(c.q.numel() + c.s.numel() * c.s.element_size() for c in q8)}
+
+    def _proj(self, h: torch.Tensor, ly: _Layer, name: str, bias: torch.Tensor | None) -> torch.Tensor:
+        """``F.linear(h, ly.<name>, bias)``, on the int8 copy during a small decode step."""
+        if not self._int8_now or ly.q8 is None:
+            return F.linear(h, getattr(ly, name), bias)
+        c = ly.q8[name]
+        out = torch._weight_int8pack_mm(h.reshape(-1, h.shape[-1]), c.q, c.s).view(*h.shape[:-1], -1)
+        return out if bias is None else out + bias
 
     # --- KV cache -------------------------------------------------------------------
     def _grow_cache(self, capacity: int) -> None:
@@ -337,7 +377,7 @@ class LlamaRunner:
         for i, ly in enumerate(self.layers):
             # attention block
             h = _rms_norm(x, ly.ln1, self.eps)  # (N, T, D)
-            qkv = F.linear(h, ly.w_qkv, ly.b_qkv)  # (N, T, Dq + 2 Dkv)
+            qkv = self._proj(h, ly, "w_qkv", ly.b_qkv)  # (N, T, Dq + 2 Dkv)
             if use_lora:
                 self._add_lora(qkv, h, "qkv", i, rows)
             q = qkv[..., :Dq].view(N, T, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, T, hd)
@@ -347,17 +387,17 @@ class LlamaRunner:
             k = k * cos + _rotate_half(k) * sin
             att = attend(i, q, k, v)  # (N, H, T, hd)
             att = att.transpose(1, 2).reshape(N, T, Dq)
-            o = F.linear(att, ly.w_o, ly.b_o)  # (N, T, D)
+            o = self._proj(att, ly, "w_o", ly.b_o)  # (N, T, D)
             if use_lora:
                 self._add_lora(o, att, "o", i, rows)
             x = x + o
             # MLP block
             h = _rms_norm(x, ly.ln2, self.eps)
-            gu = F.linear(h, ly.w_gu, ly.b_gu)  # (N, T, 2 I)
+            gu = self._proj(h, ly, "w_gu", ly.b_gu)  # (N, T, 2 I)
             if use_lora:
                 self._add_lora(gu, h, "gu", i, rows)
             m = F.silu(gu[..., : self.d_ff]) * gu[..., self.d_ff:]  # (N, T, I)
-            d = F.linear(m, ly.w_down, ly.b_down)  # (N, T, D)
+            d = self._proj(m, ly, "w_down", ly.b_down)  # (N, T, D)
             if use_lora:
                 self._add_lora(d, m, "down", i, rows)
             x = x + d
@@ -365,6 +405,9 @@ class LlamaRunner:
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         h = _rms_norm(h, self.norm, self.eps)  # (N, D)
+        if self._int8_now and self.lm_head_q8 is not None:
+            out = torch._weight_int8pack_mm(h, self.lm_head_q8.q, self.lm_head_q8.s)
+            return out if self.lm_head_bias is None else out + self.lm_head_bias
         return F.linear(h, self.lm_head, self.lm_head_bias)  # (N, V)
 
     def extend(self, chunks: list[list[int]], starts: list[int], first_row: int, use_lora: bool,
@@ -384,6 +427,7 @@ class LlamaRunner:
         """
         R, T = len(chunks), max(len(c) for c in chunks)
         dev = self.device
+        self._int8_now = False  # prefill is compute-bound: the runner's dtype
         lens = torch.tensor([len(c) for c in chunks], device=dev)  # (R,)
         start = torch.tensor(starts, device=dev)  # (R,)
         n_keys = int((start + lens).max())
@@ -426,6 +470,7 @@ class LlamaRunner:
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, use_lora: bool) -> torch.Tensor:
         """One token for each of rows ``0..B-1``; ``tokens``/``positions`` (B,). Returns (B, V)."""
         B = tokens.shape[0]
+        self._int8_now = B <= self.int8_rows
         n_keys = int(positions.max()) + 1
         self.ensure_length(n_keys)
         rows = slice(0, B)
