@@ -183,6 +183,14 @@ class LlamaServer:
         self.n_loras = len(loras)
 
     def __enter__(self) -> "LlamaServer":
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__()  # never leave a server behind
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -198,7 +206,6 @@ class LlamaServer:
             raise RuntimeError(f"llama-server did not become healthy in 180 s; see {self.log}")
         if self.n_loras:  # unapplied adapters still run at scale 1 for requests without a "lora" field
             _post(self.url + "/lora-adapters", [{"id": i, "scale": 0.0} for i in range(self.n_loras)])
-        return self
 
     def __exit__(self, *exc) -> None:
         self.proc.terminate()
