@@ -185,18 +185,23 @@ def run_serve_bench(
     threads = settings.server_threads or cores()
     dtype = dtype or settings.dtype
     tokenizer = load_tokenizer(settings)
-    dtype_choice = None
+    dtype_choice = int8_probe = None
     if dtype == "auto":  # measured here, as the server does at start
         fp32 = load_base_model(settings, dtype=torch.float32)
         _, report = run_in_thread(lambda: choose_dtype(fp32, tokenizer), threads=threads)
         dtype, dtype_choice = report.chosen, report.as_dict()
+        if int8_rows:  # and the int8 probe of ASSISTANT_INT8_DECODE_ROWS=-1: timings, agreement, log-prob drift
+            from service.engine.dtype_probe import choose_int8_rows
+
+            int8_probe = run_in_thread(lambda: choose_int8_rows(fp32, tokenizer, getattr(torch, dtype)), threads=threads).as_dict()
+        del fp32
     tdtype = getattr(torch, dtype)
     model = load_base_model(settings, dtype=tdtype)
     n_adapters = max(adapters, many_adapters, 9)
     prompts = [_chat_ids(tokenizer, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(max(users, many_adapters, 9))]
     result: dict = {
         "config": {"users": users, "adapters": adapters, "many_adapters": many_adapters, "max_new_tokens": max_new_tokens,
-                   "dtype": dtype, "dtype_choice": dtype_choice, "lora_rank": rank, "torch_threads": threads, "repeats": repeats,
+                   "dtype": dtype, "dtype_choice": dtype_choice, "int8_probe": int8_probe, "lora_rank": rank, "torch_threads": threads, "repeats": repeats,
                    "naive_requests": 0 if skip_naive or while_training else min(users, naive_requests or users),
                    "prefill_chunk_tokens": settings.prefill_chunk_tokens, "prefix_cache_mb": settings.prefix_cache_mb,
                    "load_avg_at_start": loadavg(),
