@@ -37,6 +37,9 @@ from learning.sim.protocol import TINY_BUDGETS  # noqa: E402
 
 BASE = f"http://127.0.0.1:{os.environ.get('OPENWEBUI_PORT', '8080')}"
 LABEL_TIMEOUT_S = 60.0
+# Where the browser screenshot of a user's chat after training goes (Open WebUI's own page, in Debian's Chromium).
+SCREENSHOT = os.environ.get("OPENWEBUI_E2E_SCREENSHOT")
+CHROMIUM = os.environ.get("ASSISTANT_TEST_CHROMIUM", "/usr/bin/chromium")
 
 
 def check(ok: bool, what: str) -> None:
@@ -126,14 +129,36 @@ def train_and_reply(db: Path, env: dict[str, str], users: list[dict], model: str
     for me, username in zip(users, names):
         promoted, version_id, reason = training_result(db, username)
         print(f"     {me['name']}: {'promoted' if promoted else 'refused'} ({reason})", flush=True)
-        ask(me["token"], model, None, [{"role": "user", "content": "Suggest a name for a cat."}], None)
+        chat_id, _, _ = ask(me["token"], model, None, [{"role": "user", "content": "Suggest a name for a cat."}], None)
         served = last_reply(db, username)
+        if SCREENSHOT and me is users[0]:
+            screenshot(me["token"], chat_id, Path(SCREENSHOT))
         if promoted:
             check(served[0] == version_id and served[2] == "user",
                   f"{me['name']}'s next reply through Open WebUI comes from their own adapter version {served[1]}")
         else:  # the gate kept the candidate out: the reply says what served it instead
             check(served[0] != version_id and served[2] in ("global", "base"),
                   f"{me['name']}'s candidate was refused; the next reply says it came from {served[2]} ({served[1]})")
+
+
+def screenshot(token: str, chat_id: str, out: Path) -> None:
+    """The user's chat as Open WebUI's web UI shows it, signed in with their token (a real browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(BASE + "/auth")
+            page.evaluate("t => localStorage.setItem('token', t)", token)
+            page.goto(f"{BASE}/c/{chat_id}")
+            page.wait_for_selector("text=Suggest a name for a cat.", timeout=60_000)
+            page.wait_for_timeout(2_000)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out))
+        finally:
+            browser.close()
+    check(out.is_file(), f"a browser shows the chat in Open WebUI: {out}")
 
 
 def drive(db: Path, env: dict[str, str]) -> None:
