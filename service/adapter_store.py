@@ -21,6 +21,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -224,14 +225,36 @@ def erase_user_adapters(settings: Settings, session: Session, *, user_id: int, r
     return len(rows)
 
 
+class Policy(StrEnum):
+    """Which policy produced a reply, as ``Message.policy`` stores it (the same strings as ever)."""
+
+    USER = "user"  # the user's own promoted adapter
+    GLOBAL = "global"  # the global adapter
+    BASE = "base"  # the base model
+
+    @staticmethod
+    def explore(what: str) -> str:
+        """An alternative drawn from another policy ("explore:global", "explore:base", "explore:temperature")."""
+        return f"explore:{what}"
+
+
 @dataclass(frozen=True)
 class Resolved:
     """What serves a user: the adapter (None = base) and the policy name."""
 
     adapter: AdapterRef | None
-    policy: str  # user | global | base
+    policy: str  # a Policy, or Policy.explore(...)
     label: str | None
     version_id: int | None
+
+    @classmethod
+    def base(cls, policy: str = Policy.BASE) -> "Resolved":
+        return cls(None, policy, None, None)
+
+    @classmethod
+    def of(cls, settings: Settings, row: AdapterVersion, policy: str) -> "Resolved":
+        """A stored adapter version serving as ``policy``."""
+        return cls(ref_for(settings, row), policy, label_of(row), row.id)
 
 
 def ref_for(settings: Settings, row: AdapterVersion) -> AdapterRef:
@@ -243,14 +266,21 @@ def ref_for(settings: Settings, row: AdapterVersion) -> AdapterRef:
     return AdapterRef(key=f"{label_of(row)}-{stamp}", path=path, version_id=row.id)
 
 
-def resolve_for_user(settings: Settings, session: Session, user_id: int) -> Resolved:
-    """The user's own promoted adapter, else the global one, else the base model. A retired or
-    rejected version never serves, even if a scope still points at it (a race with a reset)."""
-    for scope_user, policy in ((user_id, "user"), (None, "global")):
+def resolve_for_user(settings: Settings, session: Session, user_id: int, policy: str | None = None) -> Resolved:
+    """The serving decision, made here only. With ``policy`` None: the user's own promoted adapter, else
+    the global one, else the base model. Asked for explicitly (the ``:global``/``:base`` models):
+    ``Policy.BASE``, or ``Policy.GLOBAL`` (the base while none is promoted). A retired or rejected
+    version never serves, even if a scope still points at it (a race with a reset)."""
+    if policy == Policy.BASE:
+        return Resolved.base()
+    if policy == Policy.GLOBAL:
+        row = active_version(session, None)
+        return Resolved.of(settings, row, Policy.GLOBAL) if row is not None and row.status == AdapterStatus.promoted else Resolved.base()
+    for scope_user, policy in ((user_id, Policy.USER), (None, Policy.GLOBAL)):
         row = active_version(session, scope_user)
         if row is not None and row.status == AdapterStatus.promoted:
-            return Resolved(ref_for(settings, row), policy, label_of(row), row.id)
-    return Resolved(None, "base", None, None)
+            return Resolved.of(settings, row, policy)
+    return Resolved.base()
 
 
 def learned_from_deleted_labels(session: Session, row: AdapterVersion) -> bool:

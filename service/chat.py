@@ -25,7 +25,7 @@ from sqlmodel import Session
 
 from service import crud, external_chats
 from service.best_of_n import ChoiceRun, ReplyChoice, ServingRewards
-from service.adapter_store import Resolved, active_version, ref_for, label_of, resolve_for_user
+from service.adapter_store import Policy, Resolved, active_version, resolve_for_user
 from service.content_filter import FINISH_REASON as FILTERED, ReplyFilter
 from service.engine.base import EndEvent, Engine, GenerationRequest, QueueFull, RequestStream, SamplingParams, TokenEvent
 from service.metrics import Metrics
@@ -187,12 +187,12 @@ class ChatService:
         """Another policy for one alternative, so rankings double as live A/B tests."""
         options: list[tuple[Resolved, SamplingParams]] = []
         glob = active_version(session, None)
-        if main.policy == "user" and glob is not None:
-            options.append((Resolved(ref_for(self.settings, glob), "explore:global", label_of(glob), glob.id), params))
-        if main.policy != "base":
-            options.append((Resolved(None, "explore:base", None, None), params))
+        if main.policy == Policy.USER and glob is not None:
+            options.append((Resolved.of(self.settings, glob, Policy.explore("global")), params))
+        if main.policy != Policy.BASE:
+            options.append((Resolved.base(Policy.explore("base")), params))
         hot = dataclasses.replace(params, temperature=min(2.0, max(params.temperature, 0.7) * 1.5))
-        options.append((Resolved(main.adapter, "explore:temperature", main.label, main.version_id), hot))
+        options.append((dataclasses.replace(main, policy=Policy.explore("temperature")), hot))
         return self._rng.choice(options)
 
     # --- turns --------------------------------------------------------------------
@@ -319,12 +319,7 @@ class ChatService:
     def resolve(self, session: Session, user_id: int, policy: str | None) -> Resolved:
         """What serves a request: the user's own policy (None), or explicitly "base" or "global"
         (the global adapter, or the base while none is promoted)."""
-        if policy == "base":
-            return Resolved(None, "base", None, None)
-        if policy == "global":
-            glob = active_version(session, None)
-            return Resolved(ref_for(self.settings, glob), "global", label_of(glob), glob.id) if glob else Resolved(None, "base", None, None)
-        return resolve_for_user(self.settings, session, user_id)
+        return resolve_for_user(self.settings, session, user_id, policy)
 
     async def add_plain_conversation(self, *, user_id: int, messages: list[dict], params: SamplingParams, n: int = 1,
                                      policy: str | None = None, background: bool = False,
@@ -449,7 +444,7 @@ class ChatService:
         """A best-of-n driver for ``reply`` when it is on (``ASSISTANT_BEST_OF_N``), the reply is the
         user's own or the global policy's with a stored reward, and the engine has ``n`` idle rows."""
         n = self.settings.best_of_n
-        if n <= 1 or reply.resolved.adapter is None or reply.resolved.policy not in ("user", "global"):
+        if n <= 1 or reply.resolved.adapter is None or reply.resolved.policy not in (Policy.USER, Policy.GLOBAL):
             return None
         if reply.params.temperature == 0:  # greedy: every candidate would be the same reply
             return None
