@@ -12,5 +12,5 @@ START=$(date +%s)
 ASSISTANT_DEV_MODE=1 ASSISTANT_DATA_DIR=${ASSISTANT_DATA_DIR:-/work/safety-data} .venv/bin/assistant bench serve \
   --peer llamacpp --int8-rows 1 --dtype auto --out "$HERE/bench.json" > "$HERE/bench.out" 2> "$HERE/bench.log"
 END=$(date +%s)
-echo "{\"commit\": \"$(git rev-parse HEAD)\", \"wall_s\": $((END - START)), \"loadavg_before\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" > "$HERE/run.json"
+echo "{\"commit\": \"$(git rev-parse HEAD)\", \"wall_s\": $((END - START))}" > "$HERE/run.json"
 tail -12 "$HERE/bench.out"
