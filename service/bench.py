@@ -290,7 +290,7 @@ def run_serve_bench(
             if naive is not None:
                 naive.stop()
         if peer == "llamacpp":  # 8. the same requests on llama.cpp, after our engine stopped: the same cores
-            result["peers"] = {"llamacpp": _llamacpp(model, refs, [sc for sc in scenarios if sc[1] is engine
+            result["peers"] = {"llamacpp": _llamacpp(settings, refs, [sc for sc in scenarios if sc[1] is engine
                                                                     and not sc[0].endswith("_int8")], result,
                                                      Path(tmp), threads, max_new_tokens, repeats, llamacpp_server,
                                                      reference)}
@@ -323,18 +323,21 @@ def run_serve_bench(
     return _write(result, out_path)
 
 
-def _llamacpp(model, refs, scenarios, ours: dict, workdir: Path, threads: int, max_new_tokens: int, repeats: int,
-              binary: str | None, reference: dict) -> dict:
-    """llama.cpp's numbers on our scenarios, or why there are none (no binary, a model its GGUF cannot hold)."""
+def _llamacpp(settings: Settings, refs, scenarios, ours: dict, workdir: Path, threads: int, max_new_tokens: int,
+              repeats: int, binary: str | None, reference: dict) -> dict:
+    """llama.cpp's numbers on our scenarios, or why there are none (no binary, a model its GGUF cannot hold).
+    Its GGUFs are written from the served model in float32, whatever dtype our engine ran in."""
+    import torch
+
     from service.bench_peers import find_llama_server, run_llamacpp_peer
-    from service.model_loading import embedded_gguf_path
+    from service.model_loading import embedded_gguf_path, load_base_model
 
     found = find_llama_server(binary)
     if found is None:
         logger.warning("no llama-server: the peer is skipped (make peer-llamacpp, or --llamacpp-server PATH)")
         return {"skipped": "no llama-server found: run `make peer-llamacpp` or pass --llamacpp-server PATH"}
     try:
-        return run_llamacpp_peer(found, model, refs, {name: (ps, ads) for name, _, ps, ads in scenarios},
+        return run_llamacpp_peer(found, load_base_model(settings, dtype=torch.float32), refs, {name: (ps, ads) for name, _, ps, ads in scenarios},
                                  template=embedded_gguf_path(), workdir=workdir, threads=threads,
                                  max_new_tokens=max_new_tokens, repeats=repeats, reference=reference)
     except ValueError as e:  # a served model that is not the shipped architecture
