@@ -291,7 +291,7 @@ def run_serve_bench(
                 naive.stop()
         if peer == "llamacpp":  # 8. the same requests on llama.cpp, after our engine stopped: the same cores
             result["peers"] = {"llamacpp": _llamacpp(settings, refs, [sc for sc in scenarios if sc[1] is engine
-                                                                    and not sc[0].endswith("_int8")], result,
+                                                                    and not sc[0].endswith("_int8")],
                                                      Path(tmp), threads, max_new_tokens, repeats, llamacpp_server,
                                                      reference)}
 
@@ -323,7 +323,7 @@ def run_serve_bench(
     return _write(result, out_path)
 
 
-def _llamacpp(settings: Settings, refs, scenarios, ours: dict, workdir: Path, threads: int, max_new_tokens: int,
+def _llamacpp(settings: Settings, refs, scenarios, workdir: Path, threads: int, max_new_tokens: int,
               repeats: int, binary: str | None, reference: dict) -> dict:
     """llama.cpp's numbers on our scenarios, or why there are none (no binary, a model its GGUF cannot hold).
     Its GGUFs are written from the served model in float32, whatever dtype our engine ran in."""
