@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Serving dtype. auto: at start the batched engine times float32 and bfloat16 on this machine's CPU/GPU "
         "and keeps the faster one whose greedy tokens agree with float32 (reported in /healthz and the logs). Training is float32.")
-    int8_decode_rows: int = Field(0, ge=-1, le=64, description="Decode steps of at most this many rows multiply int8 copies of the "
+    int8_decode_rows: int = Field(-1, ge=-1, le=64, description="Decode steps of at most this many rows multiply int8 copies of the "
                                   "weights (weight-only, one scale per output channel; 16-bit serving only): one stream reads half the "
                                   "bytes per token. -1: measured at start (the widest of 1, 2, 4, 8 rows where int8 is at least 1.1x "
                                   "faster and one row's greedy tokens agree with float32's; /healthz shows engine.int8_decode). 0: off.")

@@ -26,3 +26,6 @@ def test_healthz_reports_the_serving_dtype_and_how_it_was_chosen(client):
     engine = client.get("/healthz").json()["engine"]
     assert engine["dtype"] in ("float32", "bfloat16")
     assert engine["dtype_choice"]["chosen"] == engine["dtype"] and engine["dtype_choice"]["reason"]
+    # and how wide a decode step runs on int8 weights (ASSISTANT_INT8_DECODE_ROWS=-1 measures; never in float32)
+    int8 = engine["int8_decode"]
+    assert int8["reason"] and (int8["rows"] == 0 if engine["dtype"] == "float32" else int8["rows"] >= 0)
