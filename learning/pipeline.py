@@ -269,8 +269,13 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
         n = full.label_count(user_id)
         if n >= budgets.min_user_labels and reward.is_personal(user_id):
             scopes.append(user_id)
-        else:
+        elif n < budgets.min_user_labels:
             skipped[user_id] = (f"skipped: {n} labels, a personal adapter needs {budgets.min_user_labels} "
+                                "(ASSISTANT_MIN_USER_LABELS); served the global adapter meanwhile")
+        else:  # enough labels, but the held-out split (the gate's yardstick) leaves too few to learn from
+            own = reward.users.get(user_id)
+            skipped[user_id] = (f"skipped: {n} labels, {own.labels if own else 0} of them outside the held-out split the gate "
+                                f"measures with; a personal adapter learns from {budgets.min_user_labels} "
                                 "(ASSISTANT_MIN_USER_LABELS); served the global adapter meanwhile")
     update_run(engine, run_id, heartbeat_at=utcnow())  # raises RunAborted: queue nothing for a stopped run
     with Session(engine) as session:
