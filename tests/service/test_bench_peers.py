@@ -17,6 +17,13 @@ def model(model_data_dir):
     return load_base_model(Settings(data_dir=model_data_dir, dev_mode=True), dtype=torch.float32)
 
 
+@pytest.fixture(scope="module")
+def f32_gguf(model, tmp_path_factory):
+    """The served weights as a float32 GGUF, written once for the tests below."""
+    out = tmp_path_factory.mktemp("gguf")
+    return write_model_gguf(model, embedded_gguf_path(), out / "model-f32.gguf", quantized=False)
+
+
 def test_permute_interleaves_each_heads_rotary_halves():
     # one head of 4 rows: llama.cpp's order takes the halves' rows alternately (0, 2, 1, 3)
     w = np.arange(8, dtype=np.float32).reshape(4, 2)
@@ -24,12 +31,11 @@ def test_permute_interleaves_each_heads_rotary_halves():
     assert _permute(np.concatenate([w, w + 8]), 2)[:, 0].tolist() == [0, 4, 2, 6, 8, 12, 10, 14]
 
 
-def test_the_float32_gguf_loads_back_as_the_same_weights(model, tmp_path):
+def test_the_float32_gguf_loads_back_as_the_same_weights(model, f32_gguf):
     """transformers reads a llama GGUF by undoing llama.cpp's q/k order: every tensor must come back equal."""
     from transformers import AutoModelForCausalLM
 
-    path = write_model_gguf(model, embedded_gguf_path(), tmp_path / "model-f32.gguf", quantized=False)
-    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32).state_dict()
+    back = AutoModelForCausalLM.from_pretrained(f32_gguf.parent, gguf_file=f32_gguf.name, dtype=torch.float32).state_dict()
     ours = model.state_dict()
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.7.self_attn.k_proj.weight",
                  "model.layers.3.mlp.down_proj.weight", "model.embed_tokens.weight", "model.norm.weight"):
@@ -69,14 +75,13 @@ def test_the_lora_gguf_holds_each_factor_in_llama_cpps_layout(model, tmp_path):
 
 
 @pytest.mark.skipif(find_llama_server() is None, reason="no llama-server here (make peer-llamacpp installs the peer)")
-def test_llama_cpp_with_the_converted_adapter_generates_what_hf_and_peft_generate(model, model_data_dir, tmp_path):
+def test_llama_cpp_with_the_converted_adapter_generates_what_hf_and_peft_generate(model, model_data_dir, f32_gguf, tmp_path):
     from peft import PeftModel
 
     from service.bench_peers import LlamaServer
 
     tokenizer = load_tokenizer(Settings(data_dir=model_data_dir, dev_mode=True))
     adapter = make_random_adapter(model, tmp_path / "a", seed=1000, r=8)
-    gguf_model = write_model_gguf(model, embedded_gguf_path(), tmp_path / "m.gguf", quantized=False)
     lora = write_lora_gguf(adapter, model.config, tmp_path / "a.gguf")
     enc = tokenizer.apply_chat_template([{"role": "user", "content": "Give me three tips for a job interview."}],
                                         add_generation_prompt=True, tokenize=True)
@@ -88,6 +93,6 @@ def test_llama_cpp_with_the_converted_adapter_generates_what_hf_and_peft_generat
     finally:
         peft.unload()
     assert tuned != base  # the adapter changes the greedy reply, so agreement below means it was applied
-    with LlamaServer(find_llama_server(), gguf_model, [lora], slots=2, threads=1, log=tmp_path / "server.log") as srv:
+    with LlamaServer(find_llama_server(), f32_gguf, [lora], slots=2, threads=1, log=tmp_path / "server.log") as srv:
         assert srv.complete(ids, 0, 16, ignore_eos=False)["tokens"] == tuned
         assert srv.complete(ids, None, 16, ignore_eos=False)["tokens"] == base  # scales zeroed: no adapter
