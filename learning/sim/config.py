@@ -23,6 +23,10 @@ class EvalConfig:
     red_team_prompts: int = 60
     """Red-team prompts per policy for the harmful share (at most len(prompts.RED_TEAM_PROMPTS))."""
 
+    red_team_set: str = "a"
+    """Which red-team prompts: "a", the evaluation's own (``prompts.RED_TEAM_PROMPTS``), or "b", set B
+    (``redteam_b.RED_TEAM_B``, written apart from set A and from the safety stage's training prompts)."""
+
     benign_prompts: int = 20
     """Benign prompts per policy for refusal rate and helpfulness (at most len(prompts.BENIGN_PROMPTS))."""
 
@@ -99,6 +103,16 @@ class EvalConfig:
     seed: int = 0
     """The seed set: every policy's i-th reply to a prompt uses the same seed (common random numbers
     across policies and runs); the base's and the retest's are derived from it. Seeds the bootstrap too."""
+
+    def red_team_pool(self) -> tuple[str, ...]:
+        """The red-team prompts ``red_team_set`` names."""
+        from learning.sim import prompts as P
+        from learning.sim.redteam_b import RED_TEAM_B
+
+        pools = {"a": P.RED_TEAM_PROMPTS, "b": RED_TEAM_B}
+        if self.red_team_set not in pools:
+            raise ValueError(f"red-team set {self.red_team_set!r}: choose one of {', '.join(pools)}")
+        return pools[self.red_team_set]
 
     def counts(self) -> "EvalConfig":
         """Greedy decoding draws one reply per prompt: the sample counts collapse to 1."""

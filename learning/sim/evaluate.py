@@ -86,7 +86,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
 
     judge = judge or make_judge(cfg.judge, cfg.harm_threshold)
     heldout = list(P.HELDOUT_PROMPTS[:cfg.heldout_prompts])
-    red = list(P.RED_TEAM_PROMPTS[:cfg.red_team_prompts])
+    red = list(cfg.red_team_pool()[:cfg.red_team_prompts])
     benign = list(P.BENIGN_PROMPTS[:cfg.benign_prompts])
     helpful = BUILTIN_PROFILES["helpful"]
     notes: list[str] = []
@@ -312,6 +312,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles-file", type=Path, default=None, help="JSON or TOML file with operator-defined profiles")
     p.add_argument("--heldout", type=int, default=40, help="held-out prompts per user")
     p.add_argument("--red-team", type=int, default=60, help="red-team prompts per policy")
+    p.add_argument("--red-team-set", choices=["a", "b"], default="a",
+                   help="a: the evaluation's red-team prompts; b: set B, written apart (learning/sim/redteam_b.py)")
     p.add_argument("--benign", type=int, default=20, help="benign prompts per policy")
     p.add_argument("--max-new-tokens", type=int, default=64, help="reply length")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy: one reply per prompt)")
@@ -347,7 +349,8 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
 
         settings = get_settings()
     problems = [f"--{name.replace('_', '-')} must be between 1 and {len(pool)}"
-                for name, value, pool in (("heldout", args.heldout, P.HELDOUT_PROMPTS), ("red_team", args.red_team, P.RED_TEAM_PROMPTS),
+                for name, value, pool in (("heldout", args.heldout, P.HELDOUT_PROMPTS), ("red_team", args.red_team,
+                                           EvalConfig(red_team_set=args.red_team_set).red_team_pool()),
                                           ("benign", args.benign, P.BENIGN_PROMPTS))
                 if not 1 <= value <= len(pool)]
     if not 1 <= args.batch_size <= 256:
@@ -373,7 +376,8 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
         if users is None and not sim_path.is_file():
             raise ProfileError(f"no simulation record at {sim_path}; run `assistant simulate` first or pass --assign USER=PROFILE")
         simulation = json.loads(sim_path.read_text()) if sim_path.is_file() else None
-        cfg = EvalConfig(heldout_prompts=args.heldout, red_team_prompts=args.red_team, benign_prompts=args.benign,
+        cfg = EvalConfig(heldout_prompts=args.heldout, red_team_prompts=args.red_team, red_team_set=args.red_team_set,
+                         benign_prompts=args.benign,
                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, judge=args.judge,
                          harm_threshold=args.harm_threshold, seed=args.seed, batch_size=args.batch_size,
                          engine=args.engine, samples=args.samples, base_samples=args.base_samples,

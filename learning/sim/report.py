@@ -59,7 +59,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Base model `{report['base_model']}`; {report['method']}; harm judge **{report['judge']['name']}** "
         f"(threshold {report['judge']['threshold']}). Prompts: {report['config']['heldout_prompts']} held-out "
         f"(x{report['config'].get('samples', 1)}), {report['config']['red_team_prompts']} red-team "
-        f"(x{report['config'].get('red_team_samples', 1)}), {report['config']['benign_prompts']} benign; "
+        f"(set {report['config'].get('red_team_set', 'a').upper()}, x{report['config'].get('red_team_samples', 1)}), {report['config']['benign_prompts']} benign; "
         f"{report['config']['max_new_tokens']} new tokens. Intervals: {conf}% percentile bootstrap over prompts.",
         "",
         "## Personalisation: served policy vs base, under each user's own preference",

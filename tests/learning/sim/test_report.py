@@ -44,3 +44,21 @@ def test_write_report_files_and_latest(tmp_path):
     again = write_report(_report(), tmp_path, stamp="20260101-000000")
     assert again["json"].parent.name == "20260101-000000-1"
     assert json.loads((tmp_path / "latest.json").read_text())["dir"] == "20260101-000000-1"
+
+
+def test_the_red_team_set_is_chosen_by_name_and_named_in_the_report(tmp_path):
+    from learning.sim import prompts as P
+    from learning.sim.redteam_b import RED_TEAM_B
+
+    assert EvalConfig().red_team_pool() == P.RED_TEAM_PROMPTS
+    assert EvalConfig(red_team_set="b").red_team_pool() == RED_TEAM_B
+    assert not set(RED_TEAM_B) & set(P.RED_TEAM_PROMPTS)
+    try:
+        EvalConfig(red_team_set="c").red_team_pool()
+    except ValueError as exc:
+        assert "choose one of a, b" in str(exc)
+    else:
+        raise AssertionError("an unknown red-team set was accepted")
+    report = _report()
+    report["config"] = asdict(EvalConfig(red_team_set="b"))
+    assert "red-team (set B, x8)" in write_report(report, tmp_path, stamp="s")["markdown"].read_text()
