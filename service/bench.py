@@ -193,7 +193,7 @@ def run_serve_bench(
         if int8_rows:  # and the int8 probe of ASSISTANT_INT8_DECODE_ROWS=-1: timings, agreement, log-prob drift
             from service.engine.dtype_probe import choose_int8_rows
 
-            int8_probe = run_in_thread(lambda: choose_int8_rows(fp32, tokenizer, getattr(torch, dtype)), threads=threads).as_dict()
+            int8_probe = run_in_thread(lambda: choose_int8_rows(fp32, tokenizer, getattr(torch, dtype), reference=report.reference), threads=threads).as_dict()
         del fp32
     tdtype = getattr(torch, dtype)
     model = load_base_model(settings, dtype=tdtype)

@@ -34,7 +34,7 @@ def build_engine(settings: Settings) -> Engine:
         dtype = getattr(torch, settings.dtype)
         report = DtypeReport(chosen=settings.dtype, reason="set by ASSISTANT_DTYPE")
     if settings.int8_decode_rows < 0:
-        int8 = run_in_thread(lambda: choose_int8_rows(model, tokenizer, dtype), threads=threads, name="int8-probe")
+        int8 = run_in_thread(lambda: choose_int8_rows(model, tokenizer, dtype, reference=report.reference), threads=threads, name="int8-probe")
     else:
         int8 = Int8Report(settings.int8_decode_rows, "set by ASSISTANT_INT8_DECODE_ROWS")
     engine = BatchedEngine(

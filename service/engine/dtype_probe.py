@@ -24,6 +24,15 @@ logger = logging.getLogger(__name__)
 PROBE_PROMPTS = ["Explain what a hash table is.", "Write a short poem about the sea.", "How do plants make food?"]
 
 
+@dataclass(frozen=True)
+class Float32Reference:
+    """float32's greedy tokens on the probe prompts and their log-probabilities: what every faster
+    variant is checked against (the dtype probe computes it; the int8 probe reuses it)."""
+
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+
+
 @dataclass
 class DtypeReport:
     chosen: str
@@ -31,20 +40,31 @@ class DtypeReport:
     decode_ms: dict[str, float] = field(default_factory=dict)  # per decode step of the probe batch
     agreement: dict[str, float] = field(default_factory=dict)  # share of prompts whose greedy prefix matches float32
     probe_seconds: float = 0.0
+    reference: Float32Reference | None = field(default=None, repr=False)  # not reported
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "reference"}
 
 
-def _greedy(runner: LlamaRunner, prompt: list[int], n: int) -> list[int]:
+def _greedy(runner: LlamaRunner, prompt: list[int], n: int, logprobs: list[float] | None = None) -> list[int]:
+    """``n`` greedy tokens after ``prompt``; their log-probabilities appended to ``logprobs`` when given."""
     logits = runner.extend([prompt], [0], first_row=0, use_lora=False)
-    out = [int(logits[0].argmax())]
+    out: list[int] = []
     length = len(prompt)
-    for _ in range(n - 1):
-        logits = runner.decode(torch.tensor([out[-1]]), torch.tensor([length]), use_lora=False)
-        length += 1
+    for i in range(n):
+        if i:
+            logits = runner.decode(torch.tensor([out[-1]]), torch.tensor([length]), use_lora=False)
+            length += 1
         out.append(int(logits[0].argmax()))
+        if logprobs is not None:
+            logprobs.append(float(torch.log_softmax(logits[0].float(), -1)[out[-1]]))
     return out
+
+
+def float32_reference(runner: LlamaRunner, prompts: list[list[int]], n: int) -> Float32Reference:
+    """Greedy tokens and their log-probabilities under a float32 ``runner``."""
+    logprobs: list[list[float]] = [[] for _ in prompts]
+    return Float32Reference([_greedy(runner, p, n, lp) for p, lp in zip(prompts, logprobs)], logprobs)
 
 
 def _decode_ms(runner: LlamaRunner, prompt: list[int], rows: int, steps: int) -> float:
@@ -70,13 +90,18 @@ def choose_dtype(model, tokenizer, *, candidates: tuple[torch.dtype, ...] = (tor
     prompts = [_prompt_ids(tokenizer, p) for p in PROBE_PROMPTS]
     timings: dict[torch.dtype, float] = {}
     greedy: dict[torch.dtype, list[list[int]]] = {}
+    reference: Float32Reference | None = None
     problems: dict[str, str] = {}
     with torch.inference_mode():
         for dt in candidates:
             try:
                 runner = LlamaRunner(model, max_rows=rows, dtype=dt, initial_capacity=64)
                 timings[dt] = _decode_ms(runner, prompts[0], rows, steps)
-                greedy[dt] = [_greedy(runner, p, agree_tokens) for p in prompts]
+                if dt == torch.float32:
+                    reference = float32_reference(runner, prompts, agree_tokens)
+                    greedy[dt] = reference.tokens
+                else:
+                    greedy[dt] = [_greedy(runner, p, agree_tokens) for p in prompts]
             except (RuntimeError, TypeError) as exc:  # a dtype this device cannot run
                 problems[str(dt)] = str(exc)
     name = lambda dt: str(dt).removeprefix("torch.")  # noqa: E731
@@ -99,7 +124,7 @@ def choose_dtype(model, tokenizer, *, candidates: tuple[torch.dtype, ...] = (tor
         reason += "; could not run: " + ", ".join(f"{k} ({v})" for k, v in problems.items())
     report = DtypeReport(
         chosen=name(chosen), reason=reason, decode_ms={name(k): round(v, 2) for k, v in timings.items()},
-        agreement=agreement, probe_seconds=round(time.perf_counter() - t_start, 2),
+        agreement=agreement, probe_seconds=round(time.perf_counter() - t_start, 2), reference=reference,
     )
     logger.info("serving dtype: %s (%s; decode ms per step at %d rows: %s)", report.chosen, reason, rows, report.decode_ms)
     return chosen, report
@@ -128,20 +153,24 @@ def _greedy_logprobs(runner: LlamaRunner, prompt: list[int], tokens: list[int]) 
     return out
 
 
-def choose_int8_rows(model, tokenizer, dtype: torch.dtype, *, candidates: tuple[int, ...] = (1, 2, 4, 8),
-                     steps: int = 6, agree_tokens: int = 8, min_speedup: float = 1.1) -> Int8Report:
+def choose_int8_rows(model, tokenizer, dtype: torch.dtype, *, reference: Float32Reference | None = None,
+                     candidates: tuple[int, ...] = (1, 2, 4, 8), steps: int = 6, agree_tokens: int = 8,
+                     min_speedup: float = 1.1) -> Int8Report:
     """How wide a decode step may be and still run on int8 weights (``ASSISTANT_INT8_DECODE_ROWS=-1``): the
     widest candidate whose int8 step is at least ``min_speedup`` faster than the dense one in ``dtype``, if
-    one row's greedy tokens on the probe prompts agree with float32's as the dtype probe asks (2 of 3)."""
+    one row's greedy tokens on the probe prompts agree with float32's as the dtype probe asks (2 of 3).
+    ``reference``: float32's greedy tokens from the dtype probe (``DtypeReport.reference``), so float32
+    is not run twice at start; computed here when None or shorter than ``agree_tokens``."""
     t_start = time.perf_counter()
     if dtype not in (torch.bfloat16, torch.float16):
         return Int8Report(0, f"int8 decode needs 16-bit serving weights (serving {dtype})")
     prompts = [_prompt_ids(tokenizer, p) for p in PROBE_PROMPTS]
     with torch.inference_mode():
-        ref_runner = LlamaRunner(model, max_rows=1, dtype=torch.float32, initial_capacity=64)
-        ref = [_greedy(ref_runner, p, agree_tokens) for p in prompts]
-        ref_lp = [_greedy_logprobs(ref_runner, p, g) for p, g in zip(prompts, ref)]
-        del ref_runner
+        if reference is None or len(reference.tokens) != len(prompts) or any(len(t) < agree_tokens for t in reference.tokens):
+            reference = float32_reference(LlamaRunner(model, max_rows=1, dtype=torch.float32, initial_capacity=64),
+                                          prompts, agree_tokens)
+        ref = [t[:agree_tokens] for t in reference.tokens]
+        ref_lp = [lp[:agree_tokens] for lp in reference.logprobs]
         runner = LlamaRunner(model, max_rows=max(candidates), dtype=dtype, initial_capacity=64, int8_rows=max(candidates))
         got = [_greedy(runner, p, agree_tokens) for p in prompts]
         lp = [_greedy_logprobs(runner, p, g) for p, g in zip(prompts, ref)]

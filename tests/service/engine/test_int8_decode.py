@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from service.engine.dtype_probe import _greedy, _greedy_logprobs, choose_int8_rows
+from service.engine.dtype_probe import PROBE_PROMPTS, _greedy, _greedy_logprobs, _prompt_ids, choose_int8_rows, float32_reference
 from service.engine.runner import LlamaRunner, _Int8
 
 LOGPROB_TOLERANCE = 0.5  # the largest |log p| change of a float32 greedy token stated for int8 (README)
@@ -48,3 +48,16 @@ def test_the_int8_probe_reports_its_timings_agreement_and_drift(base_model, toke
     fast = [r for r in (1, 2) if report.decode_ms[str(r)]["dense"] / report.decode_ms[str(r)]["int8"] >= 1.1]
     assert report.rows == (max(fast) if fast and report.agreement >= 2 / 3 else 0)
     assert choose_int8_rows(base_model, tokenizer, torch.float32).rows == 0  # 16-bit serving only
+
+
+
+def test_the_int8_probe_reuses_the_dtype_probes_float32_reference(base_model, tokenizer):
+    prompts = [_prompt_ids(tokenizer, p) for p in PROBE_PROMPTS]
+    with torch.inference_mode():
+        runner = LlamaRunner(base_model, max_rows=1, dtype=torch.float32, initial_capacity=64)
+        reference = float32_reference(runner, prompts, 4)
+        assert reference.logprobs == [_greedy_logprobs(runner, p, t) for p, t in zip(prompts, reference.tokens)]
+    # the probe measured against the given reference reads what it reads when it runs float32 itself
+    given = choose_int8_rows(base_model, tokenizer, torch.bfloat16, reference=reference, candidates=(1,), steps=1, agree_tokens=4)
+    fresh = choose_int8_rows(base_model, tokenizer, torch.bfloat16, candidates=(1,), steps=1, agree_tokens=4)
+    assert (given.agreement, given.logprob_drift) == (fresh.agreement, fresh.logprob_drift)
