@@ -539,7 +539,7 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     try:
         with Session(ctx.engine, expire_on_commit=False) as session:
             row = adapter_store.publish(ctx.settings, session, user_id=user_id, src_dir=work, metadata=metadata,
-                                        training_run_id=ctx.run_id, status=AdapterStatus.candidate, metrics=metrics,
+                                        training_run_id=ctx.run_id, move=True, status=AdapterStatus.candidate, metrics=metrics,
                                         reason=decision.reason)
             # The verdict, the result row and the activation land in one commit, and only while the
             # job is still this worker's: the conditional UPDATE matches no row if recovery or

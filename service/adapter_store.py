@@ -109,6 +109,10 @@ def next_version(session: Session, user_id: int | None) -> int:
     return (max(versions) if versions else 0) + 1
 
 
+def _same_file_system(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
 def publish(
     settings: Settings,
     session: Session,
@@ -120,8 +124,13 @@ def publish(
     status: AdapterStatus = AdapterStatus.candidate,
     metrics: dict[str, Any] | None = None,
     reason: str | None = None,
+    move: bool = False,
 ) -> AdapterVersion:
-    """Copy a saved PEFT adapter into the store atomically and record it (not active yet)."""
+    """Put a saved PEFT adapter into the store atomically and record it (not active yet).
+
+    ``move``: ``src_dir`` is a scratch directory of the caller's on the store's file system (the
+    trainer's, under ``<adapters>/.tmp``): it is renamed into the store instead of copied, and is
+    gone afterwards; files the store does not keep (PEFT's README.md) are dropped."""
     validate_adapter_dir(src_dir)
     root = settings.adapters_dir
     root.mkdir(parents=True, exist_ok=True)
@@ -132,10 +141,19 @@ def publish(
         shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = root / ".tmp" / f"{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    for name in REQUIRED_FILES + OPTIONAL_FILES:
-        if name in REQUIRED_FILES or (src_dir / name).is_file():
-            shutil.copyfile(src_dir / name, tmp / name)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if move and _same_file_system(src_dir, tmp.parent):
+        os.rename(src_dir, tmp)
+        for path in tmp.iterdir():
+            if path.name not in REQUIRED_FILES + OPTIONAL_FILES:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    else:
+        tmp.mkdir()
+        for name in REQUIRED_FILES + OPTIONAL_FILES:
+            if name in REQUIRED_FILES or (src_dir / name).is_file():
+                shutil.copyfile(src_dir / name, tmp / name)
+        if move:
+            shutil.rmtree(src_dir, ignore_errors=True)
     # PEFT records the base model's local path, which means nothing on another machine: name the
     # model instead (the metadata keeps its hash), so vLLM, PEFT and TRL elsewhere can load the files.
     config_path = tmp / "adapter_config.json"

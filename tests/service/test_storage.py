@@ -72,3 +72,36 @@ def test_same_label_in_two_stores_gets_two_engine_keys(make_settings, tmp_path):
             assert adapter_store.ref_for(settings, row).key == refs[-1][1].key  # stable for one version
     (label_a, ref_a), (label_b, ref_b) = refs
     assert label_a == label_b and ref_a.key != ref_b.key and ref_a.key.startswith(label_a)
+
+
+def test_publishing_by_move_renames_the_trainers_directory_into_the_store(make_settings, tmp_path):
+    """The trainer's scratch directory becomes the version (no second copy of the weights); a copy from
+    elsewhere leaves its source alone. Either way the version holds only the files the store keeps."""
+    import json
+
+    from service import adapter_store
+
+    settings = make_settings()
+    engine = make_engine(settings)
+    init_db(engine)
+
+    def scratch(where):
+        where.mkdir(parents=True)
+        (where / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/somewhere/local"}))
+        (where / "adapter_model.safetensors").write_bytes(b"weights")
+        (where / "README.md").write_text("PEFT's model card")
+        return where
+
+    with Session(engine) as s:
+        u = crud.create_user(s, username="mover", password="password1")
+        moved = scratch(settings.adapters_dir / ".tmp" / "run-1-user-1")
+        inode = (moved / "adapter_model.safetensors").stat().st_ino
+        row = adapter_store.publish(settings, s, user_id=u.id, src_dir=moved, metadata={}, move=True)
+        final = settings.adapters_dir / row.path
+        assert not moved.exists()
+        assert (final / "adapter_model.safetensors").stat().st_ino == inode  # renamed, not copied
+        assert sorted(p.name for p in final.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "metadata.json"]
+        assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] != "/somewhere/local"
+        copied = scratch(tmp_path / "elsewhere")
+        row = adapter_store.publish(settings, s, user_id=u.id, src_dir=copied, metadata={})
+        assert copied.exists() and (settings.adapters_dir / row.path / "adapter_model.safetensors").read_bytes() == b"weights"
