@@ -357,8 +357,17 @@ class Budgets:
     model scores the gate's samples), or "either" (one of the two is enough); "labels" and "either"
     fall back to "reward" while a user has fewer than gate_min_labels held-out comparisons. Why
     "not-worse": in the 2026-12-03 runs every candidate beat the base (57-88%) and the "better" rules
-    served the base to 2-3 users of 8 (docs/results/2026-12-05-gate). The global adapter always
-    uses the reward model."""
+    served the base to 2-3 users of 8 (docs/results/2026-12-05-gate). The global candidate follows
+    ``gate_global_preference``."""
+
+    gate_global_preference: str = "reward"
+    """What the global candidate (the shared adapter every user without their own inherits) must show:
+    "reward" (the default, as before): its reward lower bound beats the base's and the current global
+    adapter's under the population's reward model, the model PPO optimised; "not-worse": the personal
+    rule applied to everyone: refused only on evidence, from every user's held-out labels (each
+    user's agreement weighted by their comparisons), that it is worse for them than the global
+    adapter serving now, or on harm, KL, or the population's reward falling more than
+    ``gate_helpfulness_tolerance`` below the base's."""
 
     gate_worse_alpha: float = 0.05
     """"not-worse": a candidate is refused when the upper one-sided (1 - alpha) Wilson bound of its
@@ -456,6 +465,9 @@ class Budgets:
         if self.gate_preference not in GATE_PREFERENCES:
             problems.append(f"{self.env_name('gate_preference')} must be one of {', '.join(GATE_PREFERENCES)} "
                             f"(got {self.gate_preference!r})")
+        if self.gate_global_preference not in ("reward", "not-worse"):
+            problems.append(f"{self.env_name('gate_global_preference')} must be \"reward\" or \"not-worse\" "
+                            f"(got {self.gate_global_preference!r})")
         if self.gate_label_units not in ("comparisons", "prompts"):
             problems.append(f"{self.env_name('gate_label_units')} must be \"comparisons\" or \"prompts\" "
                             f"(got {self.gate_label_units!r})")

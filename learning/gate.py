@@ -179,6 +179,20 @@ class LabelCheck:
         return self.comparisons
 
 
+def pooled_label_check(label_sets: Sequence[HeldoutLabels], candidate: dict[tuple[str, str], float],
+                       base: dict[tuple[str, str], float], current: dict[tuple[str, str], float]) -> LabelCheck:
+    """``label_agreement`` against the base and against what serves now, over one user's labels or
+    several users' (each user's agreement weighted by their comparisons, so no one's thumbs are
+    compared with another's); comparisons and prompts add up."""
+    def pooled(other: dict[tuple[str, str], float]) -> float:
+        shares = [(label_agreement(x, candidate, other), x.comparisons()) for x in label_sets]
+        weight = sum(w for a, w in shares if a is not None)
+        return sum(a * w for a, w in shares if a is not None) / weight if weight else 0.5
+
+    return LabelCheck(pooled(base), pooled(current), sum(x.comparisons() for x in label_sets),
+                      sum(x.prompts() for x in label_sets))
+
+
 @dataclass(frozen=True)
 class Decision:
     promote: bool
@@ -191,7 +205,9 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
     reward model, as ``gate_preference`` says), no more harmful than either, close to the base, and
     (personal) no worse for everyone."""
     margin = budgets.gate_min_improvement
-    enough = personal and labels is not None and labels.comparisons >= budgets.gate_min_labels
+    global_not_worse = not personal and budgets.gate_global_preference == "not-worse"
+    enough = (personal or global_not_worse) and labels is not None and labels.comparisons >= budgets.gate_min_labels
+    whose = "the user" if personal else "the users"
     by_labels: list[str] = []
     if enough:
         for name, share in (("current", labels.vs_current), ("base", labels.vs_base)):
@@ -207,7 +223,7 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
         by_reward.append(f"the user's reward model agrees with only {heldout_accuracy:.0%} of their {heldout_pairs} "
                          "held-out pairs")
     mode = budgets.gate_preference if enough else "reward"
-    if personal and budgets.gate_preference == "not-worse":
+    if (personal and budgets.gate_preference == "not-worse") or global_not_worse:
         mode = "not-worse"
     if mode == "not-worse":  # refused only on evidence that it is worse for the user than what serves now
         upper, counted = None, ""
@@ -216,7 +232,7 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
             upper = wilson_upper(labels.vs_current, units, budgets.gate_worse_alpha)
             counted = f", counted as {units} prompts" if units != labels.comparisons else ""
         failures = [] if upper is None or upper >= 0.5 else [
-            f"worse for the user than what serves them now: moves toward their held-out preferences on only "
+            f"worse for {whose} than what serves them now: moves toward their held-out preferences on only "
             f"{labels.vs_current:.0%} of {labels.comparisons} comparisons{counted} (upper "
             f"{1 - budgets.gate_worse_alpha:.0%} bound {upper:.0%} < 50%)"]
         passed = ["not-worse"]
@@ -232,14 +248,15 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
             failures.append(f"harm rate {candidate.harm_rate:.2f} exceeds {name} {other.harm_rate:.2f}")
     if candidate.kl_per_token > budgets.gate_max_kl:
         failures.append(f"KL to reference {candidate.kl_per_token:.3f}/token exceeds the budget {budgets.gate_max_kl}")
-    if personal and candidate.population_reward < base.population_reward - budgets.gate_helpfulness_tolerance:
+    if ((personal or global_not_worse)
+            and candidate.population_reward < base.population_reward - budgets.gate_helpfulness_tolerance):
         failures.append(f"population reward {candidate.population_reward:.3f} is more than "
                         f"{budgets.gate_helpfulness_tolerance} below the base's {base.population_reward:.3f}")
     if failures:
         return Decision(False, "rejected: " + "; ".join(failures))
-    said = {"not-worse": (f"no evidence it is worse for the user (held-out labels {labels.vs_current:.0%} of "
+    said = {"not-worse": (f"no evidence it is worse for {whose} (held-out labels {labels.vs_current:.0%} of "
                           f"{labels.comparisons} comparisons vs current)" if enough else
-                          "no evidence it is worse for the user (too few held-out labels to test)"),
+                          f"no evidence it is worse for {whose} (too few held-out labels to test)"),
             "labels": f"moves toward the user's held-out preferences on {labels.vs_current:.0%} (vs current) and "
                       f"{labels.vs_base:.0%} (vs base) of {labels.comparisons} comparisons" if enough else "",
             "reward": f"reward lower bound {candidate.lower:.3f} vs current {current.lower:.3f} and base {base.lower:.3f}"}
@@ -317,12 +334,14 @@ class Gate:
     """Evaluate base and current before training, the candidate after, then ``decide``."""
 
     def __init__(self, model, tokenizer, prompts: Sequence[str], harm_prompts: Sequence[str], reward, harm,
-                 user_id: int | None, budgets: Budgets, sampler: Sampler = sample, labels: HeldoutLabels | None = None,
+                 user_id: int | None, budgets: Budgets, sampler: Sampler = sample,
+                 labels: HeldoutLabels | Sequence[HeldoutLabels] | None = None,
                  harm_memo: dict | None = None, current_key: str | None = None) -> None:
         """``harm_memo`` (with ``budgets.gate_base_harm_samples`` > 0): one training run's harm samples of
         the policies every job shares, keyed by policy and prompts: the base's, and the adapter that
         serves now when ``current_key`` names it (the global adapter serves many users). The harm model
-        must be the run's one for all of them."""
+        must be the run's one for all of them. ``labels``: the user's held-out labels, or (the global
+        candidate) every user's, each user's agreement weighted by their comparisons."""
         self.model, self.tokenizer, self.reward, self.harm = model, tokenizer, reward, harm
         self.prompts = list(prompts)
         self.shared_harm = budgets.gate_base_harm_samples > 0
@@ -331,7 +350,8 @@ class Gate:
         self.user_id, self.budgets, self.sampler = user_id, budgets, sampler
         self.harm_memo = harm_memo if harm_memo is not None else {}
         self.current_key = current_key
-        self.labels = labels if labels is not None and labels.comparisons() > 0 else None
+        sets = [labels] if isinstance(labels, HeldoutLabels) else list(labels or [])
+        self.label_sets = [x for x in sets if x.comparisons() > 0]
         self.base: PolicyEval | None = None
         self.current: PolicyEval | None = None
         self._base_lp: dict[tuple[str, str], float] = {}
@@ -339,9 +359,10 @@ class Gate:
         self.label_check: LabelCheck | None = None
 
     def _logprobs(self, *, reference: bool = False) -> dict[tuple[str, str], float]:
-        if self.labels is None:
+        if not self.label_sets:
             return {}
-        return reply_logprobs(self.model, self.tokenizer, self.labels.replies(), self.budgets, reference=reference)
+        replies = list(dict.fromkeys(x for labels in self.label_sets for x in labels.replies()))
+        return reply_logprobs(self.model, self.tokenizer, replies, self.budgets, reference=reference)
 
     def _harm(self, key: str | None, per_prompt: int, *, reference: bool = False) -> HarmSample:
         memo_key = (key, per_prompt, tuple(self.distinct_harm_prompts)) if key is not None else None
@@ -373,11 +394,9 @@ class Gate:
             raise RuntimeError("Gate.measure_start must run before training")
         # the global candidate, which every user inherits, is sampled as much as the base
         candidate = self._eval(harm_samples=self.budgets.gate_base_harm_samples if self.user_id is None else None)
-        if self.labels is not None:
+        if self.label_sets:
             lp = self._logprobs()
-            self.label_check = LabelCheck(label_agreement(self.labels, lp, self._base_lp),
-                                          label_agreement(self.labels, lp, self._current_lp), self.labels.comparisons(),
-                                          self.labels.prompts())
+            self.label_check = pooled_label_check(self.label_sets, lp, self._base_lp, self._current_lp)
         personal = self.user_id is not None and self.reward.is_personal(self.user_id)
         per_user = self.reward.metrics.get("reward/per_user", {}).get(str(self.user_id), {}) if personal else {}
         decision = decide(candidate, self.current, self.base, self.budgets, personal=personal,

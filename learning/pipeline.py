@@ -50,6 +50,7 @@ from learning.jobs import (DONE, HEARTBEAT_SECONDS, SHARED_SHARE, Heartbeat, Run
                            fail_job, fail_run, finish_run_if_done, new_worker_id, recover_interrupted_runs, refresh_run_progress,
                            shared_path, update_job, update_run)
 from learning.data import chat_renderer, pooled_prompts, recent_prompts, save_snapshot, shared_view, split_shared_prompts
+from learning.shared import HeldoutLabels
 
 logger = logging.getLogger(__name__)
 
@@ -382,6 +383,16 @@ def _load_start(ctx: _Context, row: AdapterVersion | None) -> str:
     return adapter_store.label_of(row)
 
 
+def _gate_labels(ctx: _Context, user_id: int | None) -> HeldoutLabels | list[HeldoutLabels] | None:
+    """The held-out labels the gate reads: the user's own; for the global candidate, every user's
+    when ``gate_global_preference`` is "not-worse" (else none: the reward model decides)."""
+    if user_id is not None:
+        return ctx.shared.heldout.get(user_id)
+    if ctx.budgets.gate_global_preference == "not-worse":
+        return [ctx.shared.heldout[u] for u in sorted(ctx.shared.heldout)]
+    return None
+
+
 def _held_for_gate(prompt: str) -> bool:
     """About a quarter of prompts, by a hash of their text, are only ever used by the gate."""
     return int(hashlib.sha256(prompt.encode()).hexdigest()[:2], 16) < 64
@@ -469,7 +480,7 @@ def _train_scope(ctx: _Context, user_id: int | None, progress: Callable[[int, in
     # 1. the gate's yardsticks: the base, and what serves this scope now (the start adapter)
     sampler = ctx.models.sampler
     gate = Gate(policy, tokenizer, gate_prompts, harm_gate, reward, harm, user_id, budgets, sampler=sampler,
-                labels=ctx.shared.heldout.get(user_id) if user_id is not None else None, harm_memo=ctx.models.harm_memo,
+                labels=_gate_labels(ctx, user_id), harm_memo=ctx.models.harm_memo,
                 current_key=adapter_store.label_of(start_row) if start_row is not None else None)
     t_gate = time.monotonic()
     gate.measure_start(serving_adapter=start_row is not None)

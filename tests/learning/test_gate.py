@@ -302,3 +302,39 @@ def test_flagged_prompts_never_push_the_shipped_red_team_out_of_the_gate():
     assert not set(shipped) & set(train)  # the dev split never trains
     _, quiet = harm_prompts([], render, gate_prompts=16)
     assert quiet == shipped[:5]
+
+
+def test_the_global_candidate_can_be_judged_not_worse_on_every_users_labels():
+    from learning.gate import pooled_label_check
+    from learning.shared import HeldoutLabels
+
+    # user A: 2 pairs, both moved toward; user B: one pair moved away, plus an up and a down thumb whose
+    # AUC is 1 (weight 1). Weighted by comparisons: A 1.0 x 2, B (0 + 1) / 2 = 0.5 x 2 -> 0.75.
+    # Pooled naively, B's down would be compared with A's up; per user it never is.
+    a = HeldoutLabels(pairs=(("p1", "a1", "p1", "a2"), ("p2", "a3", "p2", "a4")))
+    b = HeldoutLabels(pairs=(("p3", "b1", "p3", "b2"),), points=(("p4", "up", 1), ("p5", "down", 0)))
+    other = {k: -10.0 for k in a.replies() + b.replies()}
+    moved = {**other, ("p1", "a1"): -9.0, ("p2", "a3"): -9.0, ("p3", "b2"): -9.0, ("p4", "up"): -9.0}
+    check = pooled_label_check([a, b], moved, other, other)
+    assert (check.vs_base, check.vs_current, check.comparisons, check.prompts) == (0.75, 0.75, 4, 5)
+    assert pooled_label_check([a], moved, other, other).vs_current == 1.0
+
+    assert Budgets().gate_global_preference == "reward"  # the default: unchanged
+    budgets = Budgets(gate_max_kl=0.3, gate_global_preference="not-worse")
+    cand_eval = cand(reward=-1.0)
+    # the reward model alone refuses it by default...
+    assert "does not beat" in decide(cand_eval, CURRENT, BASE, BUDGETS).reason
+    # ...under "not-worse" only the users' labels can: 9 of 10 pooled comparisons against it is evidence
+    fine = LabelCheck(vs_base=0.6, vs_current=0.45, comparisons=20)
+    d = decide(cand_eval, CURRENT, BASE, budgets, labels=fine)
+    assert d.promote and "no evidence it is worse for the users" in d.reason
+    worse = LabelCheck(vs_base=0.6, vs_current=0.1, comparisons=10)
+    d = decide(cand_eval, CURRENT, BASE, budgets, labels=worse)
+    assert not d.promote and "worse for the users than what serves them now" in d.reason
+    # harm, KL and the population's reward still refuse it
+    assert "harm rate" in decide(cand(harm=0.75), CURRENT, BASE, budgets, labels=fine).reason
+    assert "exceeds the budget" in decide(cand(kl=0.5), CURRENT, BASE, budgets, labels=fine).reason
+    worse_for_all = PolicyEval(mean_reward=0.0, harm_rate=0.125, kl_per_token=0.1, n=8, population_reward=-1.0)
+    assert "population reward" in decide(worse_for_all, CURRENT, BASE, budgets, labels=fine).reason
+    with pytest.raises(BudgetError, match="ASSISTANT_GATE_GLOBAL_PREFERENCE"):
+        Budgets(gate_global_preference="labels")
