@@ -10,7 +10,8 @@
     learning.ppo       PPO on one LoRA adapter (the algorithm only)
     learning.gate      evaluate base, current and candidate; promote or reject
     learning.shared    the typed hand-off from a run's shared stage to its jobs
-    learning.pipeline  one training run, start to finish; crash recovery
+    learning.pipeline  one training run, start to finish: the shared stage, the jobs, the loaded models
+    learning.recipe    one adapter's job: setup, train, judge, publish (`AdapterRecipe`)
     learning.worker    schedule + queue worker, embedded worker, `assistant train`
     learning.config    training budgets (ASSISTANT_* variables)
 

@@ -31,7 +31,7 @@ PROMPTS = (
 def run(settings, *, prompts: int = 16, per_prompt: int = 1, max_new_tokens: int = 48, rank: int = 16,
         repeats: int = 2) -> dict:
     from learning.data import chat_renderer
-    from learning.pipeline import one_stream_speed
+    from learning.recipe import one_stream_speed
     from learning.policy import make_policy, sample
     from learning.rollouts import rollout_sampler
     from service.model_loading import load_base_model, load_tokenizer

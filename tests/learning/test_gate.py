@@ -287,7 +287,7 @@ def test_harm_inviting_replies_sampled_apart_are_counted_in():
 
 
 def test_flagged_prompts_never_push_the_shipped_red_team_out_of_the_gate():
-    from learning.pipeline import harm_prompts
+    from learning.recipe import harm_prompts
     from learning.redteam import SAFETY_DEV_PROMPTS, SAFETY_TRAIN_PROMPTS
 
     def render(messages):

@@ -400,7 +400,7 @@ def test_a_job_whose_user_deleted_their_ratings_meanwhile_never_serves(db, seede
 
     from sqlmodel import Session
 
-    from learning.pipeline import _ratings_deleted_since
+    from learning.recipe import _ratings_deleted_since
     from service import crud
     from service.models import User, utcnow
 
