@@ -76,45 +76,53 @@ class _Models:
     harm_memo: dict = dataclasses.field(default_factory=dict)  # the run's shared gate harm samples (learning.gate.Gate)
 
 
-_LOADED: dict[int, _Models] = {}  # run id -> models; only the latest run is kept
-_LOADED_LOCK = threading.Lock()
+class LoadedModels:
+    """One worker's models (``_Models``), kept for the run it works on: loaded on first use (or built
+    from a base the shared stage already loaded) and dropped when it goes idle. Owned by whoever runs
+    jobs (a ``learning.worker.Worker``, or ``run_training`` in the foreground), never module state,
+    so two workers in one process (the tests' embedded ones) never share a PEFT-wrapped base."""
 
+    def __init__(self) -> None:
+        self._by_run: dict[int, _Models] = {}  # run id -> models; only the latest run is kept
+        self._lock = threading.Lock()
 
-def _models_for(settings: Settings, run_id: int, budgets: Budgets, *, tokenizer=None, base=None) -> _Models:
-    """This process's models for ``run_id``: loaded on first use (or built from a loaded ``base``)."""
-    import torch
+    def get(self, settings: Settings, run_id: int, budgets: Budgets, *, tokenizer=None, base=None) -> _Models:
+        """The models for ``run_id``: loaded on first use (or built from a loaded ``base``)."""
+        import torch
 
-    from service.model_loading import base_model_hash, load_base_model, load_tokenizer
+        from service.model_loading import base_model_hash, load_base_model, load_tokenizer
 
-    from learning.policy import lora_state, make_policy
-
-    with _LOADED_LOCK:
-        if run_id in _LOADED:
-            return _LOADED[run_id]
-        _LOADED.clear()  # PEFT wraps the base in place: a new run gets a freshly loaded base
-        tokenizer = tokenizer or load_tokenizer(settings)
-        base = base if base is not None else load_base_model(settings, dtype=torch.float32)
+        from learning.policy import lora_state, make_policy
         from learning.rollouts import rollout_sampler
 
-        sampler, report = rollout_sampler(settings, budgets, base, tokenizer)  # from the base, before PEFT wraps it
-        policy = make_policy(base, budgets)
-        models = _Models(tokenizer, chat_renderer(tokenizer), policy, lora_state(policy), base_model_hash(settings),
-                         sampler, report)
-        _LOADED[run_id] = models
-        return models
+        with self._lock:
+            if run_id in self._by_run:
+                return self._by_run[run_id]
+            self._by_run.clear()  # PEFT wraps the base in place: a new run gets a freshly loaded base
+            tokenizer = tokenizer or load_tokenizer(settings)
+            base = base if base is not None else load_base_model(settings, dtype=torch.float32)
+            sampler, report = rollout_sampler(settings, budgets, base, tokenizer)  # from the base, before PEFT wraps it
+            policy = make_policy(base, budgets)
+            models = _Models(tokenizer, chat_renderer(tokenizer), policy, lora_state(policy), base_model_hash(settings),
+                             sampler, report)
+            self._by_run[run_id] = models
+            return models
 
+    def release(self) -> None:
+        """Drop the loaded models (a worker calls it when no job is left, so idle it holds none)."""
+        with self._lock:
+            self._by_run.clear()
 
-def release_models() -> None:
-    """Drop this process's loaded models (a worker calls it when no job is left, so idle it holds none)."""
-    with _LOADED_LOCK:
-        _LOADED.clear()
+    def holds(self, run_id: int) -> bool:
+        with self._lock:
+            return run_id in self._by_run
 
 
 # --- the run -------------------------------------------------------------------------------------
 
 
 def run_training(settings: Settings, engine: Engine, run_id: int, progress_cb: ProgressCallback | None = None,
-                 *, budgets: Budgets | None = None) -> None:
+                 *, budgets: Budgets | None = None, models: LoadedModels | None = None) -> None:
     """Execute a claimed ``TrainingRun`` here: the shared stage, then its jobs until none is left, then
     wait for jobs other workers took. Raises ``RunFailed`` (or the shared stage's error) if it failed."""
     budgets = budgets or Budgets.from_env()
@@ -128,12 +136,13 @@ def run_training(settings: Settings, engine: Engine, run_id: int, progress_cb: P
         if progress_cb is not None:
             progress_cb(seen[0], message)
 
-    run_shared_stage(settings, engine, run_id, report, budgets=budgets)
+    models = models if models is not None else LoadedModels()
+    run_shared_stage(settings, engine, run_id, report, budgets=budgets, models=models)
     try:
         while (job_id := claim_job(engine, worker_id, run_id=run_id)) is not None:
-            run_job(settings, engine, job_id, worker_id, budgets=budgets, progress_cb=report)
+            run_job(settings, engine, job_id, worker_id, budgets=budgets, progress_cb=report, models=models)
     finally:
-        release_models()
+        models.release()
     last_recovery = time.monotonic()
     while True:
         with Session(engine) as session:
@@ -150,8 +159,9 @@ def run_training(settings: Settings, engine: Engine, run_id: int, progress_cb: P
 
 
 def run_shared_stage(settings: Settings, engine: Engine, run_id: int, progress_cb: ProgressCallback | None = None,
-                     *, budgets: Budgets | None = None) -> None:
-    """Snapshot, reward and harm models, job rows for a claimed run; on error the run is failed, then re-raised."""
+                     *, budgets: Budgets | None = None, models: LoadedModels | None = None) -> None:
+    """Snapshot, reward and harm models, job rows for a claimed run; on error the run is failed, then re-raised.
+    ``models``: the caller's, to keep the base this stage loaded for the jobs it will run itself."""
     budgets = budgets or Budgets.from_env()
     with Session(engine) as session:
         run = session.get(TrainingRun, run_id)
@@ -168,7 +178,7 @@ def run_shared_stage(settings: Settings, engine: Engine, run_id: int, progress_c
 
     try:
         with Heartbeat(lambda: update_run(engine, run_id, heartbeat_at=utcnow()), f"run-{run_id}"):
-            _shared_stage(settings, engine, run_id, requested, budgets, progress)
+            _shared_stage(settings, engine, run_id, requested, budgets, progress, models)
     except RunAborted:
         logger.warning("training run %s was aborted from outside; nothing more is published", run_id)
         raise
@@ -185,7 +195,7 @@ def run_shared_stage(settings: Settings, engine: Engine, run_id: int, progress_c
 
 
 def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: list[int] | None, budgets: Budgets,
-                  progress: ProgressCallback) -> None:
+                  progress: ProgressCallback, models: LoadedModels | None) -> None:
     import torch
 
     from service.model_loading import load_base_model, load_tokenizer
@@ -256,17 +266,17 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
             session.add(TrainingResult(run_id=run_id, user_id=user_id, status=RunStatus.succeeded, reason=reason,
                                        metrics=reward.user_metrics(user_id), finished_at=utcnow(), progress=1.0))
         session.commit()
-    if scopes:  # keep the loaded base for this process's own jobs
-        _models_for(settings, run_id, budgets, tokenizer=tokenizer, base=base)
+    if scopes and models is not None:  # keep the loaded base for this worker's own jobs
+        models.get(settings, run_id, budgets, tokenizer=tokenizer, base=base)
     logger.info("run %s: queued %d jobs (%s), skipped %d users", run_id, len(scopes),
                 ", ".join(adapter_store.Scope(u).key for u in scopes), len(skipped))
 
 
 def run_job(settings: Settings, engine: Engine, job_id: int, worker_id: str, *, budgets: Budgets | None = None,
-            progress_cb: ProgressCallback | None = None) -> RunStatus:
+            progress_cb: ProgressCallback | None = None, models: LoadedModels | None = None) -> RunStatus:
     """Train, gate and publish one claimed job; ends it "succeeded" or "failed" (with the error), and
     its run if it was the last. Returns the job's final status; only KeyboardInterrupt-like errors
-    propagate (after failing the job)."""
+    propagate (after failing the job). ``models``: the worker's loaded models (None: loaded for this job alone)."""
     budgets = budgets or Budgets.from_env()
     with Session(engine) as session:
         job = session.get(TrainingResult, job_id)
@@ -285,8 +295,8 @@ def run_job(settings: Settings, engine: Engine, job_id: int, worker_id: str, *, 
     try:
         with Heartbeat(lambda: update_job(engine, job_id, worker_id, heartbeat_at=utcnow()), f"job-{job_id}"):
             shared = _load_shared(settings, run_id, budgets)
-            models = _models_for(settings, run_id, budgets)
-            ctx = JobContext(settings, engine, run_id, job_id, worker_id, budgets, models, shared, snapshot)
+            loaded = (models if models is not None else LoadedModels()).get(settings, run_id, budgets)
+            ctx = JobContext(settings, engine, run_id, job_id, worker_id, budgets, loaded, shared, snapshot)
             AdapterRecipe(ctx, user_id, scope_progress).run()
         status = RunStatus.succeeded
     except RunAborted as exc:

@@ -48,7 +48,7 @@ from service.settings import Settings
 
 from learning.config import Budgets
 from learning.jobs import LIVE_WORKERS, claim_job, fail_job, fail_run, new_worker_id, recover_interrupted_runs
-from learning.pipeline import release_models, run_job, run_shared_stage, run_training
+from learning.pipeline import LoadedModels, run_job, run_shared_stage, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,7 @@ class Worker:
         self._run_thread: threading.Thread | None = None
         self.current_run: int | None = None  # a run whose shared stage this worker is executing
         self.current_job: int | None = None  # a job this worker is training
+        self.models = LoadedModels()  # the base + policy of the run it works on; dropped when idle
 
     # jobs -------------------------------------------------------------------------------------
     def sync_schedule(self) -> None:
@@ -197,7 +198,7 @@ class Worker:
         """The shared stage of a claimed run, then jobs (of it or any run) until none is left."""
         self.current_run = run_id
         try:
-            run_shared_stage(self.settings, self.engine, run_id, budgets=self.budgets)
+            run_shared_stage(self.settings, self.engine, run_id, budgets=self.budgets, models=self.models)
         except Exception:  # already recorded on the run row; keep polling
             logger.error("training run %s failed; see its error field", run_id)
             return
@@ -213,12 +214,12 @@ class Worker:
             while job_id is not None:
                 self.current_job = job_id
                 try:
-                    run_job(self.settings, self.engine, job_id, self.worker_id, budgets=self.budgets)
+                    run_job(self.settings, self.engine, job_id, self.worker_id, budgets=self.budgets, models=self.models)
                 finally:
                     self.current_job = None
                 job_id = claim_job(self.engine, self.worker_id)
         finally:
-            release_models()  # an idle worker holds no model
+            self.models.release()  # an idle worker holds no model
 
     def _poll(self) -> None:
         self.sync_schedule()
