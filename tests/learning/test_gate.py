@@ -338,3 +338,17 @@ def test_the_global_candidate_can_be_judged_not_worse_on_every_users_labels():
     assert "population reward" in decide(worse_for_all, CURRENT, BASE, budgets, labels=fine).reason
     with pytest.raises(BudgetError, match="ASSISTANT_GATE_GLOBAL_PREFERENCE"):
         Budgets(gate_global_preference="labels")
+
+
+def test_the_global_job_reads_every_users_held_out_labels_only_under_not_worse():
+    from types import SimpleNamespace
+
+    from learning.recipe import _gate_labels
+    from learning.shared import HeldoutLabels
+
+    a, b = HeldoutLabels(pairs=(("p", "x", "p", "y"),)), HeldoutLabels(points=(("q", "u", 1), ("q", "d", 0)))
+    ctx = SimpleNamespace(shared=SimpleNamespace(heldout={7: b, 3: a}), budgets=Budgets())
+    assert _gate_labels(ctx, 3) is a and _gate_labels(ctx, 9) is None
+    assert _gate_labels(ctx, None) is None  # the default: the reward model judges the global candidate
+    ctx.budgets = Budgets(gate_global_preference="not-worse")
+    assert _gate_labels(ctx, None) == [a, b]  # every user's, in user order
