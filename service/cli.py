@@ -240,6 +240,15 @@ def cmd_bench_rollouts(args: argparse.Namespace) -> None:
     bench_rollouts(args, _settings())
 
 
+def cmd_vllm_command(args: argparse.Namespace) -> None:
+    import shlex
+
+    from service.engine.vllm import vllm_command
+
+    argv, env = vllm_command(_settings(dev_mode=True), port=args.port, max_loras=args.max_loras, dtype=args.dtype)
+    print(" ".join(f"{k}={v}" for k, v in env.items()), shlex.join(argv))
+
+
 def cmd_pool_audit(args: argparse.Namespace) -> None:
     """Before a run: per user, the labels they would feed the shared models, their thumbs-up on
     replies the harm judge flags, and whether the next run keeps them out (``learning.audit``)."""
@@ -330,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read Open WebUI's ratings from ASSISTANT_OPENWEBUI_URL now (deleting those deleted there)")
     so.set_defaults(func=cmd_sync_openwebui_feedback)
 
+    vc = sub.add_parser("vllm-command", help="print the command that starts a vLLM server for ASSISTANT_ENGINE=vllm on this install")
+    vc.add_argument("--port", type=int, default=8001)
+    vc.add_argument("--max-loras", type=int, default=16, help="adapters in one running batch")
+    vc.add_argument("--dtype", default="bfloat16", help="vLLM's --dtype (float32 for exact equivalence tests)")
+    vc.set_defaults(func=cmd_vllm_command)
     pa = sub.add_parser("pool-audit", help="before a run: who would feed the shared models, and who is kept out "
                                            "(thumbs-up on replies the harm judge flags)")
     pa.set_defaults(func=cmd_pool_audit)

@@ -161,7 +161,13 @@ class Settings(BaseSettings):
     default_top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling when the client does not say.")
 
     # --- engine ------------------------------------------------------------
-    engine: Literal["batched", "naive"] = Field("batched", description="Generation engine: continuous batching with per-row adapters, or one request at a time.")
+    engine: Literal["batched", "naive", "vllm"] = Field("batched", description="Generation engine: continuous batching with per-row "
+                                                        "adapters, one request at a time, or a vLLM server (ASSISTANT_VLLM_URL).")
+    vllm_url: str | None = Field(None, description="ASSISTANT_ENGINE=vllm: the vLLM server's base URL (its OpenAI-compatible API), "
+                                 "started on the served base with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, "
+                                 "reading the same adapter store (`assistant vllm-command` prints the command).")
+    vllm_model: str | None = Field(None, description="The base model's name on the vLLM server (default: the one it serves).")
+    vllm_api_key: str | None = Field(None, description="The vLLM server's --api-key, if it was started with one.")
     max_batch_size: int = Field(16, ge=1, description="Most requests in one forward pass.")
     max_queue: int = Field(64, ge=1, description="Waiting requests before new ones get 429 / an error frame.")
     adapter_cache_size: int = Field(32, ge=1, description="Adapters kept resident in the engine (LRU; in-use ones are pinned).")
@@ -198,6 +204,9 @@ class Settings(BaseSettings):
                             "or turn dev mode off and set ASSISTANT_SECRET_KEY")
         if self.admin_password is not None and not self.dev_mode and password_problem(self.admin_password, "admin"):
             problems.append(f"ASSISTANT_ADMIN_PASSWORD: {password_problem(self.admin_password, 'admin')}")
+        if self.engine == "vllm" and not self.vllm_url:
+            problems.append("ASSISTANT_ENGINE=vllm needs ASSISTANT_VLLM_URL (e.g. http://127.0.0.1:8001); "
+                            "`assistant vllm-command` prints how to start vLLM for this install")
         if self.default_max_new_tokens > self.max_new_tokens_limit:
             problems.append("ASSISTANT_DEFAULT_MAX_NEW_TOKENS must not exceed ASSISTANT_MAX_NEW_TOKENS_LIMIT")
         if problems:

@@ -19,8 +19,13 @@ def build_engine(settings: Settings) -> Engine:
     from service.threads import cores, run_in_thread
 
     threads = settings.server_threads or cores()  # the engine thread's budget (see service.threads)
-    model = load_base_model(settings)
     tokenizer = load_tokenizer(settings)
+    if settings.engine == "vllm":  # the model runs on the vLLM server, not here
+        from service.engine.vllm import VllmEngine
+
+        return VllmEngine(settings.vllm_url, tokenizer, model=settings.vllm_model, api_key=settings.vllm_api_key,
+                          max_batch_size=settings.max_batch_size, max_queue=settings.max_queue)
+    model = load_base_model(settings)
     if settings.engine == "naive":
         from service.engine.naive import NaiveEngine
 
