@@ -246,7 +246,10 @@ def cmd_vllm_command(args: argparse.Namespace) -> None:
     from service.engine.vllm import vllm_command
 
     argv, env = vllm_command(_settings(dev_mode=True), port=args.port, max_loras=args.max_loras, dtype=args.dtype)
-    print(" ".join(f"{k}={v}" for k, v in env.items()), shlex.join(argv))
+    if args.args_only:  # for a vLLM container's entrypoint (deploy/docker-compose.fleet.yml)
+        print(shlex.join(argv[argv.index("--model"):]))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in env.items()), shlex.join(argv))
 
 
 def cmd_pool_audit(args: argparse.Namespace) -> None:
@@ -343,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     vc.add_argument("--port", type=int, default=8001)
     vc.add_argument("--max-loras", type=int, default=16, help="adapters in one running batch")
     vc.add_argument("--dtype", default="bfloat16", help="vLLM's --dtype (float32 for exact equivalence tests)")
+    vc.add_argument("--args-only", action="store_true", help="only the server's arguments (--model ... --dtype ...)")
     vc.set_defaults(func=cmd_vllm_command)
     pa = sub.add_parser("pool-audit", help="before a run: who would feed the shared models, and who is kept out "
                                            "(thumbs-up on replies the harm judge flags)")

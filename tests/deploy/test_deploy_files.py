@@ -4,6 +4,7 @@ worker do not share the adapter store, fails here."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -83,3 +84,38 @@ def test_dev_postgres_script_is_valid_bash():
     assert usage.returncode == 2 and "start|stop|url" in usage.stderr
     url = subprocess.run(["bash", str(script), "url"], capture_output=True, text=True, check=True).stdout.strip()
     assert url.startswith("postgresql+psycopg://") and "@127.0.0.1:" in url
+
+
+def test_the_fleet_runs_stateless_servers_on_one_vllm_reading_the_shared_store():
+    fleet = yaml.safe_load((DEPLOY / "docker-compose.fleet.yml").read_text())
+    services = fleet["services"]
+    server, worker, vllm, prepare, lb = (services[k] for k in ("server", "worker", "vllm", "prepare", "lb"))
+    for svc in (server, worker, prepare):
+        env = svc["environment"]
+        assert env["ASSISTANT_ENGINE"] == "vllm" and env["ASSISTANT_VLLM_URL"] == "http://vllm:8000"
+        assert env["ASSISTANT_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert env["ASSISTANT_MODEL"].startswith("/data/"), "the base lives in the shared volume, where vLLM reads it"
+        assert svc["volumes"] == ["data:/data"]
+    assert vllm["volumes"] == ["data:/data:ro"] and "/data/vllm.args" in " ".join(vllm["entrypoint"])
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    steps = prepare["command"][-1]
+    assert "migrations upgrade" in steps and "vllm-command --port 8000 --args-only > /data/vllm.args" in steps
+    assert server["depends_on"]["vllm"]["condition"] == "service_healthy"
+    assert vllm["depends_on"]["prepare"]["condition"] == "service_completed_successfully"
+    assert server["command"] == ["assistant", "serve", "--no-worker"] and "replicas" in server["deploy"]
+    assert "ports" not in server and lb["ports"], "only the load balancer is published"
+    nginx = (DEPLOY / "fleet-nginx.conf").read_text()
+    assert "server server:8000 resolve" in nginx and "Upgrade $http_upgrade" in nginx
+
+
+def test_vllm_command_prints_the_served_base_and_runtime_lora_loading(tmp_path):
+    import shlex
+    import sys
+
+    env = {**os.environ, "ASSISTANT_DATA_DIR": str(tmp_path), "ASSISTANT_DEV_MODE": "1",
+           "ASSISTANT_MODEL": str(tmp_path / "some-model")}
+    out = subprocess.run([sys.executable, "-m", "service.cli", "vllm-command", "--args-only", "--port", "8123"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    args = shlex.split(out)
+    assert args[:2] == ["--model", str(tmp_path / "some-model")] and "--enable-lora" in args
+    assert args[args.index("--port") + 1] == "8123"
