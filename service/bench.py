@@ -171,6 +171,7 @@ def run_serve_bench(
     peer: str | None = None,
     llamacpp_server: str | None = None,
     int8_rows: int = 0,
+    vllm_python: str | None = None,
 ) -> dict:
     """Run the serving benchmark and return (and optionally write as JSON) its numbers."""
     import torch
@@ -244,6 +245,7 @@ def run_serve_bench(
             *([("batched_1_user_int8", engine, prompts[:1], [refs[0]])] if engine.runner.int8_rows else []),  # 2b. on int8
             ("batched_distinct", engine, prompts[:users], [refs[i % adapters] for i in range(users)]),  # 3.
             ("batched_one_adapter", engine, prompts[:users], [refs[0]] * users),  # 4. the same requests, one adapter
+            ("batched_base", engine, prompts[:users], [None] * users),  # 4b. the same requests, no adapter
         ]
         if many_adapters:  # 5. many adapters vs one, through the LRU (capacity 32)
             scenarios += [
@@ -255,7 +257,7 @@ def run_serve_bench(
                 for name, eng, ps, ads in group:
                     if eng is engine:  # int8 weights only in the scenario named for them
                         engine.runner.int8_rows = result["config"]["int8_rows"] if name.endswith("_int8") else 0
-                    if eng is engine and len(set(ads)) <= engine.adapters.capacity:
+                    if eng is engine and any(ads) and len(set(ads)) <= engine.adapters.capacity:
                         run_requests(eng, ps, ads, 1)  # their adapters resident, as for users already chatting
                     r = run_requests(eng, ps, ads, max_new_tokens)
                     logger.info("run %d %s: %s", rep, name, r)
@@ -294,6 +296,10 @@ def run_serve_bench(
                                                                     and not sc[0].endswith("_int8")],
                                                      Path(tmp), threads, max_new_tokens, repeats, llamacpp_server,
                                                      reference)}
+        if peer == "vllm":  # 8. the same requests on vLLM's CPU build, through ASSISTANT_ENGINE=vllm's engine
+            result["peers"] = {"vllm": _vllm(settings, tokenizer, [sc for sc in scenarios if sc[1] is engine
+                                                                   and not sc[0].endswith("_int8")],
+                                             Path(tmp), threads, max_new_tokens, repeats, vllm_python, max(16, users))}
 
     b = result["batched_distinct"]
     ratios = {
@@ -315,10 +321,14 @@ def run_serve_bench(
         ratios[f"{many_adapters}_distinct_vs_one_adapter"] = round(
             result[f"batched_{many_adapters}_distinct"]["tokens_per_s"] / result[f"batched_{many_adapters}_one_adapter"]["tokens_per_s"], 3
         )
-    if "peers" in result and "f32" in result["peers"]["llamacpp"]:
+    if "f32" in result.get("peers", {}).get("llamacpp", {}):
         from service.bench_peers import peer_ratios
 
         ratios.update(peer_ratios(result, result["peers"]["llamacpp"]))
+    if "bf16" in result.get("peers", {}).get("vllm", {}):
+        from service.bench_peers import vllm_ratios
+
+        ratios.update(vllm_ratios(result, result["peers"]["vllm"]))
     result["ratios"] = ratios
     return _write(result, out_path)
 
@@ -343,6 +353,23 @@ def _llamacpp(settings: Settings, refs, scenarios, workdir: Path, threads: int, 
     except ValueError as e:  # a served model that is not the shipped architecture
         logger.warning("the llama.cpp peer is skipped: %s", e)
         return {"skipped": f"the served model cannot be written as the shipped GGUF: {e}"}
+
+
+def _vllm(settings: Settings, tokenizer, scenarios, workdir: Path, threads: int, max_new_tokens: int, repeats: int,
+          python: str | None, max_batch_size: int) -> dict:
+    """vLLM's numbers on our scenarios, or why there are none (its venv missing, a server that did not start)."""
+    from service.bench_peers import run_vllm_peer
+
+    python = python or str(Path(".peers/vllm/bin/python"))
+    if not Path(python).exists():
+        logger.warning("no vLLM venv at %s: the peer is skipped (make peer-vllm, or --vllm-python PATH)", python)
+        return {"skipped": f"no vLLM at {python}: run `make peer-vllm` or pass --vllm-python PATH"}
+    try:
+        return run_vllm_peer(settings, tokenizer, python, {name: (ps, ads) for name, _, ps, ads in scenarios}, workdir=workdir,
+                             threads=threads, max_new_tokens=max_new_tokens, repeats=repeats, max_batch_size=max_batch_size)
+    except RuntimeError as e:  # vLLM exited or never answered: its log tail says why
+        logger.warning("the vLLM peer is skipped: %s", e)
+        return {"skipped": f"vLLM did not serve: {str(e)[-500:]}"}
 
 
 def _write(result: dict, out_path: Path | str | None) -> dict:
@@ -374,8 +401,11 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="with --best-of-n: tokens of the first choice (0: --best-of-block)")
     parser.add_argument("--int8-rows", type=int, default=0,
                         help="also one user on int8 weights (decode steps of at most this many rows; 16-bit dtypes only)")
-    parser.add_argument("--peer", choices=["llamacpp"], default=None,
-                        help="also run the same requests on llama.cpp's server (float32 and Q4_1, same adapters and cores)")
+    parser.add_argument("--peer", choices=["llamacpp", "vllm"], default=None,
+                        help="also run the same requests on llama.cpp's server (float32 and Q4_1, same adapters and cores) "
+                             "or on vLLM's CPU build (bfloat16, adapters loaded at runtime, through ASSISTANT_ENGINE=vllm's engine)")
+    parser.add_argument("--vllm-python", default=None,
+                        help="with --peer vllm: the python of vLLM's venv (default: `make peer-vllm`'s .peers/vllm/bin/python)")
     parser.add_argument("--llamacpp-server", default=None,
                         help="with --peer llamacpp: the llama-server binary (default: `make peer-llamacpp`'s, else PATH)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -401,7 +431,7 @@ def main_bench(args: argparse.Namespace, settings: Settings | None = None) -> di
         settings, users=args.users, adapters=args.adapters, max_new_tokens=args.max_new_tokens, out_path=args.out,
         dtype=args.dtype, many_adapters=args.many_adapters, rank=args.rank, skip_naive=args.skip_naive,
         naive_requests=args.naive_requests, repeats=args.repeats, while_training=args.while_training,
-        peer=args.peer, llamacpp_server=args.llamacpp_server, int8_rows=args.int8_rows,
+        peer=args.peer, llamacpp_server=args.llamacpp_server, int8_rows=args.int8_rows, vllm_python=args.vllm_python,
     )
     print(json.dumps(result, indent=2))  # the command's output, not a log line
     if "f32" in result.get("peers", {}).get("llamacpp", {}):

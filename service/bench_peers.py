@@ -345,3 +345,73 @@ def peer_table(ours: dict, peer: dict) -> str:
                     f"| {q['ttft_p50_s']:.2f} / {q['ttft_p95_s']:.2f} | {o['tokens_per_cpu_s']:.1f} | {f['tokens_per_cpu_s']:.1f} "
                     f"| {q['tokens_per_cpu_s']:.1f} |")
     return "\n".join(rows)
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants (vLLM runs its engine core in a child process)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    total = 0.0
+    for p in tree:
+        try:
+            total += _cpu_seconds(p)
+        except (OSError, IndexError):  # it ended meanwhile
+            pass
+    return total
+
+
+def run_vllm_peer(settings, tokenizer, python: str, scenarios: dict[str, tuple[list[list[int]], list]], *, workdir: Path,
+                  threads: int, max_new_tokens: int, repeats: int, max_batch_size: int) -> dict:
+    """Every scenario (name -> (prompts, adapter refs)) on vLLM's CPU build in bfloat16, through the product's own
+    ``VllmEngine`` (runtime-loaded adapters, as ``ASSISTANT_ENGINE=vllm`` serves them), best of ``repeats``.
+    tokens per CPU-second count the vLLM server's processes, not this one's."""
+    from service.bench_common import run_requests
+    from service.engine.vllm import VllmEngine, VllmServer
+
+    out: dict = {"python": python, "dtype": "bfloat16", "threads": threads}
+    t = time.perf_counter()
+    with VllmServer(settings, python, workdir / "vllm.log", dtype="bfloat16", max_loras=16, threads=threads) as server:
+        out["start_s"] = round(time.perf_counter() - t, 1)
+        engine = VllmEngine(server.url, tokenizer, max_batch_size=max_batch_size, max_queue=1 << 16)
+        engine.start()
+        try:
+            first = next(iter(scenarios.values()))
+            run_requests(engine, first[0][:2], first[1][:2], 4)  # warm-up
+            res: dict = {}
+            for rep in range(repeats):
+                for name, (prompts, ads) in scenarios.items():
+                    run_requests(engine, prompts, ads, 1)  # its adapters loaded, as for users already chatting
+                    cpu0 = _tree_cpu_seconds(server.proc.pid)
+                    r = run_requests(engine, prompts, ads, max_new_tokens)
+                    cpu = _tree_cpu_seconds(server.proc.pid) - cpu0
+                    r.update(cpu_s=round(cpu, 3), tokens_per_cpu_s=round(r["tokens"] / cpu, 2) if cpu > 0 else None)
+                    logger.info("vLLM run %d %s: %s", rep, name, r)
+                    if name not in res or r["tokens_per_s"] > res[name]["tokens_per_s"]:
+                        res[name] = r
+            out["bf16"] = res
+            out["engine_stats"] = engine.stats()
+        finally:
+            engine.stop()
+    return out
+
+
+def vllm_ratios(ours: dict, peer: dict) -> dict:
+    """Our tokens/s over vLLM's, and our p95 first-token time over its, per scenario."""
+    ratios: dict = {}
+    for name, p in peer.get("bf16", {}).items():
+        if name in ours:
+            ratios[f"{name}_vs_vllm_tokens_per_s"] = round(ours[name]["tokens_per_s"] / p["tokens_per_s"], 2)
+            ratios[f"{name}_vs_vllm_ttft_p95"] = round(ours[name]["ttft_p95_s"] / max(p["ttft_p95_s"], 1e-6), 2)
+    return ratios

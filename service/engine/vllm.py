@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -291,3 +292,61 @@ def vllm_command(settings, *, port: int = 8001, max_loras: int = 16, max_lora_ra
             "--max-loras", str(max_loras), "--max-lora-rank", str(rank), "--dtype", dtype]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1"}
     return argv, env
+
+
+class VllmServer:
+    """A vLLM server process for this install on this machine (``make vllm-e2e``, ``assistant bench
+    serve --peer vllm``): started with ``vllm_command``'s arguments, on its own port, ready once
+    ``/v1/models`` answers; stopped on exit. ``python``: the interpreter of vLLM's own venv."""
+
+    def __init__(self, settings, python: str, log: Path, *, dtype: str = "bfloat16", max_loras: int = 16,
+                 threads: int | None = None, kv_cache_gib: int = 2, start_timeout_s: float = 600.0) -> None:
+        import os
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.argv, env = vllm_command(settings, port=self.port, max_loras=max_loras, dtype=dtype, python=python)
+        cores = threads or os.cpu_count() or 1
+        # vLLM's CPU build: bind its OpenMP threads to the cores it is given and reserve none
+        # (../shared/peers/README.md: the default reserves one core, up to 17% slower on 2 cores)
+        self.env = {**os.environ, **env, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+                    "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}"}
+        preload = [p for p in (Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"),
+                               *Path(python).resolve().parent.parent.glob("lib/libiomp5.so")) if p.exists()]
+        if preload:
+            self.env["LD_PRELOAD"] = ":".join(str(p) for p in preload)
+        self.log, self.start_timeout_s = log, start_timeout_s
+        self.proc = None
+
+    def __enter__(self) -> "VllmServer":
+        import subprocess
+
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"vLLM did not answer in {self.start_timeout_s:.0f} s: {self.log.read_text()[-3000:]}")
+            time.sleep(1)
+
+    def __exit__(self, *exc) -> None:
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None

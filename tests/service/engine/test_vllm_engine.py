@@ -5,15 +5,12 @@ stream parsing, which need no server."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 
 import httpx
 import pytest
 
 from service.engine.base import AdapterRef, GenerationRequest, SamplingParams
-from service.engine.vllm import VllmEngine, VllmError, vllm_command
+from service.engine.vllm import VllmEngine, VllmError, VllmServer
 
 VLLM_PYTHON = os.environ.get("ASSISTANT_TEST_VLLM_PYTHON")
 needs_vllm = pytest.mark.skipif(not VLLM_PYTHON, reason="ASSISTANT_TEST_VLLM_PYTHON is unset: `make vllm-e2e` installs "
@@ -70,43 +67,11 @@ def test_an_unreachable_server_ends_the_request_with_a_clear_error(tokenizer, pr
 # --- against vLLM ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_url(engine_settings, tmp_path_factory):
-    port = _free_port()
-    argv, env = vllm_command(engine_settings, port=port, max_loras=4, dtype="float32", python=VLLM_PYTHON)
-    cores = os.cpu_count() or 2
-    env = {**os.environ, **env, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-           "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}"}
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited with {proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM did not answer in 10 minutes: {log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with VllmServer(engine_settings, VLLM_PYTHON, tmp_path_factory.mktemp("vllm") / "server.log", dtype="float32",
+                    max_loras=4, kv_cache_gib=1) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
