@@ -13,7 +13,7 @@ def test_bench_serve_reports_every_scenario(model_data_dir, tmp_path):
     out = tmp_path / "bench.json"
     r = run_serve_bench(settings, users=2, adapters=2, max_new_tokens=4, many_adapters=0, skip_naive=True, repeats=1, out_path=out)
     assert json.loads(out.read_text())["ratios"] == r["ratios"]
-    for name in ("batched_1_user", "batched_distinct", "batched_one_adapter"):
+    for name in ("batched_1_user", "batched_distinct", "batched_one_adapter", "batched_base"):
         assert r[name]["tokens"] == r[name]["requests"] * 4 and r[name]["tokens_per_s"] > 0
     # a five-turn conversation: every later turn reused the cache of the one before
     turns = r["prefix_reuse"]
