@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 from service.bench_common import pct
+from service.local_process import free_port, wait_for_http
 from service.settings import Settings
 
 BEST_OF_TEMPERATURE = 0.7  # the server's default temperature
@@ -41,15 +41,7 @@ QUESTIONS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(settings: Settings, data_dir: Path, port: int, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    import httpx
-
     from service.model_loading import resolve_model_path
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ASSISTANT_DEV_MODE": "1", "ASSISTANT_DATA_DIR": str(data_dir),
@@ -58,17 +50,11 @@ def _start_server(settings: Settings, data_dir: Path, port: int, log: Path, extr
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker", "--host", "127.0.0.1",
                                  "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
+    why = wait_for_http(proc, f"http://127.0.0.1:{port}/healthz", polls=600, interval_s=0.5)
+    if why is None:
+        return proc
     proc.kill()
-    raise RuntimeError(f"the server did not answer /healthz; see {log}")
+    raise RuntimeError(f"the server did not start: {why}; see {log}")
 
 
 async def _v1_request(client, base: str, token: str, question: str, max_tokens: int, temperature: float = 0.0) -> dict:
@@ -166,7 +152,7 @@ def _serve(settings: Settings, tmp: Path, users: int, max_new_tokens: int, repea
     """One fresh server in ``tmp``: the scenarios, its engine's report and its /metrics text."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     proc = _start_server(settings, tmp / "data", port, tmp / "server.log", extra_env)
     try:
         result = asyncio.run(_scenarios(f"http://127.0.0.1:{port}", users, max_new_tokens, repeats,

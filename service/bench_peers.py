@@ -16,15 +16,14 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 from service.bench_common import pct
+from service.local_process import free_port, wait_for_http
 
 logger = logging.getLogger(__name__)
 
@@ -149,12 +148,6 @@ def write_lora_gguf(adapter_dir: Path, config, dst: Path) -> Path:
     return dst
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body, timeout: float = 60):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -171,7 +164,7 @@ class LlamaServer:
     """A ``llama-server`` on ``model`` with every adapter loaded unapplied, ``slots`` parallel slots, ``threads``."""
 
     def __init__(self, binary: Path, model: Path, loras: list[Path], *, slots: int, threads: int, log: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "-np", str(slots),
                 "-c", str(slots * CTX_PER_SLOT), "-t", str(threads), "-tb", str(threads), "--no-webui"]
@@ -191,19 +184,9 @@ class LlamaServer:
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {self.proc.returncode}; see {self.log}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"llama-server did not become healthy in 180 s; see {self.log}")
+        why = wait_for_http(self.proc, self.url + "/health", polls=360, interval_s=0.5)
+        if why is not None:
+            raise RuntimeError(f"llama-server did not start: {why}; see {self.log}")
         if self.n_loras:  # unapplied adapters still run at scale 1 for requests without a "lora" field
             _post(self.url + "/lora-adapters", [{"id": i, "scale": 0.0} for i in range(self.n_loras)])
 

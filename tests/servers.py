@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from service.local_process import free_port, wait_for_http
+
+__all__ = ["REPO", "free_port", "start_server"]
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(env: dict[str, str], port: int, log: Path, *, polls: int = 400) -> subprocess.Popen:
@@ -29,17 +23,11 @@ def start_server(env: dict[str, str], port: int, log: Path, *, polls: int = 400)
             [sys.executable, "-m", "service.cli", "serve", "--no-worker", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
         )
-    for _ in range(polls):
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
+    why = wait_for_http(proc, f"http://127.0.0.1:{port}/healthz", polls=polls, interval_s=0.3)
+    if why is None:
+        return proc
     proc.kill()
-    raise AssertionError(f"the server did not answer /healthz in {polls} polls:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"the server did not start: {why}:\n{log.read_text()[-3000:]}")
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 30) -> None:

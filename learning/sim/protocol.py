@@ -143,33 +143,19 @@ def _run(argv: list[str], env: dict[str, str], log: Path) -> float:
     return time.monotonic() - started
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
+    from service.local_process import free_port, wait_for_http
 
-    port = _free_port()
+    port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker", "--host", "127.0.0.1",
                                  "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise ProtocolError(f"the fixture's server exited with {proc.returncode}; its log is {log}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
+    why = wait_for_http(proc, f"{url}/healthz", polls=600, interval_s=0.5)
+    if why is None:
+        return proc, url
     proc.kill()
-    raise ProtocolError(f"the fixture's server did not answer /healthz; its log is {log}")
+    raise ProtocolError(f"the fixture's server did not start: {why}; its log is {log}")
 
 
 def _simulate(data_dir: Path, sets: tuple[ProfileSet, ...]) -> float:

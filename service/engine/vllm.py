@@ -300,13 +300,12 @@ class VllmServer:
     ``/v1/models`` answers; stopped on exit. ``python``: the interpreter of vLLM's own venv."""
 
     def __init__(self, settings, python: str, log: Path, *, dtype: str = "bfloat16", max_loras: int = 16,
-                 threads: int | None = None, kv_cache_gib: int = 2, start_timeout_s: float = 600.0) -> None:
+                 threads: int | None = None, kv_cache_gib: int = 2, start_polls: int = 600) -> None:
         import os
-        import socket
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        from service.local_process import free_port
+
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv, env = vllm_command(settings, port=self.port, max_loras=max_loras, dtype=dtype, python=python)
         cores = threads or os.cpu_count() or 1
@@ -318,27 +317,21 @@ class VllmServer:
                                *Path(python).resolve().parent.parent.glob("lib/libiomp5.so")) if p.exists()]
         if preload:
             self.env["LD_PRELOAD"] = ":".join(str(p) for p in preload)
-        self.log, self.start_timeout_s = log, start_timeout_s
+        self.log, self.start_polls = log, start_polls
         self.proc = None
 
     def __enter__(self) -> "VllmServer":
         import subprocess
 
+        from service.local_process import wait_for_http
+
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"vLLM did not answer in {self.start_timeout_s:.0f} s: {self.log.read_text()[-3000:]}")
-            time.sleep(1)
+        why = wait_for_http(self.proc, f"{self.url}/v1/models", polls=self.start_polls, interval_s=1.0)
+        if why is not None:
+            self.__exit__()
+            raise RuntimeError(f"vLLM did not start: {why}: {self.log.read_text()[-3000:]}")
+        return self
 
     def __exit__(self, *exc) -> None:
         import subprocess
