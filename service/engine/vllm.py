@@ -145,7 +145,7 @@ class VllmEngine:
             waiting = len(self._requests) - self.running
         return {"engine": "vllm", "url": self.url, "model": self.model, "running": self.running, "queued": waiting,
                 "max_batch_size": self.max_batch_size, "tokens_generated": self.tokens_generated,
-                "finished": dict(self.finished), "adapters": {"loaded": len(self._loaded), "loads": self.adapter_loads}}
+                "finished": dict(self.finished), "adapters": {"resident": len(self._loaded), "loads": self.adapter_loads}}
 
     # --- the requests ----------------------------------------------------------------------------
     def _call(self, coro, timeout: float | None = 60.0):
