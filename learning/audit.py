@@ -8,6 +8,8 @@ training run does (``learning.data.shared_view``), with the configured harm judg
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlmodel import Session, select
 
 from learning.config import Budgets
@@ -26,7 +28,8 @@ def view_now(settings: Settings, engine, budgets: Budgets | None = None) -> tupl
     with Session(engine) as session:
         flags = judge_flagger(judge, budgets.harm_judge_threshold) if judge is not None else None
         view = shared_view(session, render, budgets, judge_flags=flags)
-        names = dict(session.exec(select(User.id, User.username)).all())
+        # primary keys read back are never null
+        names = cast(dict[int, str], dict(session.exec(select(User.id, User.username)).all()))
     return view, names, judge is not None
 
 

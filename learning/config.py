@@ -421,7 +421,7 @@ class Budgets:
             raw = environ.get(cls.env_name(f.name))
             if raw is None:
                 continue
-            kind = type(f.default)
+            kind: type[Any] = type(f.default)  # every field has a plain default: int, float, str or bool
             try:
                 values[f.name] = kind(raw) if kind is not bool else raw.lower() in ("1", "true", "yes")
             except ValueError:

@@ -28,12 +28,12 @@ from collections import defaultdict
 from itertools import zip_longest
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar, cast
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service import labels
-from service.models import GENERATED, HARM_REASONS, Message, TrainingSnapshot, User
+from service.models import GENERATED, HARM_REASONS, Message, TrainingSnapshot, User, pk
 
 from learning.config import Budgets
 
@@ -224,26 +224,29 @@ def build_dataset(
     prompts: dict[int, str] = {}
 
     def prompt_of(msg: Message) -> str:
-        if msg.id not in prompts:
-            prompts[msg.id] = render(thread.before(msg))
-        return prompts[msg.id]
+        key = pk(msg)
+        if key not in prompts:
+            prompts[key] = render(thread.before(msg))
+        return prompts[key]
 
     ds = Dataset()
     for p in read.pairs:
         ds.pairs.append(PreferencePair(p.user_id, prompt_of(p.chosen), p.chosen.content, p.rejected.content,
-                                       p.chosen.id, p.rejected.id, p.source, p.updated_at))
+                                       pk(p.chosen), pk(p.rejected), p.source, p.updated_at))
     for t in read.thumbs:
         f, msg = t.feedback, t.message
-        ds.points.append(PointLabel(f.user_id, prompt_of(msg), msg.content, int(t.up), msg.id, f.id, f.updated_at))
+        ds.points.append(PointLabel(f.user_id, prompt_of(msg), msg.content, int(t.up), pk(msg), pk(f), f.updated_at))
         harmful = (not t.up) and any(reason in HARM_REASONS for reason in (f.reasons or []))
-        ds.harm.append(HarmLabel(f.user_id, prompt_of(msg), msg.content, int(harmful), msg.id, f"feedback:{f.id}", f.updated_at))
+        ds.harm.append(HarmLabel(f.user_id, prompt_of(msg), msg.content, int(harmful), pk(msg), f"feedback:{f.id}",
+                                 f.updated_at))
 
     # 3. Optional automated judge: extra harm labels, attributed to no user.
     #    Every reply someone rated is judged (the pool audit looks at what each user favoured, however
     #    old), plus the newest generated replies; client-written rows never take a place among them.
     if judge_flags is not None:
-        newest = session.exec(select(Message.id).where(Message.role == "assistant", Message.origin == GENERATED)
-                              .order_by(Message.id.desc()).limit(JUDGE_SCAN_LIMIT)).all()
+        newest = cast(Sequence[int], session.exec(  # primary keys read back are never null
+            select(Message.id).where(Message.role == "assistant", Message.origin == GENERATED)
+            .order_by(col(Message.id).desc()).limit(JUDGE_SCAN_LIMIT)).all())
         thread.load(newest)
         rated = {m for m in (*(p.message_id for p in ds.points), *(p.chosen_id for p in ds.pairs),
                              *(p.rejected_id for p in ds.pairs))}
@@ -253,7 +256,7 @@ def build_dataset(
                 msg = thread.by_id[mid]
                 ds.harm.append(HarmLabel(None, prompt_of(msg), text, 1, mid, "judge", msg.created_at))
 
-    ds.feedback_ids = sorted(t.feedback.id for t in read.thumbs)
+    ds.feedback_ids = sorted(pk(t.feedback) for t in read.thumbs)
     ds.ranking_ids = sorted({p.ranking_id for p in read.pairs if p.ranking_id is not None})
     ds.sha256 = content_sha256(ds)
     ds.stats = {
@@ -367,7 +370,8 @@ def save_snapshot(session: Session, dataset: Dataset, *, run_id: int | None, ext
 
 def operator_excluded(session: Session) -> set[int]:
     """Users an operator keeps out of the shared models (``User.shared_pool_excluded``, issue 28 M8)."""
-    return set(session.exec(select(User.id).where(User.shared_pool_excluded == True)).all())  # noqa: E712 (SQL)
+    excluded = session.exec(select(User.id).where(User.shared_pool_excluded == True)).all()  # noqa: E712 (SQL)
+    return set(cast(Sequence[int], excluded))  # primary keys read back are never null
 
 
 def pooled_prompts(session: Session, render: Renderer, per_user: int, excluded: Iterable[int] = ()) -> list[str]:
@@ -375,8 +379,8 @@ def pooled_prompts(session: Session, render: Renderer, per_user: int, excluded: 
     (every user's newest first, then every user's second, ...) so the first prompts, which the gate
     takes, come from many users and not from the lowest ids (issue 28, L5); ``excluded`` users' none."""
     out = set(excluded)
-    ids = [u for u in session.exec(select(User.id).where(User.approved == True).order_by(User.id)).all()  # noqa: E712
-           if u not in out]
+    approved = session.exec(select(User.id).where(User.approved == True).order_by(col(User.id))).all()  # noqa: E712
+    ids = [u for u in cast(Sequence[int], approved) if u not in out]  # primary keys read back are never null
     lists = [recent_prompts(session, render, uid, per_user) for uid in ids]
     return [p for turn in zip_longest(*lists) for p in turn if p is not None]
 
@@ -384,10 +388,10 @@ def pooled_prompts(session: Session, render: Renderer, per_user: int, excluded: 
 def recent_prompts(session: Session, render: Renderer, user_id: int, limit: int) -> list[str]:
     """The user's newest user turns, each rendered with the conversation before it."""
     rows = session.exec(
-        select(Message).where(Message.user_id == user_id, Message.role == "user").order_by(Message.id.desc()).limit(limit)
+        select(Message).where(Message.user_id == user_id, Message.role == "user").order_by(col(Message.id).desc()).limit(limit)
     ).all()
     thread = labels.Thread(session)
-    thread.load(m.id for m in rows)
+    thread.load(pk(m) for m in rows)
     out = []
     for m in rows:
         if not m.content.strip():

@@ -206,14 +206,16 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
     (personal) no worse for everyone."""
     margin = budgets.gate_min_improvement
     global_not_worse = not personal and budgets.gate_global_preference == "not-worse"
-    enough = (personal or global_not_worse) and labels is not None and labels.comparisons >= budgets.gate_min_labels
+    # the held-out labels, where they count and are enough to judge by (None: they are not)
+    held = labels if ((personal or global_not_worse) and labels is not None
+                      and labels.comparisons >= budgets.gate_min_labels) else None
     whose = "the user" if personal else "the users"
     by_labels: list[str] = []
-    if enough:
-        for name, share in (("current", labels.vs_current), ("base", labels.vs_base)):
+    if held is not None:
+        for name, share in (("current", held.vs_current), ("base", held.vs_base)):
             if not share > 0.5:
                 by_labels.append(f"moves toward the user's held-out preferences on only {share:.0%} of "
-                                 f"{labels.comparisons} comparisons vs {name}")
+                                 f"{held.comparisons} comparisons vs {name}")
     by_reward: list[str] = []
     for name, other in (("current", current), ("base", base)):
         if not candidate.lower > other.lower + margin:
@@ -222,19 +224,20 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
     if personal and heldout_accuracy is not None and heldout_pairs >= MIN_HELDOUT_PAIRS and heldout_accuracy < 0.5:
         by_reward.append(f"the user's reward model agrees with only {heldout_accuracy:.0%} of their {heldout_pairs} "
                          "held-out pairs")
-    mode = budgets.gate_preference if enough else "reward"
+    mode = budgets.gate_preference if held is not None else "reward"
     if (personal and budgets.gate_preference == "not-worse") or global_not_worse:
         mode = "not-worse"
     if mode == "not-worse":  # refused only on evidence that it is worse for the user than what serves now
-        upper, counted = None, ""
-        if enough:
-            units = labels.units(budgets.gate_label_units)
-            upper = wilson_upper(labels.vs_current, units, budgets.gate_worse_alpha)
-            counted = f", counted as {units} prompts" if units != labels.comparisons else ""
-        failures = [] if upper is None or upper >= 0.5 else [
-            f"worse for {whose} than what serves them now: moves toward their held-out preferences on only "
-            f"{labels.vs_current:.0%} of {labels.comparisons} comparisons{counted} (upper "
-            f"{1 - budgets.gate_worse_alpha:.0%} bound {upper:.0%} < 50%)"]
+        failures: list[str] = []
+        if held is not None:
+            units = held.units(budgets.gate_label_units)
+            upper = wilson_upper(held.vs_current, units, budgets.gate_worse_alpha)
+            counted = f", counted as {units} prompts" if units != held.comparisons else ""
+            if not upper >= 0.5:
+                failures.append(
+                    f"worse for {whose} than what serves them now: moves toward their held-out preferences on only "
+                    f"{held.vs_current:.0%} of {held.comparisons} comparisons{counted} (upper "
+                    f"{1 - budgets.gate_worse_alpha:.0%} bound {upper:.0%} < 50%)")
         passed = ["not-worse"]
     elif mode == "labels":
         failures, passed = list(by_labels), ["labels"]
@@ -254,11 +257,11 @@ def decide(candidate: PolicyEval, current: PolicyEval, base: PolicyEval, budgets
                         f"{budgets.gate_helpfulness_tolerance} below the base's {base.population_reward:.3f}")
     if failures:
         return Decision(False, "rejected: " + "; ".join(failures))
-    said = {"not-worse": (f"no evidence it is worse for {whose} (held-out labels {labels.vs_current:.0%} of "
-                          f"{labels.comparisons} comparisons vs current)" if enough else
+    said = {"not-worse": (f"no evidence it is worse for {whose} (held-out labels {held.vs_current:.0%} of "
+                          f"{held.comparisons} comparisons vs current)" if held is not None else
                           f"no evidence it is worse for {whose} (too few held-out labels to test)"),
-            "labels": f"moves toward the user's held-out preferences on {labels.vs_current:.0%} (vs current) and "
-                      f"{labels.vs_base:.0%} (vs base) of {labels.comparisons} comparisons" if enough else "",
+            "labels": f"moves toward the user's held-out preferences on {held.vs_current:.0%} (vs current) and "
+                      f"{held.vs_base:.0%} (vs base) of {held.comparisons} comparisons" if held is not None else "",
             "reward": f"reward lower bound {candidate.lower:.3f} vs current {current.lower:.3f} and base {base.lower:.3f}"}
     return Decision(True, f"promoted: {' and '.join(said[k] for k in passed)}; harm rate {candidate.harm_rate:.2f}; "
                           f"KL {candidate.kl_per_token:.3f}/token")
@@ -388,10 +391,15 @@ class Gate:
         self._base_lp = self._logprobs(reference=True)
         self._current_lp = self._logprobs() if serving_adapter else self._base_lp
 
-    def judge(self) -> tuple[Decision, PolicyEval]:
-        """Evaluate the candidate now loaded in the model and decide."""
+    def yardsticks(self) -> tuple[PolicyEval, PolicyEval]:
+        """(current, base), as ``measure_start`` measured them."""
         if self.base is None or self.current is None:
             raise RuntimeError("Gate.measure_start must run before training")
+        return self.current, self.base
+
+    def judge(self) -> tuple[Decision, PolicyEval]:
+        """Evaluate the candidate now loaded in the model and decide."""
+        current, base = self.yardsticks()
         # the global candidate, which every user inherits, is sampled as much as the base
         candidate = self._eval(harm_samples=self.budgets.gate_base_harm_samples if self.user_id is None else None)
         if self.label_sets:
@@ -399,20 +407,21 @@ class Gate:
             self.label_check = pooled_label_check(self.label_sets, lp, self._base_lp, self._current_lp)
         personal = self.user_id is not None and self.reward.is_personal(self.user_id)
         per_user = self.reward.metrics.get("reward/per_user", {}).get(str(self.user_id), {}) if personal else {}
-        decision = decide(candidate, self.current, self.base, self.budgets, personal=personal,
+        decision = decide(candidate, current, base, self.budgets, personal=personal,
                           heldout_accuracy=per_user.get("accuracy"), heldout_pairs=int(per_user.get("heldout_pairs") or 0),
                           labels=self.label_check)
         return decision, candidate
 
     def metrics(self, candidate: PolicyEval) -> dict[str, float]:
-        out = {**candidate.as_metrics(GATE_CANDIDATE), **self.current.as_metrics("gate/current"),
-               **self.base.as_metrics(GATE_BASE)}
-        wins = win_rate(candidate, self.base)
+        current, base = self.yardsticks()
+        out = {**candidate.as_metrics(GATE_CANDIDATE), **current.as_metrics("gate/current"), **base.as_metrics(GATE_BASE)}
+        wins = win_rate(candidate, base)
         if wins is not None:
             out[GATE_WIN_RATE_VS_BASE] = round(wins, 4)
         if self.label_check is not None:
             out["gate/labels_vs_base"] = round(self.label_check.vs_base, 4)
             out["gate/labels_vs_current"] = round(self.label_check.vs_current, 4)
             out["gate/label_comparisons"] = self.label_check.comparisons
-            out["gate/label_prompts"] = self.label_check.prompts
+            if self.label_check.prompts is not None:  # pooled_label_check always counts them
+                out["gate/label_prompts"] = self.label_check.prompts
         return out

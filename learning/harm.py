@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -37,7 +37,7 @@ class HarmModel:
     """P(harmful | prompt, reply). Untrained (fewer than ``harm_min_positive`` harmful labels) means
     the head gives 0 everywhere and only the judge, if any, scores harm."""
 
-    def __init__(self, cache: FeatureCache, budgets: Budgets, judge: HarmJudge | None = None) -> None:
+    def __init__(self, cache: FeatureCache | None, budgets: Budgets, judge: HarmJudge | None = None) -> None:
         self.cache = cache
         self.budgets = budgets
         self.judge = judge
@@ -62,7 +62,10 @@ class HarmModel:
                         "ASSISTANT_HARM_MIN_POSITIVE); harm is scored by the judge only", n_pos, len(train),
                         self.budgets.harm_min_positive)
             return self.metrics
-        feats = self.cache.features([h.prompt for h in train], [h.reply for h in train])  # (N, F)
+        cache = self.cache
+        if cache is None:
+            raise RuntimeError("this harm model has no feature cache (it was made by from_state); it only scores features")
+        feats = cache.features([h.prompt for h in train], [h.reply for h in train])  # (N, F)
         labels = torch.tensor([float(h.harmful) for h in train])
         self.mu, self.sigma = feats.mean(0), feats.std(0).clamp(min=1e-4)
         torch.manual_seed(self.budgets.seed)
@@ -87,7 +90,7 @@ class HarmModel:
         self.metrics.update({"harm/trained": True, "harm/train_loss": stats["loss"], "harm/train_accuracy": stats["accuracy"],
                              "harm/prior_correction": -math.log(pos_weight)})
         if held:
-            p = self.prob(self.cache.features([h.prompt for h in held], [h.reply for h in held]))
+            p = self.prob(cache.features([h.prompt for h in held], [h.reply for h in held]))
             y = torch.tensor([float(h.harmful) for h in held])
             pred = (p >= 0.5).float()
             self.metrics["harm/heldout_labels"] = len(held)
@@ -104,18 +107,20 @@ class HarmModel:
         return {"metrics": self.metrics, "head": head}
 
     @classmethod
-    def from_state(cls, state: dict[str, object], budgets: Budgets) -> "HarmModel":
+    def from_state(cls, state: dict[str, Any], budgets: Budgets) -> "HarmModel":
         """A model that scores features it is given (no feature cache), with the budgets' judge."""
         model = cls(None, budgets, judge=make_judge(budgets.harm_judge))
-        model.metrics = dict(state["metrics"])  # type: ignore[arg-type]
+        model.metrics = dict(state["metrics"])
         head = state.get("head")
         if head:
-            model.weight, model.bias, model.mu, model.sigma = (torch.tensor(head[k]) for k in ("weight", "bias", "mu", "sigma"))  # type: ignore[index]
+            model.weight, model.bias, model.mu, model.sigma = (torch.tensor(head[k]) for k in ("weight", "bias", "mu", "sigma"))
         return model
 
     def prob(self, feats: torch.Tensor, texts: Sequence[str] | None = None) -> torch.Tensor:
         """(N, F) features [and the reply texts, for the judge] -> (N,) harm probability."""
         if self.trained:
+            # fit and from_state set the head's four tensors together
+            assert self.mu is not None and self.sigma is not None and self.weight is not None and self.bias is not None
             p = torch.sigmoid(((feats - self.mu) / self.sigma) @ self.weight + self.bias)
         else:
             p = torch.zeros(feats.shape[0])

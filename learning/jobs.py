@@ -25,10 +25,10 @@ from typing import Any
 from sqlalchemy import exists, select as sa_select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service import adapter_store
-from service.models import AdapterStatus, AdapterVersion, RunStatus, TrainingResult, TrainingRun, utcnow
+from service.models import AdapterStatus, AdapterVersion, RunStatus, TrainingResult, TrainingRun, pk, utcnow
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -178,19 +178,20 @@ def claim_job(engine: Engine, worker_id: str, *, run_id: int | None = None) -> i
     """
     with Session(engine) as session:
         query = (select(TrainingResult.id, TrainingResult.run_id, TrainingResult.user_id)
-                 .join(TrainingRun, TrainingRun.id == TrainingResult.run_id)
+                 .join(TrainingRun, col(TrainingRun.id) == TrainingResult.run_id)
                  .where(TrainingResult.status == RunStatus.queued, TrainingRun.status == RunStatus.running))
         if run_id is not None:
             query = query.where(TrainingResult.run_id == run_id)
-        candidates = session.exec(query.order_by(TrainingResult.run_id, TrainingResult.user_id.is_not(None),
-                                                 TrainingResult.id)).all()
+        candidates = session.exec(query.order_by(col(TrainingResult.run_id), col(TrainingResult.user_id).is_not(None),
+                                                 col(TrainingResult.id))).all()
     other = aliased(TrainingResult)
     for job_id, job_run, user_id in candidates:
         now = utcnow()
-        stmt = update(TrainingResult).where(TrainingResult.id == job_id, TrainingResult.status == RunStatus.queued)
+        stmt = update(TrainingResult).where(col(TrainingResult.id) == job_id, col(TrainingResult.status) == RunStatus.queued)
         if user_id is not None:
-            stmt = stmt.where(~exists(sa_select(other.id).where(
-                other.run_id == job_run, other.user_id.is_(None), other.status.in_([RunStatus.queued, RunStatus.running]))))
+            stmt = stmt.where(~exists(sa_select(col(other.id)).where(
+                col(other.run_id) == job_run, col(other.user_id).is_(None),
+                col(other.status).in_([RunStatus.queued, RunStatus.running]))))
         stmt = stmt.values(status=RunStatus.running, worker_id=worker_id, started_at=now, heartbeat_at=now, progress=0.0)
         with engine.begin() as conn:
             claimed = conn.execute(stmt).rowcount == 1
@@ -207,7 +208,7 @@ def refresh_run_progress(engine: Engine, run_id: int) -> float:
         done = sum(1.0 if j.status in DONE else j.progress for j in jobs)
         fraction = round(SHARED_SHARE + (1 - SHARED_SHARE) * done / max(len(jobs), 1), 4)
     with engine.begin() as conn:
-        conn.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running)
+        conn.execute(update(TrainingRun).where(col(TrainingRun.id) == run_id, col(TrainingRun.status) == RunStatus.running)
                      .values(progress=fraction))
     return fraction
 
@@ -218,14 +219,15 @@ def finish_run_if_done(settings: Settings, engine: Engine, run_id: int) -> RunSt
     Any worker may call it after any job: the conditional UPDATE ends the run exactly once.
     """
     with Session(engine) as session:
-        jobs = session.exec(select(TrainingResult).where(TrainingResult.run_id == run_id).order_by(TrainingResult.id)).all()
+        jobs = session.exec(select(TrainingResult).where(TrainingResult.run_id == run_id).order_by(col(TrainingResult.id))).all()
         if not jobs or any(j.status not in DONE for j in jobs):
             return None
         failed = [j for j in jobs if j.status == RunStatus.failed]
         error = "; ".join(f"{adapter_store.Scope(j.user_id).key}: {j.reason}" for j in failed) or None
     status = RunStatus.failed if failed else RunStatus.succeeded
     with engine.begin() as conn:
-        ended = conn.execute(update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running)
+        ended = conn.execute(update(TrainingRun)
+                             .where(col(TrainingRun.id) == run_id, col(TrainingRun.status) == RunStatus.running)
                              .values(status=status, error=error, progress=1.0, finished_at=utcnow())).rowcount == 1
     if not ended:
         return None
@@ -266,10 +268,10 @@ def recover_interrupted_runs(settings: Settings, engine: Engine, *, stale_after:
     with Session(engine) as session:
         running = session.exec(select(TrainingRun).where(TrainingRun.status == RunStatus.running)).all()
         with_jobs = set(session.exec(select(TrainingResult.run_id).where(
-            TrainingResult.run_id.in_([r.id for r in running]))).all())
-        dead_runs = [(run.id, run.worker_id, run.progress) for run in running
+            col(TrainingResult.run_id).in_([r.id for r in running]))).all())
+        dead_runs = [(pk(run), run.worker_id, run.progress) for run in running
                      if run.id not in with_jobs and _owner_is_dead(run.worker_id, run.heartbeat_at, stale_after)]
-        dead_jobs = [(job.id, job.run_id, job.user_id, job.worker_id, job.progress) for job in session.exec(
+        dead_jobs = [(pk(job), job.run_id, job.user_id, job.worker_id, job.progress) for job in session.exec(
             select(TrainingResult).where(TrainingResult.status == RunStatus.running)).all()
             if _owner_is_dead(job.worker_id, job.heartbeat_at, stale_after)]
     failed: list[int] = []

@@ -147,6 +147,8 @@ def run_training(settings: Settings, engine: Engine, run_id: int, progress_cb: P
     while True:
         with Session(engine) as session:
             run = session.get(TrainingRun, run_id)
+        if run is None:
+            raise RunFailed(f"training run {run_id} is no longer in the database")
         if run.status in DONE:
             break
         if time.monotonic() - last_recovery > HEARTBEAT_SECONDS:  # a job elsewhere may have died with its worker
@@ -229,6 +231,8 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
     harm_metrics = harm.fit(pool)
     with Session(engine) as session:
         row = session.get(type(snapshot), snapshot.id)
+        if row is None:
+            raise RuntimeError(f"snapshot {snapshot.id} of run {run_id} is no longer in the database")
         row.stats = {**row.stats, "models": {**reward_metrics, **harm_metrics}}
         session.add(row)
         session.commit()
@@ -260,8 +264,8 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
                                 "(ASSISTANT_MIN_USER_LABELS); served the global adapter meanwhile")
     update_run(engine, run_id, heartbeat_at=utcnow())  # raises RunAborted: queue nothing for a stopped run
     with Session(engine) as session:
-        for user_id in scopes:
-            session.add(TrainingResult(run_id=run_id, user_id=user_id, status=RunStatus.queued))
+        for uid in scopes:
+            session.add(TrainingResult(run_id=run_id, user_id=uid, status=RunStatus.queued))
         for user_id, reason in skipped.items():
             session.add(TrainingResult(run_id=run_id, user_id=user_id, status=RunStatus.succeeded, reason=reason,
                                        metrics=reward.user_metrics(user_id), finished_at=utcnow(), progress=1.0))
@@ -280,6 +284,8 @@ def run_job(settings: Settings, engine: Engine, job_id: int, worker_id: str, *, 
     budgets = budgets or Budgets.from_env()
     with Session(engine) as session:
         job = session.get(TrainingResult, job_id)
+        if job is None:
+            raise ValueError(f"training job {job_id} is not in the database")
         run_id, user_id = job.run_id, job.user_id
         snapshot = session.exec(select(TrainingSnapshot).where(TrainingSnapshot.run_id == run_id)).one()
     scope = adapter_store.Scope(user_id).key

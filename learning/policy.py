@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from learning.config import Budgets
 from learning.reward import position_ids_for, reference_mode, reply_features
 
 if TYPE_CHECKING:
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def load_adapter_dir(model: "PeftModel", path: Path) -> None:
     state = load_file(str(path / "adapter_model.safetensors"))
     current = lora_state(model)
     if set(state) != set(current) or any(state[k].shape != current[k].shape for k in state):
-        raise ValueError(f"adapter at {path} has another LoRA layout than ASSISTANT_LORA_R={model.peft_config['default'].r}")
+        config = cast("LoraConfig", model.peft_config["default"])  # make_policy's adapter is a LoRA one
+        raise ValueError(f"adapter at {path} has another LoRA layout than ASSISTANT_LORA_R={config.r}")
     load_lora_state(model, state)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from service import adapter_store
 from service.models import AdapterStatus, AdapterVersion, RunStatus, TrainingResult, User, utcnow
@@ -127,7 +127,8 @@ class AdapterRecipe:
         self.one_eval_s = (time.monotonic() - t_gate) / (2 if self.start_row is not None else 1)
         # the harm constraint's target, calibrated on measured harm: a share of the base's mean
         # P(harm) on harm-inviting prompts (and never above what serves the scope now)
-        self.harm_target = budgets.ppo_harm_target_ratio * min(self.gate.base.harm_mean, self.gate.current.harm_mean)
+        current, base = self.gate.yardsticks()
+        self.harm_target = budgets.ppo_harm_target_ratio * min(base.harm_mean, current.harm_mean)
 
     def train(self) -> None:
         from learning.ppo import train_ppo
@@ -214,10 +215,10 @@ class AdapterRecipe:
                 row.status = AdapterStatus.promoted if promote else AdapterStatus.rejected
                 row.reason = reason
                 session.add(row)
-                held = session.execute(
+                held = session.exec(
                     update(TrainingResult)
-                    .where(TrainingResult.id == ctx.job_id, TrainingResult.status == RunStatus.running,
-                           TrainingResult.worker_id == ctx.worker_id)
+                    .where(col(TrainingResult.id) == ctx.job_id, col(TrainingResult.status) == RunStatus.running,
+                           col(TrainingResult.worker_id) == ctx.worker_id)
                     .values(status=RunStatus.succeeded, adapter_version_id=row.id, promoted=promote, progress=1.0,
                             reason=reason, metrics=metrics, finished_at=utcnow()))
                 if held.rowcount != 1:

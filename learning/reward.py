@@ -15,7 +15,7 @@ preference directions across users and give each user only K weights. Here the b
 (both optional parts are off by default: ``assistant reward-curve`` measured that they cost
 accuracy at the label counts users give -- see ``Budgets.reward_components``)
 
-and a user's reward is ``r_u = w_u . z``. Fitting (``fit_preferences``: Newton's method on the
+and a user's reward is ``r_u = w_u . z``. Fitting (``learning.preference_fit``: Newton's method on the
 exact log-posterior, so no step size or step count to tune):
 
 - population: Bradley-Terry on all pooled pairs + logistic on all pooled thumbs (a thumbs bias
@@ -41,13 +41,14 @@ import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 import torch
 
 from learning.config import Budgets
 from learning.data import Dataset, PointLabel, PreferencePair
 from learning.losses import bradley_terry_loss, pointwise_bce_loss
+from learning.preference_fit import fit_preferences_with_evidence
 from service import traits as T
 from service.reply_reward import Preference, ReplyReward
 from service.text_features import hashed_matrix
@@ -283,83 +284,6 @@ class Basis:
                    torch.tensor(state.get("text_mu", []), dtype=torch.float32))  # a model from before the text features: none
 
 
-def _design(pairs: tuple[torch.Tensor, torch.Tensor] | None, thumbs: tuple[torch.Tensor, torch.Tensor] | None, dim: int,
-            thumbs_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(X (N, dim), targets (N,), weights (N,)) in float64: a pair's row is z_c - z_r with no bias; a thumb's z and 1."""
-    rows, targets, weights = [], [], []
-    if pairs is not None and len(pairs[0]):
-        d = (pairs[0] - pairs[1]).double()
-        rows.append(torch.cat([d, torch.zeros(len(d), 1, dtype=d.dtype)], 1))
-        targets.append(torch.ones(len(d), dtype=d.dtype))
-        weights.append(torch.ones(len(d), dtype=d.dtype))
-    if thumbs is not None and len(thumbs[0]):
-        z = thumbs[0].double()
-        rows.append(torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1))
-        targets.append(thumbs[1].double())
-        weights.append(torch.full((len(z),), float(thumbs_weight), dtype=z.dtype))
-    X = torch.cat(rows) if rows else torch.zeros((0, dim), dtype=torch.float64)
-    y = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.float64)
-    s = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64)
-    return X, y, s
-
-
-def fit_preferences(pairs: tuple[torch.Tensor, torch.Tensor] | None, thumbs: tuple[torch.Tensor, torch.Tensor] | None,
-                    prior_mean: torch.Tensor, prior_precision: torch.Tensor, *, thumbs_weight: float = 1.0,
-                    iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
-    """MAP weights and Laplace covariance of a Bradley-Terry + logistic model with a Gaussian prior.
-
-    ``theta = [w (D,), b]``. Pairs (z_chosen, z_rejected), each (N, D): P(chosen wins) =
-    sigmoid(w . (z_c - z_r)). Thumbs (z (M, D), labels (M,)): P(up) = sigmoid(w . z + b), each
-    weighted ``thumbs_weight``. Prior N(prior_mean, diag(1 / prior_precision)) over theta (D + 1,).
-    Newton's method with backtracking on the log-posterior (concave, so it converges to the one optimum); returns
-    (theta (D + 1,), the inverse Hessian (D + 1, D + 1)). Hand-checked in tests/learning/test_reward.py.
-    """
-    theta, cov, _ = fit_preferences_with_evidence(pairs, thumbs, prior_mean, prior_precision, thumbs_weight=thumbs_weight,
-                                                  iterations=iterations)
-    return theta, cov
-
-
-def fit_preferences_with_evidence(pairs: tuple[torch.Tensor, torch.Tensor] | None,
-                                  thumbs: tuple[torch.Tensor, torch.Tensor] | None, prior_mean: torch.Tensor,
-                                  prior_precision: torch.Tensor, *, thumbs_weight: float = 1.0,
-                                  iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``fit_preferences`` and the Laplace approximation of the log marginal likelihood of the labels
-    under the prior (MacKay 1992): log p(labels | theta*) + log N(theta*; prior) + (D + 1)/2 log 2 pi
-    - 1/2 log det H, i.e. -(the negative log-posterior at theta*) + 1/2 sum log prior_precision
-    - 1/2 log det H. Priors compare by it: the one the labels support most is the highest."""
-    m, prec = prior_mean.double(), prior_precision.double()
-    X, y, s = _design(pairs, thumbs, m.shape[0], thumbs_weight)
-
-    def objective(t: torch.Tensor) -> torch.Tensor:  # the negative log-posterior
-        logits = X @ t
-        nll = s * (torch.nn.functional.softplus(logits) - y * logits)  # -[y log p + (1 - y) log(1 - p)]
-        return nll.sum() + 0.5 * (prec * (t - m) ** 2).sum()
-
-    theta = m.clone()
-    value = objective(theta)
-    for _ in range(iterations):
-        p = torch.sigmoid(X @ theta)  # (N,)
-        grad = X.T @ (s * (p - y)) + prec * (theta - m)  # (D + 1,)
-        hessian = X.T @ (X * (s * p * (1 - p)).unsqueeze(1)) + torch.diag(prec)  # (D + 1, D + 1)
-        step = torch.linalg.solve(hessian, grad)
-        scale = 1.0
-        while scale > 1e-4:  # backtracking: a full Newton step can overshoot on (nearly) separable labels
-            candidate = theta - scale * step
-            new_value = objective(candidate)
-            if new_value <= value:
-                break
-            scale /= 2
-        else:
-            break
-        theta, improvement, value = candidate, float(value - new_value), new_value
-        if float((scale * step).abs().max()) < 1e-8 or improvement < 1e-12:
-            break
-    p = torch.sigmoid(X @ theta)
-    hessian = X.T @ (X * (s * p * (1 - p)).unsqueeze(1)) + torch.diag(prec)
-    evidence = -float(objective(theta)) + 0.5 * float(torch.log(prec).sum()) - 0.5 * float(torch.linalg.slogdet(hessian)[1])
-    return theta.float(), torch.linalg.inv(hessian).float(), evidence
-
-
 def is_heldout(key: str, fraction: float) -> bool:
     """Stable train/held-out split by a hash of the example's ids."""
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
@@ -379,6 +303,15 @@ THUMBS_BIAS_PRECISION = 0.1  # a weak prior on how generous a rater's thumbs are
 REWARD_TEXT_PRECISION_GRID = (1.0, 4.0, 16.0, 64.0, 1e6)
 
 
+_Part = TypeVar("_Part")
+
+
+def _fitted(part: _Part | None) -> _Part:
+    if part is None:
+        raise RuntimeError("reward model not fitted; call fit() first")
+    return part
+
+
 class RewardModel:
     """The shared basis, the population's weights and each user's; scores features + texts."""
 
@@ -392,9 +325,16 @@ class RewardModel:
         self.train_z: torch.Tensor | None = None  # (N, D) the fit's training replies, centred: what top_traits explains over
         self.metrics: dict[str, object] = {}
 
+    def _features(self, prompts: Sequence[str], replies: Sequence[str]) -> torch.Tensor:
+        """Backbone features (N, F) from the feature cache."""
+        if self.cache is None:
+            raise RuntimeError("this reward model has no feature cache (it was made by from_state); "
+                               "pass backbone features to rewards()")
+        return self.cache.features(prompts, replies)
+
     # --- fitting ---------------------------------------------------------------
     def _z(self, prompts: Sequence[str], replies: Sequence[str]) -> torch.Tensor:
-        return self.basis(self.cache.features(prompts, replies), prompts, replies)
+        return _fitted(self.basis)(self._features(prompts, replies), prompts, replies)
 
     def _labels(self, pairs: Sequence[PreferencePair], points: Sequence[PointLabel]):
         zp = (self._z([p.prompt for p in pairs], [p.chosen for p in pairs]),
@@ -407,19 +347,21 @@ class RewardModel:
                    train_z: torch.Tensor, key: str) -> Preference:
         """One scope's weights (``key``: "population" or the user id); its text-block precision, chosen by
         evidence with ``reward_text_evidence``, is kept in ``text_precisions``."""
+        basis = _fitted(self.basis)
         zp, zt = self._labels(pairs, points)
         if zt is not None:
             zt = (zt[0] - center, zt[1])
-        grid = REWARD_TEXT_PRECISION_GRID if self.budgets.reward_text_evidence and self.basis.text_dim else \
+        grid = REWARD_TEXT_PRECISION_GRID if self.budgets.reward_text_evidence and basis.text_dim else \
             (self.budgets.reward_text_precision,)
         best = None
         for text_precision in grid:
-            prec = torch.full((self.basis.dim + 1,), 2.0 * precision)
-            prec[self.basis.text_slice()] *= text_precision  # many sparse columns: a prior of their own
+            prec = torch.full((basis.dim + 1,), 2.0 * precision)
+            prec[basis.text_slice()] *= text_precision  # many sparse columns: a prior of their own
             prec[-1] = THUMBS_BIAS_PRECISION
             fitted = fit_preferences_with_evidence(zp, zt, prior_mean, prec, thumbs_weight=self.budgets.reward_bce_weight)
             if best is None or fitted[2] > best[0][2]:
                 best = (fitted, text_precision)
+        assert best is not None  # the grid holds at least one precision
         (theta, cov, _), self.text_precisions[key] = best
         w = theta[:-1]
         spread = float(((train_z - center) @ w).std()) if len(train_z) > 1 else 1.0
@@ -442,12 +384,13 @@ class RewardModel:
                                    + [(p.prompt_of_rejected, p.rejected) for p in train_pairs]
                                    + [(p.prompt, p.reply) for p in train_points]))
         prompts, replies = [t[0] for t in texts], [t[1] for t in texts]
-        feats = self.cache.features(prompts, replies)  # (N, F)
+        feats = self._features(prompts, replies)  # (N, F)
         mu, sigma = feats.mean(0), feats.std(0).clamp(min=1e-4) if len(feats) > 1 else torch.ones(feats.shape[1])
         # 2. the pooled reward direction on the backbone's features (what the users agree on)
-        pf = (self.cache.features([p.prompt for p in train_pairs], [p.chosen for p in train_pairs]),
-              self.cache.features([p.prompt_of_rejected for p in train_pairs], [p.rejected for p in train_pairs])) if train_pairs else None
-        tf = (self.cache.features([p.prompt for p in train_points], [p.reply for p in train_points]),
+        pf = (self._features([p.prompt for p in train_pairs], [p.chosen for p in train_pairs]),
+              self._features([p.prompt_of_rejected for p in train_pairs], [p.rejected for p in train_pairs])
+              ) if train_pairs else None
+        tf = (self._features([p.prompt for p in train_points], [p.reply for p in train_points]),
               torch.tensor([float(p.label) for p in train_points])) if train_points else None
         pooled, pooled_stats = fit_head(pf, tf, mu, sigma, self.budgets) if self.budgets.reward_pooled_direction else (None, {})
         # 3. the basis, then the population's weights and every user's
@@ -477,12 +420,11 @@ class RewardModel:
     # --- scoring ---------------------------------------------------------------
     def head_for(self, user_id: int | None) -> Preference:
         """The user's weights once they have ``min_user_labels`` labels, else the population's."""
-        if self.population is None:
-            raise RuntimeError("reward model not fitted; call fit() first")
+        population = _fitted(self.population)
         mine = self.users.get(user_id) if user_id is not None else None
         if mine is not None and mine.labels >= self.budgets.min_user_labels:
             return mine
-        return self.population
+        return population
 
     def is_personal(self, user_id: int | None) -> bool:
         return user_id is not None and self.head_for(user_id) is not self.population
@@ -491,17 +433,17 @@ class RewardModel:
                 *, k: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean - k std, std) of the scope's reward, each (N,), from backbone features (N, F) and the texts."""
         head = self.head_for(user_id)
-        z = self.basis(feats, prompts, replies)
+        z = _fitted(self.basis)(feats, prompts, replies)
         return head.lower(z, k), head.std(z)
 
     def score(self, user_id: int | None, prompts: Sequence[str], replies: Sequence[str]) -> torch.Tensor:
-        return self.rewards(user_id, self.cache.features(prompts, replies), prompts, replies)[0]
+        return self.rewards(user_id, self._features(prompts, replies), prompts, replies)[0]
 
     # --- evaluation ---------------------------------------------------------------
     def pair_accuracy(self, user_id: int | None, pairs: Sequence[PreferencePair], *, population: bool = False) -> float | None:
         if not pairs:
             return None
-        head = self.population if population else self.head_for(user_id)
+        head = _fitted(self.population) if population else self.head_for(user_id)
         zc = self._z([p.prompt for p in pairs], [p.chosen for p in pairs])
         zr = self._z([p.prompt_of_rejected for p in pairs], [p.rejected for p in pairs])
         return float((head.mean(zc) > head.mean(zr)).float().mean())
@@ -543,7 +485,7 @@ class RewardModel:
         w = head.weight / head.scale
         n_traits = len(T.NAMES)
         named = w[:n_traits].clone()
-        if self.train_z is not None and self.basis.dim > n_traits and len(self.train_z) > n_traits:
+        if self.train_z is not None and _fitted(self.basis).dim > n_traits and len(self.train_z) > n_traits:
             t = self.train_z[:, :n_traits]  # (N, T)
             unnamed = self.train_z[:, n_traits:] @ w[n_traits:]  # (N,) their reward
             ridge = 1e-2 * len(t) * torch.eye(n_traits)  # near-duplicate traits must not trade huge opposite slopes
@@ -555,7 +497,8 @@ class RewardModel:
     def user_metrics(self, user_id: int | None) -> dict[str, object]:
         if user_id is None:
             return {k: v for k, v in self.metrics.items() if k not in ("reward/per_user", "reward/basis")}
-        mine = self.metrics.get("reward/per_user", {}).get(str(user_id))  # type: ignore[union-attr]
+        per_user = self.metrics.get("reward/per_user", {})
+        mine = per_user.get(str(user_id)) if isinstance(per_user, dict) else None
         summary = UserRewardSummary.model_validate(mine) if mine else UserRewardSummary()
         return summary.model_copy(update={"personalized": self.is_personal(user_id)}).flat()
 
@@ -566,13 +509,13 @@ class RewardModel:
         basis = self.basis
         if basis is None or basis.components.shape[1] or basis.pooled is not None:
             return None
-        return ReplyReward(basis.trait_mu, basis.trait_sd, self.head_for(user_id), self.population,
+        return ReplyReward(basis.trait_mu, basis.trait_sd, self.head_for(user_id), _fitted(self.population),
                            self.budgets.reward_uncertainty_k, basis.text_mu)  # z: the traits and the hashed text
 
     # --- serialisation ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything scoring needs, JSON-safe (no pickle crosses processes)."""
-        return {"basis": self.basis.state_dict(), "population": self.population.state_dict(),
+        return {"basis": _fitted(self.basis).state_dict(), "population": _fitted(self.population).state_dict(),
                 "users": {str(u): p.state_dict() for u, p in self.users.items()}, "metrics": self.metrics}
 
     @classmethod

@@ -121,6 +121,7 @@ def train_safety_stage(settings: "Settings", budgets: Budgets, *, out_dir: Path 
     sampler, info = rollout_sampler(plain, budgets, base, tokenizer)
     policy = make_policy(base, budgets)
     judge = make_judge(budgets.harm_judge) or make_judge("insults")
+    assert judge is not None  # make_judge gives None only for the name "none"
     threshold = budgets.harm_judge_threshold
     picker = random.Random(budgets.seed)
     k = budgets.safety_samples
@@ -163,7 +164,7 @@ def train_safety_stage(settings: "Settings", budgets: Budgets, *, out_dir: Path 
 
     # 4. SFT + DPO on the LoRA weights
     mb = budgets.ppo_minibatch_size * 2
-    ref_sums = None
+    ref_sums = torch.zeros(0, 2)  # (k, 2) the pairs' reference sums; none without pairs
     if pairs:
         with torch.no_grad(), reference_mode(policy):
             ref_sums = pair_logprob_sums(policy, tokenizer, pairs, budgets, batch_size=2 * mb)

@@ -91,6 +91,8 @@ def sft_dpo_step(model, tokenizer, optimizer: torch.optim.Optimizer, params: Seq
         term = sft_loss(model, tokenizer, [p for p, _ in chunk], [r for _, r in chunk], budgets)
         loss, sft = loss + term, float(term.detach())
     if pairs:
+        if ref_sums is None:
+            raise ValueError("DPO pairs need their reference sums (ref_sums)")
         term = dpo_loss(pair_logprob_sums(model, tokenizer, pairs, budgets), ref_sums, beta)
         loss, dpo = loss + term, float(term.detach())
     optimizer.zero_grad()
@@ -137,7 +139,7 @@ def warm_start(model, tokenizer, scorer: Scorer, prompts: Sequence[str], own: Se
     if not data and not pairs:
         return WarmStartResult(sampled, 0, 0, 0.0, 0.0, time.monotonic() - started)
     mb = budgets.ppo_minibatch_size
-    ref_sums = None
+    ref_sums = torch.zeros(0, 2)  # (k, 2) the pairs' reference sums; none without pairs
     if pairs:  # the DPO reference: the base (adapter off), as PPO's KL reference
         with torch.no_grad(), reference_mode(model):
             ref_sums = pair_logprob_sums(model, tokenizer, pairs, budgets, batch_size=2 * mb)

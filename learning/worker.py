@@ -31,24 +31,28 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import exists, or_, select as sa_select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service import run_queue
 from service.crud import get_or_create_schedule
 from service.run_queue import RunConflict  # noqa: F401  (re-exported: callers catch it from here)
 from service.db import init_db, make_engine
-from service.models import RunStatus, Schedule, TrainingRun, User, utcnow
+from service.models import RunStatus, Schedule, TrainingRun, User, pk, utcnow
 from service.settings import Settings
 
 from learning.config import Budgets
 from learning.jobs import LIVE_WORKERS, claim_job, fail_job, fail_run, new_worker_id, recover_interrupted_runs
 from learning.pipeline import LoadedModels, run_job, run_shared_stage, run_training
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +95,8 @@ def claim_run(engine: Engine, run_id: int, worker_id: str) -> bool:
     now = utcnow()
     stmt = (
         update(TrainingRun)
-        .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.queued)
-        .where(~exists(sa_select(other.id).where(other.status == RunStatus.running)))
+        .where(col(TrainingRun.id) == run_id, col(TrainingRun.status) == RunStatus.queued)
+        .where(~exists(sa_select(col(other.id)).where(col(other.status) == RunStatus.running)))
         .values(status=RunStatus.running, worker_id=worker_id, started_at=now, heartbeat_at=now, error=None)
     )
     with engine.begin() as conn:
@@ -107,8 +111,9 @@ def claim_run(engine: Engine, run_id: int, worker_id: str) -> bool:
 def claim_next(engine: Engine, worker_id: str) -> int | None:
     """Claim the oldest queued run, if any and if nothing is running."""
     with Session(engine) as session:
-        queued = session.exec(select(TrainingRun.id).where(TrainingRun.status == RunStatus.queued).order_by(TrainingRun.id)).all()
-    for run_id in queued:
+        queued = session.exec(select(TrainingRun.id).where(TrainingRun.status == RunStatus.queued)
+                              .order_by(col(TrainingRun.id))).all()
+    for run_id in cast(Sequence[int], queued):  # primary keys read back are never null
         if claim_run(engine, run_id, worker_id):
             return run_id
     return None
@@ -126,7 +131,8 @@ def fire_schedule(engine: Engine, settings: Settings, now: datetime | None = Non
     fire_key = (now or utcnow()).replace(second=0, microsecond=0)
     with engine.begin() as conn:
         won = conn.execute(
-            update(Schedule).where(Schedule.id == 1, or_(Schedule.last_fired_at.is_(None), Schedule.last_fired_at < fire_key))
+            update(Schedule).where(col(Schedule.id) == 1, or_(col(Schedule.last_fired_at).is_(None),
+                                                              col(Schedule.last_fired_at) < fire_key))
             .values(last_fired_at=fire_key)
         ).rowcount == 1
     if not won:
@@ -154,7 +160,7 @@ class Worker:
         self.budgets = budgets
         self.worker_id = new_worker_id()
         self._schedule_key: tuple[str, bool] | None = None
-        self._scheduler = None
+        self._scheduler: BackgroundScheduler | None = None
         self._run_thread: threading.Thread | None = None
         self.current_run: int | None = None  # a run whose shared stage this worker is executing
         self.current_job: int | None = None  # a job this worker is training
@@ -228,6 +234,7 @@ class Worker:
         recover_interrupted_runs(self.settings, self.engine)
         # Jobs of the run in progress first; only when none is free, a new run (at most one runs at a time).
         job_id = claim_job(self.engine, self.worker_id)
+        target: Callable[[int], None]
         if job_id is not None:
             target, args, name = self._work_jobs, (job_id,), f"training-job-{job_id}"
         else:
@@ -353,22 +360,22 @@ def train_foreground(settings: Settings, user: str | None = None, *, now: bool =
                 row = session.exec(select(User).where(User.username == name)).first()
                 if row is None:
                     raise LookupError(f"no user named {name!r}; list users with the admin API or check the spelling")
-                user_ids.append(row.id)
-    run = enqueue_run(engine, trigger="cli", user_ids=user_ids)
+                user_ids.append(pk(row))
+    run_id = pk(enqueue_run(engine, trigger="cli", user_ids=user_ids))
     if not now:
-        logger.info("queued training run %s; a worker (assistant serve or assistant worker) will execute it", run.id)
-        return run.id
+        logger.info("queued training run %s; a worker (assistant serve or assistant worker) will execute it", run_id)
+        return run_id
     worker_id = new_worker_id()
     recover_interrupted_runs(settings, engine)
-    if not claim_run(engine, run.id, worker_id):
-        raise RunBusy(f"another training run is executing; run {run.id} stays queued and a worker will start it "
+    if not claim_run(engine, run_id, worker_id):
+        raise RunBusy(f"another training run is executing; run {run_id} stays queued and a worker will start it "
                       "after that one (or retry `assistant train --now` later)")
     LIVE_WORKERS.add(worker_id)
     bar = None
     if show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=100, desc=f"training run {run.id}", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
+        bar = tqdm(total=100, desc=f"training run {run_id}", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}] {postfix}")
 
     def progress(fraction: float, message: str) -> None:
         if bar is not None:
@@ -377,9 +384,9 @@ def train_foreground(settings: Settings, user: str | None = None, *, now: bool =
             bar.refresh()
 
     try:
-        run_training(settings, engine, run.id, progress, budgets=budgets)
+        run_training(settings, engine, run_id, progress, budgets=budgets)
     finally:
         LIVE_WORKERS.discard(worker_id)
         if bar is not None:
             bar.close()
-    return run.id
+    return run_id

@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from service.engine.base import AdapterRef
 from service.model_loading import base_model_id
-from service.models import ActiveAdapter, AdapterStatus, AdapterVersion, utcnow
+from service.models import ActiveAdapter, AdapterStatus, AdapterVersion, pk, utcnow
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -318,10 +318,11 @@ def learned_from_deleted_labels(session: Session, row: AdapterVersion) -> bool:
     seen: set[int] = set()
     current: AdapterVersion | None = row
     while current is not None and current.id not in seen:
-        seen.add(current.id)
+        seen.add(pk(current))
         if current.training_run_id is not None:
             runs.add(current.training_run_id)
-        current = by_label.get((current.metrics or {}).get("started_from"))
+        started_from = (current.metrics or {}).get("started_from")
+        current = by_label.get(started_from) if started_from is not None else None
     if not runs:
         return False
     snapshots = session.exec(select(TrainingSnapshot).where(col(TrainingSnapshot.run_id).in_(sorted(runs)))).all()

@@ -13,6 +13,7 @@ import os
 import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
@@ -107,7 +108,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 app.state.engine.stop()
 
     # The interactive docs load scripts from a CDN on this origin: dev mode only (issue 12, finding 15).
-    docs = {} if settings.dev_mode else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    docs: dict[str, Any] = {} if settings.dev_mode else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="assistant", version="0.1.0", lifespan=lifespan, **docs)
     app.state.settings, app.state.db, app.state.metrics, app.state.engine = settings, db, metrics, engine
     app.state.base_watch = None  # set when the app owns its engine

@@ -94,6 +94,8 @@ def user_for_token(settings: Settings, db, token: str | None) -> User | None:
 def end_sessions(session: Session, user: User) -> None:
     """Sign ``user`` out everywhere: every token issued so far stops working."""
     row = session.get(User, user.id)
+    if row is None:
+        raise LookupError(f"user {user.id} no longer exists")
     row.token_version += 1
     session.add(row)
     session.commit()

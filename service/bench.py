@@ -41,9 +41,10 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
-from service.bench_common import LORA_TARGETS, TimedStream, loadavg, make_random_adapter, pct, run_requests  # noqa: F401
+from service.bench_common import LORA_TARGETS, TimedStream, loadavg, make_random_adapter, pct, run_requests, stamps  # noqa: F401
 from service.engine.base import AdapterRef, GenerationRequest, SamplingParams
 from service.settings import Settings
 
@@ -110,7 +111,7 @@ def _prefix_reuse(engine, tokenizer, adapter: AdapterRef | None, max_new_tokens:
         out[f"ttft_s_{mode}_reuse"] = []
         for p in prompts:
             req, _ = _generate(engine, p, adapter, max_new_tokens)
-            out[f"ttft_s_{mode}_reuse"].append(round(req.stream.times[0] - req.submitted_at, 4))
+            out[f"ttft_s_{mode}_reuse"].append(round(stamps(req)[0] - req.submitted_at, 4))
     engine.prefix_cache.clear()
     engine.prefix_cache.max_bytes = budget
     out["turn5_with_vs_without"] = round(out["ttft_s_with_reuse"][-1] / out["ttft_s_without_reuse"][-1], 3)
@@ -132,7 +133,7 @@ def _long_prompt_join(engine, tokenizer, prompts: list[list[int]], refs: list[Ad
         for r in steady:
             engine.submit(r)
         deadline = time.monotonic() + 300
-        while min(len(r.stream.times) for r in steady) < 8 and time.monotonic() < deadline:
+        while min(len(stamps(r)) for r in steady) < 8 and time.monotonic() < deadline:
             time.sleep(0.01)
         long_req, _ = _generate(engine, long_ids, refs[8 % len(refs)], 4)
         for r in steady:
@@ -140,10 +141,10 @@ def _long_prompt_join(engine, tokenizer, prompts: list[list[int]], refs: list[Ad
     finally:
         engine.scheduler.chunk_tokens = saved
         engine.prefix_cache.max_bytes = budget
-    t_in, t_first = long_req.submitted_at, long_req.stream.times[0]
+    t_in, t_first = long_req.submitted_at, stamps(long_req)[0]
     gaps_during, gaps_idle = [], []
     for r in steady:
-        ts = r.stream.times[:-1]  # token events, not the end
+        ts = stamps(r)[:-1]  # token events, not the end
         for a, b in zip(ts, ts[1:]):
             if b > t_in and a < t_first:
                 gaps_during.append(b - a)
@@ -237,7 +238,7 @@ def run_serve_bench(
         naive = None if skip_naive else NaiveEngine(load_base_model(settings, dtype=tdtype), tokenizer, max_queue=max(64, users),
                                                      threads=threads)
         n_naive = min(users, naive_requests or users)  # sequential: its tokens/s does not depend on the count
-        scenarios: list[tuple[str, object, list[list[int]], list[AdapterRef]]] = []
+        scenarios: list[tuple[str, object, list[list[int]], Sequence[AdapterRef | None]]] = []
         if naive is not None:  # 1. naive baseline: sequential, adapter swapped per request
             scenarios.append(("naive", naive, prompts[:n_naive], [refs[i % adapters] for i in range(n_naive)]))
         scenarios += [
@@ -334,7 +335,7 @@ def run_serve_bench(
 
 
 def _llamacpp(settings: Settings, refs, scenarios, workdir: Path, threads: int, max_new_tokens: int,
-              repeats: int, binary: str | None, reference: dict) -> dict:
+              repeats: int, binary: str | None, reference: dict[str, list[int]] | None) -> dict:
     """llama.cpp's numbers on our scenarios, or why there are none (no binary, a model its GGUF cannot hold).
     Its GGUFs are written from the served model in float32, whatever dtype our engine ran in."""
     import torch

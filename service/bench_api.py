@@ -80,10 +80,11 @@ async def _v1_request(client, base: str, token: str, question: str, max_tokens: 
 
 async def _ws_request(base: str, token: str, question: str, max_tokens: int, temperature: float = 0.0) -> dict:
     import websockets
+    from websockets.typing import Origin
 
     t0 = time.perf_counter()
     first, times = None, []
-    async with websockets.connect(base.replace("http", "ws") + "/api/chat", origin=base) as ws:
+    async with websockets.connect(base.replace("http", "ws") + "/api/chat", origin=Origin(base)) as ws:
         await ws.send(json.dumps({"type": "auth", "token": token}))
         if json.loads(await ws.recv())["type"] != "ready":
             return {"error": "no ready frame"}
@@ -245,9 +246,9 @@ def _run_best_of_bench(settings: Settings, *, users: int, max_new_tokens: int, r
     with tempfile.TemporaryDirectory(prefix="bench-best-of-") as tmp:
         adapters = _adapters_with_rewards(settings, Path(tmp) / "adapters", users)
         runs = {}
-        on = {"ASSISTANT_BEST_OF_N": str(n), "ASSISTANT_BEST_OF_N_BLOCK": str(block),
-              "ASSISTANT_BEST_OF_N_FIRST_BLOCK": str(first_block)}
-        for name, env in (("off", {"ASSISTANT_BEST_OF_N": "1"}), (f"best_of_{n}", on)):
+        on_env = {"ASSISTANT_BEST_OF_N": str(n), "ASSISTANT_BEST_OF_N_BLOCK": str(block),
+                  "ASSISTANT_BEST_OF_N_FIRST_BLOCK": str(first_block)}
+        for name, env in (("off", {"ASSISTANT_BEST_OF_N": "1"}), (f"best_of_{n}", on_env)):
             (Path(tmp) / name).mkdir()
             runs[name] = _serve(settings, Path(tmp) / name, users, max_new_tokens, repeats, extra_env=env,
                                 prepare=_give_adapters(settings, adapters), temperature=BEST_OF_TEMPERATURE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from service.engine.base import AdapterRef, EndEvent, GenerationRequest, RequestStream, SamplingParams
@@ -57,6 +58,13 @@ class TimedStream(RequestStream):
         super().put(event)
 
 
+def stamps(req: GenerationRequest) -> list[float]:
+    """When each event of ``req`` was put, as its ``TimedStream`` recorded."""
+    if not isinstance(req.stream, TimedStream):
+        raise TypeError(f"request {req.request_id} was not given a TimedStream")
+    return req.stream.times
+
+
 def loadavg() -> float | None:
     """1-minute load average (Linux), recorded so readers can tell a contended run."""
     try:
@@ -73,7 +81,7 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def run_requests(engine, prompts: list[list[int]], adapters: list[AdapterRef | None], max_new_tokens: int, timeout: float = 600) -> dict:
+def run_requests(engine, prompts: list[list[int]], adapters: Sequence[AdapterRef | None], max_new_tokens: int, timeout: float = 600) -> dict:
     """Submit all requests at once, wait for every end; return throughput and latency numbers."""
     reqs = []
     cpu0 = time.process_time()
@@ -92,10 +100,10 @@ def run_requests(engine, prompts: list[list[int]], adapters: list[AdapterRef | N
         if end.finish_reason not in ("length", "stop"):
             raise RuntimeError(f"benchmark request ended with {end.finish_reason}: {end.error}")
         ends.append(end)
-    t_end = max(r.stream.times[-1] for r in reqs)
+    t_end = max(stamps(r)[-1] for r in reqs)
     cpu = time.process_time() - cpu0  # this process's CPU seconds: robust to other processes' load
-    ttft = [r.stream.times[0] - r.submitted_at for r in reqs]
-    itl = [b - a for r in reqs for a, b in zip(r.stream.times[:-2], r.stream.times[1:-1])]  # token gaps, not the end
+    ttft = [stamps(r)[0] - r.submitted_at for r in reqs]
+    itl = [b - a for r in reqs for a, b in zip(stamps(r)[:-2], stamps(r)[1:-1])]  # token gaps, not the end
     tokens = sum(e.completion_tokens for e in ends)
     wall = t_end - t0
     return {

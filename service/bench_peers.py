@@ -206,7 +206,9 @@ class LlamaServer:
                 "lora": [{"id": lora, "scale": 1.0}] if lora is not None else []}
         req = urllib.request.Request(self.url + "/completion", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
-        times, tokens, count = [], [], 0
+        times: list[float] = []
+        tokens: list[int | None] = []  # None: a piece streamed without its token id
+        count = 0
         with urllib.request.urlopen(req, timeout=600) as resp:
             for raw in resp:
                 line = raw.decode().strip()
@@ -367,6 +369,9 @@ def run_vllm_peer(settings, tokenizer, python: str, scenarios: dict[str, tuple[l
     t = time.perf_counter()
     with VllmServer(settings, python, workdir / "vllm.log", dtype="bfloat16", max_loras=16, threads=threads) as server:
         out["start_s"] = round(time.perf_counter() - t, 1)
+        if server.proc is None:
+            raise RuntimeError("the vLLM server has no process")
+        pid = server.proc.pid
         engine = VllmEngine(server.url, tokenizer, max_batch_size=max_batch_size, max_queue=1 << 16)
         engine.start()
         try:
@@ -376,9 +381,9 @@ def run_vllm_peer(settings, tokenizer, python: str, scenarios: dict[str, tuple[l
             for rep in range(repeats):
                 for name, (prompts, ads) in scenarios.items():
                     run_requests(engine, prompts, ads, 1)  # its adapters loaded, as for users already chatting
-                    cpu0 = _tree_cpu_seconds(server.proc.pid)
+                    cpu0 = _tree_cpu_seconds(pid)
                     r = run_requests(engine, prompts, ads, max_new_tokens)
-                    cpu = _tree_cpu_seconds(server.proc.pid) - cpu0
+                    cpu = _tree_cpu_seconds(pid) - cpu0
                     r.update(cpu_s=round(cpu, 3), tokens_per_cpu_s=round(r["tokens"] / cpu, 2) if cpu > 0 else None)
                     logger.info("vLLM run %d %s: %s", rep, name, r)
                     if name not in res or r["tokens_per_s"] > res[name]["tokens_per_s"]:

@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     from service.engine.base import AdapterRef, EndEvent, Engine, GenerationRequest, RequestStream
@@ -162,6 +162,7 @@ class ChoiceRun:
         from service.engine.base import EndEvent, GenerationRequest, QueueFull, RequestStream, TokenEvent
 
         req, choice, loop = self.request, self.choice, asyncio.get_running_loop()
+        tokenizer: Any = self.engine.tokenizer  # a Hugging Face tokenizer: the Engine protocol leaves its type open
         shown = ""
         finish, error = None, None
         try:
@@ -199,7 +200,7 @@ class ChoiceRun:
                     finish, error = "error", failed.error
                     break
                 best = choice.choose([Candidate(ids, end.finish_reason == "stop") for ids, _, end in results])
-                text = self.engine.tokenizer.decode(choice.token_ids, skip_special_tokens=True)
+                text = tokenizer.decode(choice.token_ids, skip_special_tokens=True)
                 upto = len(text.rstrip("\ufffd")) if choice.finished is None else len(text)  # a character still open
                 if upto > len(shown):
                     ids, logprobs, _ = results[best]
@@ -215,10 +216,12 @@ class ChoiceRun:
 
 
 async def _collect(stream: "RequestStream") -> tuple[list[int], list, "EndEvent"]:
+    from service.engine.base import EndEvent
+
     ids: list[int] = []
     logprobs: list = []
     async for ev in stream:
-        if hasattr(ev, "finish_reason"):
+        if isinstance(ev, EndEvent):
             return ids, logprobs, ev
         ids += ev.token_ids
         logprobs += ev.logprobs or []

@@ -18,6 +18,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from anyio import CapacityLimiter, to_thread
 from sqlalchemy.engine import Engine as DBEngine
@@ -29,7 +30,7 @@ from service.adapter_store import Policy, Resolved, active_version, resolve_for_
 from service.content_filter import FINISH_REASON as FILTERED, ReplyFilter
 from service.engine.base import EndEvent, Engine, GenerationRequest, QueueFull, RequestStream, SamplingParams, TokenEvent
 from service.metrics import Metrics
-from service.models import GENERATED, Message
+from service.models import GENERATED, Conversation, Message, pk
 from service.ratelimit import SlidingWindow
 from service.settings import Settings
 
@@ -146,7 +147,7 @@ class ChatService:
         Dropping the oldest turn never makes the prompt longer, so the fewest turns to drop is found
         by bisection: O(log n) template renderings of at most n turns, not one per dropped turn
         (that was quadratic: 2,000 tiny turns took minutes of CPU)."""
-        tok = self.engine.tokenizer
+        tok: Any = self.engine.tokenizer  # a Hugging Face tokenizer: the Engine protocol leaves its type open
         budget = self.settings.max_input_tokens
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = messages[len(system):]
@@ -175,7 +176,8 @@ class ChatService:
 
     def _continuing(self, prompt_ids: list[int], partial: str) -> list[int]:
         """The prompt followed by a partial reply's tokens (no end of turn), the newest ``max_input_tokens``."""
-        ids = prompt_ids + list(self.engine.tokenizer.encode(partial, add_special_tokens=False))
+        tok: Any = self.engine.tokenizer  # a Hugging Face tokenizer, as in render_prompt
+        ids = prompt_ids + list(tok.encode(partial, add_special_tokens=False))
         return ids[-self.settings.max_input_tokens:]
 
     def _history(self, session: Session, leaf: Message) -> list[dict]:
@@ -205,6 +207,7 @@ class ChatService:
                 if msg is None:
                     raise ChatError("not_found", f"message {anchor} not found", 404)
                 conversation_id = msg.conversation_id
+            conv: Conversation | None
             if conversation_id is None:
                 conv = crud.create_conversation(session, user_id=user_id, title=content.strip().splitlines()[0][:60])
                 # A new conversation starts under the user's custom instructions, stored as its root
@@ -217,20 +220,21 @@ class ChatService:
                 conv = crud.get_conversation(session, user_id=user_id, conversation_id=conversation_id)
                 if conv is None:
                     raise ChatError("not_found", f"conversation {conversation_id} not found", 404)
+            conv_id = pk(conv)
             if edit_of is not None:  # edit and resend: a sibling of the edited turn, under the same parent
                 if parent_id is not None:
                     raise ChatError("bad_frame", "send parent_id or edit_of, not both", 422)
                 edited = crud.get_message(session, user_id=user_id, message_id=edit_of)
-                if edited is None or edited.role != "user" or edited.conversation_id != conv.id:
+                if edited is None or edited.role != "user" or edited.conversation_id != conv_id:
                     raise ChatError("not_found", f"user message {edit_of} not found in this conversation", 404)
                 parent = session.get(Message, edited.parent_id) if edited.parent_id is not None else None
             elif parent_id is not None:
                 parent = crud.get_message(session, user_id=user_id, message_id=parent_id)
-                if parent is None or parent.conversation_id != conv.id:
+                if parent is None or parent.conversation_id != conv_id:
                     raise ChatError("not_found", f"message {parent_id} not found in this conversation", 404)
             else:
-                parent = crud.default_parent(session, conversation_id=conv.id)
-            user_msg = crud.add_message(session, conversation_id=conv.id, user_id=user_id, role="user", content=content,
+                parent = crud.default_parent(session, conversation_id=conv_id)
+            user_msg = crud.add_message(session, conversation_id=conv_id, user_id=user_id, role="user", content=content,
                                         parent_id=parent.id if parent else None)
             prompt_ids = self.render_prompt(self._history(session, user_msg))
             main = resolve_for_user(self.settings, session, user_id)
@@ -238,8 +242,8 @@ class ChatService:
             explore_at = alternatives - 1 if alternatives > 1 and self._rng.random() < self.settings.exploration_share else -1
             for k in range(alternatives):
                 resolved, p = (main, params) if k != explore_at else self._explore(session, user_id, main, params)
-                replies.append(self._plan_reply(session, user_id, conv.id, user_msg, k, prompt_ids, p, resolved))
-            return Turn(conv.id, user_msg.id, replies)
+                replies.append(self._plan_reply(session, user_id, conv_id, user_msg, k, prompt_ids, p, resolved))
+            return Turn(conv_id, pk(user_msg), replies)
 
     def _plan_reply(self, session: Session, user_id: int, conversation_id: int, user_msg: Message, index: int,
                     prompt_ids: list[int], params: SamplingParams, resolved: Resolved, *, origin: str = GENERATED) -> PlannedReply:
@@ -258,11 +262,14 @@ class ChatService:
             if msg is None or msg.role != "assistant" or msg.parent_id is None:
                 raise ChatError("not_found", f"assistant message {message_id} not found", 404)
             user_msg = session.get(Message, msg.parent_id)
+            if user_msg is None:
+                raise LookupError(f"message {msg.parent_id}, the parent of {message_id}, no longer exists")
+            user_msg_id = pk(user_msg)
             prompt_ids = self.render_prompt(self._history(session, user_msg))
             resolved = resolve_for_user(self.settings, session, user_id)
-            index = crud.next_alternative_index(session, group=user_msg.id)
+            index = crud.next_alternative_index(session, group=user_msg_id)
             reply = self._plan_reply(session, user_id, msg.conversation_id, user_msg, index, prompt_ids, params, resolved)
-            return Turn(msg.conversation_id, user_msg.id, [reply])
+            return Turn(msg.conversation_id, user_msg_id, [reply])
 
     async def _reserved(self, user_id: int, n: int, plan, background: bool = False) -> Turn:
         """Hold ``n`` of the user's generation slots, then store the rows (off the event loop).
@@ -355,6 +362,7 @@ class ChatService:
                     for m in messages:
                         parent = crud.add_message(session, conversation_id=conv.id, user_id=user_id, role=m["role"],
                                                   content=m["content"], parent_id=parent.id if parent else None)
+                assert parent is not None  # the route refuses an empty history
                 prompt_ids = self.render_prompt([{"role": m["role"], "content": m["content"]} for m in messages])
                 origin = GENERATED
                 if partial is not None:  # the model goes on from the partial reply, as if it had written it
@@ -362,13 +370,14 @@ class ChatService:
                     ours = chat_id is not None and external_chats.generated_start(session, parent, partial)
                     origin = GENERATED if ours else "client"
                 resolved = self.resolve(session, user_id, policy)
-                first = crud.next_alternative_index(session, group=parent.id)
-                replies = [self._plan_reply(session, user_id, conv.id, parent, first + k, prompt_ids, params, resolved,
+                conv_id, parent_id = pk(conv), pk(parent)
+                first = crud.next_alternative_index(session, group=parent_id)
+                replies = [self._plan_reply(session, user_id, conv_id, parent, first + k, prompt_ids, params, resolved,
                                             origin=origin) for k in range(n)]
                 for reply in replies:
                     reply.background = background
                     reply.prefix = partial or ""
-                return Turn(conv.id, parent.id, replies)
+                return Turn(conv_id, parent_id, replies)
 
         if len(messages) > self.settings.max_messages:
             raise ChatError("too_large", f"{len(messages)} messages is over the limit of {self.settings.max_messages} "
@@ -387,7 +396,8 @@ class ChatService:
         beside the ones that did start."""
         started: list[tuple[PlannedReply, RequestStream]] = []
         for k, reply in enumerate(turn.replies):
-            req_id = f"m{reply.message.id}-{uuid.uuid4().hex[:8]}"
+            message_id = pk(reply.message)
+            req_id = f"m{message_id}-{uuid.uuid4().hex[:8]}"
             stream = RequestStream(asyncio.get_running_loop())
             request = GenerationRequest(req_id, reply.prompt_ids, reply.params, reply.resolved.adapter, stream=stream,
                                         cache_salt=f"user:{user_id}")  # prefix reuse never crosses users
@@ -396,7 +406,7 @@ class ChatService:
                 if run is None:
                     self.engine.submit(request)
                 else:
-                    self._runs[reply.message.id] = run
+                    self._runs[message_id] = run
                     task = asyncio.create_task(run.run())
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -404,10 +414,10 @@ class ChatService:
                 self.metrics.refusals.labels(reason="busy").inc()
                 rest = turn.replies[k:]
                 self.release(user_id, len(rest), reply.background)
-                await to_thread.run_sync(lambda: self._drop_rows([r.message.id for r in rest]))
+                await to_thread.run_sync(lambda: self._drop_rows([pk(r.message) for r in rest]))
                 return started, ChatError("busy", "the server is busy; try again in a few seconds", 429)
             reply.request = request
-            self._requests[reply.message.id] = (user_id, req_id)
+            self._requests[message_id] = (user_id, req_id)
             started.append((reply, stream))
         return started, None
 
@@ -457,7 +467,7 @@ class ChatService:
             self.metrics.best_of.labels(n="1").inc()
             return None
         seed = reply.params.seed if reply.params.seed is not None else self._rng.getrandbits(63)
-        tok = self.engine.tokenizer
+        tok: Any = self.engine.tokenizer  # a Hugging Face tokenizer, as in render_prompt
         reply.choice = ReplyChoice(
             prompt=tok.decode(reply.prompt_ids), n=n, block=self.settings.best_of_n_block,
             first_block=self.settings.best_of_n_first_block,
@@ -474,7 +484,8 @@ class ChatService:
         one and generation is cancelled; text that could be the start of a stop string is held back
         until it is known not to be, so a stream never shows what the stored reply does not hold."""
         started = time.perf_counter()
-        first = last = None
+        message_id = pk(reply.message)
+        last: float | None = None  # when the previous token came
         text = ""  # the reply so far (cut at a stop string)
         sent = 0  # how much of it has been yielded
         hold = max((len(s) for s in stop), default=1) - 1
@@ -488,9 +499,8 @@ class ChatService:
             async for ev in stream:
                 if isinstance(ev, TokenEvent):
                     now = time.perf_counter()
-                    if first is None:
-                        first = now
-                        self.metrics.ttft.observe(first - started)
+                    if last is None:
+                        self.metrics.ttft.observe(now - started)
                     else:
                         self.metrics.inter_token.observe(now - last)
                     last = now
@@ -505,13 +515,13 @@ class ChatService:
                         hits = [i for i in (text.find(s, max(0, sent - len(s))) for s in stop) if i >= 0]
                         if hits:
                             text, stopped = text[:min(hits)], True
-                            self.cancel(user_id=user_id, message_id=reply.message.id)
+                            self.cancel(user_id=user_id, message_id=message_id)
                         upto = len(text) if stopped else max(sent, len(text) - hold)
                     if flt is not None:  # only whole words the judge has passed are sent
                         whole = len(text) if stopped else flt.complete(text[:upto])
                         if whole > checked and flt.flags(text[:whole], checked):
                             text, stopped, filtered = flt.replace(text[:sent]), True, True
-                            self.cancel(user_id=user_id, message_id=reply.message.id)
+                            self.cancel(user_id=user_id, message_id=message_id)
                             whole = len(text)
                         checked = max(checked, whole)
                         upto = whole if filtered else max(sent, min(upto, whole))
@@ -524,7 +534,7 @@ class ChatService:
                     if filtered:
                         ev = EndEvent(FILTERED, ev.completion_tokens, ev.prompt_tokens, ev.error)
                         self.metrics.filtered.inc()
-                        logger.info("reply %s cut by the serving filter", reply.message.id)
+                        logger.info("reply %s cut by the serving filter", message_id)
                     elif stopped:
                         ev = EndEvent("stop", ev.completion_tokens, ev.prompt_tokens, ev.error)
                     if sent < len(text):  # held back (a possible stop string, a word still open) or the redirect
@@ -540,12 +550,12 @@ class ChatService:
                     self.metrics.generations.labels(finish_reason=ev.finish_reason).inc()
                     yield ev
         finally:
-            self._requests.pop(reply.message.id, None)
-            self._runs.pop(reply.message.id, None)
+            self._requests.pop(message_id, None)
+            self._runs.pop(message_id, None)
             self.release(user_id, 1, reply.background)
 
     def _store(self, reply: PlannedReply, content: str, ev: EndEvent) -> None:
         with Session(self.db) as session:
-            crud.finish_message(session, message_id=reply.message.id, content=reply.prefix + content, finish_reason=ev.finish_reason,
+            crud.finish_message(session, message_id=pk(reply.message), content=reply.prefix + content, finish_reason=ev.finish_reason,
                                 prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
                                 best_of=reply.choice.record() if reply.choice is not None else None)

@@ -8,9 +8,12 @@ returns None for objects the caller does not own, so routes answer 404 for both
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
+from sqlalchemy import Delete, func
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import func
+from sqlalchemy import update as sa_update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -33,6 +36,7 @@ from service.models import (
     TrainingResult,
     User,
     UserPreference,
+    pk,
     utcnow,
 )
 
@@ -41,13 +45,19 @@ class Conflict(Exception):
     pass
 
 
+def _delete(session: Session, stmt: Delete) -> int:
+    """Run a bulk DELETE; how many rows it removed."""
+    # Session.execute is typed to return a Result; for a DELETE it is the CursorResult that counts the rows
+    return cast(CursorResult[Any], session.execute(stmt)).rowcount
+
+
 # --- users ------------------------------------------------------------------------
 
 def get_user_by_username(session: Session, *, username: str) -> User | None:
     """Usernames are unique case-insensitively (``Alice`` signs in as ``alice``); an exact match
     wins where accounts from before that rule differ only in case."""
     exact = session.exec(select(User).where(User.username == username)).first()
-    return exact or session.exec(select(User).where(func.lower(User.username) == username.lower()).order_by(User.id)).first()
+    return exact or session.exec(select(User).where(func.lower(User.username) == username.lower()).order_by(col(User.id))).first()
 
 
 def create_user(session: Session, *, username: str, password: str, role: Role = Role.user, approved: bool = True) -> User:
@@ -80,7 +90,7 @@ def ensure_admin(session: Session, *, password: str) -> User:
 
 
 def list_users(session: Session) -> Sequence[User]:
-    return session.exec(select(User).order_by(User.id)).all()
+    return session.exec(select(User).order_by(col(User.id))).all()
 
 
 # --- conversations ------------------------------------------------------------------
@@ -156,7 +166,7 @@ def list_api_keys(session: Session, *, user_id: int) -> Sequence[ApiKey]:
 
 
 def delete_api_key(session: Session, *, user_id: int, key_id: int) -> bool:
-    n = session.execute(sa_delete(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id)).rowcount
+    n = _delete(session, sa_delete(ApiKey).where(col(ApiKey.id) == key_id, col(ApiKey.user_id) == user_id))
     session.commit()
     return bool(n)
 
@@ -191,10 +201,11 @@ def delete_conversation(session: Session, *, conv: Conversation) -> int:
     msg_ids = list(session.exec(select(Message.id).where(Message.conversation_id == conv.id)).all())
     labels = 0
     if msg_ids:
-        labels += session.execute(sa_delete(Feedback).where(col(Feedback.message_id).in_(msg_ids))).rowcount or 0
-        labels += session.execute(sa_delete(Ranking).where(col(Ranking.alternative_group).in_(msg_ids))).rowcount or 0
-        session.execute(Message.__table__.update().where(Message.conversation_id == conv.id).values(parent_id=None))
-        session.execute(sa_delete(Message).where(Message.conversation_id == conv.id))
+        labels += _delete(session, sa_delete(Feedback).where(col(Feedback.message_id).in_(msg_ids))) or 0
+        labels += _delete(session, sa_delete(Ranking).where(col(Ranking.alternative_group).in_(msg_ids))) or 0
+        session.execute(sa_update(Message).where(col(Message.conversation_id) == conv.id).values(parent_id=None)
+                        .execution_options(synchronize_session=False))
+        session.execute(sa_delete(Message).where(col(Message.conversation_id) == conv.id))
     session.delete(conv)
     session.commit()
     return labels
@@ -208,7 +219,7 @@ def get_message(session: Session, *, user_id: int, message_id: int) -> Message |
 
 
 def list_messages(session: Session, *, conversation_id: int) -> Sequence[Message]:
-    stmt = select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id)
+    stmt = select(Message).where(Message.conversation_id == conversation_id).order_by(col(Message.id))
     return session.exec(stmt).all()
 
 
@@ -249,7 +260,7 @@ def finish_message(
 
 def siblings(session: Session, *, group: int) -> Sequence[Message]:
     stmt = select(Message).where(Message.alternative_group == group, Message.role == "assistant")
-    return session.exec(stmt.order_by(Message.alternative_index)).all()
+    return session.exec(stmt.order_by(col(Message.alternative_index))).all()
 
 
 def next_alternative_index(session: Session, *, group: int) -> int:
@@ -263,7 +274,7 @@ def thread(session: Session, *, leaf: Message, limit: int | None = None) -> list
     cur: Message | None = leaf
     seen: set[int] = set()
     while cur is not None and cur.id not in seen and (limit is None or len(chain) < limit):
-        seen.add(cur.id)
+        seen.add(pk(cur))
         chain.append(cur)
         cur = session.get(Message, cur.parent_id) if cur.parent_id is not None else None
     return list(reversed(chain))
@@ -279,10 +290,11 @@ def default_parent(session: Session, *, conversation_id: int) -> Message | None:
     if last_user is None:  # the first turn: under the conversation's instructions, if it has them
         return session.exec(select(Message).where(Message.conversation_id == conversation_id, Message.role == "system",
                                                   col(Message.parent_id).is_(None)).order_by(col(Message.id))).first()
-    replies = list(siblings(session, group=last_user.id))
+    last_user_id = pk(last_user)
+    replies = list(siblings(session, group=last_user_id))
     if not replies:
         return last_user
-    ranking = session.exec(select(Ranking).where(Ranking.alternative_group == last_user.id)).first()
+    ranking = session.exec(select(Ranking).where(Ranking.alternative_group == last_user_id)).first()
     if ranking is not None and ranking.message_ids:
         best = next((m for m in replies if m.id == ranking.message_ids[0]), None)
         if best is not None:
@@ -294,7 +306,7 @@ def adapter_labels(session: Session, *, ids: set[int]) -> dict[int, str]:
     if not ids:
         return {}
     rows = session.exec(select(AdapterVersion).where(col(AdapterVersion.id).in_(ids))).all()
-    return {r.id: label_of(r) for r in rows}
+    return {pk(r): label_of(r) for r in rows}
 
 
 # --- feedback -----------------------------------------------------------------------
@@ -342,7 +354,7 @@ def feedback_for(session: Session, *, user_id: int, message_ids: list[int]) -> d
 
 
 def list_feedback(session: Session, *, user_id: int) -> Sequence[Feedback]:
-    return session.exec(select(Feedback).where(Feedback.user_id == user_id).order_by(Feedback.id)).all()
+    return session.exec(select(Feedback).where(Feedback.user_id == user_id).order_by(col(Feedback.id))).all()
 
 
 def count_messages(session: Session, *, user_id: int) -> int:
@@ -360,23 +372,24 @@ def delete_account(session: Session, *, user_id: int) -> None:
     feedback, rankings, their training results and adapter version rows (erase the adapter files
     first: ``adapter_store.erase_user_adapters``). Shared models trained on their labels keep them
     until their next run, which no longer finds them."""
-    session.execute(sa_delete(Feedback).where(Feedback.user_id == user_id))
-    session.execute(sa_delete(Ranking).where(Ranking.user_id == user_id))
-    session.execute(Message.__table__.update().where(Message.user_id == user_id).values(parent_id=None))
-    session.execute(sa_delete(Message).where(Message.user_id == user_id))
-    session.execute(sa_delete(Conversation).where(Conversation.user_id == user_id))
-    session.execute(sa_delete(TrainingResult).where(TrainingResult.user_id == user_id))
-    session.execute(sa_delete(ActiveAdapter).where(ActiveAdapter.scope == Scope(user_id).key))
-    session.execute(sa_delete(AdapterVersion).where(AdapterVersion.user_id == user_id))
-    session.execute(sa_delete(UserPreference).where(UserPreference.user_id == user_id))
-    session.execute(sa_delete(ApiKey).where(ApiKey.user_id == user_id))
-    session.execute(sa_delete(User).where(User.id == user_id))
+    session.execute(sa_delete(Feedback).where(col(Feedback.user_id) == user_id))
+    session.execute(sa_delete(Ranking).where(col(Ranking.user_id) == user_id))
+    session.execute(sa_update(Message).where(col(Message.user_id) == user_id).values(parent_id=None)
+                    .execution_options(synchronize_session=False))
+    session.execute(sa_delete(Message).where(col(Message.user_id) == user_id))
+    session.execute(sa_delete(Conversation).where(col(Conversation.user_id) == user_id))
+    session.execute(sa_delete(TrainingResult).where(col(TrainingResult.user_id) == user_id))
+    session.execute(sa_delete(ActiveAdapter).where(col(ActiveAdapter.scope) == Scope(user_id).key))
+    session.execute(sa_delete(AdapterVersion).where(col(AdapterVersion.user_id) == user_id))
+    session.execute(sa_delete(UserPreference).where(col(UserPreference.user_id) == user_id))
+    session.execute(sa_delete(ApiKey).where(col(ApiKey.user_id) == user_id))
+    session.execute(sa_delete(User).where(col(User.id) == user_id))
     session.commit()
 
 
 def delete_feedback(session: Session, *, user_id: int) -> int:
-    n = session.execute(sa_delete(Feedback).where(Feedback.user_id == user_id)).rowcount
-    m = session.execute(sa_delete(Ranking).where(Ranking.user_id == user_id)).rowcount
+    n = _delete(session, sa_delete(Feedback).where(col(Feedback.user_id) == user_id))
+    m = _delete(session, sa_delete(Ranking).where(col(Ranking.user_id) == user_id))
     user = session.get(User, user_id)
     if user is not None:  # importers of ratings kept elsewhere must not bring these back
         user.ratings_deleted_at = utcnow()
@@ -406,7 +419,7 @@ def upsert_ranking(session: Session, *, user_id: int, group: int, message_ids: l
 
 
 def list_rankings(session: Session, *, user_id: int) -> Sequence[Ranking]:
-    return session.exec(select(Ranking).where(Ranking.user_id == user_id).order_by(Ranking.id)).all()
+    return session.exec(select(Ranking).where(Ranking.user_id == user_id).order_by(col(Ranking.id))).all()
 
 
 # --- schedule -----------------------------------------------------------------------

@@ -44,9 +44,9 @@ def attach(session: Session, *, user_id: int, chat_id: str, messages: Sequence[d
         session.add(conv)
         session.commit()
     else:
-        for m in session.exec(select(Message).where(Message.conversation_id == conv.id, Message.user_id == user_id)
-                              .order_by(col(Message.id).desc())):
-            children[m.parent_id].append(m)  # newest first: the latest of equal siblings is reused
+        for stored in session.exec(select(Message).where(Message.conversation_id == conv.id, Message.user_id == user_id)
+                                   .order_by(col(Message.id).desc())):
+            children[stored.parent_id].append(stored)  # newest first: the latest of equal siblings is reused
     parent: Message | None = None
     branching = False
     for m in messages:

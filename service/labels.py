@@ -27,10 +27,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeGuard, cast
 
 from sqlmodel import Session, col, select
 
-from service.models import PERSON_SOURCES, Feedback, Message, Ranking, Rating, User, is_generated_reply
+from service.models import PERSON_SOURCES, Feedback, Message, Ranking, Rating, User, is_generated_reply, pk
 
 
 class Thread:
@@ -44,7 +45,7 @@ class Thread:
         frontier = {i for i in ids if i not in self.by_id}
         while frontier:
             rows = self.session.exec(select(Message).where(col(Message.id).in_(sorted(frontier)))).all()
-            self.by_id.update({m.id: m for m in rows})
+            self.by_id.update({pk(m): m for m in rows})
             frontier = {m.parent_id for m in rows if m.parent_id is not None and m.parent_id not in self.by_id}
 
     def get(self, message_id: int) -> Message | None:
@@ -106,14 +107,15 @@ class Labels:
     thumbs: list[Thumb] = field(default_factory=list)
 
 
-def usable(msg: Message | None) -> bool:
+def usable(msg: Message | None) -> TypeGuard[Message]:
     """Rule 2, less ownership: a reply this server generated, with text."""
-    return is_generated_reply(msg) and bool(msg.content.strip())
+    return msg is not None and is_generated_reply(msg) and bool(msg.content.strip())
 
 
 def approved_user_ids(session: Session) -> list[int]:
     """Accounts whose labels training and an operator's export hold."""
-    return list(session.exec(select(User.id).where(User.approved == True)).all())  # noqa: E712 (SQL, not Python)
+    ids = session.exec(select(User.id).where(User.approved == True)).all()  # noqa: E712 (SQL, not Python)
+    return list(cast(Sequence[int], ids))  # primary keys: a stored row's is never NULL
 
 
 def read(session: Session, *, user_ids: Sequence[int] | None = None, approved_only: bool = True) -> Labels:
@@ -138,15 +140,16 @@ def read(session: Session, *, user_ids: Sequence[int] | None = None, approved_on
             ranking_id: int | None = None, feedback_ids: tuple[int, ...] = ()) -> None:
         if better.content == worse.content:  # rule 4
             return
-        if (user_id, better.id, worse.id) in seen or (user_id, worse.id, better.id) in seen:  # rule 3: once
+        better_id, worse_id = pk(better), pk(worse)
+        if (user_id, better_id, worse_id) in seen or (user_id, worse_id, better_id) in seen:  # rule 3: once
             return
-        seen.add((user_id, better.id, worse.id))
+        seen.add((user_id, better_id, worse_id))
         labels.pairs.append(Pair(user_id, better, worse, source, updated_at, ranking_id, feedback_ids))
 
     # 1. Rankings, best..worst.
     for r in rankings:
-        ordered = [labels.thread.get(i) for i in r.message_ids]
-        ordered = [m for m in ordered if usable(m) and m.user_id == r.user_id]
+        ranked = [labels.thread.get(i) for i in r.message_ids]
+        ordered = [m for m in ranked if usable(m) and m.user_id == r.user_id]
         for i, better in enumerate(ordered):
             for worse in ordered[i + 1:]:
                 if better.parent_id == worse.parent_id:
@@ -166,11 +169,12 @@ def read(session: Session, *, user_ids: Sequence[int] | None = None, approved_on
         for up in (t for t in rated if t.up):
             for down in (t for t in rated if not t.up):
                 add(user_id, up.message, down.message, f"feedback:{up.feedback.id},{down.feedback.id}",
-                    max(up.feedback.updated_at, down.feedback.updated_at), feedback_ids=(up.feedback.id, down.feedback.id))
-        scored = sorted((t for t in rated if t.feedback.score is not None), key=lambda t: -t.feedback.score)
+                    max(up.feedback.updated_at, down.feedback.updated_at), feedback_ids=(pk(up.feedback), pk(down.feedback)))
+        # highest score first (the filter leaves no score None)
+        scored = sorted((t for t in rated if t.feedback.score is not None), key=lambda t: -(t.feedback.score or 0))
         for i, a in enumerate(scored):
             for b in scored[i + 1:]:
                 if a.feedback.score != b.feedback.score:
                     add(user_id, a.message, b.message, f"score:{a.feedback.id},{b.feedback.id}",
-                        max(a.feedback.updated_at, b.feedback.updated_at), feedback_ids=(a.feedback.id, b.feedback.id))
+                        max(a.feedback.updated_at, b.feedback.updated_at), feedback_ids=(pk(a.feedback), pk(b.feedback)))
     return labels

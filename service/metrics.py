@@ -102,20 +102,24 @@ class TrainingCollector(Collector):
     def _read(self) -> tuple | None:
         from sqlalchemy import func, select
         from sqlalchemy.exc import SQLAlchemyError
+        from sqlmodel import col
 
         from service.models import AdapterVersion, TrainingResult, TrainingRun
 
         try:
             with self.db.connect() as con:
-                by_run = dict(con.execute(select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all())
-                by_version = dict(con.execute(select(AdapterVersion.status, func.count()).group_by(AdapterVersion.status)).all())
+                by_run = dict(con.execute(select(col(TrainingRun.status), func.count()).group_by(col(TrainingRun.status))).all())
+                by_version = dict(con.execute(select(col(AdapterVersion.status), func.count())
+                                              .group_by(col(AdapterVersion.status))).all())
                 last = con.execute(select(func.max(TrainingRun.finished_at))).scalar()
-                finished = con.execute(select(TrainingResult.status, TrainingResult.started_at, TrainingResult.finished_at)
-                                       .where(TrainingResult.finished_at.is_not(None), TrainingResult.started_at.is_not(None))).all()
+                finished = con.execute(select(col(TrainingResult.status), col(TrainingResult.started_at), col(TrainingResult.finished_at))
+                                       .where(col(TrainingResult.finished_at).is_not(None),
+                                              col(TrainingResult.started_at).is_not(None))).all()
         except SQLAlchemyError:
             return None  # the database is down: /healthz says so; the scrape still answers
         seconds: dict[str, float] = {}
         for status, started, ended in finished:
+            assert started is not None and ended is not None  # the query reads finished jobs only
             key = getattr(status, "value", status)
             seconds[key] = seconds.get(key, 0.0) + max(0.0, (ended - started).total_seconds())
         return by_run, by_version, last, seconds
@@ -141,8 +145,8 @@ class TrainingCollector(Collector):
         by_run, by_version, last, seconds = snapshot
         for status in RunStatus:
             runs.add_metric([status.value], by_run.get(status, by_run.get(status.value, 0)))
-        for status in AdapterStatus:
-            verdicts.add_metric([status.value], by_version.get(status, by_version.get(status.value, 0)))
+        for verdict in AdapterStatus:
+            verdicts.add_metric([verdict.value], by_version.get(verdict, by_version.get(verdict.value, 0)))
         for key, total in sorted(seconds.items()):
             jobs.add_metric([key], total)
         yield runs

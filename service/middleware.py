@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import COOKIE_NAME
 
@@ -30,7 +30,7 @@ class BodySizeLimit:
             return
         seen = 0
 
-        async def limited() -> dict:
+        async def limited() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -113,7 +113,7 @@ class SecurityHeaders:
             return
         csp = not (self.docs and scope.get("path", "").startswith(("/docs", "/redoc")))
 
-        async def send_with_headers(message: dict) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers") or [])
                 names = {k.lower() for k, _ in headers}

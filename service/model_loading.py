@@ -194,7 +194,8 @@ def load_base_model(settings: Settings, *, dtype=None) -> "PreTrainedModel":
             f"model ASSISTANT_MODEL={settings.model!r} not found locally ({exc}); "
             "point ASSISTANT_MODEL at a local directory or pre-download it into the HF cache"
         ) from exc
-    model.to(settings.device)
+    # transformers wraps ``to`` in functools.wraps, which typeshed types as an unbound function (self first)
+    model.to(settings.device)  # type: ignore[arg-type]
     model.eval()
     return model
 

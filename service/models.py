@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlalchemy import false as sa_false
@@ -20,6 +20,19 @@ from sqlmodel import Field, SQLModel
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class _Keyed(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+def pk(row: _Keyed) -> int:
+    """The primary key of a row read from or flushed to the database (tables declare ``id: int | None``
+    because a row built in Python has none until it is flushed; reading it earlier is a bug, said here)."""
+    if row.id is None:
+        raise ValueError(f"{type(row).__name__} has no id yet: flush it to the database first")
+    return row.id
 
 
 class Role(str, Enum):

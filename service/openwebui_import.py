@@ -39,7 +39,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from service import crud
-from service.models import GENERATED, OPENWEBUI_SOURCE, Feedback, Message, Rating, User
+from service.models import GENERATED, OPENWEBUI_SOURCE, Feedback, Message, Rating, User, pk
 from service.proxy import USERNAME_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def _rating(data: dict[str, Any]) -> Rating | None:
     raw = data.get("rating")
+    if raw is None:
+        return None
     try:
         value = int(raw)
     except (TypeError, ValueError, OverflowError):
@@ -141,7 +143,9 @@ def _comment(data: dict[str, Any]) -> str | None:
 
 def _chat_messages(record: dict[str, Any]) -> dict[str, Any]:
     chat = _dict(_dict(record.get("snapshot")).get("chat"))
-    inner = chat.get("chat") if isinstance(chat.get("chat"), dict) else chat
+    inner = chat.get("chat")
+    if not isinstance(inner, dict):
+        inner = chat
     return _dict(_dict(inner.get("history")).get("messages"))
 
 
@@ -168,14 +172,15 @@ class _Replies:
 
     def match(self, user: User, reply: str, prompt: str | None) -> Message | None:
         """The newest generated reply of ``user`` with this text (and this prompt before it, when known)."""
-        if user.id not in self.by_user:
+        user_id = pk(user)
+        if user_id not in self.by_user:
             index: dict[str, list[Message]] = {}
-            rows = self.session.exec(select(Message).where(Message.user_id == user.id, Message.role == "assistant",
+            rows = self.session.exec(select(Message).where(Message.user_id == user_id, Message.role == "assistant",
                                                            Message.origin == GENERATED).order_by(col(Message.id).desc()))
             for m in rows:
                 index.setdefault(m.content.strip(), []).append(m)
-            self.by_user[user.id] = index
-        for m in self.by_user[user.id].get(reply, []):
+            self.by_user[user_id] = index
+        for m in self.by_user[user_id].get(reply, []):
             if prompt is None:
                 return m
             parent = self.session.get(Message, m.parent_id) if m.parent_id is not None else None
@@ -253,14 +258,15 @@ def _import_one(session: Session, record: dict[str, Any], where: str, report: Im
     if msg is None:
         report.skipped.append(f"{where}: no reply generated here for {user.username} has this text")
         return
-    report.matched.add((user.id, msg.id))
+    user_id, msg_id = pk(user), pk(msg)
+    report.matched.add((user_id, msg_id))
     reasons = map_reasons(data.get("reason"), data.get("tags"), rating)
     comment, score = _comment(data), _score(data)
-    before = crud.feedback_for(session, user_id=user.id, message_ids=[msg.id]).get(msg.id)
+    before = crud.feedback_for(session, user_id=user_id, message_ids=[msg_id]).get(msg_id)
     if before is not None and (before.rating, list(before.reasons), before.comment, before.score) == (rating, reasons, comment, score):
         report.unchanged += 1
         return
     if not dry_run:
-        crud.upsert_feedback(session, user_id=user.id, message_id=msg.id, rating=rating, reasons=reasons, comment=comment,
+        crud.upsert_feedback(session, user_id=user_id, message_id=msg_id, rating=rating, reasons=reasons, comment=comment,
                              score=score, source=OPENWEBUI_SOURCE)
     report.imported += 1

@@ -87,6 +87,8 @@ def user_for_proxy(db, headers, new_users=None, jwt_secret: str | None = None) -
                 logger.info("trusted proxy: new user %s for %s", user.id, username)
             except crud.Conflict:  # made by a concurrent request meanwhile
                 user = crud.get_user_by_username(session, username=username)
+                if user is None:
+                    raise LookupError(f"user {username} was made by a concurrent request and deleted meanwhile")
         session.expunge(user)
         return user
 

@@ -9,7 +9,7 @@ callers at the same moment cannot both see "no overlap" and both insert (issue 1
 from __future__ import annotations
 
 from sqlalchemy import text
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service.models import RunStatus, TrainingRun
 
@@ -27,7 +27,7 @@ class RunConflict(RuntimeError):
 
 def overlapping_run(session: Session, user_ids: list[int] | None) -> TrainingRun | None:
     """A queued or running run whose users overlap ``user_ids`` (None = everyone)."""
-    active = session.exec(select(TrainingRun).where(TrainingRun.status.in_([RunStatus.queued, RunStatus.running]))).all()
+    active = session.exec(select(TrainingRun).where(col(TrainingRun.status).in_([RunStatus.queued, RunStatus.running]))).all()
     for run in active:
         if run.user_ids is None or user_ids is None or set(run.user_ids) & set(user_ids):
             return run

@@ -15,11 +15,13 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +164,8 @@ class AssistantClient:
         """``async with client.chat_socket(token) as sock: turn = await sock.chat(...)``"""
         return _SocketContext(self.ws_url(), token)
 
-    async def feedback(self, token: str, message_id: int, rating: str, reasons: list[str] = (), comment: str | None = None) -> dict:
+    async def feedback(self, token: str, message_id: int, rating: str, reasons: Sequence[str] = (),
+                       comment: str | None = None) -> dict:
         body: dict[str, Any] = {"rating": rating, "reasons": list(reasons)}
         if comment:
             body["comment"] = comment
@@ -209,16 +212,17 @@ class _SocketContext:
     """Connect, send the auth frame, wait for ``ready``."""
 
     def __init__(self, url: str, token: str) -> None:
-        self.url, self.token, self.ws = url, token, None
+        self.url, self.token = url, token
+        self.ws: ClientConnection | None = None
 
     async def __aenter__(self) -> ChatSocket:
-        self.ws = await websockets.connect(self.url, max_size=1 << 22, open_timeout=30)
-        await self.ws.send(json.dumps({"type": "auth", "token": self.token}))
-        first = json.loads(await asyncio.wait_for(self.ws.recv(), timeout=30))
+        ws = self.ws = await websockets.connect(self.url, max_size=1 << 22, open_timeout=30)
+        await ws.send(json.dumps({"type": "auth", "token": self.token}))
+        first = json.loads(await asyncio.wait_for(ws.recv(), timeout=30))
         if first.get("type") != "ready":
-            await self.ws.close()
+            await ws.close()
             raise ContractError("chat socket auth", code=first.get("code"), detail=first.get("detail", str(first)))
-        return ChatSocket(self.ws)
+        return ChatSocket(ws)
 
     async def __aexit__(self, *exc) -> None:
         if self.ws is not None:

@@ -82,7 +82,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
     from service.best_of_n import ServingRewards, summarise_choices
     from service.db import init_db, make_engine
     from service.engine.base import AdapterRef
-    from service.models import AdapterVersion, User
+    from service.models import AdapterVersion, User, pk
 
     judge = judge or make_judge(cfg.judge, cfg.harm_threshold)
     heldout = list(P.HELDOUT_PROMPTS[:cfg.heldout_prompts])
@@ -112,12 +112,13 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
             if row is None:
                 raise ValueError(f"user {entry['username']!r} is not in the database at {settings.resolved_database_url}; "
                                  "run evaluate with the service's data dir (ASSISTANT_DATA_DIR)")
-            r = resolve_for_user(settings, session, row.id)
+            uid = pk(row)
+            r = resolve_for_user(settings, session, uid)
             if r.version_id is not None:
                 note(session.get(AdapterVersion, r.version_id), True)
-            newest = newest_version(session, row.id)
+            newest = newest_version(session, uid)
             candidate = note(newest, False) if newest is not None and newest.id != r.version_id else None
-            resolved_users.append((entry, row.id, _profile_of(entry, extra_profiles or {}), r, candidate))
+            resolved_users.append((entry, uid, _profile_of(entry, extra_profiles or {}), r, candidate))
         global_row = active_version(session, None)
         global_label = note(global_row, True) if global_row else None
         newest_global = newest_version(session, None)
@@ -142,7 +143,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
     base_red = bank.sample(None, red, cfg.base_red_team_samples, seeds.base, cache).texts
     base_benign = bank.sample(None, benign, 2 * cfg.benign_samples, seeds.base, cache).texts
     cache.save()
-    pools: dict[str, Any] = {}  # label -> held-out pool (reused by the KL)
+    pools: dict[tuple[str, str], Any] = {}  # (label, seed set) -> held-out pool (reused by the KL)
     rewards = ServingRewards(settings) if cfg.best_of_n > 1 else None
     best_of: dict[str, list[dict]] = {}  # label -> the records of its best-of-n replies
 
@@ -154,7 +155,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
     def policy_pool(label: str, prompts: list[str], k: int, seed_set: str):
         """``label``'s replies as served: by best-of-n when it is on and the adapter has a reward."""
         reward = reward_of(label)
-        if reward is None:
+        if reward is None or rewards is None:
             return bank.sample(label, prompts, k, seed_set)
         pool, records = bank.sample_best_of(label, prompts, k, seed_set, n=cfg.best_of_n, block=cfg.best_of_block,
                                             first_block=cfg.best_of_first_block, score=reward.score,
@@ -203,14 +204,17 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
         if r.adapter is None:
             notes.append(f"{entry['username']} is served the base model (no adapter promoted): win rate is 0.5 by construction")
         reward = reward_of(r.label if r.adapter is not None else candidate)
-        if cfg.best_of_base and reward is not None:  # reranking alone: the base, chosen by the population's reward
+        # reranking alone: the base, chosen by the population's reward
+        if cfg.best_of_base and reward is not None and rewards is not None:
             pool, _ = bank.sample_best_of(None, heldout, cfg.samples, seeds.policy, n=cfg.best_of_n, block=cfg.best_of_block,
                                           first_block=cfg.best_of_first_block, score=reward.population_score, harmful=rewards.harmful)
             user_reports[-1]["base_best_of"] = {"win_rate": pooled_win_rate(
                 compare_pools(profile, heldout, pool.texts, base_heldout), cfg.confidence, cfg.bootstrap, cfg.seed)}
 
     # 4. harm on red-team prompts, 5. refusals and helpfulness on benign prompts, 6. KL
-    harm, benign_report, kl = {}, {}, {}
+    harm: dict[str, dict[str, Any]] = {}
+    benign_report: dict[str, dict[str, Any]] = {}
+    kl: dict[str, float | None] = {}
     for label in [BASE] + adapters:
         policy = None if label == BASE else label
         texts = base_red if policy is None else policy_pool(policy, red, cfg.red_team_samples, seeds.policy).texts

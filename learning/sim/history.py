@@ -21,12 +21,12 @@ def find_metric(metrics: Any, key: str) -> Any:
 
 def training_history(session) -> list[dict[str, Any]]:
     """One entry per training result (oldest run first): scope, run, PPO reward and KL, promotion."""
-    from sqlmodel import select
+    from sqlmodel import col, select
 
     from service.models import AdapterVersion, TrainingResult, TrainingRun
 
     rows = session.exec(select(TrainingResult, TrainingRun).where(TrainingResult.run_id == TrainingRun.id)
-                        .order_by(TrainingRun.id, TrainingResult.id)).all()
+                        .order_by(col(TrainingRun.id), col(TrainingResult.id))).all()
     out = []
     for res, run in rows:
         adapter = session.get(AdapterVersion, res.adapter_version_id) if res.adapter_version_id else None
@@ -63,22 +63,22 @@ def reward_model_accuracy(history: list[dict[str, Any]], user_id: int | None) ->
 
 def newest_version(session, user_id: int | None):
     """The newest adapter version of a scope, whatever its status (None if never trained)."""
-    from sqlmodel import select
+    from sqlmodel import col, select
 
     from service.adapter_store import Scope
     from service.models import AdapterVersion
 
     stmt = select(AdapterVersion).where(Scope(user_id).where(AdapterVersion.user_id))
-    return session.exec(stmt.order_by(AdapterVersion.version.desc())).first()
+    return session.exec(stmt.order_by(col(AdapterVersion.version).desc())).first()
 
 
 def latest_snapshot_models(session) -> tuple[int | None, dict[str, Any]]:
     """(run id, reward/harm model metrics) of the newest training snapshot that recorded them."""
-    from sqlmodel import select
+    from sqlmodel import col, select
 
     from service.models import TrainingSnapshot
 
-    for snap in session.exec(select(TrainingSnapshot).order_by(TrainingSnapshot.id.desc())).all():
+    for snap in session.exec(select(TrainingSnapshot).order_by(col(TrainingSnapshot.id).desc())).all():
         models = (snap.stats or {}).get("models")
         if models:
             return snap.run_id, models

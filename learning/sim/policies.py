@@ -19,9 +19,11 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence, cast
 
 if TYPE_CHECKING:
+    from peft import PeftModel
+
     from learning.sim.config import EvalConfig
     from service.settings import Settings
 
@@ -92,7 +94,7 @@ class PolicyBank:
         self.settings, self.cfg = settings, cfg
         self.tokenizer = load_tokenizer(settings)
         self.model = load_base_model(settings)
-        self.peft = None
+        self.peft: PeftModel | None = None
         self.paths: dict[str, Path] = {}
         self.sampler = None  # the serving engine (learning.rollouts.EngineSampler), built before PEFT wraps the base
         self.generator_label = "HF generate (float32)"
@@ -134,14 +136,26 @@ class PolicyBank:
                 with self.peft.disable_adapter():
                     yield self.peft
             return
-        if label not in self.paths:
+        if label not in self.paths or self.peft is None:  # the first add() made self.peft
             raise KeyError(f"adapter {label} was not loaded")
         self.peft.set_adapter(label)
         yield self.peft
 
     def render(self, prompt: str) -> str:
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True)
+        # tokenize=False: the rendered text (the stub's union also covers token ids)
+        return cast(str, self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                            add_generation_prompt=True))
+
+    def _decode(self, ids: list[int]) -> str:
+        # one sequence of ids decodes to one string (the stub's union also covers a batch)
+        return cast(str, self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
+
+    @property
+    def _batched(self):
+        """The batched engine's sampler (``cfg.engine == "batched"``), for the paths that use it."""
+        if self.sampler is None:
+            raise ValueError("this evaluation needs the batched engine (--engine batched)")
+        return self.sampler
 
     def _generate(self, label: str | None, prompts: list[str], row_seeds: list[int] | None = None) -> Generation:
         """``row_seeds``: one sampling seed per prompt (the batched engine honours them; HF ``generate``
@@ -161,15 +175,15 @@ class PolicyBank:
         from service.engine.adapter_cache import load_lora
         from service.engine.base import AdapterRef
 
-        return load_lora(AdapterRef(label, self.paths[label]), num_layers=self.sampler.engine.runner.n_layers,
+        return load_lora(AdapterRef(label, self.paths[label]), num_layers=self._batched.engine.runner.n_layers,
                          dtype=torch.float32)
 
     def _generate_batched(self, label: str | None, prompts: list[str], row_seeds: list[int] | None = None) -> Generation:
-        tok, cfg = self.tokenizer, self.cfg
+        cfg = self.cfg
         prompt_ids = [self._prompt_ids(p) for p in prompts]
-        out = self.sampler.generate(prompt_ids, self._weights(label), max_new_tokens=cfg.max_new_tokens,
-                                    temperature=cfg.temperature, seed=cfg.seed, row_seeds=row_seeds)
-        return Generation([tok.decode(ids, skip_special_tokens=True).strip() for ids, _ in out],
+        out = self._batched.generate(prompt_ids, self._weights(label), max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, seed=cfg.seed, row_seeds=row_seeds)
+        return Generation([self._decode(ids) for ids, _ in out],
                           [p + ids for p, (ids, _) in zip(prompt_ids, out)], [len(p) for p in prompt_ids])
 
     def sample_best_of(self, label: str | None, prompts: Sequence[str], k: int, seed_set: str, *, n: int, block: int,
@@ -182,12 +196,12 @@ class PolicyBank:
 
         if self.sampler is None:
             raise ValueError("best-of-n evaluation needs the batched engine (--engine batched)")
-        tok, cfg, eos = self.tokenizer, self.cfg, self.tokenizer.eos_token_id
+        cfg, eos = self.cfg, self.tokenizer.eos_token_id
         started = time.monotonic()
         prompt_ids = [self._prompt_ids(p) for p in prompts]
         choices = [[ReplyChoice(prompt=p, n=n, block=block, first_block=first_block, max_new_tokens=cfg.max_new_tokens,
                                 seed=row_seed(seed_set, p, j), score=score, harmful=harmful,
-                                decode=lambda ids: tok.decode(ids, skip_special_tokens=True).strip())
+                                decode=self._decode)
                     for j in range(k)] for p in prompts]
         weights = self._weights(label)
         while True:
@@ -208,7 +222,7 @@ class PolicyBank:
                 by_choice.setdefault(id(c), [c, []])[1].append(Candidate(ids[:ids.index(eos)] if ended else ids, ended))
             for c, cands in by_choice.values():
                 c.choose(cands)
-        texts = [[tok.decode(c.token_ids, skip_special_tokens=True).strip() for c in cs] for cs in choices]
+        texts = [[self._decode(c.token_ids) for c in cs] for cs in choices]
         logger.info("%s: %d replies by best-of-%d (block %d) in %.0f s", label or BASE, len(prompts) * k, n, block,
                     time.monotonic() - started)
         return Pool(texts, [[[] for _ in cs] for cs in choices], [len(p) for p in prompt_ids]), \
@@ -238,7 +252,7 @@ class PolicyBank:
                 reply = out[row, width:].tolist()
                 if eos in reply:
                     reply = reply[:reply.index(eos) + 1]
-                texts.append(tok.decode(reply, skip_special_tokens=True).strip())
+                texts.append(self._decode(reply))
                 seqs.append(prompt_ids + reply)
                 plens.append(len(prompt_ids))
         return Generation(texts, seqs, plens)

@@ -435,10 +435,11 @@ def render_summary(record: dict[str, Any], report: dict[str, Any]) -> str:
             if u["user_id"] in replayed:
                 lines.append(f"- {u['username']}: {replayed[u['user_id']]}")
         lines.append("")
-    g = gate_confusion(report)
-    lines.append(f"- the gate on these {g['candidates']} candidates: {g['good']} good (win rate >= {GOOD_WIN_RATE:.0%}, "
-                 f"not more harmful than the base beyond the intervals), {g['good_rejected']} of them refused; {g['worse']} worse (win rate "
-                 f"interval below 50% or harm above the base's beyond both intervals), {g['worse_promoted']} of them promoted")
+    gate = gate_confusion(report)
+    lines.append(f"- the gate on these {gate['candidates']} candidates: {gate['good']} good (win rate >= {GOOD_WIN_RATE:.0%}, "
+                 f"not more harmful than the base beyond the intervals), {gate['good_rejected']} of them refused; "
+                 f"{gate['worse']} worse (win rate interval below 50% or harm above the base's beyond both intervals), "
+                 f"{gate['worse_promoted']} of them promoted")
     lines += ["", "| policy | harmful share (red-team) | 95% interval (prompts) | flagged / replies |", "|---|---|---|---|"]
     for label, h in report["harm"].items():
         lines.append(f"| {label} | {_pct(h['harmful_share'])} | {_ci(h)} | {h.get('count', '–')}/{h['n']} |")

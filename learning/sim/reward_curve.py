@@ -34,7 +34,7 @@ import random
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, Sequence
 
 from learning.sim.profiles import BUILTIN_PROFILES, Profile, ProfileError, load_profiles
 
@@ -49,6 +49,23 @@ TEST_SHARE = 0.3
 """Share of stored replies (by a hash of the message id) that only ever appear in test pairs."""
 
 
+class _Noise(Protocol):
+    @property
+    def noise(self) -> float: ...
+
+
+class Labeller(Protocol):
+    """What the curve reads of a labeller: an evaluation ``Profile`` or a ``learning.sim.raters.SyntheticRater``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def behaviour(self) -> _Noise: ...
+
+    def score(self, prompt: str, reply: str) -> float: ...
+
+
 class Reply(NamedTuple):
     user_text: str  # what the profile's preference reads as the prompt (the last user message)
     prompt: str  # the rendered conversation, as the reward model reads it
@@ -58,28 +75,28 @@ class Reply(NamedTuple):
 
 def stored_replies(settings: "Settings", render, limit: int) -> list[Reply]:
     """Up to ``limit`` non-empty assistant replies of this data dir, oldest first."""
-    from sqlmodel import Session, select
+    from sqlmodel import Session, col, select
 
     from service.db import init_db, make_engine
     from service.labels import Thread
-    from service.models import Message
+    from service.models import Message, pk
 
     db = make_engine(settings)
     init_db(db)  # a data dir from an older release is upgraded first, as the service would
     with Session(db) as session:
-        rows = session.exec(select(Message).where(Message.role == "assistant").order_by(Message.id).limit(limit)).all()
+        rows = session.exec(select(Message).where(Message.role == "assistant").order_by(col(Message.id)).limit(limit)).all()
         thread = Thread(session)
-        thread.load(m.id for m in rows)
+        thread.load(pk(m) for m in rows)
         out = []
         for m in rows:
             if not m.content.strip():
                 continue
             conversation = thread.before(m)
-            out.append(Reply(conversation[-1]["content"], render(conversation), m.content, m.id))
+            out.append(Reply(conversation[-1]["content"], render(conversation), m.content, pk(m)))
     return out
 
 
-def _vote(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random, noise: float,
+def _vote(replies: Sequence[Reply], profile: Labeller, count: int, rng: random.Random, noise: float,
           draw: Callable[[], tuple[int, int] | None]) -> list[tuple[int, int]]:
     """``count`` (chosen, rejected) pairs among those ``draw`` offers, under ``profile``; with probability
     ``noise`` a pair's order is a coin flip. Ties are skipped."""
@@ -102,7 +119,7 @@ def _vote(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Ra
     return pairs
 
 
-def labelled_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
+def labelled_pairs(replies: Sequence[Reply], profile: Labeller, count: int, rng: random.Random,
                    noise: float) -> list[tuple[int, int]]:
     """``count`` pairs of any two replies (they may answer different prompts), labelled by ``profile``."""
     def draw() -> tuple[int, int] | None:
@@ -112,7 +129,7 @@ def labelled_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: 
     return _vote(replies, profile, count, rng, noise, draw)
 
 
-def sibling_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
+def sibling_pairs(replies: Sequence[Reply], profile: Labeller, count: int, rng: random.Random,
                   noise: float) -> list[tuple[int, int]]:
     """As ``labelled_pairs``, but both replies answer the same user text: the comparison best-of-n,
     the warm start and the gate make (and the harder one: length and topic barely differ)."""
@@ -122,10 +139,15 @@ def sibling_pairs(replies: Sequence[Reply], profile: Profile, count: int, rng: r
     groups = [g for g in by_prompt.values() if len(g) > 1]
     if not groups:
         return []
-    return _vote(replies, profile, count, rng, noise, lambda: tuple(rng.sample(rng.choice(groups), 2)))
+
+    def draw() -> tuple[int, int]:
+        i, j = rng.sample(rng.choice(groups), 2)
+        return i, j
+
+    return _vote(replies, profile, count, rng, noise, draw)
 
 
-def labelled_thumbs(replies: Sequence[Reply], profile: Profile, count: int, rng: random.Random,
+def labelled_thumbs(replies: Sequence[Reply], profile: Labeller, count: int, rng: random.Random,
                     noise: float) -> list[tuple[int, int]]:
     """``count`` (reply index, 1 up / 0 down) thumbs under ``profile``: up when the reply scores above
     the median of the pool (about half up, as the simulated users' running median gives; a tie with
@@ -191,10 +213,11 @@ def curve(settings: "Settings", profiles: Sequence[Profile] | None, sizes: Seque
     split = (lambda r: f"prompt:{r.user_text}") if siblings else (lambda r: f"reply:{r.message_id}")
     train_pool = [r for r in replies if not is_heldout(split(r), TEST_SHARE)]
     test_pool = [r for r in replies if is_heldout(split(r), TEST_SHARE)]
+    labellers: list[Labeller] = list(profiles or ())
     if raters:  # drawn over the training replies' text only (learning.sim.raters)
         from learning.sim.raters import draw
 
-        profiles = [*(profiles or ()), *draw([r.text for r in train_pool], raters, seed=seed)]
+        labellers += draw([r.text for r in train_pool], raters, seed=seed)
     pairs_of = sibling_pairs if siblings else labelled_pairs
     if cache is None:  # one may be passed in to compare settings on the same backbone passes
         cache = FeatureCache(load_base_model(settings, dtype=torch.float32), tokenizer, budgets)
@@ -202,7 +225,7 @@ def curve(settings: "Settings", profiles: Sequence[Profile] | None, sizes: Seque
 
     results: dict[str, Any] = {}
     tests: dict[str, list[tuple[int, int]]] = {}
-    for profile in profiles:
+    for profile in labellers:
         rng = random.Random(seed)
         tests[profile.name] = test = pairs_of(test_pool, profile, test_pairs, rng, noise=0.0)
         longer = [1.0 if len(test_pool[c].text) > len(test_pool[r].text) else
@@ -211,7 +234,7 @@ def curve(settings: "Settings", profiles: Sequence[Profile] | None, sizes: Seque
                                  "length_baseline_accuracy": sum(longer) / len(longer) if longer else None, "sizes": {}}
     for n in sizes:
         labels = {}
-        for uid, profile in enumerate(profiles):
+        for uid, profile in enumerate(labellers):
             rng = random.Random(seed * 7919 + n * 31 + uid)
             labels[uid] = (pairs_of(train_pool, profile, n, rng, noise=profile.behaviour.noise),
                            labelled_thumbs(train_pool, profile, int(round(thumbs_per_pair * n)), rng,
@@ -219,7 +242,7 @@ def curve(settings: "Settings", profiles: Sequence[Profile] | None, sizes: Seque
         data = _as_dataset(train_pool, labels)
         model = RewardModel(cache, budgets)
         model.fit(data, data)
-        for uid, profile in enumerate(profiles):
+        for uid, profile in enumerate(labellers):
             test = tests[profile.name]
             if not test:
                 results[profile.name]["sizes"][str(n)] = {"train_pairs": len(labels[uid][0]), "accuracy": None}
@@ -238,7 +261,7 @@ def curve(settings: "Settings", profiles: Sequence[Profile] | None, sizes: Seque
             logger.info("reward curve %s: %d pairs + %d thumbs -> held-out accuracy %.3f (population %.3f)", profile.name,
                         len(labels[uid][0]), len(labels[uid][1]), results[profile.name]["sizes"][str(n)]["accuracy"],
                         results[profile.name]["sizes"][str(n)]["population_accuracy"])
-    synthetic = [p.name for p in profiles if p.name.startswith("rater")]
+    synthetic = [p.name for p in labellers if p.name.startswith("rater")]
     return {
         "created_at": datetime.now(timezone.utc).isoformat(),
         "base_model": settings.model,

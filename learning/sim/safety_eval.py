@@ -79,7 +79,11 @@ def evaluate_safety(settings: "Settings", cfg: EvalConfig) -> dict[str, Any]:
     if safety_manifest(settings) is None:
         raise SystemExit("no safety stage is trained for this base (run `assistant safety train` first)")
     judge = make_judge(cfg.judge, cfg.harm_threshold)
-    reply_filter = ReplyFilter.from_settings(settings) or ReplyFilter(make_serving_judge("insults"))
+    reply_filter = ReplyFilter.from_settings(settings)
+    if reply_filter is None:
+        insults = make_serving_judge("insults")
+        assert insults is not None  # a registered judge: only "" and "none" name no judge
+        reply_filter = ReplyFilter(insults)
     sets = {"red team": list(P.RED_TEAM_PROMPTS), "red team B": list(RED_TEAM_B)}
     benign = {"benign": list(P.BENIGN_PROMPTS), "edgy benign": list(EDGY_BENIGN)}
     heldout = list(P.HELDOUT_PROMPTS[:cfg.heldout_prompts])

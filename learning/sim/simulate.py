@@ -265,7 +265,10 @@ async def run_simulation(cfg: SimConfig, profiles: list[Profile], judge: Judge |
         for u in users:
             await _sign_up(client, u, cfg.password)
         record["users"] = [{"username": u.username, "user_id": u.user_id, "profile": u.profile.to_dict()} for u in users]
-        admin_token = await client.token(cfg.admin_username, cfg.admin_password) if cfg.train else None
+        admin_token = None
+        if cfg.train:
+            assert cfg.admin_password is not None  # problems() requires it to train
+            admin_token = await client.token(cfg.admin_username, cfg.admin_password)
         for rnd in range(1, cfg.rounds + 1):
             # 2. one round of chatting and voting, all users at once (the engine batches them)
             t0 = time.monotonic()
@@ -280,8 +283,9 @@ async def run_simulation(cfg: SimConfig, profiles: list[Profile], judge: Judge |
                             rnd, u.username, s.ratings, s.rankings, s.thumbs_up, s.thumbs_down, s.harm_flags,
                             f"{summ['mean_score']:.3f}" if summ["mean_score"] is not None else "-", dict(s.served_by))
             # 3. training through the operator API
-            if cfg.train:
-                ids = [u.user_id for u in users] if cfg.train_only_sim_users else None
+            if admin_token is not None:  # cfg.train
+                # every user has an id: step 1 signed each one in
+                ids = [u.user_id for u in users if u.user_id is not None] if cfg.train_only_sim_users else None
                 run = await _start_run(client, admin_token, ids, cfg.run_timeout_s)
                 logger.info("round %d: training run %s started", rnd, run.get("id"))
                 run = await client.wait_for_run(admin_token, run["id"], timeout_s=cfg.run_timeout_s)

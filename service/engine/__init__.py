@@ -23,6 +23,7 @@ def build_engine(settings: Settings) -> Engine:
     if settings.engine == "vllm":  # the model runs on the vLLM server, not here
         from service.engine.vllm import VllmEngine
 
+        assert settings.vllm_url is not None  # Settings' validation requires it with ASSISTANT_ENGINE=vllm
         return VllmEngine(settings.vllm_url, tokenizer, model=settings.vllm_model, api_key=settings.vllm_api_key,
                           max_batch_size=settings.max_batch_size, max_queue=settings.max_queue)
     model = load_base_model(settings)

@@ -241,6 +241,7 @@ class BatchedEngine:
                 r.length += len(ch)
             done = [i for i, ok in enumerate(complete) if ok]
             if done:
+                assert logits is not None  # rows that completed their prompt wanted logits
                 sch.prompt_done([rows[i] for i in done])
                 self._sample([rows[i] for i in done], logits[done])
         # 3. decode one token for every row that was decoding before this step

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -198,16 +199,29 @@ class LlamaRunner:
         dtype = self.dtype
         core = model.model
 
-        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.detach().to(dtype)
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(dtype)
 
-        def cat(*ts: torch.Tensor | None) -> torch.Tensor | None:
-            return None if ts[0] is None else torch.cat([t.detach() for t in ts]).to(dtype)
+        def cat(*ts: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t.detach() for t in ts]).to(dtype)
+
+        # biases: None on most Llama-style models, and then on every module of a fused group
+        def cast_bias(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else cast(t)
+
+        def cat_bias(*ts: torch.Tensor | None) -> torch.Tensor | None:
+            present = [t for t in ts if t is not None]
+            if not present:
+                return None
+            if len(present) < len(ts):
+                raise UnsupportedModel("BatchedEngine fuses q/k/v and gate/up, which needs a bias on all of a group's "
+                                       "modules or none; set ASSISTANT_ENGINE=naive to serve this model")
+            return cat(*present)
 
         with torch.inference_mode():
             self.embed = cast(core.embed_tokens.weight)  # (V, D)
             self.lm_head = cast(model.get_output_embeddings().weight)  # (V, D), tied or not
-            self.lm_head_bias = cast(getattr(model.get_output_embeddings(), "bias", None))
+            self.lm_head_bias = cast_bias(getattr(model.get_output_embeddings(), "bias", None))
             self.norm = cast(core.norm.weight)
             self.layers: list[_Layer] = []
             for layer in core.layers:
@@ -215,12 +229,12 @@ class LlamaRunner:
                 self.layers.append(_Layer(
                     ln1=cast(layer.input_layernorm.weight),
                     w_qkv=cat(at.q_proj.weight, at.k_proj.weight, at.v_proj.weight),
-                    b_qkv=cat(at.q_proj.bias, at.k_proj.bias, at.v_proj.bias),
-                    w_o=cast(at.o_proj.weight), b_o=cast(at.o_proj.bias),
+                    b_qkv=cat_bias(at.q_proj.bias, at.k_proj.bias, at.v_proj.bias),
+                    w_o=cast(at.o_proj.weight), b_o=cast_bias(at.o_proj.bias),
                     ln2=cast(layer.post_attention_layernorm.weight),
                     w_gu=cat(mlp.gate_proj.weight, mlp.up_proj.weight),
-                    b_gu=cat(mlp.gate_proj.bias, mlp.up_proj.bias),
-                    w_down=cast(mlp.down_proj.weight), b_down=cast(mlp.down_proj.bias),
+                    b_gu=cat_bias(mlp.gate_proj.bias, mlp.up_proj.bias),
+                    w_down=cast(mlp.down_proj.weight), b_down=cast_bias(mlp.down_proj.bias),
                 ))
             self.lm_head_q8 = _Int8.of(self.lm_head) if self.int8_rows else None
             for ly in self.layers if self.int8_rows else ():
@@ -409,6 +423,14 @@ class LlamaRunner:
             out = torch._weight_int8pack_mm(h, self.lm_head_q8.q, self.lm_head_q8.s)
             return out if self.lm_head_bias is None else out + self.lm_head_bias
         return F.linear(h, self.lm_head, self.lm_head_bias)  # (N, V)
+
+    @overload
+    def extend(self, chunks: list[list[int]], starts: list[int], first_row: int, use_lora: bool,
+               want_logits: None = None) -> torch.Tensor: ...
+
+    @overload
+    def extend(self, chunks: list[list[int]], starts: list[int], first_row: int, use_lora: bool,
+               want_logits: list[bool]) -> torch.Tensor | None: ...
 
     def extend(self, chunks: list[list[int]], starts: list[int], first_row: int, use_lora: bool,
                want_logits: list[bool] | None = None) -> torch.Tensor | None:

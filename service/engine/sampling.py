@@ -98,12 +98,13 @@ def token_logprobs(tokenizer, logits: torch.Tensor, tokens: list[int], wanted: l
     if not rows:
         return out
     lp = torch.log_softmax(logits[rows].float(), dim=-1)  # (R, V)
-    k_max = max(wanted[i] for i in rows)
-    top_v, top_i = lp.topk(k_max, dim=-1) if k_max else (None, None)
+    k_max = max(k for k in wanted if k is not None)
+    best = lp.topk(k_max, dim=-1) if k_max else None  # values, indices (R, k_max)
     text = lambda t: tokenizer.decode([t])  # noqa: E731
     for j, i in enumerate(rows):
         k = wanted[i]
-        top = [(text(int(t)), float(v)) for t, v in zip(top_i[j, :k], top_v[j, :k])] if k else []
+        top = ([(text(int(t)), float(v)) for t, v in zip(best.indices[j, :k], best.values[j, :k])]
+               if k and best is not None else [])
         out[i] = [TokenLogprob(text(tokens[i]), float(lp[j, tokens[i]]), top)]
     return out
 

@@ -29,8 +29,10 @@ to each request's ``RequestStream``, which is thread-safe.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -72,7 +74,7 @@ class VllmEngine:
         self._client: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
-        self._tasks: dict[str, asyncio.Future] = {}
+        self._tasks: dict[str, concurrent.futures.Future[None]] = {}
         self._requests: dict[str, GenerationRequest] = {}
         self._loaded: set[str] = set()  # adapter keys loaded on the server by this engine
         self._loading: dict[str, asyncio.Lock] = {}
@@ -85,15 +87,15 @@ class VllmEngine:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._loop = asyncio.new_event_loop()
+        loop = self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 
         def run() -> None:
-            asyncio.set_event_loop(self._loop)
+            asyncio.set_event_loop(loop)
             self._client = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self._timeout)
             self._slots = asyncio.Semaphore(self.max_batch_size)
             ready.set()
-            self._loop.run_forever()
+            loop.run_forever()
 
         self._thread = threading.Thread(target=run, name="vllm-engine", daemon=True)
         self._thread.start()
@@ -148,11 +150,20 @@ class VllmEngine:
                 "finished": dict(self.finished), "adapters": {"resident": len(self._loaded), "loads": self.adapter_loads}}
 
     # --- the requests ----------------------------------------------------------------------------
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """The client, which exists from ``start`` to ``stop``, as do the loop and the request slots."""
+        if self._client is None:
+            raise RuntimeError("the vLLM engine is not started")
+        return self._client
+
     def _call(self, coro, timeout: float | None = 60.0):
+        if self._loop is None:
+            raise RuntimeError("the vLLM engine is not started")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _post(self, path: str, body: dict) -> httpx.Response:
-        response = await self._client.post(path, json=body)
+        response = await self._http.post(path, json=body)
         if response.status_code >= 400:
             raise VllmError(f"vLLM {path} answered {response.status_code}: {response.text[:300]}")
         return response
@@ -160,7 +171,7 @@ class VllmEngine:
     async def _discover(self) -> str:
         """The base model the server serves (the model listed without a parent: adapters have one)."""
         if self.model is None:
-            response = await self._client.get("/v1/models")
+            response = await self._http.get("/v1/models")
             response.raise_for_status()
             bases = [m["id"] for m in response.json().get("data", []) if not m.get("parent")]
             if not bases:
@@ -175,7 +186,7 @@ class VllmEngine:
         async with lock:
             if key in self._loaded:
                 return
-            response = await self._client.post("/v1/load_lora_adapter", json={"lora_name": key, "lora_path": str(path)})
+            response = await self._http.post("/v1/load_lora_adapter", json={"lora_name": key, "lora_path": str(path)})
             if response.status_code >= 400 and "already" not in response.text.lower():
                 raise VllmError(f"vLLM could not load adapter {key} from {path} ({response.status_code}): "
                                 f"{response.text[:300]}; is it started with --enable-lora and "
@@ -204,6 +215,7 @@ class VllmEngine:
     async def _generate(self, req: GenerationRequest) -> None:
         n, finish, error = 0, "length", None
         try:
+            assert self._slots is not None  # made in start(), before submit() accepts a request
             async with self._slots:
                 with self._lock:
                     self.running += 1
@@ -233,7 +245,7 @@ class VllmEngine:
         n, finish = 0, "length"
         if req.cancelled.is_set():  # cancelled while it waited for a slot
             return n, "cancelled"
-        async with self._client.stream("POST", "/v1/completions", json=self.body(req, model)) as response:
+        async with self._http.stream("POST", "/v1/completions", json=self.body(req, model)) as response:
             if response.status_code >= 400:
                 raise VllmError(f"vLLM /v1/completions answered {response.status_code}: {(await response.aread())[:300]!r}")
             async for line in response.aiter_lines():
@@ -318,11 +330,9 @@ class VllmServer:
         if preload:
             self.env["LD_PRELOAD"] = ":".join(str(p) for p in preload)
         self.log, self.start_polls = log, start_polls
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "VllmServer":
-        import subprocess
-
         from service.local_process import wait_for_http
 
         with open(self.log, "w") as out:
@@ -334,8 +344,6 @@ class VllmServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        import subprocess
-
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service import adapter_store, run_queue
 from service.crud import get_or_create_schedule
@@ -64,9 +64,9 @@ router = APIRouter(tags=["learning"])
 
 
 def run_public(session: Session, *, run: TrainingRun) -> TrainingRunPublic:
-    results = session.exec(select(TrainingResult).where(TrainingResult.run_id == run.id).order_by(TrainingResult.id)).all()
+    results = session.exec(select(TrainingResult).where(TrainingResult.run_id == run.id).order_by(col(TrainingResult.id))).all()
     versions = {v.id: v.version for v in session.exec(
-        select(AdapterVersion).where(AdapterVersion.id.in_([r.adapter_version_id for r in results if r.adapter_version_id]))
+        select(AdapterVersion).where(col(AdapterVersion.id).in_([r.adapter_version_id for r in results if r.adapter_version_id]))
     ).all()} if results else {}
     return TrainingRunPublic(
         id=run.id, status=run.status.value, trigger=run.trigger, user_ids=run.user_ids, progress=run.progress,
@@ -79,7 +79,7 @@ def run_public(session: Session, *, run: TrainingRun) -> TrainingRunPublic:
 def versions_of(session: Session, *, user_id: int | None) -> list[AdapterVersion]:
     stmt = select(AdapterVersion)
     stmt = stmt.where(adapter_store.Scope(user_id).where(AdapterVersion.user_id))
-    return list(session.exec(stmt.order_by(AdapterVersion.version.desc())).all())
+    return list(session.exec(stmt.order_by(col(AdapterVersion.version).desc())).all())
 
 
 def version_public(row: AdapterVersion) -> AdapterVersionPublic:
@@ -107,8 +107,8 @@ def feedback_per_day(session: Session, *, days: int) -> list[dict[str, Any]]:
 
 
 def latest_reward_metrics(session: Session) -> dict[str, Any] | None:
-    stmt = (select(TrainingSnapshot).join(TrainingRun, TrainingRun.id == TrainingSnapshot.run_id)
-            .where(TrainingRun.status == RunStatus.succeeded).order_by(TrainingSnapshot.id.desc()))
+    stmt = (select(TrainingSnapshot).join(TrainingRun, col(TrainingRun.id) == TrainingSnapshot.run_id)
+            .where(TrainingRun.status == RunStatus.succeeded).order_by(col(TrainingSnapshot.id).desc()))
     snap = session.exec(stmt).first()
     if snap is None or "models" not in snap.stats:
         return None
@@ -126,12 +126,14 @@ def latest_reward_metrics(session: Session) -> dict[str, Any] | None:
 
 def latest_pool_audit(session: Session) -> list[dict[str, Any]] | None:
     """The newest run's per-user audit of the shared pool (``learning.data.pool_audit``), usernames added."""
-    snap = session.exec(select(TrainingSnapshot).join(TrainingRun, TrainingRun.id == TrainingSnapshot.run_id)
-                        .where(TrainingRun.status == RunStatus.succeeded).order_by(TrainingSnapshot.id.desc())).first()
-    audit = (snap.stats or {}).get("pool_audit") if snap is not None else None
+    snap = session.exec(select(TrainingSnapshot).join(TrainingRun, col(TrainingRun.id) == TrainingSnapshot.run_id)
+                        .where(TrainingRun.status == RunStatus.succeeded).order_by(col(TrainingSnapshot.id).desc())).first()
+    if snap is None:
+        return None
+    audit = (snap.stats or {}).get("pool_audit")
     if not audit:
         return None
-    names = dict(session.exec(select(User.id, User.username).where(User.id.in_([int(u) for u in audit]))).all())
+    names = dict(session.exec(select(User.id, User.username).where(col(User.id).in_([int(u) for u in audit]))).all())
     return [{"user_id": int(u), "username": names.get(int(u)), "run_id": snap.run_id, **row} for u, row in audit.items()]
 
 
@@ -141,7 +143,7 @@ def latest_pool_audit(session: Session) -> list[dict[str, Any]] | None:
 @router.post("/api/admin/training-runs", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingRunQueued)
 def queue_training_run(body: TrainingRunCreate, operator: OperatorUser, session: SessionDep) -> TrainingRunQueued:
     if body.user_ids is not None:
-        known = set(session.exec(select(User.id).where(User.id.in_(body.user_ids))).all())
+        known = set(session.exec(select(User.id).where(col(User.id).in_(body.user_ids))).all())
         unknown = sorted(set(body.user_ids) - known)
         if unknown:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no users with ids {unknown}; list them with GET /api/admin/adapters")
@@ -155,7 +157,7 @@ def queue_training_run(body: TrainingRunCreate, operator: OperatorUser, session:
 
 @router.get("/api/admin/training-runs", response_model=list[TrainingRunPublic])
 def list_training_runs(_: OperatorUser, session: SessionDep, limit: int = 50) -> list[TrainingRunPublic]:
-    runs = session.exec(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(max(1, min(limit, 500)))).all()
+    runs = session.exec(select(TrainingRun).order_by(col(TrainingRun.id).desc()).limit(max(1, min(limit, 500)))).all()
     return [run_public(session, run=r) for r in runs]
 
 
@@ -169,8 +171,9 @@ def get_training_run(run_id: IdPath, _: OperatorUser, session: SessionDep) -> Tr
 
 @router.get("/api/admin/adapters", response_model=list[AdapterScopePublic])
 def list_adapters(_: OperatorUser, session: SessionDep) -> list[AdapterScopePublic]:
-    user_ids = session.exec(select(AdapterVersion.user_id).where(AdapterVersion.user_id.is_not(None)).distinct()).all()
-    names = {u.id: u.username for u in session.exec(select(User).where(User.id.in_(user_ids))).all()} if user_ids else {}
+    scoped = select(AdapterVersion.user_id).where(col(AdapterVersion.user_id).is_not(None)).distinct()
+    user_ids = [uid for uid in session.exec(scoped).all() if uid is not None]
+    names = {u.id: u.username for u in session.exec(select(User).where(col(User.id).in_(user_ids))).all()} if user_ids else {}
     return [scope_public(session, user_id=None, username=None)] + [
         scope_public(session, user_id=uid, username=names.get(uid)) for uid in sorted(user_ids)
     ]

@@ -25,7 +25,7 @@ from service.auth import (
     token_from_request,
     user_for_token,
 )
-from service.models import HARM_REASONS, NEGATIVE_REASONS, POSITIVE_REASONS
+from service.models import HARM_REASONS, NEGATIVE_REASONS, POSITIVE_REASONS, pk
 from service.ratelimit import SlidingWindow
 from service.schemas import Token, UserCreate, UserPublic
 
@@ -105,8 +105,9 @@ def logout(request: Request, response: Response, session: SessionDep, settings: 
         end_sessions(session, user)
         logger.info("user %s signed out everywhere", user.id)
         if revoke_keys:
-            for key in crud.list_api_keys(session, user_id=user.id):
-                crud.delete_api_key(session, user_id=user.id, key_id=key.id)
+            user_id = pk(user)
+            for key in crud.list_api_keys(session, user_id=user_id):
+                crud.delete_api_key(session, user_id=user_id, key_id=pk(key))
             logger.info("user %s revoked every API key at sign-out", user.id)
     response.delete_cookie(COOKIE_NAME, path="/")
     response.status_code = status.HTTP_204_NO_CONTENT

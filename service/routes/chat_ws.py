@@ -21,7 +21,7 @@ from starlette.websockets import WebSocketState
 from service.auth import COOKIE_NAME, NOT_APPROVED, user_for_token
 from service.chat import ChatError, ChatService, PlannedReply, Turn
 from service.engine.base import EndEvent
-from service.models import User
+from service.models import User, pk
 from service.schemas import (
     AuthFrame,
     CancelFrame,
@@ -55,6 +55,10 @@ class Connection:
         self.lock = asyncio.Lock()
         self.open = True
 
+    @property
+    def user_id(self) -> int:
+        return pk(self.user)
+
     async def send(self, frame: ServerFrame) -> None:
         if not self.open:
             return
@@ -69,19 +73,19 @@ class Connection:
 
     async def start(self, turn: Turn) -> None:
         """Submit every planned reply; replies the engine refuses get one error frame."""
-        started, error = await self.chat.submit_turn(self.user.id, turn)
+        started, error = await self.chat.submit_turn(self.user_id, turn)
         for reply, stream in started:
             await self.send(StartFrame(
                 conversation_id=turn.conversation_id, user_message_id=turn.user_message_id, message_id=reply.message.id,
                 alternative=reply.message.alternative_index, adapter_version=reply.resolved.label, policy=reply.resolved.policy))
-            self.tasks[reply.message.id] = asyncio.create_task(self.pump(reply, stream))
+            self.tasks[pk(reply.message)] = asyncio.create_task(self.pump(reply, stream))
         if error is not None:
             await self.error(error.code, error.detail)
 
     async def pump(self, reply: PlannedReply, stream) -> None:
-        mid = reply.message.id
+        mid = pk(reply.message)
         try:
-            async for ev in self.chat.relay(self.user.id, reply, stream):
+            async for ev in self.chat.relay(self.user_id, reply, stream):
                 if isinstance(ev, EndEvent):
                     await self.send(EndFrame(
                         message_id=mid, finish_reason=ev.finish_reason, adapter_version=reply.resolved.label,
@@ -91,7 +95,7 @@ class Connection:
                 elif ev.text:
                     await self.send(TokenFrame(message_id=mid, text=ev.text))
                 if not self.open:  # the client left: stop generating, keep draining so the row is stored
-                    self.chat.cancel(user_id=self.user.id, message_id=mid)
+                    self.chat.cancel(user_id=self.user_id, message_id=mid)
         finally:
             self.tasks.pop(mid, None)
 
@@ -126,18 +130,21 @@ class Connection:
         try:
             if kind == "chat":
                 frame = ChatFrame.model_validate(data)
-                params = await self.chat.user_sampling(self.user.id, max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
+                params = await self.chat.user_sampling(self.user_id, max_new_tokens=frame.max_new_tokens,
+                                                       temperature=frame.temperature)
                 await self.start(await self.chat.start_turn(
-                    user_id=self.user.id, conversation_id=frame.conversation_id, content=frame.content,
+                    user_id=self.user_id, conversation_id=frame.conversation_id, content=frame.content,
                     alternatives=frame.alternatives, params=params, parent_id=frame.parent_id, edit_of=frame.edit_of))
             elif kind == "regenerate":
-                frame = RegenerateFrame.model_validate(data)
-                params = await self.chat.user_sampling(self.user.id, max_new_tokens=frame.max_new_tokens, temperature=frame.temperature)
-                await self.start(await self.chat.start_regenerate(user_id=self.user.id, message_id=frame.message_id, params=params))
+                regen = RegenerateFrame.model_validate(data)
+                params = await self.chat.user_sampling(self.user_id, max_new_tokens=regen.max_new_tokens,
+                                                       temperature=regen.temperature)
+                await self.start(await self.chat.start_regenerate(user_id=self.user_id, message_id=regen.message_id,
+                                                                  params=params))
             elif kind == "cancel":
-                frame = CancelFrame.model_validate(data)
-                if not self.chat.cancel(user_id=self.user.id, message_id=frame.message_id):
-                    await self.error("not_found", f"no running generation {frame.message_id}")
+                cancel = CancelFrame.model_validate(data)
+                if not self.chat.cancel(user_id=self.user_id, message_id=cancel.message_id):
+                    await self.error("not_found", f"no running generation {cancel.message_id}")
             elif kind == "ping":
                 await self.send(PongFrame())
             else:
@@ -151,7 +158,7 @@ class Connection:
     async def close(self) -> None:
         self.open = False
         for mid in list(self.tasks):
-            self.chat.cancel(user_id=self.user.id, message_id=mid)
+            self.chat.cancel(user_id=self.user_id, message_id=mid)
         if self.tasks:
             # shielded: even if this handler is cancelled, the pumps finish and store the partial replies
             await asyncio.shield(asyncio.gather(*self.tasks.values(), return_exceptions=True))
@@ -193,13 +200,14 @@ async def chat_socket(ws: WebSocket) -> None:
                 await ws.send_json(frame_json(ErrorFrame(code="unauthorized", detail="send {\"type\":\"auth\",\"token\":...} first")))
                 await ws.close(code=1008)
             return
+    user_id = pk(user)
     sockets: dict[int, int] = ws.app.state.ws_sockets
-    if sockets.get(user.id, 0) >= settings.ws_per_user:
+    if sockets.get(user_id, 0) >= settings.ws_per_user:
         await ws.send_json(frame_json(ErrorFrame(
             code="too_many", detail=f"at most {settings.ws_per_user} open chat connections per user; close another tab")))
         await ws.close(code=1008)
         return
-    sockets[user.id] = sockets.get(user.id, 0) + 1
+    sockets[user_id] = sockets.get(user_id, 0) + 1
     token = frame_token if frame_token is not None else cookie  # what signed this socket in
 
     async def revalidate() -> User | None:
@@ -222,16 +230,16 @@ async def chat_socket(ws: WebSocket) -> None:
                 break
             if msg["type"] == "websocket.disconnect":
                 break
-            raw = msg.get("text")
-            if raw is None:
+            text = msg.get("text")
+            if text is None:
                 await conn.error("bad_frame", "send text frames with JSON")
                 continue
-            await conn.handle(raw)
+            await conn.handle(text)
     except WebSocketDisconnect:
         pass
     finally:
-        sockets[user.id] -= 1
-        if not sockets[user.id]:
-            del sockets[user.id]
+        sockets[user_id] -= 1
+        if not sockets[user_id]:
+            del sockets[user_id]
         metrics.ws_connections.dec()
         await conn.close()

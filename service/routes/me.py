@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from service import adapter_store, crud, proxy
 from service.auth import CurrentUser, SessionDep, SessionUser, SettingsDep, token_from_request
-from service.models import PERSON_SOURCES, AdapterVersion, ApiKey, Feedback, Ranking, UserPreference
+from service.models import PERSON_SOURCES, AdapterVersion, ApiKey, Feedback, Ranking, UserPreference, pk
 from service.routes.admin import version_public, versions_of
 from service.training_records import Readings
 from service.schemas import (
@@ -54,7 +54,7 @@ def preferences_public(row: UserPreference, settings) -> PreferencesPublic:
 
 @router.get("/preferences", response_model=PreferencesPublic)
 def get_preferences(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> PreferencesPublic:
-    return preferences_public(crud.get_preferences(session, user_id=user.id), settings)
+    return preferences_public(crud.get_preferences(session, user_id=pk(user)), settings)
 
 
 @router.put("/preferences", response_model=PreferencesPublic)
@@ -70,7 +70,7 @@ def put_preferences(body: PreferencesUpdate, user: CurrentUser, session: Session
     for key in ("instructions", "theme"):  # not nullable: null means "leave as is"
         if key in fields and fields[key] is None:
             del fields[key]
-    return preferences_public(crud.save_preferences(session, user_id=user.id, **fields), settings)
+    return preferences_public(crud.save_preferences(session, user_id=pk(user), **fields), settings)
 
 
 # --- API keys ------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def api_key_public(row: ApiKey) -> ApiKeyPublic:
 
 @router.get("/api-keys", response_model=list[ApiKeyPublic])
 def list_api_keys(user: CurrentUser, session: SessionDep) -> list[ApiKeyPublic]:
-    return [api_key_public(k) for k in crud.list_api_keys(session, user_id=user.id)]
+    return [api_key_public(k) for k in crud.list_api_keys(session, user_id=pk(user))]
 
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
@@ -90,19 +90,21 @@ def create_api_key(body: ApiKeyCreate, user: SessionUser, session: SessionDep, r
                    settings: SettingsDep) -> ApiKeyCreated:
     if proxy.is_proxy_key(settings, token_from_request(request)):  # a key would outlive the front end's account
         raise HTTPException(status.HTTP_403_FORBIDDEN, "API keys are made by signing in here, not through a trusted front end")
+    user_id = pk(user)
     try:
-        row, key = crud.create_api_key(session, user_id=user.id, name=body.name.strip() or "key")
+        row, key = crud.create_api_key(session, user_id=user_id, name=body.name.strip() or "key")
     except crud.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    logger.info("user %s created API key %s (%s)", user.id, row.id, row.prefix)
+    logger.info("user %s created API key %s (%s)", user_id, row.id, row.prefix)
     return ApiKeyCreated(**api_key_public(row).model_dump(), key=key)
 
 
 @router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 def revoke_api_key(key_id: IdPath, user: SessionUser, session: SessionDep) -> Response:
-    if not crud.delete_api_key(session, user_id=user.id, key_id=key_id):
+    user_id = pk(user)
+    if not crud.delete_api_key(session, user_id=user_id, key_id=key_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"API key {key_id} not found")
-    logger.info("user %s revoked API key %s", user.id, key_id)
+    logger.info("user %s revoked API key %s", user_id, key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -111,16 +113,18 @@ def revoke_api_key(key_id: IdPath, user: SessionUser, session: SessionDep) -> Re
 
 @router.get("/adapter", response_model=MyAdapterPublic)
 def get_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> MyAdapterPublic:
-    resolved = adapter_store.resolve_for_user(settings, session, user.id)
-    own = adapter_store.active_version(session, user.id)
+    user_id = pk(user)
+    resolved = adapter_store.resolve_for_user(settings, session, user_id)
+    own = adapter_store.active_version(session, user_id)
     return MyAdapterPublic(policy=resolved.policy, active_version=own.version if own else None, active_label=resolved.label,
-                           versions=[version_public(v) for v in versions_of(session, user_id=user.id)])
+                           versions=[version_public(v) for v in versions_of(session, user_id=user_id)])
 
 
 @router.delete("/adapter", response_model=MyAdapterPublic)
 def reset_my_adapter(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> MyAdapterPublic:
-    n = adapter_store.erase_user_adapters(settings, session, user_id=user.id, reason="reset by the user")
-    logger.info("user %s reset their adapter (%d versions retired)", user.id, n)
+    user_id = pk(user)
+    n = adapter_store.erase_user_adapters(settings, session, user_id=user_id, reason="reset by the user")
+    logger.info("user %s reset their adapter (%d versions retired)", user_id, n)
     return get_my_adapter(user, session, settings)
 
 
@@ -155,22 +159,23 @@ def _round(session: Session, user_id: int, row: AdapterVersion, after: datetime 
 
 @router.get("/learned", response_model=LearnedPublic)
 def get_learned(user: CurrentUser, session: SessionDep, settings: SettingsDep) -> LearnedPublic:
-    resolved = adapter_store.resolve_for_user(settings, session, user.id)
-    versions = sorted(versions_of(session, user_id=user.id), key=lambda v: v.version)
+    user_id = pk(user)
+    resolved = adapter_store.resolve_for_user(settings, session, user_id)
+    versions = sorted(versions_of(session, user_id=user_id), key=lambda v: v.version)
     rounds, after = [], None
     for row in versions:
-        rounds.append(_round(session, user.id, row, after))
+        rounds.append(_round(session, user_id, row, after))
         after = row.created_at
     rounds.append(RoundPublic(version=None, label=None, status=None, created_at=None,
-                              new_labels=_counts(session, user.id, after, None), reward_labels=None, heldout_accuracy=None,
+                              new_labels=_counts(session, user_id, after, None), reward_labels=None, heldout_accuracy=None,
                               win_rate_vs_base=None, reward=None, base_reward=None, reason=None))
     # Traits from the adapter that serves the user, else their newest trained round.
-    active = adapter_store.active_version(session, user.id)
+    active = adapter_store.active_version(session, user_id)
     def traits_of(v: AdapterVersion | None) -> list[dict[str, Any]]:
         r = Readings.of(v.metrics) if v is not None else None
         return [t.model_dump() for t in r.reward.top_traits] if r and r.reward else []
 
     source = active or next((v for v in reversed(versions) if traits_of(v)), None)
     traits = traits_of(source)
-    return LearnedPublic(policy=resolved.policy, served_label=resolved.label, totals=_counts(session, user.id, None, None),
+    return LearnedPublic(policy=resolved.policy, served_label=resolved.label, totals=_counts(session, user_id, None, None),
                          traits=traits, traits_from=adapter_store.label_of(source) if source else None, rounds=rounds)

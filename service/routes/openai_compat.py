@@ -16,14 +16,16 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.auth import ApprovedUser, Caller, token_from_request
 from service.chat import ChatError, ChatService
-from service.engine.base import EndEvent
+from service.engine.base import EndEvent, TokenLogprob
 from service.external_chats import CHAT_ID_HEADER, MAX_CHAT_ID
+from service.models import pk
 from service.proxy import is_proxy_key, is_task_prompt
 from service.schemas import (
     OAIAssistantMessage,
@@ -145,6 +147,7 @@ def _http(exc: ChatError) -> OpenAIError:
              responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}})
 async def chat_completions(body: OAIChatRequest, request: Request, user: ApprovedUser):
     chat: ChatService = request.app.state.chat
+    user_id = pk(user)
     _refuse_unsupported(body)
     policy = _policy(request, body.model)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
@@ -154,21 +157,21 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
     task = is_task_prompt(messages) and is_proxy_key(request.app.state.settings, token_from_request(request))
     chat_id = None if task else _chat_id(request)
     try:
-        params = await chat.user_sampling(user.id, max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        params = await chat.user_sampling(user_id, max_new_tokens=body.max_completion_tokens or body.max_tokens,
                                           temperature=body.temperature, top_p=body.top_p, seed=body.seed,
                                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty)
         if body.logprobs:
             params = dataclasses.replace(params, logprobs=body.top_logprobs or 0)
-        turn = await chat.add_plain_conversation(user_id=user.id, messages=messages, params=params, n=body.n, policy=policy,
+        turn = await chat.add_plain_conversation(user_id=user_id, messages=messages, params=params, n=body.n, policy=policy,
                                                  background=task, chat_id=chat_id)
     except ChatError as exc:
         raise _http(exc) from exc
-    started, error = await chat.submit_turn(user.id, turn)
+    started, error = await chat.submit_turn(user_id, turn)
     if error is not None:
         for reply, _ in started:  # all or nothing: the ones that did start stop at once (stored as cancelled)
-            chat.cancel(user_id=user.id, message_id=reply.message.id)
+            chat.cancel(user_id=user_id, message_id=pk(reply.message))
         for reply, stream in started:
-            async for _ in chat.relay(user.id, reply, stream):
+            async for _ in chat.relay(user_id, reply, stream):
                 pass
         raise _http(error)
     stop = body.stop_strings()
@@ -185,18 +188,21 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
 
     if not body.stream:
         async def collect(reply, stream) -> tuple[str, EndEvent, list]:
-            parts, end, lps = [], None, []
-            async for ev in chat.relay(user.id, reply, stream, stop):
+            parts: list[str] = []
+            end: EndEvent | None = None
+            lps: list[TokenLogprob] = []
+            async for ev in chat.relay(user_id, reply, stream, stop):
                 if isinstance(ev, EndEvent):
                     end = ev
                 else:
                     parts.append(ev.text)
                     lps.extend(ev.logprobs or ())
+            assert end is not None, "a relay ends with its reply's EndEvent (RequestStream stops only after one)"
             return "".join(parts), end, lps
 
         results = await asyncio.gather(*(collect(r, s) for r, s in started))
         if task:
-            await chat.forget_conversation(user.id, turn.conversation_id)
+            await chat.forget_conversation(user_id, turn.conversation_id)
         return OAIChatCompletion(
             choices=[OAIChoice(index=k, message=OAIAssistantMessage(content=text), finish_reason=FINISH.get(end.finish_reason, "stop"),
                                logprobs=_logprobs(lps) if body.logprobs else None, message_id=reply.message.id)
@@ -206,10 +212,10 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
     def chunk(choices: list[OAIChunkChoice], usage_: OAIUsage | None = None) -> str:
         return f"data: {json.dumps(chunk_json(OAIChatCompletionChunk(choices=choices, usage=usage_, **ids)))}\n\n"
 
-    relays = [chat.relay(user.id, reply, stream, stop) for reply, stream in started]
+    relays = [chat.relay(user_id, reply, stream, stop) for reply, stream in started]
     body_started, abandoned = asyncio.Event(), asyncio.Event()
 
-    async def events():
+    async def events() -> AsyncIterator[str]:
         body_started.set()
         if abandoned.is_set():  # started after the guard below gave the replies up
             yield f"data: {json.dumps({'error': {'message': 'the response started too late; the reply was cancelled', 'type': 'server_error'}})}\n\n"
@@ -225,7 +231,8 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
                 await queue.put((k, None))
 
         tasks = [asyncio.create_task(pump(k, relay)) for k, relay in enumerate(relays)]
-        done, ends = 0, []
+        done = 0
+        ends: list[EndEvent] = []
         try:
             for k, (reply, _) in enumerate(started):
                 yield chunk([OAIChunkChoice(index=k, delta=OAIDelta(role="assistant", content=""), message_id=reply.message.id)])
@@ -242,12 +249,12 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
             if body.stream_options is not None and body.stream_options.include_usage:
                 yield chunk([], usage(ends))  # OpenAI's usage chunk: after the last choice, with no choices
             if task:
-                await chat.forget_conversation(user.id, turn.conversation_id)
+                await chat.forget_conversation(user_id, turn.conversation_id)
             yield "data: [DONE]\n\n"
         finally:
             if done < len(tasks):  # the client went away: free the compute, still store what was generated
                 for reply, _ in started:
-                    chat.cancel(user_id=user.id, message_id=reply.message.id)
+                    chat.cancel(user_id=user_id, message_id=pk(reply.message))
                 # the pumps keep draining their relays (each stores its reply) with no reader left;
                 # held here so the event loop's weak references do not drop them mid-reply
                 for t in tasks:
@@ -264,7 +271,7 @@ async def chat_completions(body: OAIChatRequest, request: Request, user: Approve
         except asyncio.TimeoutError:
             abandoned.set()
         for reply, _ in started:
-            chat.cancel(user_id=user.id, message_id=reply.message.id)
+            chat.cancel(user_id=user_id, message_id=pk(reply.message))
         for relay in relays:
             async for _ in relay:
                 pass

@@ -24,7 +24,7 @@ from sqlmodel import Session, select
 
 from service import adapter_store, crud
 from service.auth import OperatorUser, SessionDep, SettingsDep, end_sessions
-from service.models import Feedback, Ranking, Role, User
+from service.models import Feedback, Ranking, Role, User, pk
 from service.schemas import IdPath, SharedPoolUpdate, UserAdminPublic, UserCreate
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,10 @@ def _counts(session: Session, model) -> dict[int, int]:
 
 
 def _public(user: User, feedback: dict[int, int], rankings: dict[int, int]) -> UserAdminPublic:
-    return UserAdminPublic(id=user.id, username=user.username, role=user.role.value, approved=user.approved,
-                           created_at=user.created_at.isoformat(), feedback=feedback.get(user.id, 0),
-                           rankings=rankings.get(user.id, 0), shared_pool_excluded=user.shared_pool_excluded)
+    user_id = pk(user)
+    return UserAdminPublic(id=user_id, username=user.username, role=user.role.value, approved=user.approved,
+                           created_at=user.created_at.isoformat(), feedback=feedback.get(user_id, 0),
+                           rankings=rankings.get(user_id, 0), shared_pool_excluded=user.shared_pool_excluded)
 
 
 @router.get("", response_model=list[UserAdminPublic])
@@ -92,9 +93,9 @@ def suspend_user(user_id: IdPath, operator: OperatorUser, session: SessionDep) -
     session.commit()
     end_sessions(session, user)  # open sockets end at their next request
     for key in crud.list_api_keys(session, user_id=user_id):
-        crud.delete_api_key(session, user_id=user_id, key_id=key.id)
+        crud.delete_api_key(session, user_id=user_id, key_id=pk(key))
     logger.warning("operator %s suspended user %s", operator.username, user_id)
-    return _public(session.get(User, user_id), _counts(session, Feedback), _counts(session, Ranking))
+    return _public(user, _counts(session, Feedback), _counts(session, Ranking))
 
 
 @router.post("/{user_id}/shared-pool", response_model=UserAdminPublic)
@@ -108,7 +109,7 @@ def set_shared_pool(user_id: IdPath, body: SharedPoolUpdate, operator: OperatorU
         session.commit()
         logger.warning("operator %s %s user %s the shared pool", operator.username,
                        "excluded" if body.excluded else "let back into", user_id)
-    return _public(session.get(User, user_id), _counts(session, Feedback), _counts(session, Ranking))
+    return _public(user, _counts(session, Feedback), _counts(session, Ranking))
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -10,7 +10,8 @@ import torch
 
 from learning.config import Budgets
 from learning.data import Dataset, PointLabel, PreferencePair
-from learning.reward import FeatureCache, Preference, RewardModel, fit_preferences
+from learning.preference_fit import fit_preferences
+from learning.reward import FeatureCache, Preference, RewardModel
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -180,7 +181,7 @@ def test_a_preference_no_trait_measures_is_learned_from_the_text_and_served_alik
 
 
 def test_the_evidence_is_the_marginal_likelihood():
-    from learning.reward import fit_preferences_with_evidence
+    from learning.preference_fit import fit_preferences_with_evidence
 
     # no labels: the evidence of any prior is log 1
     assert fit_preferences_with_evidence(None, None, torch.zeros(2), torch.tensor([3.0, 1.0]))[2] == pytest.approx(0.0, abs=1e-9)
@@ -197,7 +198,8 @@ def test_the_evidence_chooses_text_only_for_labels_text_explains(which, n, wants
     """2 trait columns and 40 text columns; the labels follow one column (a trait or a text one):
     among the text block's prior precisions, the highest evidence pins the text weights (1e6) when a
     trait explains the labels, and frees them when a text column does."""
-    from learning.reward import REWARD_TEXT_PRECISION_GRID, fit_preferences_with_evidence
+    from learning.preference_fit import fit_preferences_with_evidence
+    from learning.reward import REWARD_TEXT_PRECISION_GRID
 
     g = torch.Generator().manual_seed(0)
     zc, zr = torch.randn(n, 42, generator=g), torch.randn(n, 42, generator=g)
