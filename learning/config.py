@@ -360,14 +360,17 @@ class Budgets:
     served the base to 2-3 users of 8 (docs/results/2026-12-05-gate). The global candidate follows
     ``gate_global_preference``."""
 
-    gate_global_preference: str = "reward"
+    gate_global_preference: str = "not-worse"
     """What the global candidate (the shared adapter every user without their own inherits) must show:
-    "reward" (the default, as before): its reward lower bound beats the base's and the current global
-    adapter's under the population's reward model, the model PPO optimised; "not-worse": the personal
-    rule applied to everyone: refused only on evidence, from every user's held-out labels (each
-    user's agreement weighted by their comparisons), that it is worse for them than the global
-    adapter serving now, or on harm, KL, or the population's reward falling more than
-    ``gate_helpfulness_tolerance`` below the base's."""
+    "not-worse" (the default): the personal rule applied to everyone: refused only on evidence, from
+    every user's held-out labels (each user's agreement weighted by their comparisons), that it is
+    worse for them than the global adapter serving now, or on harm, KL, or the population's reward
+    falling more than ``gate_helpfulness_tolerance`` below the base's; "reward" (the default until
+    2026-12-06): its reward lower bound beats the base's and the current global adapter's under the
+    population's reward model, the model PPO optimised. Why "not-worse": the reward rule refused the
+    global candidate in every full protocol; under "not-worse" it was promoted and the personal
+    adapters trained on it won +4.5 points more (paired, +2.1 to +6.8) with less harm
+    (docs/results/2026-12-06-full-global-not-worse)."""
 
     gate_worse_alpha: float = 0.05
     """"not-worse": a candidate is refused when the upper one-sided (1 - alpha) Wilson bound of its

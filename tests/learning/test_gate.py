@@ -7,7 +7,7 @@ import pytest
 from learning.config import Budgets, BudgetError
 from learning.gate import HarmSample, LabelCheck, PolicyEval, decide, more_harmful, wilson_upper, win_rate, with_harm
 
-BUDGETS = Budgets(gate_max_kl=0.3, gate_min_improvement=0.0)
+BUDGETS = Budgets(gate_max_kl=0.3, gate_min_improvement=0.0, gate_global_preference="reward")
 BASE = PolicyEval(mean_reward=0.0, harm_rate=0.25, kl_per_token=0.0, n=8)
 CURRENT = PolicyEval(mean_reward=0.4, harm_rate=0.125, kl_per_token=0.1, n=8)
 
@@ -62,8 +62,8 @@ def test_all_failures_are_listed():
 
 
 def test_min_improvement_margin():
-    assert not decide(cand(reward=0.45), CURRENT, BASE, Budgets(gate_min_improvement=0.1)).promote
-    assert decide(cand(reward=0.55), CURRENT, BASE, Budgets(gate_min_improvement=0.1)).promote
+    assert not decide(cand(reward=0.45), CURRENT, BASE, Budgets(gate_min_improvement=0.1, gate_global_preference="reward")).promote
+    assert decide(cand(reward=0.55), CURRENT, BASE, Budgets(gate_min_improvement=0.1, gate_global_preference="reward")).promote
 
 
 def test_budgets_from_env_map_each_field_and_report_all_problems():
@@ -117,7 +117,8 @@ def test_held_out_labels_and_the_reward_model_combine_as_gate_preference_says():
     good = LabelCheck(vs_base=0.8, vs_current=0.7, comparisons=10)
     bad = LabelCheck(vs_base=0.6, vs_current=0.5, comparisons=10)
     labels_only, reward_only = Budgets(gate_preference="labels"), Budgets(gate_preference="reward")
-    BUDGETS = Budgets(gate_max_kl=0.3, gate_preference="either")  # noqa: N806 (the old default, kept as a setting)
+    BUDGETS = Budgets(gate_max_kl=0.3, gate_preference="either",  # noqa: N806 (the old default, kept as a setting)
+                      gate_global_preference="reward")
     # "either": one yardstick that says better is enough; both must say no to reject
     d = decide(loses_on_reward, CURRENT, BASE, BUDGETS, personal=True, labels=good)
     assert d.promote and "held-out preferences on 70% (vs current)" in d.reason and "reward lower bound" not in d.reason
@@ -206,8 +207,9 @@ def test_not_worse_refuses_only_on_evidence_that_the_user_is_worse_off():
     assert "exceeds the budget" in decide(cand(kl=0.5), CURRENT, BASE, budgets, personal=True).reason
     worse_for_all = PolicyEval(mean_reward=0.0, harm_rate=0.125, kl_per_token=0.1, n=8, population_reward=-1.0)
     assert "population reward" in decide(worse_for_all, CURRENT, BASE, budgets, personal=True).reason
-    # the global candidate keeps the reward model's "better"
-    assert not decide(loses_on_reward, CURRENT, BASE, budgets).promote
+    # the global candidate follows gate_global_preference: "not-worse" by default, the reward model's "better" under "reward"
+    assert decide(loses_on_reward, CURRENT, BASE, budgets).promote
+    assert not decide(loses_on_reward, CURRENT, BASE, replace(budgets, gate_global_preference="reward")).promote
     with pytest.raises(BudgetError, match="ASSISTANT_GATE_WORSE_ALPHA"):
         Budgets(gate_worse_alpha=0.7)
 
@@ -319,10 +321,10 @@ def test_the_global_candidate_can_be_judged_not_worse_on_every_users_labels():
     assert (check.vs_base, check.vs_current, check.comparisons, check.prompts) == (0.75, 0.75, 4, 5)
     assert pooled_label_check([a], moved, other, other).vs_current == 1.0
 
-    assert Budgets().gate_global_preference == "reward"  # the default: unchanged
+    assert Budgets().gate_global_preference == "not-worse"  # the default since 2026-12-06
     budgets = Budgets(gate_max_kl=0.3, gate_global_preference="not-worse")
     cand_eval = cand(reward=-1.0)
-    # the reward model alone refuses it by default...
+    # the reward model alone refuses it under "reward"...
     assert "does not beat" in decide(cand_eval, CURRENT, BASE, BUDGETS).reason
     # ...under "not-worse" only the users' labels can: 9 of 10 pooled comparisons against it is evidence
     fine = LabelCheck(vs_base=0.6, vs_current=0.45, comparisons=20)
@@ -347,8 +349,8 @@ def test_the_global_job_reads_every_users_held_out_labels_only_under_not_worse()
     from learning.shared import HeldoutLabels
 
     a, b = HeldoutLabels(pairs=(("p", "x", "p", "y"),)), HeldoutLabels(points=(("q", "u", 1), ("q", "d", 0)))
-    ctx = SimpleNamespace(shared=SimpleNamespace(heldout={7: b, 3: a}), budgets=Budgets())
+    ctx = SimpleNamespace(shared=SimpleNamespace(heldout={7: b, 3: a}), budgets=Budgets(gate_global_preference="reward"))
     assert _gate_labels(ctx, 3) is a and _gate_labels(ctx, 9) is None
-    assert _gate_labels(ctx, None) is None  # the default: the reward model judges the global candidate
-    ctx.budgets = Budgets(gate_global_preference="not-worse")
+    assert _gate_labels(ctx, None) is None  # "reward": the reward model judges the global candidate
+    ctx.budgets = Budgets()  # the default, "not-worse"
     assert _gate_labels(ctx, None) == [a, b]  # every user's, in user order
