@@ -35,6 +35,8 @@ TINY_ENV = {
     "ASSISTANT_LORA_R": "4", "ASSISTANT_LORA_ALPHA": "8", "ASSISTANT_MIN_USER_LABELS": "2",
     "ASSISTANT_MIN_GLOBAL_LABELS": "2", "ASSISTANT_REWARD_STEPS": "40", "ASSISTANT_MAX_PROMPT_TOKENS": "128",
     "ASSISTANT_MAX_REPLY_TOKENS": "64",
+    # the rollouts' dtype fixed: "auto" times both dtypes in every worker process, minutes of this test on a busy machine
+    "ASSISTANT_DTYPE": "float32",
 }
 
 
