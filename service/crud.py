@@ -8,12 +8,10 @@ returns None for objects the caller does not own, so routes answer 404 for both
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
 
-from sqlalchemy import Delete, func
+from sqlalchemy import func
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import update as sa_update
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -43,12 +41,6 @@ from service.models import (
 
 class Conflict(Exception):
     pass
-
-
-def _delete(session: Session, stmt: Delete) -> int:
-    """Run a bulk DELETE; how many rows it removed."""
-    # Session.execute is typed to return a Result; for a DELETE it is the CursorResult that counts the rows
-    return cast(CursorResult[Any], session.execute(stmt)).rowcount
 
 
 # --- users ------------------------------------------------------------------------
@@ -166,7 +158,7 @@ def list_api_keys(session: Session, *, user_id: int) -> Sequence[ApiKey]:
 
 
 def delete_api_key(session: Session, *, user_id: int, key_id: int) -> bool:
-    n = _delete(session, sa_delete(ApiKey).where(col(ApiKey.id) == key_id, col(ApiKey.user_id) == user_id))
+    n = session.exec(sa_delete(ApiKey).where(col(ApiKey.id) == key_id, col(ApiKey.user_id) == user_id)).rowcount
     session.commit()
     return bool(n)
 
@@ -201,8 +193,8 @@ def delete_conversation(session: Session, *, conv: Conversation) -> int:
     msg_ids = list(session.exec(select(Message.id).where(Message.conversation_id == conv.id)).all())
     labels = 0
     if msg_ids:
-        labels += _delete(session, sa_delete(Feedback).where(col(Feedback.message_id).in_(msg_ids))) or 0
-        labels += _delete(session, sa_delete(Ranking).where(col(Ranking.alternative_group).in_(msg_ids))) or 0
+        labels += session.exec(sa_delete(Feedback).where(col(Feedback.message_id).in_(msg_ids))).rowcount or 0
+        labels += session.exec(sa_delete(Ranking).where(col(Ranking.alternative_group).in_(msg_ids))).rowcount or 0
         session.execute(sa_update(Message).where(col(Message.conversation_id) == conv.id).values(parent_id=None)
                         .execution_options(synchronize_session=False))
         session.execute(sa_delete(Message).where(col(Message.conversation_id) == conv.id))
@@ -388,8 +380,8 @@ def delete_account(session: Session, *, user_id: int) -> None:
 
 
 def delete_feedback(session: Session, *, user_id: int) -> int:
-    n = _delete(session, sa_delete(Feedback).where(col(Feedback.user_id) == user_id))
-    m = _delete(session, sa_delete(Ranking).where(col(Ranking.user_id) == user_id))
+    n = session.exec(sa_delete(Feedback).where(col(Feedback.user_id) == user_id)).rowcount
+    m = session.exec(sa_delete(Ranking).where(col(Ranking.user_id) == user_id)).rowcount
     user = session.get(User, user_id)
     if user is not None:  # importers of ratings kept elsewhere must not bring these back
         user.ratings_deleted_at = utcnow()
