@@ -18,6 +18,7 @@ states; the trainer writes no file for it and serving falls back to one candidat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -93,6 +94,13 @@ class ReplyReward:
     def population_score(self, prompt: str, replies: Sequence[str]) -> list[float]:
         """The population's reward alone (reranking without personalisation, for the evaluation)."""
         return self.population.mean(self.z(prompt, replies)).tolist() if replies else []
+
+    def population_key(self) -> str:
+        """What ``population_score`` depends on, as a digest: rewards fitted in one training run share it,
+        so an evaluation reranks the base by the population's reward once for all of them."""
+        state = self.state_dict()
+        del state["user"], state["k"]
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
     def state_dict(self) -> dict[str, Any]:
         return {"trait_names": list(T.NAMES), "trait_mu": self.trait_mu.tolist(), "trait_sd": self.trait_sd.tolist(),

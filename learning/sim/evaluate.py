@@ -184,6 +184,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
 
     # 3. personal win rates: the served policy, and the newest candidate when it is another one
     user_reports = []
+    reranked_base: dict[str, Any] = {}  # population reward's digest -> the base's held-out pool reranked by it
     for entry, uid, profile, r, candidate in resolved_users:
         served = personal(profile, r.label if r.adapter is not None else None)
         mine = served["texts"] or base_heldout
@@ -206,8 +207,12 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
         reward = reward_of(r.label if r.adapter is not None else candidate)
         # reranking alone: the base, chosen by the population's reward
         if cfg.best_of_base and reward is not None and rewards is not None:
-            pool, _ = bank.sample_best_of(None, heldout, cfg.samples, seeds.policy, n=cfg.best_of_n, block=cfg.best_of_block,
-                                          first_block=cfg.best_of_first_block, score=reward.population_score, harmful=rewards.harmful)
+            key = reward.population_key()
+            if key not in reranked_base:
+                reranked_base[key], _ = bank.sample_best_of(
+                    None, heldout, cfg.samples, seeds.policy, n=cfg.best_of_n, block=cfg.best_of_block,
+                    first_block=cfg.best_of_first_block, score=reward.population_score, harmful=rewards.harmful)
+            pool = reranked_base[key]
             user_reports[-1]["base_best_of"] = {"win_rate": pooled_win_rate(
                 compare_pools(profile, heldout, pool.texts, base_heldout), cfg.confidence, cfg.bootstrap, cfg.seed)}
 

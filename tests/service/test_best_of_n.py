@@ -130,6 +130,20 @@ def test_reward_is_the_users_lower_bound_plus_the_populations_mean(tmp_path):
     assert again.score("Tell me about cats.", replies) == pytest.approx(got)
 
 
+def test_rewards_share_a_population_key_exactly_when_their_population_parts_agree():
+    d = len(T.NAMES)
+    pop = Preference(_one_hot("casual", 1.0), torch.zeros(d, d), 0.0, torch.zeros(d), 1.0, 100)
+    one = Preference(_one_hot("exclamations", 1.0), torch.eye(d), 0.0, torch.zeros(d), 2.0, 10)
+    other = Preference(_one_hot("length", -1.0), torch.eye(d), 0.5, torch.zeros(d), 1.0, 30)
+    a = ReplyReward(torch.zeros(d), torch.ones(d), one, pop, k=1.0)
+    b = ReplyReward(torch.zeros(d), torch.ones(d), other, pop, k=2.0)
+    assert a.population_key() == b.population_key()  # the user's part and k do not enter population_score
+    shifted = ReplyReward(torch.zeros(d), torch.full((d,), 2.0), one, pop, k=1.0)
+    assert shifted.population_key() != a.population_key()  # the standardisation does
+    moved = Preference(_one_hot("formal", 1.0), torch.zeros(d, d), 0.0, torch.zeros(d), 1.0, 100)
+    assert ReplyReward(torch.zeros(d), torch.ones(d), one, moved, k=1.0).population_key() != a.population_key()
+
+
 def test_a_missing_or_foreign_reward_file_means_one_candidate(tmp_path):
     assert ReplyReward.load(tmp_path) is None
     (tmp_path / adapter_store.REWARD_FILE).write_text('{"trait_names": ["length"], "k": 1}')
