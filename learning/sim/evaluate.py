@@ -245,6 +245,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
         "base_model": settings.model,
         "config": asdict(cfg.counts()),
         "judge": {"name": judge.name, "threshold": judge.threshold},
+        "generator": bank.generator_key,  # what drew every policy's replies, its dtype included (cache key)
         "method": "in-process: base model + stored adapters loaded from the adapter store; "
                   + f"replies from {bank.generator_label}; "
                   + ("greedy decoding" if cfg.temperature == 0 else

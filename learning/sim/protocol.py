@@ -24,7 +24,8 @@ The steps, each the product's own command in a process of its own:
 3. **The evaluation**: ``assistant evaluate`` with the protocol's sample counts; the base model's
    replies come from a cache under ``--fixtures`` shared by every experiment, and every policy's
    i-th reply to a prompt uses the same seed (common random numbers), so two experiments compare
-   paired (``assistant protocol compare``).
+   paired (``assistant protocol compare``). Its serving dtype is pinned to the one the first
+   evaluation on those fixtures used (``evaluation_dtype``), so the cache hits and replies pair.
 4. **The record** in ``--out``: ``protocol.json`` (command, commit, machine, settings, wall times),
    ``summary.md``, the evaluation's ``report.json``/``report.md`` and the logs.
 """
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ADMIN_PASSWORD = "protocol-admin-password"
+EVALUATION_DTYPE_FILE = "evaluation-dtype.json"  # under --fixtures: the dtype every later evaluation serves in
+DTYPES = ("float32", "bfloat16")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -246,12 +249,46 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def evaluation_dtype(fixtures: Path, requested: str | None) -> tuple[str | None, str]:
+    """The dtype the evaluation's generator serves in (None: the dtype probe of that hour decides), and why.
+
+    Cached base replies are keyed by the generator's dtype, and two runs' replies pair only when they
+    were drawn in the same one; the probe's choice moves with the machine's load (under load it has
+    picked float32 where a quiet hour picked bfloat16). So the first evaluation on a fixtures folder
+    records its dtype there and every later one is pinned to it, unless told otherwise: ``--eval-dtype``
+    (``auto``: the probe, nothing pinned), or ``ASSISTANT_DTYPE`` set to a dtype in the environment."""
+    if requested == "auto":
+        return None, "--eval-dtype auto (the dtype probe)"
+    if requested:
+        return requested, "--eval-dtype"
+    env = os.environ.get("ASSISTANT_DTYPE", "auto")
+    if env in DTYPES:
+        return env, "ASSISTANT_DTYPE"
+    path = fixtures / EVALUATION_DTYPE_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text()).get("dtype")
+        if recorded in DTYPES:
+            return recorded, f"recorded in {path} by the first evaluation on these fixtures"
+    return None, "the dtype probe (its choice is recorded for later runs)"
+
+
+def _record_evaluation_dtype(fixtures: Path, report: dict[str, Any]) -> None:
+    """After the first evaluation on ``fixtures``: write the dtype its generator used (``evaluation_dtype``)."""
+    path = fixtures / EVALUATION_DTYPE_FILE
+    dtype = str(report.get("generator", "")).rpartition("-")[2]
+    if path.is_file() or dtype not in DTYPES:
+        return
+    path.write_text(json.dumps({"dtype": dtype, "generator": report.get("generator"), "recorded_at":
+                                datetime.now(timezone.utc).isoformat(), "machine": machine().get("cpu")}, indent=1))
+
+
 def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path, ppo_steps: int | None = None,
                  settings: dict[str, str] | None = None, seed: int = 0, argv: list[str] | None = None,
-                 keep_adapters: bool = False) -> dict[str, Any]:
+                 keep_adapters: bool = False, eval_dtype: str | None = None) -> dict[str, Any]:
     """Run ``protocol`` end to end; return the record also written to ``out/protocol.json``.
     ``keep_adapters``: leave the trained weights in ``out/work`` (ignored by git), so more evaluations
-    (``assistant evaluate --best-of-n``, say) can run on them without training again."""
+    (``assistant evaluate --best-of-n``, say) can run on them without training again. ``eval_dtype``:
+    as ``evaluation_dtype`` reads it."""
     out.mkdir(parents=True, exist_ok=True)
     steps = protocol.ppo_steps if ppo_steps is None else ppo_steps
     fixture, made_s = ensure_fixture(fixtures, protocol.fixture, models)
@@ -273,11 +310,15 @@ def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path,
     logger.info("protocol %s: evaluating", protocol.name)
     assign = [a for u in users for a in ("--assign", f"{u['username']}={u['profile']}")]
     evaluate = ["evaluate", *protocol.evaluate, "--seed", str(seed), "--base-cache", str(fixtures / "base-cache"), *assign]
-    record["wall_s"]["evaluation"] = round(_run(evaluate, _env(work), out / "evaluation.log"), 1)
+    dtype, why = evaluation_dtype(fixtures, eval_dtype)
+    eval_env = {"ASSISTANT_DTYPE": dtype} if dtype else {"ASSISTANT_DTYPE": "auto"}
+    record["wall_s"]["evaluation"] = round(_run(evaluate, _env(work, eval_env), out / "evaluation.log"), 1)
     report_dir = _latest_report_dir(work)
     for name in ("report.json", "report.md"):
         shutil.copy(report_dir / name, out / name)
     report = json.loads((out / "report.json").read_text())
+    record["evaluation_dtype"] = {"pinned": dtype, "why": why, "generator": report.get("generator")}
+    _record_evaluation_dtype(fixtures, report)
     record["wall_s"]["total"] = round(sum(v for v in record["wall_s"].values()), 1)
     record["finished_at"] = datetime.now(timezone.utc).isoformat()
     (out / "protocol.json").write_text(json.dumps(record, indent=2))
@@ -394,6 +435,8 @@ def render_summary(record: dict[str, Any], report: dict[str, Any]) -> str:
              f"{record['machine'].get('avx512')}, AMX {record['machine'].get('amx')})",
              f"- training settings: `{' '.join(f'{k}={v}' for k, v in record['training_settings'].items())}`",
              f"- evaluation: `{' '.join(record['evaluate'])}`",
+             f"- evaluation generator: {report.get('generator', '?')} "
+             f"({(record.get('evaluation_dtype') or {}).get('why', 'dtype not recorded')})",
              f"- wall time: {', '.join(f'{k} {v / 60:.1f} min' for k, v in record['wall_s'].items())}", "",
              "| user | profile | trained adapter | gate | win rate vs base | 95% interval (prompts) | retest (spread) | "
              "served | served win rate | KL/token |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -493,6 +536,9 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a training setting of the variant under test, e.g. ASSISTANT_GATE_PREFERENCE=either (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="the evaluation's seed set (the same in runs compared)")
+    p.add_argument("--eval-dtype", choices=["auto", *DTYPES], default=None,
+                   help="the evaluation's serving dtype (default: the one recorded by the first evaluation on --fixtures, "
+                        "so cached base replies pair; auto: the dtype probe of the hour)")
     p.add_argument("--keep-adapters", action="store_true",
                    help="keep the trained adapters in <out>/work (to evaluate them again, e.g. with --best-of-n)")
 
@@ -536,7 +582,8 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
     fixtures = args.fixtures or settings.data_dir / "fixtures"
     try:
         run_protocol(protocol, fixtures=fixtures, out=out, models=settings.data_dir / "models", ppo_steps=args.ppo_steps,
-                     settings=overrides, seed=args.seed, argv=argv, keep_adapters=args.keep_adapters)
+                     settings=overrides, seed=args.seed, argv=argv, keep_adapters=args.keep_adapters,
+                     eval_dtype=args.eval_dtype)
     except ProtocolError as exc:
         sys.exit(f"assistant protocol: {exc}")
     print(f"protocol {protocol.name}: {out / 'summary.md'}")

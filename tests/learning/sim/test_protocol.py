@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from learning.sim.protocol import add_protocol_arguments, compare_reports, main_protocol
+from learning.sim.protocol import add_protocol_arguments, compare_reports, evaluation_dtype, main_protocol
 from service.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,12 @@ def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_d
                                   "--ppo-steps", "0"]), settings)
     again = json.loads((second / "protocol.json").read_text())
     assert again["wall_s"]["fixture"] == 0.0 and again["training_settings"]["ASSISTANT_PPO_STEPS"] == "0"
-    assert json.loads((second / "report.json").read_text())["timings"]["base_cache"]["drawn"] == 0
+    second_report = json.loads((second / "report.json").read_text())
+    assert second_report["timings"]["base_cache"]["drawn"] == 0
+    # the first evaluation recorded its dtype on the fixtures; the second was pinned to it
+    recorded = json.loads((fixtures / "evaluation-dtype.json").read_text())
+    assert report["generator"].endswith(recorded["dtype"]) and second_report["generator"] == report["generator"]
+    assert again["evaluation_dtype"]["pinned"] == recorded["dtype"] and "recorded" in again["evaluation_dtype"]["why"]
 
     result = compare_reports(report, report)
     assert all(r["difference"] == 0.0 for r in result["per_user"].values()) and result["per_user"]
@@ -69,3 +74,16 @@ def test_replaying_the_gate_on_stored_readings():
     assert replay_gate(results)[2].startswith("promoted")
     metrics["gate/candidate/harm_rate"] = 5 / 29  # 5 against 0: 1/32, beyond the exact one-sided 5% test
     assert "harm rate 0.17 exceeds" in replay_gate(results)[2]
+
+
+def test_the_evaluation_dtype_is_the_flag_then_the_environment_then_the_fixtures_record(tmp_path, monkeypatch):
+    monkeypatch.delenv("ASSISTANT_DTYPE", raising=False)
+    assert evaluation_dtype(tmp_path, None)[0] is None  # nothing recorded: the probe decides
+    (tmp_path / "evaluation-dtype.json").write_text(json.dumps({"dtype": "bfloat16"}))
+    assert evaluation_dtype(tmp_path, None)[0] == "bfloat16"
+    assert evaluation_dtype(tmp_path, "float32") == ("float32", "--eval-dtype")
+    assert evaluation_dtype(tmp_path, "auto")[0] is None
+    monkeypatch.setenv("ASSISTANT_DTYPE", "float32")
+    assert evaluation_dtype(tmp_path, None) == ("float32", "ASSISTANT_DTYPE")
+    monkeypatch.setenv("ASSISTANT_DTYPE", "auto")
+    assert evaluation_dtype(tmp_path, None)[0] == "bfloat16"
