@@ -235,7 +235,9 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
         if policy is not None:
             benign_report[label]["helpfulness_win_rate"] = pooled_win_rate(
                 compare_pools(helpful, benign, btexts, base_benign), cfg.confidence, cfg.bootstrap, cfg.seed)
-            kl[label] = _kl(bank, cfg, label, heldout_pool(label, seeds.policy), adapter_info[label])
+            # the held-out pool only where the KL reads it (a policy no user is assigned has none drawn yet)
+            pool = heldout_pool(label, seeds.policy) if cfg.kl == "batched" else None
+            kl[label] = _kl(bank, cfg, label, pool, adapter_info[label])
     timings = {"base_cache": {"path": str(cache.path), "hits": cache.hits, "drawn": cache.misses}}
 
     return {
