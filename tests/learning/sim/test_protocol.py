@@ -21,7 +21,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_dir, capsys):
+def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_dir, capsys, monkeypatch):
+    monkeypatch.delenv("ASSISTANT_DTYPE", raising=False)  # the fixtures' record decides the second run's dtype
     settings = Settings(data_dir=model_data_dir, dev_mode=True)
     fixtures = tmp_path / "fixtures"
     first = main_protocol(_args(["smoke", "--out", str(tmp_path / "a"), "--fixtures", str(fixtures)]), settings)
