@@ -37,6 +37,9 @@ TINY_ENV = {
     "ASSISTANT_MAX_REPLY_TOKENS": "64",
     # the rollouts' dtype fixed: "auto" times both dtypes in every worker process, minutes of this test on a busy machine
     "ASSISTANT_DTYPE": "float32",
+    # one torch thread each: two workers on every core of a 2-core machine oversubscribe it (OpenMP teams
+    # spinning against each other), which made this the suite's slowest test (warm starts of 200 s, not 2)
+    "ASSISTANT_WORKER_THREADS": "1",
 }
 
 
