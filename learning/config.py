@@ -385,6 +385,13 @@ class Budgets:
     at most the comparisons): pairs from one ranking share their prompt and replies, so counting
     them as independent overstates the evidence that a candidate is worse."""
 
+    gate_label_logprob: str = "sum"
+    """How the held-out label test reads a reply's likelihood under a policy: "sum" (its log-probability,
+    summed over its tokens) or "per-token" (their mean). A candidate that lowers every token's
+    probability a little moves a long reply's sum more than a short one's, so under "sum" the test reads
+    a change in length as a preference for the shorter reply whatever the user prefers; "per-token"
+    cannot be moved by length alone. See docs/results/2026-12-06-gate-label-per-token."""
+
     gate_min_labels: int = 6
     """Held-out comparisons (ranked pairs, plus min(thumbs up, thumbs down)) a user needs before
     their held-out labels judge their candidate (gate_preference "labels" or "either")."""
@@ -474,6 +481,9 @@ class Budgets:
         if self.gate_label_units not in ("comparisons", "prompts"):
             problems.append(f"{self.env_name('gate_label_units')} must be \"comparisons\" or \"prompts\" "
                             f"(got {self.gate_label_units!r})")
+        if self.gate_label_logprob not in ("sum", "per-token"):
+            problems.append(f"{self.env_name('gate_label_logprob')} must be \"sum\" or \"per-token\" "
+                            f"(got {self.gate_label_logprob!r})")
         if not 0.0 < self.gate_worse_alpha < 0.5:
             problems.append(f"{self.env_name('gate_worse_alpha')} must be between 0 and 0.5 (got {self.gate_worse_alpha})")
         if self.rollout_engine not in ("batched", "hf"):

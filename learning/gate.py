@@ -53,7 +53,7 @@ import torch
 
 from learning.config import Budgets
 from learning.losses import masked_mean
-from learning.policy import Sampler, forward_logprobs, reference_mode, reply_logprob_sums, sample, score_samples
+from learning.policy import Sampler, forward_logprobs, reference_mode, reply_logprob_stats, sample, score_samples
 from learning.shared import HeldoutLabels
 from service.training_records import GATE_BASE, GATE_CANDIDATE, GATE_WIN_RATE_VS_BASE
 
@@ -129,14 +129,16 @@ def win_rate(candidate: PolicyEval, base: PolicyEval) -> float | None:
 
 @torch.no_grad()
 def reply_logprobs(model, tokenizer, replies: Sequence[tuple[str, str]], budgets: Budgets, *,
-                   reference: bool = False) -> dict[tuple[str, str], float]:
-    """Sum of log-probabilities (temperature 1) of each stored (rendered prompt, reply) under the
-    adapter loaded in ``model`` (or the base, if ``reference``), replies cut as the policy samples them."""
+                   reference: bool = False, per_token: bool = False) -> dict[tuple[str, str], float]:
+    """Log-probability (temperature 1) of each stored (rendered prompt, reply) under the adapter loaded
+    in ``model`` (or the base, if ``reference``), replies cut as the policy samples them: summed over
+    the reply's tokens, or (``per_token``) their mean, which a change in length alone cannot move."""
     items = list(replies)
     with reference_mode(model) if reference else contextlib.nullcontext():
-        sums = reply_logprob_sums(model, tokenizer, [p for p, _ in items], [r for _, r in items], budgets,
-                                  batch_size=budgets.ppo_batch_size)
-    return dict(zip(items, sums.tolist()))
+        sums, counts = reply_logprob_stats(model, tokenizer, [p for p, _ in items], [r for _, r in items], budgets,
+                                           batch_size=budgets.ppo_batch_size)
+    values = sums / counts.clamp(min=1) if per_token else sums
+    return dict(zip(items, values.tolist()))
 
 
 def label_agreement(labels: HeldoutLabels, candidate: dict[tuple[str, str], float],
@@ -365,7 +367,8 @@ class Gate:
         if not self.label_sets:
             return {}
         replies = list(dict.fromkeys(x for labels in self.label_sets for x in labels.replies()))
-        return reply_logprobs(self.model, self.tokenizer, replies, self.budgets, reference=reference)
+        return reply_logprobs(self.model, self.tokenizer, replies, self.budgets, reference=reference,
+                              per_token=self.budgets.gate_label_logprob == "per-token")
 
     def _harm(self, key: str | None, per_prompt: int, *, reference: bool = False) -> HarmSample:
         memo_key = (key, per_prompt, tuple(self.distinct_harm_prompts)) if key is not None else None

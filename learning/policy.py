@@ -176,13 +176,22 @@ def reply_logprob_sums(model, tokenizer, prompts: Sequence[str], replies: Sequen
     """(B,) summed log-probs (temperature 1) of each stored reply given its prompt, under the model as
     it is called (wrap in ``reference_mode`` for the base; in ``torch.no_grad`` unless training), in
     forward passes of at most ``batch_size`` rows (None: one pass)."""
+    return reply_logprob_stats(model, tokenizer, prompts, replies, budgets, batch_size=batch_size)[0]
+
+
+def reply_logprob_stats(model, tokenizer, prompts: Sequence[str], replies: Sequence[str], budgets: Budgets, *,
+                        batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B,) summed log-probs, (B,) token counts) of each stored reply as ``reply_logprob_sums`` reads it."""
     step = batch_size or max(1, len(prompts))
-    sums = []
+    sums, counts = [], []
     for i in range(0, len(prompts), step):
         batch = encode_replies(tokenizer, prompts[i:i + step], replies[i:i + step], budgets)
         logprobs, _, _ = forward_logprobs(model, batch, 1.0)  # (b, T)
         sums.append((logprobs.float().cpu() * batch.response_mask).sum(1))
-    return torch.cat(sums) if sums else torch.zeros(0)
+        counts.append(batch.response_mask.sum(1))
+    if not sums:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(sums), torch.cat(counts)
 
 
 def encode_replies(tokenizer, prompts: Sequence[str], replies: Sequence[str], budgets: Budgets) -> Samples:

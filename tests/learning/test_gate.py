@@ -76,6 +76,9 @@ def test_budgets_from_env_map_each_field_and_report_all_problems():
     assert "ASSISTANT_PPO_STEPS must be >= 0" in msg  # 0 = the warm start alone (the PPO ablation)
     with pytest.raises(BudgetError, match="ASSISTANT_PPO_EPOCHS='two' is not a valid int"):
         Budgets.from_env({"ASSISTANT_PPO_EPOCHS": "two"})
+    with pytest.raises(BudgetError, match="ASSISTANT_GATE_LABEL_LOGPROB"):
+        Budgets.from_env({"ASSISTANT_GATE_LABEL_LOGPROB": "mean"})
+    assert Budgets.from_env({"ASSISTANT_GATE_LABEL_LOGPROB": "per-token"}).gate_label_logprob == "per-token"
 
 
 def test_win_rate_counts_prompts_where_the_candidate_outscores_the_base():

@@ -179,6 +179,21 @@ def test_the_gate_reads_held_out_labels_as_likelihood_changes_against_the_base(t
     assert label_agreement(labels, base, trained) == 0.0  # and the other way round, away
 
 
+def test_the_gate_can_read_a_replys_likelihood_per_token(tiny):
+    from learning.gate import reply_logprobs
+
+    model, tok = tiny
+    policy = make_policy(model, BUDGETS)
+    replies = [(PROMPTS[1], "Paris."), (PROMPTS[1], "Paris is the capital of France and its largest city.")]
+    sums = reply_logprobs(policy, tok, replies, BUDGETS, reference=True)
+    means = reply_logprobs(policy, tok, replies, BUDGETS, reference=True, per_token=True)
+    for prompt, reply in replies:
+        ids = tok(reply, add_special_tokens=False).input_ids  # with its end token, or cut as the policy samples
+        tokens = len(ids) + 1 if len(ids) < BUDGETS.ppo_max_new_tokens else BUDGETS.ppo_max_new_tokens
+        assert means[(prompt, reply)] == pytest.approx(sums[(prompt, reply)] / tokens, rel=1e-5)
+    assert sums[replies[1]] < sums[replies[0]]  # the longer reply has more tokens to lose probability on
+
+
 def test_warm_start_dpo_on_the_users_pairs_separates_chosen_from_rejected(tiny):
     import dataclasses
     import math
