@@ -93,6 +93,19 @@ def _generate(engine, ids: list[int], adapter: AdapterRef | None, n: int, *, ign
     return req, [t for e in events if isinstance(e, TokenEvent) for t in e.token_ids]
 
 
+def _compiled_agreement(engine, compiled, ids: list[int], adapter: AdapterRef, int8_rows: int, n: int = 64) -> dict:
+    """Greedy tokens of one stream with an adapter, eager vs compiled (on int8 when the run has it), and the step's counters."""
+    engine.runner.int8_rows = int8_rows
+    runs = []
+    for step in (None, compiled):
+        engine.runner.compiled = step
+        runs.append(_generate(engine, ids, adapter, n, ignore_eos=True)[1])
+    engine.runner.compiled = None
+    same = next((i for i, (a, b) in enumerate(zip(*runs)) if a != b), min(map(len, runs)))
+    return {"greedy_prefix_agreement": round(same / max(1, min(map(len, runs))), 3), "tokens": n, "int8": bool(int8_rows),
+            **compiled.stats()}
+
+
 def _prefix_reuse(engine, tokenizer, adapter: AdapterRef | None, max_new_tokens: int) -> dict:
     """6. TTFT of each turn of one conversation, replayed with the prefix cache off and on."""
     budget = engine.prefix_cache.max_bytes
@@ -173,6 +186,7 @@ def run_serve_bench(
     llamacpp_server: str | None = None,
     int8_rows: int = 0,
     vllm_python: str | None = None,
+    compile_decode: bool = False,
 ) -> dict:
     """Run the serving benchmark and return (and optionally write as JSON) its numbers."""
     import torch
@@ -224,6 +238,13 @@ def run_serve_bench(
                                adapter_cache_size=32, dtype=tdtype, prefill_chunk_tokens=settings.prefill_chunk_tokens,
                                prefix_cache_bytes=settings.prefix_cache_mb * 2**20, threads=threads, int8_rows=int8_rows)
         result["config"]["int8_rows"] = engine.runner.int8_rows  # 0 when the dtype is float32
+        compiled = None
+        if compile_decode:  # warmed on the dense and the int8 weights; timed
+            from service.engine.compiled_decode import CompiledDecode
+
+            compiled = CompiledDecode.attach(engine.runner, threads=threads, int8_rows=(0,))
+        if compiled is not None:
+            result["config"]["compiled_decode_warm_s"] = round(compiled.warm_seconds, 1)
         result["config"]["weight_bytes"] = engine.runner.weight_bytes()
         if while_training:
             from service.bench_training import run_while_training_bench
@@ -244,6 +265,8 @@ def run_serve_bench(
         scenarios += [
             ("batched_1_user", engine, prompts[:1], [refs[0]]),  # 2. one user
             *([("batched_1_user_int8", engine, prompts[:1], [refs[0]])] if engine.runner.int8_rows else []),  # 2b. on int8
+            *([("batched_1_user_compiled", engine, prompts[:1], [refs[0]])] if compiled else []),  # 2c. the compiled step
+            *([("batched_1_user_int8_compiled", engine, prompts[:1], [refs[0]])] if compiled and engine.runner.int8_rows else []),
             ("batched_distinct", engine, prompts[:users], [refs[i % adapters] for i in range(users)]),  # 3.
             ("batched_one_adapter", engine, prompts[:users], [refs[0]] * users),  # 4. the same requests, one adapter
             ("batched_base", engine, prompts[:users], [None] * users),  # 4b. the same requests, no adapter
@@ -256,8 +279,9 @@ def run_serve_bench(
         def best_of(group) -> None:
             for rep in range(repeats):
                 for name, eng, ps, ads in group:
-                    if eng is engine:  # int8 weights only in the scenario named for them
-                        engine.runner.int8_rows = result["config"]["int8_rows"] if name.endswith("_int8") else 0
+                    if eng is engine:  # int8 weights and the compiled step only in the scenarios named for them
+                        engine.runner.int8_rows = result["config"]["int8_rows"] if "_int8" in name else 0
+                        engine.runner.compiled = compiled if name.endswith("_compiled") else None
                     if eng is engine and any(ads) and len(set(ads)) <= engine.adapters.capacity:
                         run_requests(eng, ps, ads, 1)  # their adapters resident, as for users already chatting
                     r = run_requests(eng, ps, ads, max_new_tokens)
@@ -278,6 +302,9 @@ def run_serve_bench(
             engine.start()
             run_requests(engine, prompts[:2], refs[-2:], 4)  # warm-up
             best_of([sc for sc in scenarios if sc[1] is engine])
+            if compiled is not None:  # 2d. greedy agreement of the compiled step with the eager one, on int8 where it serves
+                result["compiled_decode"] = _compiled_agreement(engine, compiled, prompts[0], refs[0], result["config"]["int8_rows"])
+                logger.info("compiled decode: %s", result["compiled_decode"])
             result["prefix_reuse"] = _prefix_reuse(engine, tokenizer, refs[0], max_new_tokens)  # 6.
             logger.info("prefix reuse: %s", result["prefix_reuse"])
             result["long_prompt_join"] = {  # 7.
@@ -294,12 +321,12 @@ def run_serve_bench(
                 naive.stop()
         if peer == "llamacpp":  # 8. the same requests on llama.cpp, after our engine stopped: the same cores
             result["peers"] = {"llamacpp": _llamacpp(settings, refs, [sc for sc in scenarios if sc[1] is engine
-                                                                    and not sc[0].endswith("_int8")],
+                                                                    and "_int8" not in sc[0] and "_compiled" not in sc[0]],
                                                      Path(tmp), threads, max_new_tokens, repeats, llamacpp_server,
                                                      reference)}
         if peer == "vllm":  # 8. the same requests on vLLM's CPU build, through ASSISTANT_ENGINE=vllm's engine
             result["peers"] = {"vllm": _vllm(settings, tokenizer, [sc for sc in scenarios if sc[1] is engine
-                                                                   and not sc[0].endswith("_int8")],
+                                                                   and "_int8" not in sc[0] and "_compiled" not in sc[0]],
                                              Path(tmp), threads, max_new_tokens, repeats, vllm_python, max(16, users))}
 
     b = result["batched_distinct"]
@@ -314,6 +341,11 @@ def run_serve_bench(
     if "batched_1_user_int8" in result:
         ratios["1_user_int8_vs_dense_tokens_per_s"] = round(result["batched_1_user_int8"]["tokens_per_s"]
                                                             / result["batched_1_user"]["tokens_per_s"], 2)
+    for variant in ("compiled", "int8_compiled"):
+        if f"batched_1_user_{variant}" in result:  # against the same weights run eagerly
+            eager = result["batched_1_user_int8" if variant.startswith("int8") else "batched_1_user"]
+            ratios[f"1_user_{variant}_vs_eager_tokens_per_s"] = round(result[f"batched_1_user_{variant}"]["tokens_per_s"]
+                                                                      / eager["tokens_per_s"], 2)
     if "naive" in result:
         ratios["batched_vs_naive_tokens_per_s"] = round(b["tokens_per_s"] / result["naive"]["tokens_per_s"], 2)
         ratios["batched_vs_naive_tokens_per_cpu_s"] = round(b["tokens_per_cpu_s"] / result["naive"]["tokens_per_cpu_s"], 2)
@@ -402,6 +434,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="with --best-of-n: tokens of the first choice (0: --best-of-block)")
     parser.add_argument("--int8-rows", type=int, default=0,
                         help="also one user on int8 weights (decode steps of at most this many rows; 16-bit dtypes only)")
+    parser.add_argument("--compile-decode", action="store_true",
+                        help="also one user on the compiled decode step (ASSISTANT_COMPILE_DECODE), dense and int8: tokens/s "
+                             "against the same weights run eagerly, greedy agreement, compile time")
     parser.add_argument("--peer", choices=["llamacpp", "vllm"], default=None,
                         help="also run the same requests on llama.cpp's server (float32 and Q4_1, same adapters and cores) "
                              "or on vLLM's CPU build (bfloat16, adapters loaded at runtime, through ASSISTANT_ENGINE=vllm's engine)")
@@ -433,6 +468,7 @@ def main_bench(args: argparse.Namespace, settings: Settings | None = None) -> di
         dtype=args.dtype, many_adapters=args.many_adapters, rank=args.rank, skip_naive=args.skip_naive,
         naive_requests=args.naive_requests, repeats=args.repeats, while_training=args.while_training,
         peer=args.peer, llamacpp_server=args.llamacpp_server, int8_rows=args.int8_rows, vllm_python=args.vllm_python,
+        compile_decode=args.compile_decode,
     )
     print(json.dumps(result, indent=2))  # the command's output, not a log line
     if "f32" in result.get("peers", {}).get("llamacpp", {}):

@@ -160,6 +160,7 @@ class BatchedEngine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "dtype_choice": self.dtype_report,
             "int8_decode": self.int8_report,
+            "compiled_decode": None if self.runner.compiled is None else self.runner.compiled.stats(),
             "running": len(self.scheduler.running),
             "queued": self.scheduler.queued(),
             "max_batch_size": self.max_batch_size,

@@ -28,12 +28,15 @@ import contextlib
 import dataclasses
 
 from dataclasses import dataclass
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import torch
 import torch.nn.functional as F
 
 from service.engine.adapter_cache import LoraWeights
+
+if TYPE_CHECKING:
+    from service.engine.compiled_decode import CompiledDecode
 
 
 class UnsupportedModel(RuntimeError):
@@ -164,6 +167,7 @@ class LlamaRunner:
         # the kernel is slower than float32 with float32 inputs, and float32 stays the exact reference.
         self.int8_rows = int8_rows if dtype in (torch.bfloat16, torch.float16) and self.device.type == "cpu" else 0
         self._int8_now = False
+        self.compiled: CompiledDecode | None = None  # a compiled one-row decode step, when ASSISTANT_COMPILE_DECODE
         # output columns of each module inside its group's fused projection
         self._cols = {
             "q_proj": (0, self.d_q), "k_proj": (self.d_q, self.d_q + self.d_kv),
@@ -490,11 +494,18 @@ class LlamaRunner:
         return self.logits(x[torch.arange(R, device=dev), last])  # (R, V)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, use_lora: bool) -> torch.Tensor:
-        """One token for each of rows ``0..B-1``; ``tokens``/``positions`` (B,). Returns (B, V)."""
+        """One token for each of rows ``0..B-1``; ``tokens``/``positions`` (B,). Returns (B, V).
+
+        Steps of at most ``compiled.rows`` rows run the compiled pure step when there is one
+        (``service.engine.compiled_decode``; ``None`` back means its graph does not fit: eager)."""
         B = tokens.shape[0]
         self._int8_now = B <= self.int8_rows
         n_keys = int(positions.max()) + 1
         self.ensure_length(n_keys)
+        if self.compiled is not None and B <= self.compiled.rows:
+            logits = self.compiled(tokens, positions, use_lora)
+            if logits is not None:
+                return logits
         rows = slice(0, B)
         row_idx = torch.arange(B, device=self.device)
         cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]  # (B, 1, 1, hd)
@@ -510,3 +521,45 @@ class LlamaRunner:
         x = F.embedding(tokens[:, None], self.embed)  # (B, 1, D)
         x = self._layers(x, rows, cos, sin, attend, use_lora)
         return self.logits(x[:, 0])  # (B, V)
+
+    # --- the pure decode step (what ``service.engine.compiled_decode`` compiles) --------
+    def decode_pure(self, tokens: torch.Tensor, positions: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor,
+                    use_lora: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``decode`` with no host reads and no writes, so a compiler can trace it once for every length.
+
+        ``k_all``/``v_all``: the cache of rows ``0..B-1`` (L, B, Hkv, C, hd) over its whole capacity;
+        each row's new token attends to its earlier positions there (the rest is masked) and to its
+        own key, in one softmax. Returns the logits (B, V) and the step's keys and values, each
+        (L, B, Hkv, hd), which ``write_step_kv`` puts at ``positions``. The same arithmetic as the
+        eager step up to the rounding of the 16-bit attention output (its last key's share is added
+        apart); greedy agreement is tested (tests/service/engine/test_compiled_decode.py).
+        """
+        B = tokens.shape[0]
+        rows = slice(0, B)
+        cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]  # (B, 1, 1, hd)
+        key_pos = torch.arange(k_all.shape[3], device=self.device)  # (C,)
+        earlier = (key_pos[None, :] < positions[:, None])[:, None, None, :]  # (B, 1, 1, C)
+        new_k: list[torch.Tensor] = []
+        new_v: list[torch.Tensor] = []
+
+        def attend(i, q, k, v):  # q (B, H, 1, hd); k, v (B, Hkv, 1, hd)
+            new_k.append(k[:, :, 0])
+            new_v.append(v[:, :, 0])
+            g = self.n_heads // self.n_kv
+            qg = q.reshape(B, self.n_kv, g, self.head_dim)  # q heads h*g..h*g+g-1 share kv head h
+            s_cache = (qg @ k_all[i].transpose(-1, -2)).float().mul(self.scale)  # (B, Hkv, g, C)
+            s_cache = s_cache.masked_fill(~earlier, float("-inf"))
+            s_own = (qg @ k.transpose(-1, -2)).float().mul(self.scale)  # (B, Hkv, g, 1)
+            probs = torch.softmax(torch.cat([s_cache, s_own], dim=-1), dim=-1).to(q.dtype)  # (B, Hkv, g, C + 1)
+            out = probs[..., :-1] @ v_all[i] + probs[..., -1:] * v  # (B, Hkv, g, hd)
+            return out.reshape(B, self.n_heads, 1, self.head_dim)
+
+        x = F.embedding(tokens[:, None], self.embed)  # (B, 1, D)
+        x = self._layers(x, rows, cos, sin, attend, use_lora)
+        return self.logits(x[:, 0]), torch.stack(new_k), torch.stack(new_v)  # (B, V), (L, B, Hkv, hd) x 2
+
+    def write_step_kv(self, positions: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        """Put a pure step's keys and values (L, B, Hkv, hd) at ``positions`` (B,) of rows ``0..B-1``, every layer at once."""
+        row_idx = torch.arange(positions.shape[0], device=self.device)
+        self.k_cache[:, row_idx, :, positions] = k_new.transpose(0, 1)  # indexed view: (B, L, Hkv, hd)
+        self.v_cache[:, row_idx, :, positions] = v_new.transpose(0, 1)
