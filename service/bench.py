@@ -94,13 +94,18 @@ def _generate(engine, ids: list[int], adapter: AdapterRef | None, n: int, *, ign
 
 
 def _compiled_agreement(engine, compiled, ids: list[int], adapter: AdapterRef, int8_rows: int, n: int = 64) -> dict:
-    """Greedy tokens of one stream with an adapter, eager vs compiled (on int8 when the run has it), and the step's counters."""
+    """Greedy tokens of one stream with an adapter, eager vs compiled (on int8 when the run has it), and the step's
+    counters. The engine's int8 width is the run's again after, without the compiled step (what later steps measure)."""
+    served = engine.runner.int8_rows
     engine.runner.int8_rows = int8_rows
     runs = []
-    for step in (None, compiled):
-        engine.runner.compiled = step
-        runs.append(_generate(engine, ids, adapter, n, ignore_eos=True)[1])
-    engine.runner.compiled = None
+    try:
+        for step in (None, compiled):
+            engine.runner.compiled = step
+            runs.append(_generate(engine, ids, adapter, n, ignore_eos=True)[1])
+    finally:
+        engine.runner.compiled = None
+        engine.runner.int8_rows = served
     same = next((i for i, (a, b) in enumerate(zip(*runs)) if a != b), min(map(len, runs)))
     return {"greedy_prefix_agreement": round(same / max(1, min(map(len, runs))), 3), "tokens": n, "int8": bool(int8_rows),
             **compiled.stats()}

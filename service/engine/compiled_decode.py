@@ -7,9 +7,10 @@ Inductor fuses those into a few C++ loops; the matmuls stay calls into torch's k
 
 What makes it compile to something fast (each measured in docs/results/2026-12-06-compiled-decode):
 
-- **No host reads**: ``decode_pure`` attends over the cache's whole capacity with a mask, so no
-  ``int(positions.max())`` breaks the graph. The capacity and the LoRA buffers' rank are marked
-  dynamic, so one graph serves every length, every cache growth and every adapter rank.
+- **No host reads**: ``decode_pure`` takes the cache's first S positions as a view (S: the longest
+  row's length, known on the host before the step) and masks each row's later ones, so no
+  ``int(positions.max())`` breaks the graph. S and the LoRA buffers' rank are marked dynamic, so
+  one graph serves every length, every cache growth and every adapter rank.
 - **No writes into the cache inside the graph**: a compiled graph that writes into the KV cache
   copied the cache whole, every step (500 ms a step). The step returns its keys and values and the
   runner writes them after, one indexed copy for all layers.
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 WARM_PROMPT = list(range(100, 116))  # token ids the warm-up decodes after (any ids: only shapes are traced)
 WARM_RANK = 2  # the warm-up's LoRA rank; 1 would make a dimension of size 1, which torch.compile specialises
+MAX_FALLBACKS_IN_A_ROW = 8  # then the step is off until restart: each refusal builds torch's guard report, which costs
 
 
 class CompiledDecode:
@@ -49,6 +51,8 @@ class CompiledDecode:
         self.warm_seconds = 0.0  # spent compiling, every warm-up together
         self.steps = 0  # decode passes the compiled step ran
         self.fallbacks = 0  # passes it refused (a recompile would have been needed): they ran eagerly
+        self._refused_in_a_row = 0
+        self.disabled = False  # after MAX_FALLBACKS_IN_A_ROW refusals in a row: the graph no longer fits this runner
 
     @classmethod
     def attach(cls, runner: LlamaRunner, *, threads: int, int8_rows: tuple[int, ...] = ()) -> "CompiledDecode | None":
@@ -75,18 +79,19 @@ class CompiledDecode:
         runner.compiled = compiled
         return compiled
 
-    def _inputs(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cache of the first ``rows`` rows, (L, rows, Hkv, C, hd) each, capacity and LoRA rank marked dynamic."""
+    def _inputs(self, rows: int, n_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n_keys`` positions of the first ``rows`` rows' cache, (L, rows, Hkv, n_keys, hd) each, views
+        whose strides are the cache's; their length and the LoRA rank marked dynamic."""
         r = self.runner
-        k_all, v_all = r.k_cache[:, :rows], r.v_cache[:, :rows]
+        k_all, v_all = r.k_cache[:, :rows, :, :n_keys], r.v_cache[:, :rows, :, :n_keys]
         for t in (k_all, v_all):
             torch._dynamo.mark_dynamic(t, 3)
         for name, buf in r.lora.items():  # (L, rows, in, k r) and (L, rows, k r, out)
             torch._dynamo.mark_dynamic(buf, 3 if name.startswith("a_") else 2)
         return k_all, v_all
 
-    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, use_lora: bool) -> torch.Tensor:
-        k_all, v_all = self._inputs(tokens.shape[0])
+    def _run(self, tokens: torch.Tensor, positions: torch.Tensor, use_lora: bool, n_keys: int) -> torch.Tensor:
+        k_all, v_all = self._inputs(tokens.shape[0], n_keys)
         logits, k_new, v_new = self._step(tokens, positions, k_all, v_all, use_lora)
         self.runner.write_step_kv(positions, k_new, v_new)
         return logits
@@ -104,26 +109,36 @@ class CompiledDecode:
                     tokens = torch.tensor([WARM_PROMPT[-1]] * self.rows, device=r.device)
                     positions = torch.full((self.rows,), len(WARM_PROMPT) + i, device=r.device)
                     r._int8_now = self.rows <= r.int8_rows
-                    self._run(tokens, positions, use_lora)
+                    self._run(tokens, positions, use_lora, len(WARM_PROMPT) + i + 1)
         seconds = time.perf_counter() - t0
         self.warm_seconds += seconds
         logger.info("compiled the %d-row decode step in %.1f s", self.rows, seconds)
         return seconds
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, use_lora: bool) -> torch.Tensor | None:
-        """The step's logits (B, V) with the cache written, or None when the compiled graph does not fit (run eagerly)."""
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, use_lora: bool, n_keys: int) -> torch.Tensor | None:
+        """The step's logits (B, V) with the cache written, or None when the compiled graph does not fit (run eagerly).
+        ``n_keys``: one more than the largest of ``positions`` (the cache holds at least that many)."""
+        if self.disabled:
+            return None
         try:
             with torch.compiler.set_stance("fail_on_recompile"):
-                logits = self._run(tokens, positions, use_lora)
+                logits = self._run(tokens, positions, use_lora, n_keys)
         except RuntimeError as exc:
             if "fail_on_recompile" not in str(exc):
                 raise
             self.fallbacks += 1
+            self._refused_in_a_row += 1
             if self.fallbacks == 1:
                 logger.warning("the compiled decode step does not fit this pass (%s); such passes run eagerly", exc)
+            if self._refused_in_a_row >= MAX_FALLBACKS_IN_A_ROW:
+                self.disabled = True
+                logger.warning("the compiled decode step did not fit %d passes in a row: off until the server restarts",
+                               self._refused_in_a_row)
             return None
+        self._refused_in_a_row = 0
         self.steps += 1
         return logits
 
-    def stats(self) -> dict[str, float | int]:
-        return {"rows": self.rows, "warm_seconds": round(self.warm_seconds, 1), "steps": self.steps, "fallbacks": self.fallbacks}
+    def stats(self) -> dict[str, float | int | bool]:
+        return {"rows": self.rows, "warm_seconds": round(self.warm_seconds, 1), "steps": self.steps,
+                "fallbacks": self.fallbacks, "disabled": self.disabled}

@@ -28,15 +28,23 @@ import contextlib
 import dataclasses
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, overload
+from typing import Protocol, overload
 
 import torch
 import torch.nn.functional as F
 
 from service.engine.adapter_cache import LoraWeights
 
-if TYPE_CHECKING:
-    from service.engine.compiled_decode import CompiledDecode
+
+class DecodeStep(Protocol):
+    """A faster one-token step for passes of at most ``rows`` rows (``service.engine.compiled_decode.CompiledDecode``):
+    the logits with the cache written, or None when it cannot take this pass (the runner's eager step runs)."""
+
+    rows: int
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, use_lora: bool, n_keys: int) -> torch.Tensor | None: ...
+
+    def stats(self) -> dict[str, float | int | bool]: ...
 
 
 class UnsupportedModel(RuntimeError):
@@ -167,7 +175,7 @@ class LlamaRunner:
         # the kernel is slower than float32 with float32 inputs, and float32 stays the exact reference.
         self.int8_rows = int8_rows if dtype in (torch.bfloat16, torch.float16) and self.device.type == "cpu" else 0
         self._int8_now = False
-        self.compiled: CompiledDecode | None = None  # a compiled one-row decode step, when ASSISTANT_COMPILE_DECODE
+        self.compiled: DecodeStep | None = None  # a compiled one-row decode step, when ASSISTANT_COMPILE_DECODE
         # output columns of each module inside its group's fused projection
         self._cols = {
             "q_proj": (0, self.d_q), "k_proj": (self.d_q, self.d_q + self.d_kv),
@@ -501,9 +509,12 @@ class LlamaRunner:
         B = tokens.shape[0]
         self._int8_now = B <= self.int8_rows
         n_keys = int(positions.max()) + 1
-        self.ensure_length(n_keys)
-        if self.compiled is not None and B <= self.compiled.rows:
-            logits = self.compiled(tokens, positions, use_lora)
+        step = self.compiled if self.compiled is not None and B <= self.compiled.rows else None
+        # the compiled step takes the cache's first n_keys positions as a view; a view of the whole capacity is
+        # contiguous, which its graph's guards tell apart (a fallback at each growth): one spare position for it
+        self.ensure_length(min(n_keys + (step is not None), self.max_positions))
+        if step is not None:
+            logits = step(tokens, positions, use_lora, n_keys)
             if logits is not None:
                 return logits
         rows = slice(0, B)
@@ -527,9 +538,9 @@ class LlamaRunner:
                     use_lora: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``decode`` with no host reads and no writes, so a compiler can trace it once for every length.
 
-        ``k_all``/``v_all``: the cache of rows ``0..B-1`` (L, B, Hkv, C, hd) over its whole capacity;
-        each row's new token attends to its earlier positions there (the rest is masked) and to its
-        own key, in one softmax. Returns the logits (B, V) and the step's keys and values, each
+        ``k_all``/``v_all``: the first S positions of rows ``0..B-1``'s cache, (L, B, Hkv, S, hd), S larger
+        than every position; each row's new token attends to its earlier positions there (the rest is
+        masked) and to its own key, in one softmax. Returns the logits (B, V) and the step's keys and values, each
         (L, B, Hkv, hd), which ``write_step_kv`` puts at ``positions``. The same arithmetic as the
         eager step up to the rounding of the 16-bit attention output (its last key's share is added
         apart); greedy agreement is tested (tests/service/engine/test_compiled_decode.py).
@@ -537,8 +548,8 @@ class LlamaRunner:
         B = tokens.shape[0]
         rows = slice(0, B)
         cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]  # (B, 1, 1, hd)
-        key_pos = torch.arange(k_all.shape[3], device=self.device)  # (C,)
-        earlier = (key_pos[None, :] < positions[:, None])[:, None, None, :]  # (B, 1, 1, C)
+        key_pos = torch.arange(k_all.shape[3], device=self.device)  # (S,)
+        earlier = (key_pos[None, :] < positions[:, None])[:, None, None, :]  # (B, 1, 1, S)
         new_k: list[torch.Tensor] = []
         new_v: list[torch.Tensor] = []
 
@@ -547,10 +558,10 @@ class LlamaRunner:
             new_v.append(v[:, :, 0])
             g = self.n_heads // self.n_kv
             qg = q.reshape(B, self.n_kv, g, self.head_dim)  # q heads h*g..h*g+g-1 share kv head h
-            s_cache = (qg @ k_all[i].transpose(-1, -2)).float().mul(self.scale)  # (B, Hkv, g, C)
+            s_cache = (qg @ k_all[i].transpose(-1, -2)).float().mul(self.scale)  # (B, Hkv, g, S)
             s_cache = s_cache.masked_fill(~earlier, float("-inf"))
             s_own = (qg @ k.transpose(-1, -2)).float().mul(self.scale)  # (B, Hkv, g, 1)
-            probs = torch.softmax(torch.cat([s_cache, s_own], dim=-1), dim=-1).to(q.dtype)  # (B, Hkv, g, C + 1)
+            probs = torch.softmax(torch.cat([s_cache, s_own], dim=-1), dim=-1).to(q.dtype)  # (B, Hkv, g, S + 1)
             out = probs[..., :-1] @ v_all[i] + probs[..., -1:] * v  # (B, Hkv, g, hd)
             return out.reshape(B, self.n_heads, 1, self.head_dim)
 

@@ -165,7 +165,9 @@ def test_highlighted_code_copy_reply_and_theme_that_persists(page, server, conte
     shot(page, "code-dark")
     page.reload()
     expect(html).to_have_attribute("data-theme", "dark")
-    page.get_by_test_id("theme-toggle").select_option("light")
+    # the page applies the theme at once and stores it after: wait for the store before reading it back
+    with page.expect_response(lambda r: r.url.endswith("/api/me/preferences") and r.request.method == "PUT"):
+        page.get_by_test_id("theme-toggle").select_option("light")
     expect(html).to_have_attribute("data-theme", "light")
     assert api_get(page, "/api/me/preferences")["theme"] == "light"
     # Another browser (no local choice) gets the saved theme on sign-in.

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from service.engine.adapter_cache import LoraWeights
-from service.engine.compiled_decode import CompiledDecode
+from service.engine.compiled_decode import MAX_FALLBACKS_IN_A_ROW, CompiledDecode
 from service.engine.runner import LlamaRunner
 
 PROMPT = [3, 17, 42, 9, 77, 5, 61, 23]
@@ -22,7 +22,8 @@ def tiny_model():
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=512)
+                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=512,
+                      initializer_range=0.2)  # logits spread over several units, so a wrong step shows
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -64,15 +65,10 @@ def _greedy(runner: LlamaRunner, steps: int, adapter: LoraWeights | None,
         return tokens, logits
 
 
-def _agrees(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
-    """Each step's logits close to the eager step's, and the same greedy token wherever the eager step's top two
-    are not within that closeness (a random two-layer model has near-ties that 16-bit rounding may flip)."""
-    tolerance = 0.1
-    for a, b in zip(got, want):
-        assert float((a - b).abs().max()) < tolerance
-        top2 = b.topk(2).values
-        if float(top2[0] - top2[1]) > 2 * tolerance:
-            assert int(a.argmax()) == int(b.argmax())
+def _error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    """The largest logit error over the steps, as a share of the reference step's logit range."""
+    assert len(got) == len(want)
+    return max(float((a - b).abs().max()) / float(b.max() - b.min()) for a, b in zip(got, want))
 
 
 def test_the_pure_step_is_the_eager_step(tiny_model):
@@ -95,16 +91,21 @@ def test_the_pure_step_is_the_eager_step(tiny_model):
             assert (mine - theirs).abs().max() < 0.02 * theirs.abs().max()
 
 
-def test_compiled_one_row_decode_follows_the_eager_tokens_across_lengths_and_ranks(tiny_model):
+def test_compiled_one_row_decode_is_as_close_to_float32_as_the_eager_step_across_lengths_and_ranks(tiny_model):
+    """Fed float32's greedy tokens, the compiled step's logits are as close to float32's as the eager 16-bit step's
+    (inductor rounds at other places, so not bit-equal); a wrong mask, key or cache write is off by whole units."""
+    reference = LlamaRunner(tiny_model, max_rows=2, dtype=torch.float32, initial_capacity=32)
     eager = LlamaRunner(tiny_model, max_rows=2, dtype=torch.bfloat16, initial_capacity=32)
     fast = LlamaRunner(tiny_model, max_rows=2, dtype=torch.bfloat16, initial_capacity=32)
     fast.compiled = CompiledDecode(fast)
     assert fast.compiled.warm() > 0
     steps = 40  # past the first capacity (32): the cache grows and the same graph keeps serving
     for adapter in (None, _adapter(fast, 4), _adapter(fast, 8)):  # ranks the warm-up (2) never saw
-        want, want_logits = _greedy(eager, steps, adapter)
-        _, got_logits = _greedy(fast, steps, adapter, forced=want)  # the eager tokens fed to both
-        _agrees(got_logits, want_logits)
+        want, want_logits = _greedy(reference, steps, adapter)
+        eager_error = _error(_greedy(eager, steps, adapter, forced=want)[1], want_logits)
+        fast_error = _error(_greedy(fast, steps, adapter, forced=want)[1], want_logits)
+        assert fast_error < max(2 * eager_error, 0.02), (fast_error, eager_error)
+        assert fast_error < 0.1
     assert fast.capacity > 32
     assert fast.compiled.stats()["steps"] == 3 * steps and fast.compiled.fallbacks == 0
 
@@ -116,8 +117,16 @@ def test_a_pass_the_graph_does_not_fit_runs_eagerly_and_is_counted(tiny_model):
     reference = LlamaRunner(tiny_model, max_rows=2, dtype=torch.bfloat16, initial_capacity=32)
     runner.int8_rows = 0  # now one row multiplies the dense weights: another graph, which is never compiled mid-serving
     want, want_logits = _greedy(reference, 4, None)
-    _agrees(_greedy(runner, 4, None, forced=want)[1], want_logits)
+    assert _error(_greedy(runner, 4, None, forced=want)[1], want_logits) == 0.0  # the eager step: exactly the reference
     assert runner.compiled.fallbacks == 4 and runner.compiled.steps == 0
+    last = len(PROMPT) + 3  # the eager steps wrote the cache as the reference did
+    assert torch.equal(runner.k_cache[:, 0, :, :last + 1], reference.k_cache[:, 0, :, :last + 1])
+    # a graph that keeps not fitting is given up (each refusal costs torch a guard report)
+    _greedy(runner, MAX_FALLBACKS_IN_A_ROW, None)
+    assert runner.compiled.disabled and runner.compiled.stats()["disabled"]
+    refused = runner.compiled.fallbacks
+    _greedy(runner, 2, None)
+    assert runner.compiled.fallbacks == refused  # no longer even tried
 
 
 def test_float32_is_never_compiled(tiny_model):
@@ -138,3 +147,6 @@ def test_attach_compiles_before_serving_and_the_runner_uses_it(tiny_model):
         runner.extend([PROMPT, PROMPT], [0, 0], 0, False)
         runner.decode(torch.tensor([1, 2]), torch.tensor([len(PROMPT)] * 2), False)
     assert compiled.steps == before + 3
+    runner.load_weights(tiny_model)  # a new base of the same shape (the safety stage's swap): the same graph serves it
+    _greedy(runner, 3, None)
+    assert compiled.steps == before + 6 and compiled.fallbacks == 0
