@@ -15,7 +15,8 @@ What makes it compile to something fast (each measured in docs/results/2026-12-0
   copied the cache whole, every step (500 ms a step). The step returns its keys and values and the
   runner writes them after, one indexed copy for all layers.
 - **Compiled at start, never on a user's request**: ``warm`` traces the graphs (with and without
-  LoRA) before the engine serves: 2-4 minutes on 2 cores, which is why it is off by default. After
+  LoRA) before the engine serves: 2-5 minutes on 2 cores the first time, which is why it is off by
+  default (~25 s at a restart: ``build_engine`` keeps inductor's cache in the data dir). After
   that the calls run under torch.compiler's ``fail_on_recompile`` stance, and a step whose guards do
   not hold (a base of another shape, say) runs the eager step instead, counted in ``fallbacks``,
   rather than stalling a stream for minutes of compilation.
@@ -97,7 +98,7 @@ class CompiledDecode:
         return logits
 
     def warm(self) -> float:
-        """Trace and compile the step with and without LoRA (2-4 minutes for the embedded model on 2 cores), on
+        """Trace and compile the step with and without LoRA (2-5 minutes for the embedded model on 2 cores), on
         row 0 of an idle runner. Returns the seconds it took."""
         r = self.runner
         t0 = time.perf_counter()
