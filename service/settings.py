@@ -46,11 +46,12 @@ class Settings(BaseSettings):
                                   "weights (weight-only, one scale per output channel; 16-bit serving only): one stream reads half the "
                                   "bytes per token. -1: measured at start (the widest of 1, 2, 4, 8 rows where int8 is at least 1.1x "
                                   "faster and one row's greedy tokens agree with float32's; /healthz shows engine.int8_decode). 0: off.")
-    compile_decode: bool = Field(False, description="One-row decode steps (one stream) run a step compiled by torch.compile "
+    compile_decode: bool = Field(True, description="One-row decode steps (one stream) run a step compiled by torch.compile "
                                  "(inductor fuses the small ops between the matmuls; 16-bit serving only, the float32 reference stays "
-                                 "eager; measured 1.58x one stream on int8). Compiled at start before serving: 2-5 minutes on 2 cores the first "
-                                 "time, ~25 s at a restart (inductor's cache: <data_dir>/compile-cache). A pass the compiled graph does "
-                                 "not fit runs eagerly. /healthz shows engine.compiled_decode.")
+                                 "eager). The server compiles it in the background, in the engine's idle time, and serves eagerly until "
+                                 "it is ready: 5-10 minutes at the first start on 2 cores, ~20 s at a restart (inductor's cache: "
+                                 "<data_dir>/compile-cache). A pass the compiled graph does not fit runs eagerly. /healthz shows "
+                                 "engine.compiled_decode. 0: always eager.")
     safety_stage: bool = Field(True, description="Serve and train on the base with the shared safety stage merged in "
                                "(`assistant safety train` makes it, once per base model; the learning worker makes it at its first "
                                "start). Off: the plain base.")

@@ -26,6 +26,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Servers and workers started by tests never train the safety stage at start (minutes of CPU);
 # tests/learning/test_safety.py trains it on purpose, with a few prompts.
 os.environ.setdefault("ASSISTANT_SAFETY_TRAIN_AT_START", "0")
+# Nor do their engines compile the one-row decode step in the background (minutes of CPU per server);
+# tests/service/engine/test_compiled_decode.py compiles it on purpose, on a two-layer model.
+os.environ.setdefault("ASSISTANT_COMPILE_DECODE", "0")
 
 from service.settings import Settings  # noqa: E402
 

@@ -54,10 +54,11 @@ def build_engine(settings: Settings) -> Engine:
         prefill_chunk_tokens=settings.prefill_chunk_tokens, prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
         threads=threads, int8_rows=int8.rows,
     )
-    if settings.compile_decode:  # before serving: no stream waits on a compilation
+    if settings.compile_decode:  # in the background: the engine serves eagerly until the step is ready
         from service.engine.compiled_decode import CompiledDecode
 
-        CompiledDecode.attach(engine.runner, threads=threads)
+        engine.compiled_decode = CompiledDecode.attach(engine.runner, threads=threads, background=True,
+                                                       pause_while=engine.needs_cpu)
     engine.dtype_report = report.as_dict()
     engine.int8_report = {**int8.as_dict(), "rows": engine.runner.int8_rows}
     return engine

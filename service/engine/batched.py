@@ -32,7 +32,7 @@ import torch
 from service.engine.adapter_cache import AdapterCache, load_lora
 from service.engine.base import EndEvent, GenerationRequest, RequestStream, TokenEvent
 from service.engine.prefix_cache import PrefixCache
-from service.engine.runner import LlamaRunner, UnsupportedModel, resolve_dtype
+from service.engine.runner import DecodeStep, LlamaRunner, UnsupportedModel, resolve_dtype
 from service.engine.sampling import BatchSampling, sample_batch, stop_token_ids, token_logprobs
 from service.engine.scheduler import Counters, Row, Scheduler
 
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["BatchedEngine", "UnsupportedModel"]
 
 REPLACE_WAIT_S = 30.0  # a new base waits at most this long for the engine to fall idle
+STALL_S = 2.0  # an engine loop that has not gone round this long is not moving (``needs_cpu``)
 
 
 class BatchedEngine:
@@ -92,6 +93,10 @@ class BatchedEngine:
         self.tokens_generated = 0
         self.dtype_report: dict | None = None  # how build_engine chose the dtype (ASSISTANT_DTYPE=auto)
         self.int8_report: dict | None = None  # how build_engine chose the int8 decode width (ASSISTANT_INT8_DECODE_ROWS)
+        # the compiled one-row step (ASSISTANT_COMPILE_DECODE), also while it compiles in the background; the runner's
+        # decode uses it once it is ready (``runner.compiled``)
+        self.compiled_decode: DecodeStep | None = None
+        self._loop_at = time.monotonic()  # when the engine loop last went round (``needs_cpu``)
         self.shrink_after_s = 300.0  # idle seconds before a grown KV cache is given back
         self._pending_base = None  # a new base's weights, applied between passes (``replace_base``)
         self._pending_since = 0.0
@@ -148,6 +153,13 @@ class BatchedEngine:
         self.base_replacements += 1
         logger.info("serving a new base model (replacement %d)", self.base_replacements)
 
+    def needs_cpu(self) -> bool:
+        """Rows running or requests waiting, and the loop moving (it went round within the last ``STALL_S``):
+        what a background compilation pauses for (``service.engine.compiled_decode``). A loop that stopped
+        moving may be waiting on something the paused thread holds, so it is not waited for. Read from any
+        thread: a glance, which the engine thread may change next."""
+        return bool(self.scheduler.running or self.scheduler.waiting) and time.monotonic() - self._loop_at < STALL_S
+
     def set_adapter_cache_size(self, capacity: int) -> None:
         self.adapters.set_capacity(capacity)
 
@@ -160,7 +172,7 @@ class BatchedEngine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "dtype_choice": self.dtype_report,
             "int8_decode": self.int8_report,
-            "compiled_decode": None if self.runner.compiled is None else self.runner.compiled.stats(),
+            "compiled_decode": None if self.compiled_decode is None else self.compiled_decode.stats(),
             "running": len(self.scheduler.running),
             "queued": self.scheduler.queued(),
             "max_batch_size": self.max_batch_size,
@@ -206,8 +218,9 @@ class BatchedEngine:
                             self.scheduler.finish(row, "error", error=f"generation failed: {exc}")
                     self.scheduler.retire()
                     busy = False
+                self._loop_at = time.monotonic()
                 if busy:
-                    last_busy = time.monotonic()
+                    last_busy = self._loop_at
                 else:
                     # a KV cache grown by long requests is given back after a quiet spell, not at once:
                     # re-growing it for the next long request would cost more than keeping it a while

@@ -25,6 +25,7 @@ computes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ class DecodeStep(Protocol):
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, use_lora: bool, n_keys: int) -> torch.Tensor | None: ...
 
-    def stats(self) -> dict[str, float | int | bool]: ...
+    def stats(self) -> dict[str, float | int | bool | str | None]: ...
 
 
 class UnsupportedModel(RuntimeError):
@@ -283,6 +284,18 @@ class LlamaRunner:
         if self.capacity > self.initial_capacity:
             self.capacity = 0
             self._grow_cache(self.initial_capacity)
+
+    def scratch(self, capacity: int = 64) -> "LlamaRunner":
+        """A runner that shares this one's weights (the same tensors) but owns a small KV cache and LoRA buffers
+        of its own: what a compilation traces on in the background while this runner serves
+        (``service.engine.compiled_decode``), so it never writes into a row in use."""
+        twin = copy.copy(self)
+        twin.compiled = None
+        twin.lora, twin.rank = {}, 0
+        twin.capacity, twin.initial_capacity = 0, min(capacity, self.max_positions)
+        with torch.inference_mode():  # inference tensors, as this runner's own cache is (guards tell them apart)
+            twin._grow_cache(twin.initial_capacity)
+        return twin
 
     def ensure_length(self, n: int) -> None:
         """Grow every row's capacity to at least ``n`` positions.

@@ -10,7 +10,7 @@ import torch
 
 from service.bench_common import TimedStream as _TimedStream
 from service.engine.base import EndEvent, GenerationRequest, QueueFull, SamplingParams, TokenEvent
-from service.engine.batched import BatchedEngine
+from service.engine.batched import STALL_S, BatchedEngine
 
 N = 20  # greedy tokens per equivalence request: short, but long enough for adapters to diverge
 
@@ -115,6 +115,28 @@ def test_cancel_frees_the_row_for_the_next_request(base_model, tokenizer, prompt
     assert end.finish_reason == "cancelled" and 3 <= end.completion_tokens < 500 and len(toks) == end.completion_tokens
     assert g_end.finish_reason == "cancelled" and g_toks == [] and g_end.completion_tokens == 0
     assert n_end.finish_reason == "length" and len(n_toks) == 4
+
+
+def test_the_engine_needs_the_cpu_while_it_has_work_and_its_loop_moves(base_model, tokenizer, prompts):
+    """What a background compilation pauses for (ASSISTANT_COMPILE_DECODE): a request waiting or running on a loop
+    that goes round; not an idle engine, nor one whose loop has stalled (it may be waiting on the paused thread)."""
+    engine = BatchedEngine(base_model, tokenizer, max_batch_size=1)
+    assert not engine.needs_cpu()  # nothing to do
+    waiting = request("w", prompts[0], None, n=2)
+    engine.submit(waiting)
+    assert engine.needs_cpu()
+    time.sleep(STALL_S + 0.2)  # not started: its loop never goes round
+    assert not engine.needs_cpu()
+    with running(engine):
+        assert collect(waiting)[1].finish_reason == "length"
+        long = request("long", prompts[1], None, n=500, ignore_eos=True)
+        engine.submit(long)
+        wait_tokens(long, 2)
+        assert engine.needs_cpu()
+        engine.cancel("long")
+        collect(long)
+        time.sleep(0.2)  # the loop retires the row
+        assert not engine.needs_cpu()
 
 
 def test_queue_full_is_back_pressure(base_model, tokenizer, prompts):

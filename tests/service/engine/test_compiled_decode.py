@@ -150,3 +150,32 @@ def test_attach_compiles_before_serving_and_the_runner_uses_it(tiny_model):
     runner.load_weights(tiny_model)  # a new base of the same shape (the safety stage's swap): the same graph serves it
     _greedy(runner, 3, None)
     assert compiled.steps == before + 6 and compiled.fallbacks == 0
+
+
+def test_a_background_compile_waits_while_the_engine_serves_and_hands_the_step_over_when_ready(tiny_model):
+    """The server's way (ASSISTANT_COMPILE_DECODE): the step compiles in a thread of its own, on a scratch twin, and
+    pauses while the engine has work; the serving runner's rows hold exactly what an untouched runner's hold, and
+    once the step is ready the runner's one-row steps run it."""
+    import threading
+    import time
+
+    runner = LlamaRunner(tiny_model, max_rows=2, dtype=torch.bfloat16, initial_capacity=32)
+    reference = LlamaRunner(tiny_model, max_rows=2, dtype=torch.bfloat16, initial_capacity=32)
+    serving = threading.Event()
+    serving.set()
+    compiled = CompiledDecode.attach(runner, threads=torch.get_num_threads(), background=True, pause_while=serving.is_set)
+    assert compiled is not None
+    adapter = _adapter(runner, 4)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 6:  # longer than the whole compilation takes unpaused (~3 s)
+        want, want_logits = _greedy(reference, 6, adapter)
+        got, got_logits = _greedy(runner, 6, adapter, forced=want)
+        assert _error(got_logits, want_logits) == 0.0  # the eager step, on rows the compilation never wrote
+        assert compiled.state == "compiling" and runner.compiled is None  # paused while we serve
+    serving.clear()  # idle: it goes on
+    while compiled.state == "compiling" and time.monotonic() - t0 < 300:
+        time.sleep(0.05)
+    assert compiled.state == "ready", compiled.error
+    assert runner.compiled is compiled and compiled.stats()["state"] == "ready"
+    _greedy(runner, 5, adapter)
+    assert compiled.steps == 5 and compiled.fallbacks == 0  # traced on the twin, it fits the serving runner
