@@ -119,12 +119,16 @@ class CompiledDecode:
         try:
             with inductor_config.patch(compile_threads=1):
                 self._compile(widths, threads)
+        except Exception as exc:  # this thread's error has no caller to reach: logged and shown, and serving stays eager
+            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            logger.exception("compiling the decode step failed, serving eagerly")
         finally:
             sys.settrace(None)
 
     def _compile(self, widths: tuple[int, ...], threads: int) -> None:
-        """Warm the step for each int8 width with ``threads`` torch threads, then hand it to the runner; a
-        failure is logged and kept in ``error``, and the runner stays eager."""
+        """Warm the step for each int8 width with ``threads`` torch threads, then hand it to the runner. Where
+        inductor cannot compile (no C++ compiler), that is logged and kept in ``error``, and the runner stays
+        eager; any other error is raised."""
         self.state = "compiling"
         torch.set_num_threads(threads)  # the same count as the engine thread's, which the graph is guarded on
         try:
@@ -133,10 +137,6 @@ class CompiledDecode:
         except torch._dynamo.exc.TorchDynamoException as exc:  # inductor needs a C++ compiler (gcc) at run time
             self.state, self.error = "failed", str(exc).splitlines()[0]
             logger.warning("could not compile the decode step, serving eagerly: %s", self.error)
-            return
-        except Exception as exc:  # a background thread's error has no caller to reach: logged, and serving goes on eagerly
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
-            logger.exception("compiling the decode step failed, serving eagerly")
             return
         self.state = "ready"
         self.runner.compiled = self

@@ -179,3 +179,22 @@ def test_a_background_compile_waits_while_the_engine_serves_and_hands_the_step_o
     assert runner.compiled is compiled and compiled.stats()["state"] == "ready"
     _greedy(runner, 5, adapter)
     assert compiled.steps == 5 and compiled.fallbacks == 0  # traced on the twin, it fits the serving runner
+
+
+def test_a_background_compile_that_fails_leaves_the_runner_eager_and_says_why(tiny_model, monkeypatch):
+    import time
+
+    def broken(self, int8_rows=None):
+        raise RuntimeError("out of disk for inductor's cache")
+
+    monkeypatch.setattr(CompiledDecode, "warm", broken)
+    runner = LlamaRunner(tiny_model, max_rows=2, dtype=torch.bfloat16, initial_capacity=32)
+    compiled = CompiledDecode.attach(runner, threads=torch.get_num_threads(), background=True, pause_while=lambda: False)
+    assert compiled is not None
+    t0 = time.monotonic()
+    while compiled.state == "compiling" and time.monotonic() - t0 < 30:
+        time.sleep(0.01)
+    assert compiled.stats()["state"] == "failed" and "out of disk" in compiled.stats()["error"]
+    assert runner.compiled is None  # the server goes on serving eagerly
+    with pytest.raises(RuntimeError, match="out of disk"):  # compiling in the caller's time: the error reaches it
+        CompiledDecode.attach(runner, threads=torch.get_num_threads())
