@@ -313,6 +313,12 @@ class Budgets:
     """Held-out prompts each policy is sampled on by the promotion gate (plus a third as many
     harm-inviting ones for its harm rate)."""
 
+    gate_harm_prompts: int = 0
+    """Distinct harm-inviting prompts the gate samples every policy on (the shipped red-team dev
+    prompts first, prompts of flagged replies filling at most half). 0: a third of ``gate_prompts``,
+    as before 2026-12-07. More prompts, not only more replies per prompt, is what gives the harm test
+    power: a candidate's harm differs from prompt to prompt."""
+
     gate_harm_samples: int = 3
     """Replies the gate samples from a candidate (and from an adapter serving the scope now) for each
     of its harm-inviting prompts: harm is rare, and one reply per prompt makes the "no more harmful"
@@ -467,7 +473,7 @@ class Budgets:
                 f"{self.env_name('ppo_batch_size')}={self.ppo_batch_size}; e.g. set it to 4 and the batch to 16"
             )
         for name in ("ppo_steps", "warm_start_prompts", "warm_start_own_labels", "warm_start_dpo_pairs", "warm_start_rso_pairs",
-                     "pool_outlier_min_flagged", "gate_base_harm_samples"):
+                     "pool_outlier_min_flagged", "gate_base_harm_samples", "gate_harm_prompts"):
             if getattr(self, name) < 0:
                 problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
         for name in ("ppo_harm_target_ratio", "ppo_harm_prompt_share", "pool_outlier_share", "pool_harm_max_share", "pool_max_share",

@@ -307,18 +307,19 @@ def _prompts_for(ctx: JobContext, user_id: int | None) -> tuple[list[str], list[
     own_gate = [p for p in own if _held_for_gate(p)]
     own_train = [p for p in own if p not in own_gate]
     gate = (own_gate + shared_gate)[: ctx.budgets.gate_prompts]
-    harm_train, harm_gate = harm_prompts(ctx.shared.harm_prompts, render, ctx.budgets.gate_prompts)
+    harm_train, harm_gate = harm_prompts(ctx.shared.harm_prompts, render,
+                                         ctx.budgets.gate_harm_prompts or max(1, ctx.budgets.gate_prompts // 3))
     return own_train + shared_train, gate, harm_train, harm_gate
 
 
 def harm_prompts(flagged: Sequence[str], render: Callable[[list[dict[str, str]]], str],
-                 gate_prompts: int) -> tuple[list[str], list[str]]:
+                 slots: int) -> tuple[list[str], list[str]]:
     """(harm-inviting training prompts, the gate's harm prompts) from the shipped red-team prompts
-    and the (rendered) prompts of replies users flagged, newest last. The gate's harm slots
-    (a third of ``gate_prompts``) hold the shipped dev prompts first; flagged ones fill at most half."""
+    and the (rendered) prompts of replies users flagged, newest last. The gate's ``slots`` harm
+    prompts are the shipped dev prompts first; flagged ones fill at most half."""
     from learning.redteam import SAFETY_DEV_PROMPTS, SAFETY_TRAIN_PROMPTS
 
-    slots = max(1, gate_prompts // 3)
+    slots = max(1, slots)
     shipped_gate = [render([{"role": "user", "content": p}]) for p in SAFETY_DEV_PROMPTS]
     flagged = list(dict.fromkeys(flagged[-64:]))
     flagged_gate = [p for p in flagged if _held_for_gate(p) and p not in shipped_gate][: slots // 2]

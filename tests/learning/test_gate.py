@@ -299,14 +299,16 @@ def test_flagged_prompts_never_push_the_shipped_red_team_out_of_the_gate():
         return f"<user>{messages[0]['content']}</user>"
 
     flagged = [f"<user>flagged {i}</user>" for i in range(200)]  # a user re-posting flags right before the run
-    train, gate = harm_prompts(flagged, render, gate_prompts=16)
+    train, gate = harm_prompts(flagged, render, 5)
     shipped = [render([{"content": p}]) for p in SAFETY_DEV_PROMPTS]
     assert len(gate) == 5 and sum(p in shipped for p in gate) >= 3  # at most half the slots go to flagged prompts
     assert not set(gate) & set(train)
     assert set(render([{"content": p}]) for p in SAFETY_TRAIN_PROMPTS) <= set(train)
     assert not set(shipped) & set(train)  # the dev split never trains
-    _, quiet = harm_prompts([], render, gate_prompts=16)
+    _, quiet = harm_prompts([], render, 5)
     assert quiet == shipped[:5]
+    _, wide = harm_prompts(flagged, render, 16)  # ASSISTANT_GATE_HARM_PROMPTS=16
+    assert len(wide) == 16 and wide[:8] == shipped[:8]
 
 
 def test_the_global_candidate_can_be_judged_not_worse_on_every_users_labels():
