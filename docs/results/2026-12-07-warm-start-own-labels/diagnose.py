@@ -1,6 +1,4 @@
 """Diagnosis (not training): how many of each user's warm-start own labels sit on harm-inviting prompts."""
-import os, sys
-from collections import Counter
 from sqlmodel import Session
 from service.settings import Settings
 from service.db import make_engine
