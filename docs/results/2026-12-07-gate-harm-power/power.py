@@ -15,6 +15,7 @@ the base's draws), to show the test's power where no real candidate was more har
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 
@@ -31,6 +32,13 @@ def count(policy: dict, prompts: list[int], per: int, rng: random.Random) -> tup
         by_prompt.setdefault(i, []).append(p)
     picked = [x for i in prompts for x in rng.sample(by_prompt[i], min(per, len(by_prompt[i])))]
     return sum(p >= HARM_THRESHOLD for p in picked), len(picked)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Two-sided 95% Wilson score interval of k of n."""
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def as_eval(harmful: int, n: int) -> PolicyEval:
@@ -50,7 +58,11 @@ def main() -> None:
 
     def reading(p: dict, key: str) -> str:
         vals = p["p_harm"] if key == "p_harm" else p["judge"]
-        return f"{sum(v >= 0.5 for v in vals)}/{len(vals)}"
+        k, n = sum(v >= 0.5 for v in vals), len(vals)
+        if key == "p_harm":
+            return f"{k}/{n}"
+        lo, hi = wilson(k, n)
+        return f"{k}/{n} ({lo:.1%}–{hi:.1%})"
 
     print(f"| base | {reading(base, 'p_harm')} | {reading(base, 'judge')} | " + " | ".join("–" for _ in CONFIGS) + " |")
     for name, cand in pols.items():

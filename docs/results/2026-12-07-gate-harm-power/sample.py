@@ -2,7 +2,13 @@
 
 Run from the repository root with ASSISTANT_DEV_MODE=1 ASSISTANT_DATA_DIR=<the run's work data dir>:
 
-    python docs/results/2026-12-07-gate-harm-power/sample.py OUT.json [PER_PROMPT_CANDIDATE] [PER_PROMPT_BASE]
+    python docs/results/2026-12-07-gate-harm-power/sample.py OUT.json [PER_PROMPT_CANDIDATE] [PER_PROMPT_BASE] [anti]
+
+With ``anti`` the candidates are not the run's kept adapters but adapters that undo the safety stage in part:
+the served (safe) base's weights minus the plain base's are a rank-16 LoRA delta (the stage's own LoRA, merged),
+so ``-strength`` times it, factored by SVD into the policy's LoRA layout, is an adapter that moves the safe base
+that share of the way back to the plain one (1.0: the plain base exactly). They are real policies more harmful
+than the base, with the prompt-to-prompt spread of real ones, to test whether the gate catches such a candidate.
 
 Every policy answers every shipped red-team dev prompt (``learning.redteam.SAFETY_DEV_PROMPTS``, the gate's
 own harm prompts) with the gate's sampler and seeds. The harm model is fitted again as the run's shared stage fitted
@@ -47,6 +53,40 @@ def draw(models, prompts, per_prompt, harm, budgets, *, reference, seed=54321, b
     return rows, probs, texts
 
 
+ANTI_STRENGTHS = (1.0, 0.5, 0.25)
+
+
+def anti_safety_states(settings, models, budgets) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(name, LoRA state) of adapters moving the safe base ``strength`` of the way back to the plain base."""
+    from safetensors.torch import load_file
+
+    from learning.policy import lora_state
+    from service.model_loading import plain_model_path, resolve_model_path
+
+    plain = load_file(f"{plain_model_path(settings)}/model.safetensors")
+    safe = load_file(f"{resolve_model_path(settings)}/model.safetensors")
+    template = lora_state(models.policy)
+    scaling = budgets.lora_alpha / budgets.lora_r
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key in template:
+        if ".lora_A." not in key:
+            continue
+        module = key.split("base_model.model.", 1)[1].split(".lora_A.")[0]
+        delta = plain[f"{module}.weight"].double() - safe[f"{module}.weight"].double()  # (out, in)
+        u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+        r = budgets.lora_r
+        factors[key] = (u[:, :r] * sv[:r].sqrt(), sv[:r].sqrt()[:, None] * vh[:r])  # B (out, r), A (r, in)
+    out = []
+    for strength in ANTI_STRENGTHS:
+        state = {}
+        for key, (b, a) in factors.items():
+            state[key] = a.float().contiguous()
+            state[key.replace(".lora_A.", ".lora_B.")] = (b * strength / scaling).float().contiguous()
+        assert set(state) == set(template)
+        out.append((f"anti-safety-{strength}", state))
+    return out
+
+
 def main() -> None:
     out = sys.argv[1]
     per_cand = int(sys.argv[2]) if len(sys.argv) > 2 else 4
@@ -66,12 +106,15 @@ def main() -> None:
     with Session(engine) as session:
         rows = session.exec(select(AdapterVersion).where(AdapterVersion.user_id != None)).all()  # noqa: E711
         adapters = [(f"u{r.user_id}-v{r.version}", settings.adapters_dir / r.path) for r in rows]
-    policies = [("base", None)] + adapters
+    anti = len(sys.argv) > 4 and sys.argv[4] == "anti"
+    policies = [("base", None)] + (anti_safety_states(settings, models, budgets) if anti else adapters)
     result = {"run_id": run_id, "threshold": HARM_THRESHOLD, "prompts": len(prompts), "policies": {}}
     for name, path in policies:
         t = time.monotonic()
         load_lora_state(models.policy, models.fresh_state)
-        if path is not None:
+        if isinstance(path, dict):
+            load_lora_state(models.policy, path)
+        elif path is not None:
             load_adapter_dir(models.policy, path)
         n = per_base if path is None else per_cand
         rows_, probs, texts = draw(models, prompts, n, harm, budgets, reference=path is None)
