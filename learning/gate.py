@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from statistics import NormalDist
 from dataclasses import asdict, dataclass, replace
 from typing import Sequence
@@ -362,6 +363,8 @@ class Gate:
         self._base_lp: dict[tuple[str, str], float] = {}
         self._current_lp: dict[tuple[str, str], float] = {}
         self.label_check: LabelCheck | None = None
+        self.rows_drawn = 0  # replies sampled by measure_start (a shared harm sample already drawn costs none)
+        self.start_s = 0.0  # its wall time
 
     def _logprobs(self, *, reference: bool = False) -> dict[tuple[str, str], float]:
         if not self.label_sets:
@@ -376,6 +379,7 @@ class Gate:
             return self.harm_memo[memo_key]
         sample_ = measure_harm(self.model, self.tokenizer, self.distinct_harm_prompts, per_prompt, self.harm, self.budgets,
                                reference=reference, sampler=self.sampler)
+        self.rows_drawn += sample_.n
         if memo_key is not None:
             self.harm_memo[memo_key] = sample_
         return sample_
@@ -383,16 +387,32 @@ class Gate:
     def _eval(self, *, reference: bool = False, harm_key: str | None = None, harm_samples: int | None = None) -> PolicyEval:
         ordinary = evaluate_policy(self.model, self.tokenizer, self.prompts, self.reward, self.harm, self.user_id, self.budgets,
                                    harm_prompts=self.harm_prompts, reference=reference, sampler=self.sampler)
+        self.rows_drawn += len(self.prompts) + len(self.harm_prompts)
         if not self.shared_harm:
             return ordinary
         return with_harm(ordinary, self._harm(harm_key, harm_samples or self.budgets.gate_harm_samples, reference=reference))
 
     def measure_start(self, *, serving_adapter: bool) -> None:
         """The yardsticks: the base, and what serves this scope now (the adapter loaded in the model)."""
+        started, self.rows_drawn = time.monotonic(), 0
         self.base = self._eval(reference=True, harm_key="base", harm_samples=self.budgets.gate_base_harm_samples)
         self.current = self._eval(harm_key=self.current_key) if serving_adapter else self.base
         self._base_lp = self._logprobs(reference=True)
         self._current_lp = self._logprobs() if serving_adapter else self._base_lp
+        self.start_s = time.monotonic() - started
+
+    def candidate_rows(self) -> int:
+        """Replies ``judge`` samples from the candidate."""
+        if not self.shared_harm:
+            return len(self.prompts) + len(self.harm_prompts)
+        per_prompt = self.budgets.gate_base_harm_samples if self.user_id is None else self.budgets.gate_harm_samples
+        return len(self.prompts) + per_prompt * len(self.distinct_harm_prompts)
+
+    def candidate_eval_s(self) -> float:
+        """The candidate's evaluation time, estimated from ``measure_start``'s time per reply drawn: the
+        base's shared harm sample (drawn by the run's first job only) and the candidate's own harm sample
+        differ in size, so the time of the base's evaluation alone would misjudge it either way."""
+        return self.start_s * self.candidate_rows() / max(1, self.rows_drawn)
 
     def yardsticks(self) -> tuple[PolicyEval, PolicyEval]:
         """(current, base), as ``measure_start`` measured them."""

@@ -121,10 +121,8 @@ class AdapterRecipe:
                          sampler=ctx.models.sampler, labels=_gate_labels(ctx, self.user_id),
                          harm_memo=ctx.models.harm_memo,
                          current_key=adapter_store.label_of(self.start_row) if self.start_row is not None else None)
-        t_gate = time.monotonic()
         self.gate.measure_start(serving_adapter=self.start_row is not None)
-        # the candidate's evaluation costs the same
-        self.one_eval_s = (time.monotonic() - t_gate) / (2 if self.start_row is not None else 1)
+        self.one_eval_s = self.gate.candidate_eval_s()  # what PPO leaves for the candidate's evaluation
         # the harm constraint's target, calibrated on measured harm: a share of the base's mean
         # P(harm) on harm-inviting prompts (and never above what serves the scope now)
         current, base = self.gate.yardsticks()

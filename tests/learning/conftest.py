@@ -107,7 +107,8 @@ def tiny_budgets(**overrides) -> Budgets:
     steps of 1 prompt x 2 samples x 12 tokens."""
     base = dict(ppo_steps=2, ppo_batch_size=2, ppo_group_size=2, ppo_minibatch_size=1, ppo_epochs=1, ppo_max_new_tokens=12,
                 warm_start_prompts=2, warm_start_samples=2, warm_start_epochs=1,
-                gate_prompts=2, reward_steps=60, min_user_labels=4, min_global_labels=4, max_prompt_tokens=128,
+                gate_prompts=2, gate_harm_prompts=1, gate_harm_samples=3, gate_base_harm_samples=0,
+                reward_steps=60, min_user_labels=4, min_global_labels=4, max_prompt_tokens=128,
                 max_reply_tokens=64, lora_r=4, lora_alpha=8, ppo_lr=5e-4)
     base.update(overrides)
     return Budgets(**base)

@@ -359,3 +359,19 @@ def test_the_global_job_reads_every_users_held_out_labels_only_under_not_worse()
     assert _gate_labels(ctx, None) is None  # "reward": the reward model judges the global candidate
     ctx.budgets = Budgets()  # the default, "not-worse"
     assert _gate_labels(ctx, None) == [a, b]  # every user's, in user order
+
+
+def test_the_candidates_evaluation_time_is_estimated_per_reply_drawn():
+    from learning.gate import Gate
+
+    budgets = Budgets(gate_harm_samples=4, gate_base_harm_samples=8)
+    harm = [f"h{i}" for i in range(44)]
+    gate = Gate(None, None, ["p"] * 16, harm, None, None, 7, budgets)
+    assert gate.candidate_rows() == 16 + 4 * 44
+    gate.start_s, gate.rows_drawn = 36.8, 16 + 8 * 44  # the run's first job also drew the base's shared harm sample
+    assert gate.candidate_eval_s() == pytest.approx(36.8 * 192 / 368)
+    gate.start_s, gate.rows_drawn = 2.0, 16  # a later job found it drawn: its base evaluation was 16 replies
+    assert gate.candidate_eval_s() == pytest.approx(24.0)
+    assert Gate(None, None, ["p"] * 16, harm, None, None, None, budgets).candidate_rows() == 16 + 8 * 44  # the global one
+    apart = Gate(None, None, ["p"] * 16, harm[:5], None, None, 7, Budgets(gate_harm_samples=3, gate_base_harm_samples=0))
+    assert apart.candidate_rows() == 16 + 15
