@@ -179,8 +179,9 @@ class Budgets:
     """At most this many pairs sampled from the adapter itself join the warm start's DPO term: for
     each warm-start prompt, its best-scored sample over its worst under the user's reward (RSO, Liu
     et al. 2024: pairs rejection-sampled from the policy and labelled by the reward model), so the
-    contrast the reward draws reaches the adapter where the user's own pairs are few. 0 = off
-    (unmeasured: off until a protocol run says it helps)."""
+    contrast the reward draws reaches the adapter where the user's own pairs are few. 0 = off: 16
+    measured no gain on the quick protocol (-0.0 points, -2.6 to +2.6) for about 25 s more per job
+    (docs/results/2026-12-07-quick-rso16)."""
 
     # --- the safety stage (``learning.safety``; trained once per base model) ---
     safety_samples: int = 4
