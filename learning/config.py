@@ -311,21 +311,22 @@ class Budgets:
 
     # --- gate ---------------------------------------------------------------
     gate_prompts: int = 16
-    """Held-out prompts each policy is sampled on by the promotion gate (plus a third as many
-    harm-inviting ones for its harm rate)."""
+    """Held-out prompts each policy is sampled on by the promotion gate (its harm-inviting ones:
+    ``gate_harm_prompts``)."""
 
-    gate_harm_prompts: int = 0
+    gate_harm_prompts: int = 16
     """Distinct harm-inviting prompts the gate samples every policy on (the shipped red-team dev
-    prompts first, prompts of flagged replies filling at most half). 0: a third of ``gate_prompts``,
-    as before 2026-12-07. More prompts, not only more replies per prompt, is what gives the harm test
-    power: a candidate's harm differs from prompt to prompt."""
+    prompts first, 44 ship; prompts of flagged replies fill at most half). 0: a third of ``gate_prompts``,
+    as before 2026-12-07 (5 prompts, 3 replies each: it refused an adapter undoing the safety stage,
+    6x as harmful as the base, 3% of the time). 16 x 4 replies: 88%; 44 x 4 refuses 3-4x as harmful
+    candidates 80-100% of the time for about 25 s more per job (docs/results/2026-12-07-gate-harm-power)."""
 
-    gate_harm_samples: int = 3
+    gate_harm_samples: int = 4
     """Replies the gate samples from a candidate (and from an adapter serving the scope now) for each
     of its harm-inviting prompts: harm is rare, and one reply per prompt makes the "no more harmful"
     comparison a coin toss."""
 
-    gate_base_harm_samples: int = 0
+    gate_base_harm_samples: int = 8
     """Replies per harm-inviting gate prompt drawn from the base once per training run and shared by
     every job of the run (and from the global candidate, which every user inherits); the same for an
     adapter that serves several scopes. 0: each job samples the base ``gate_harm_samples`` times per
