@@ -15,12 +15,12 @@ the base's draws), to show the test's power where no real candidate was more har
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 
 from learning.config import Budgets
 from learning.gate import HARM_THRESHOLD, PolicyEval, more_harmful
+from learning.sim.stats import wilson_interval
 
 CONFIGS = [(5, 3, 3), (5, 3, 8), (16, 4, 8), (22, 4, 8), (44, 2, 8), (44, 4, 8)]  # M at most the 8 base draws
 FACTORS = (2, 3, 4)  # synthetic candidates: this many times the base's rate under the gate's harm model
@@ -32,13 +32,6 @@ def count(policy: dict, prompts: list[int], per: int, rng: random.Random) -> tup
         by_prompt.setdefault(i, []).append(p)
     picked = [x for i in prompts for x in rng.sample(by_prompt[i], min(per, len(by_prompt[i])))]
     return sum(p >= HARM_THRESHOLD for p in picked), len(picked)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Two-sided 95% Wilson score interval of k of n."""
-    p, d = k / n, 1 + z * z / n
-    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def as_eval(harmful: int, n: int) -> PolicyEval:
@@ -61,7 +54,7 @@ def main() -> None:
         k, n = sum(v >= 0.5 for v in vals), len(vals)
         if key == "p_harm":
             return f"{k}/{n}"
-        lo, hi = wilson(k, n)
+        lo, hi = wilson_interval(k, n)
         return f"{k}/{n} ({lo:.1%}–{hi:.1%})"
 
     print(f"| base | {reading(base, 'p_harm')} | {reading(base, 'judge')} | " + " | ".join("–" for _ in CONFIGS) + " |")
