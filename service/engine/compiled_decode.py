@@ -173,7 +173,7 @@ class CompiledDecode:
                 for i in range(2):
                     tokens = torch.tensor([WARM_PROMPT[-1]] * self.rows, device=r.device)
                     positions = torch.full((self.rows,), len(WARM_PROMPT) + i, device=r.device)
-                    r._int8_now = self.rows <= r.int8_rows  # as ``decode`` sets it
+                    r.set_step_rows(self.rows)  # as ``decode`` does
                     self._run(r, tokens, positions, use_lora, len(WARM_PROMPT) + i + 1)
         seconds = time.perf_counter() - t0
         self.warm_seconds += seconds

@@ -261,6 +261,11 @@ class LlamaRunner:
         size = sum(t.numel() * t.element_size() for t in dense if t is not None)
         return {"weights": size, "int8_copies": sum(c.q.numel() + c.s.numel() * c.s.element_size() for c in q8)}
 
+    def set_step_rows(self, rows: int) -> None:
+        """Chooses the weights the next decode step of ``rows`` rows multiplies: the int8 copies up to
+        ``int8_rows`` rows, the runner's dtype above (``decode`` calls it; so does a compiler tracing the step)."""
+        self._int8_now = rows <= self.int8_rows
+
     def _proj(self, h: torch.Tensor, ly: _Layer, name: str, bias: torch.Tensor | None) -> torch.Tensor:
         """``F.linear(h, ly.<name>, bias)``, on the int8 copy during a small decode step."""
         if not self._int8_now or ly.q8 is None:
@@ -520,7 +525,7 @@ class LlamaRunner:
         Steps of at most ``compiled.rows`` rows run the compiled pure step when there is one
         (``service.engine.compiled_decode``; ``None`` back means its graph does not fit: eager)."""
         B = tokens.shape[0]
-        self._int8_now = B <= self.int8_rows
+        self.set_step_rows(B)
         n_keys = int(positions.max()) + 1
         step = self.compiled if self.compiled is not None and B <= self.compiled.rows else None
         # the compiled step takes the cache's first n_keys positions as a view; a view of the whole capacity is
