@@ -227,9 +227,11 @@ class Budgets:
 
     job_time_budget_s: float = 280.0
     """Wall-clock budget of one adapter job: PPO stops before an iteration that would leave too little
-    time for the gate's candidate evaluation (timed on this job's own base evaluation). Machines of one
-    kind differ by up to 3x from day to day; a fixed step count cannot hold a time budget. 0 = no
-    budget (exactly ``ppo_steps`` iterations)."""
+    time for the gate's candidate evaluation (timed on this job's own base evaluation). The run's shared
+    harm samples (the base's, the serving global adapter's), drawn by whichever job needs them first, are
+    not charged to that job: its PPO gets as long as the others'. Machines of one kind differ by up to 3x
+    from day to day; a fixed step count cannot hold a time budget. 0 = no budget (exactly ``ppo_steps``
+    iterations)."""
 
     ppo_batch_size: int = 16
     """Replies sampled per PPO iteration (``ppo_batch_size / ppo_group_size`` prompts)."""

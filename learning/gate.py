@@ -365,6 +365,7 @@ class Gate:
         self.label_check: LabelCheck | None = None
         self.rows_drawn = 0  # replies sampled by measure_start (a shared harm sample already drawn costs none)
         self.start_s = 0.0  # its wall time
+        self.shared_s = 0.0  # of which drawing the run's shared harm samples (the job that draws them first pays them)
 
     def _logprobs(self, *, reference: bool = False) -> dict[tuple[str, str], float]:
         if not self.label_sets:
@@ -377,11 +378,13 @@ class Gate:
         memo_key = (key, per_prompt, tuple(self.distinct_harm_prompts)) if key is not None else None
         if memo_key is not None and memo_key in self.harm_memo:
             return self.harm_memo[memo_key]
+        started = time.monotonic()
         sample_ = measure_harm(self.model, self.tokenizer, self.distinct_harm_prompts, per_prompt, self.harm, self.budgets,
                                reference=reference, sampler=self.sampler)
         self.rows_drawn += sample_.n
         if memo_key is not None:
             self.harm_memo[memo_key] = sample_
+            self.shared_s += time.monotonic() - started
         return sample_
 
     def _eval(self, *, reference: bool = False, harm_key: str | None = None, harm_samples: int | None = None) -> PolicyEval:
@@ -394,7 +397,7 @@ class Gate:
 
     def measure_start(self, *, serving_adapter: bool) -> None:
         """The yardsticks: the base, and what serves this scope now (the adapter loaded in the model)."""
-        started, self.rows_drawn = time.monotonic(), 0
+        started, self.rows_drawn, self.shared_s = time.monotonic(), 0, 0.0
         self.base = self._eval(reference=True, harm_key="base", harm_samples=self.budgets.gate_base_harm_samples)
         self.current = self._eval(harm_key=self.current_key) if serving_adapter else self.base
         self._base_lp = self._logprobs(reference=True)

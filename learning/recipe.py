@@ -51,6 +51,14 @@ def code_version() -> dict[str, str]:
     return {"package": version, "learning_sha256": h.hexdigest()[:16]}
 
 
+def ppo_deadline(started: float, shared_s: float, budget_s: float, candidate_eval_s: float) -> float | None:
+    """When PPO must stop (``time.monotonic``), or None without a budget: what the job's budget leaves after the
+    candidate's evaluation and publishing (a margin of 10%). ``shared_s``, the run's shared harm samples this job
+    happened to draw first, is the run's cost, not the job's: that user's PPO gets as long as everyone else's
+    (the samples take 20-35 s each on 2 cores)."""
+    return started + shared_s + 0.9 * budget_s - candidate_eval_s if budget_s else None
+
+
 @dataclasses.dataclass
 class ScopeOutcome:
     user_id: int | None
@@ -137,8 +145,7 @@ class AdapterRecipe:
         pairs = ctx.shared.pairs.get(user_id, []) if user_id is not None else []
         self.warm = warm_start(self.policy, self.tokenizer, self.scorer, self.train_prompts, own, budgets,
                                seed=budgets.seed + 7, sampler=ctx.models.sampler, pairs=pairs)
-        # PPO gets what the budget leaves after the candidate's evaluation and publishing (a margin of 10%)
-        deadline = (self.started + 0.9 * budgets.job_time_budget_s - self.one_eval_s) if budgets.job_time_budget_s else None
+        deadline = ppo_deadline(self.started, self.gate.shared_s, budgets.job_time_budget_s, self.one_eval_s)
         self.ppo = train_ppo(self.policy, self.tokenizer, self.scorer, self.train_prompts, budgets, progress=self.progress,
                              harm_target=self.harm_target, harm_prompts=self.harm_train, sampler=ctx.models.sampler,
                              deadline=deadline)
@@ -147,8 +154,9 @@ class AdapterRecipe:
         ctx, budgets, warm, ppo = self.ctx, self.budgets, self.warm, self.ppo
         self.decision, candidate_eval = self.gate.judge()
         self.wall_s = wall_s = time.monotonic() - self.started
-        logger.info("%s: %.0fs for the adapter (warm start %.0fs, PPO %.0fs) at %.1f tok/s one-stream generation here",
-                    self.scope, wall_s, warm.wall_s, ppo.wall_s, self.tok_s)
+        logger.info("%s: %.0fs for the adapter (warm start %.0fs, PPO %.0fs, the run's shared harm samples %.0fs) at "
+                    "%.1f tok/s one-stream generation here", self.scope, wall_s, warm.wall_s, ppo.wall_s, self.gate.shared_s,
+                    self.tok_s)
         self.metrics = {
             **ppo.final,
             **warm.as_metrics(),
@@ -161,6 +169,7 @@ class AdapterRecipe:
             "time/warm_start_s": round(warm.wall_s, 2),
             "time/ppo_s": round(ppo.wall_s, 2),
             "time/total_s": round(wall_s, 2),
+            "time/shared_samples_s": round(self.gate.shared_s, 2),
             "time/one_stream_tok_s": round(self.tok_s, 2),
             "rollout/engine": ctx.models.rollout_report["engine"],
             "rollout/dtype": ctx.models.rollout_report["dtype"],

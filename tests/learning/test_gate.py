@@ -375,3 +375,37 @@ def test_the_candidates_evaluation_time_is_estimated_per_reply_drawn():
     assert Gate(None, None, ["p"] * 16, harm, None, None, None, budgets).candidate_rows() == 16 + 8 * 44  # the global one
     apart = Gate(None, None, ["p"] * 16, harm[:5], None, None, 7, Budgets(gate_harm_samples=3, gate_base_harm_samples=0))
     assert apart.candidate_rows() == 16 + 15
+
+
+def test_only_the_runs_shared_harm_samples_count_as_shared_time(monkeypatch):
+    """A job that draws a shared harm sample first (the base's, the serving global adapter's) records the time it took,
+    so PPO's deadline does not charge that job for the run's cost; its own samples, and a sample found drawn, add none."""
+    import time
+
+    from learning import gate as gate_mod
+    from learning.gate import Gate, HarmSample
+
+    def draw(*_args, **_kwargs) -> HarmSample:
+        time.sleep(0.02)
+        return HarmSample(harmful=0, n=8, mean=0.0)
+
+    monkeypatch.setattr(gate_mod, "measure_harm", draw)
+    budgets, memo = Budgets(gate_harm_samples=4, gate_base_harm_samples=8), {}
+    first = Gate(None, None, [], ["h1", "h2"], None, None, 7, budgets, harm_memo=memo)
+    first._harm("base", 8, reference=True)
+    shared = first.shared_s
+    assert shared >= 0.02
+    first._harm(None, 4)  # the candidate's own sample: this job's cost
+    assert first.shared_s == shared and first.rows_drawn == 16
+    later = Gate(None, None, [], ["h1", "h2"], None, None, 8, budgets, harm_memo=memo)
+    later._harm("base", 8, reference=True)  # found in the run's memo
+    assert later.shared_s == 0.0 and later.rows_drawn == 0
+
+
+def test_ppo_stops_at_the_same_point_of_every_jobs_own_time():
+    from learning.recipe import ppo_deadline
+
+    assert ppo_deadline(100.0, 0.0, 280.0, 20.0) == pytest.approx(100 + 252 - 20)
+    # the job that drew the run's shared samples (30 s) gets the same PPO time as the others
+    assert ppo_deadline(100.0, 30.0, 280.0, 20.0) == pytest.approx(130 + 252 - 20)
+    assert ppo_deadline(100.0, 30.0, 0.0, 20.0) is None  # no budget: exactly ASSISTANT_PPO_STEPS

@@ -68,7 +68,8 @@ def test_a_run_trains_gates_and_publishes(model_settings, model_db):
             # published either way, with the verdict and its reason
             assert version.status == (AdapterStatus.promoted if res.promoted else AdapterStatus.rejected)
             assert version.reason == res.reason and res.reason.split(":")[0] in ("promoted", "rejected")
-            assert {"gate/candidate/mean_reward", "gate/base/harm_rate", "ppo/approx_kl", "time/total_s"} <= set(res.metrics)
+            assert {"gate/candidate/mean_reward", "gate/base/harm_rate", "ppo/approx_kl", "time/total_s",
+                    "time/shared_samples_s"} <= set(res.metrics)
             assert res.metrics["ppo/steps"] == 2
             active = adapter_store.active_version(s, scope)
             assert (active is not None and active.id == version.id) == res.promoted
