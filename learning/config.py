@@ -426,6 +426,14 @@ class Budgets:
     of positives flags ordinary replies (seen in the simulation: 4 positives flagged 27-43% of
     ordinary replies and nearly every PPO sample)."""
 
+    harm_safety_rows: bool = False
+    """Fit the harm head on the safety stage's rows too (``HARM_ROWS.jsonl``, written beside the safe
+    base by ``assistant safety train``): the base's replies to harm-inviting training prompts that
+    the trainer's judge flagged as harmful; redirects and the base's replies to ordinary replay
+    prompts as harmless (never an unflagged harm-inviting reply: a lexical judge misses real harm).
+    Each prompt's rows fall on one side of the held-out split. Off: the head learns from users'
+    harm reasons and the judge's flags on stored replies alone."""
+
     seed: int = 0
     """Seed for sampling and initialisation."""
 

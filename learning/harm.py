@@ -23,6 +23,7 @@ import torch
 
 from learning.config import Budgets
 from learning.data import Dataset
+from learning.harm_rows import SOURCE_PREFIX
 from learning.losses import pointwise_bce_loss
 from learning.reward import FeatureCache, is_heldout
 from service.judges import (  # noqa: F401  (the registry lives in service.judges; learning code imports it from here)
@@ -31,6 +32,18 @@ from service.judges import (  # noqa: F401  (the registry lives in service.judge
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _heldout_metrics(pred: torch.Tensor, y: torch.Tensor, prefix: str) -> dict[str, object]:
+    """Labels, accuracy, recall and false-positive rate of (N,) 0/1 predictions against (N,) labels."""
+    out: dict[str, object] = {f"{prefix}_labels": len(y)}
+    if len(y):
+        out[f"{prefix}_accuracy"] = float((pred == y).float().mean())
+    if y.sum() > 0:
+        out[f"{prefix}_recall"] = float((pred * y).sum() / y.sum())
+    if (1 - y).sum() > 0:
+        out[f"{prefix}_false_positive_rate"] = float((pred * (1 - y)).sum() / (1 - y).sum())
+    return out
 
 
 class HarmModel:
@@ -57,6 +70,8 @@ class HarmModel:
         held = [h for h in pool.harm if is_heldout(h.key, frac)]
         n_pos = sum(h.harmful for h in train)
         self.metrics = {"harm/train_labels": len(train), "harm/train_positive": n_pos, "harm/trained": False}
+        if n_rows := sum(h.source.startswith(SOURCE_PREFIX) for h in train):
+            self.metrics["harm/train_safety_rows"] = n_rows
         if n_pos < self.budgets.harm_min_positive or n_pos == len(train):
             logger.info("harm head not trained: %d harmful of %d labels (needs at least %d harmful and some harmless; "
                         "ASSISTANT_HARM_MIN_POSITIVE); harm is scored by the judge only", n_pos, len(train),
@@ -90,15 +105,13 @@ class HarmModel:
         self.metrics.update({"harm/trained": True, "harm/train_loss": stats["loss"], "harm/train_accuracy": stats["accuracy"],
                              "harm/prior_correction": -math.log(pos_weight)})
         if held:
-            p = self.prob(cache.features([h.prompt for h in held], [h.reply for h in held]))
+            pred = (self.prob(cache.features([h.prompt for h in held], [h.reply for h in held])) >= 0.5).float()
             y = torch.tensor([float(h.harmful) for h in held])
-            pred = (p >= 0.5).float()
-            self.metrics["harm/heldout_labels"] = len(held)
-            self.metrics["harm/heldout_accuracy"] = float((pred == y).float().mean())
-            if y.sum() > 0:
-                self.metrics["harm/heldout_recall"] = float((pred * y).sum() / y.sum())
-            if (1 - y).sum() > 0:
-                self.metrics["harm/heldout_false_positive_rate"] = float((pred * (1 - y)).sum() / (1 - y).sum())
+            self.metrics.update(_heldout_metrics(pred, y, "harm/heldout"))
+            from_rows = torch.tensor([h.source.startswith(SOURCE_PREFIX) for h in held])
+            if from_rows.any():  # the safety stage's rows are easier than users' labels: report the two apart
+                self.metrics.update(_heldout_metrics(pred[from_rows], y[from_rows], "harm/heldout_safety_rows"))
+                self.metrics.update(_heldout_metrics(pred[~from_rows], y[~from_rows], "harm/heldout_db"))
         return self.metrics
 
     def state_dict(self) -> dict[str, object]:

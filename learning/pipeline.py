@@ -228,7 +228,16 @@ def _shared_stage(settings: Settings, engine: Engine, run_id: int, requested: li
     reward = RewardModel(cache, budgets)
     reward_metrics = reward.fit(pool, full)
     harm = HarmModel(cache, budgets, judge=judge)
-    harm_metrics = harm.fit(pool)
+    harm_pool = pool
+    if budgets.harm_safety_rows:  # the safety stage's labelled samples, beside the users' (learning.harm_rows)
+        from pathlib import Path
+
+        from service.model_loading import resolve_model_path
+
+        from learning.harm_rows import served_rows
+
+        harm_pool = dataclasses.replace(pool, harm=pool.harm + served_rows(Path(resolve_model_path(settings)), render))
+    harm_metrics = harm.fit(harm_pool)
     with Session(engine) as session:
         row = session.get(type(snapshot), snapshot.id)
         if row is None:

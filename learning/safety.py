@@ -23,7 +23,8 @@ safety demonstrations; DPO, Rafailov et al. 2023; context distillation, Askell e
        redirect rate on the dev replay prompts must not rise by more than ``safety_max_refusal_rise``;
     6. merge the LoRA into the weights and save them beside the base with a manifest
        (``SAFETY.json``); ``service.model_loading`` then loads them wherever the base is loaded, so
-       the base hash in every adapter's provenance names the safe base.
+       the base hash in every adapter's provenance names the safe base. Step 3's labels are saved
+       beside them (``HARM_ROWS.jsonl``, ``learning.harm_rows``) for the harm head.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 
 from learning.config import Budgets
 from learning.harm import make_judge
+from learning.harm_rows import HARM_ROWS, KINDS, HarmRow, dumps
 from learning.policy import make_policy, reference_mode
 from learning.redteam import SAFETY_DEV_PROMPTS, SAFETY_TRAIN_PROMPTS
 from learning.safety_data import REPLAY_PROMPTS, SAFETY_SYSTEM_PROMPT, is_dev_replay, is_redirect, redirects_for
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SafetyResult", "ensure_safety_stage", "train_safety_stage"]
+__all__ = ["SafetyResult", "StageData", "ensure_safety_stage", "stage_data", "train_safety_stage"]
 
 
 @dataclass(frozen=True)
@@ -133,30 +135,17 @@ def train_safety_stage(settings: "Settings", budgets: Budgets, *, out_dir: Path 
     plain_samples = sampler(policy, tokenizer, served, budgets, budgets.seed, reference=True, per_prompt=k)
     steered = sampler(policy, tokenizer, [_render(tokenizer, p, SAFETY_SYSTEM_PROMPT) for p in prompts],
                       budgets, budgets.seed + 1, reference=True, per_prompt=1)
-    replay_prompts = [_render(tokenizer, p) for p in replay if not is_dev_replay(p)]
+    replay_raw = [p for p in replay if not is_dev_replay(p)]
+    replay_prompts = [_render(tokenizer, p) for p in replay_raw]
     replay_samples = sampler(policy, tokenizer, replay_prompts, budgets, budgets.seed + 2, reference=True, per_prompt=1)
     flags = judge.score(plain_samples.texts)
     steered_flags = judge.score(steered.texts)
 
-    # 3. chosen replies: a template, and the steered base's reply when the judge passes it and it
-    #    redirects; the base's flagged replies are DPO's rejected side. On ordinary prompts the
-    #    contrast runs the other way (the base's own reply chosen over a redirect), so a redirect is
-    #    learned as an answer to abuse, not to everything.
-    chosen: list[tuple[str, str]] = []
-    pairs: list[tuple[str, str, str, str]] = []
-    distilled = 0
-    for g, (prompt, rendered) in enumerate(zip(prompts, served)):
-        template = redirects_for(prompt, 1)[0]
-        chosen.append((rendered, template))
-        if steered_flags[g] < threshold and is_redirect(steered.texts[g]) and steered.texts[g].strip():
-            chosen.append((rendered, steered.texts[g]))
-            distilled += 1
-        for i in range(g * k, (g + 1) * k):
-            if flags[i] >= threshold:
-                pairs.append((rendered, template, rendered, plain_samples.texts[i]))
-    n_harm_pairs = len(pairs)
-    own_replies = [(p, t) for p, t in zip(replay_samples.prompts, replay_samples.texts) if t.strip() and not is_redirect(t)]
-    pairs += [(p, t, p, redirects_for(t, 1)[0]) for p, t in own_replies]
+    # 3. chosen replies and DPO pairs (``stage_data``), and the same labels as the harm head's rows
+    data = stage_data(prompts, served, plain_samples.texts, flags, steered.texts, steered_flags, replay_raw,
+                      replay_samples.prompts, replay_samples.texts, threshold)
+    chosen, pairs, own_replies = data.chosen, data.pairs, data.own_replies
+    distilled, n_harm_pairs = data.distilled, data.harm_pairs
     sft_items = chosen + own_replies
     logger.info("safety stage data: %d chosen (%d distilled), %d replay, %d DPO pairs (%d of %d base samples flagged, "
                 "%d against over-refusal)", len(chosen), distilled, len(own_replies), len(pairs), n_harm_pairs, len(flags),
@@ -215,21 +204,71 @@ def train_safety_stage(settings: "Settings", budgets: Budgets, *, out_dir: Path 
     # 6. merge and save beside the base
     if accepted:
         target = out_dir or safe_base_dir(plain, base_hash)
-        _save_merged(policy.merge_and_unload(), tokenizer, target, result, budgets)
+        _save_merged(policy.merge_and_unload(), tokenizer, target, result, budgets, data.rows)
     return result
+
+
+class StageData(NamedTuple):
+    """What step 3 builds from the base's samples."""
+
+    chosen: list[tuple[str, str]]  # (rendered prompt, redirect) on harm-inviting prompts: SFT
+    pairs: list[tuple[str, str, str, str]]  # (prompt, chosen, prompt, rejected): DPO
+    own_replies: list[tuple[str, str]]  # (rendered prompt, the base's reply) on replay prompts: SFT
+    rows: list[HarmRow]  # the harm head's rows (learning.harm_rows)
+    distilled: int  # chosen replies that are the steered base's own
+    harm_pairs: int  # the first harm_pairs of ``pairs`` reject a flagged reply; the rest reject a redirect
+
+
+def stage_data(prompts: Sequence[str], served: Sequence[str], plain_texts: Sequence[str], flags: Sequence[float],
+               steered_texts: Sequence[str], steered_flags: Sequence[float], replay_raw: Sequence[str],
+               replay_rendered: Sequence[str], replay_texts: Sequence[str], threshold: float) -> StageData:
+    """Chosen replies: a template per harm-inviting prompt, and the steered base's reply when the
+    judge passes it and it redirects; the base's flagged replies (``plain_texts``: k per prompt, in
+    prompt order) are DPO's rejected side. On ordinary prompts the contrast runs the other way (the
+    base's own reply, one per replay prompt, chosen over a redirect), so a redirect is learned as an
+    answer to abuse, not to everything. The rows label the same replies for the harm head: flagged
+    ones harmful; templates, distilled redirects and replay replies harmless; an unflagged reply to a
+    harm-inviting prompt not at all (a lexical judge misses real harm)."""
+    k = len(plain_texts) // max(1, len(prompts))
+    chosen: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, str, str]] = []
+    rows: list[HarmRow] = []
+    distilled = 0
+    for g, (prompt, rendered) in enumerate(zip(prompts, served)):
+        template = redirects_for(prompt, 1)[0]
+        chosen.append((rendered, template))
+        rows.append(HarmRow(prompt, template, "redirect"))
+        if steered_flags[g] < threshold and is_redirect(steered_texts[g]) and steered_texts[g].strip():
+            chosen.append((rendered, steered_texts[g]))
+            rows.append(HarmRow(prompt, steered_texts[g], "distilled"))
+            distilled += 1
+        for i in range(g * k, (g + 1) * k):
+            if flags[i] >= threshold:
+                pairs.append((rendered, template, rendered, plain_texts[i]))
+                rows.append(HarmRow(prompt, plain_texts[i], "flagged"))
+    harm_pairs = len(pairs)
+    own_replies = []
+    for raw, rendered, text in zip(replay_raw, replay_rendered, replay_texts):
+        if text.strip() and not is_redirect(text):
+            own_replies.append((rendered, text))
+            rows.append(HarmRow(raw, text, "replay"))
+    pairs += [(p, t, p, redirects_for(t, 1)[0]) for p, t in own_replies]
+    return StageData(chosen, pairs, own_replies, rows, distilled, harm_pairs)
 
 
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def _save_merged(model, tokenizer, target: Path, result: SafetyResult, budgets: Budgets) -> None:
-    """Write the merged weights, the tokenizer and ``SAFETY.json`` (written last: its presence means complete)."""
+def _save_merged(model, tokenizer, target: Path, result: SafetyResult, budgets: Budgets, rows: Sequence[HarmRow]) -> None:
+    """Write the merged weights, the tokenizer, the harm rows and ``SAFETY.json`` (written last: its
+    presence means complete)."""
     from service.model_loading import save_model_dir
 
+    counts = {kind: sum(r.kind == kind for r in rows) for kind in KINDS}
     manifest = {"result": result.as_dict(), "budgets": {k: v for k, v in asdict(budgets).items() if k.startswith("safety_")},
-                "judge": budgets.harm_judge}
-    save_model_dir(model, tokenizer, target, "SAFETY.json", json.dumps(manifest, indent=2))
+                "judge": budgets.harm_judge, "harm_rows": counts}
+    save_model_dir(model, tokenizer, target, "SAFETY.json", json.dumps(manifest, indent=2), {HARM_ROWS: dumps(rows)})
 
 
 def ensure_safety_stage(settings: "Settings", budgets: Budgets) -> SafetyResult | None:

@@ -77,9 +77,11 @@ def provision_embedded(settings: Settings) -> Path:
         return target
 
 
-def save_model_dir(model, tokenizer, target: Path, marker: str, marker_text: str) -> None:
-    """Save weights and tokenizer under ``target`` atomically: written beside it, the ``marker`` file
-    last (its presence means complete), readable by all, then renamed into place."""
+def save_model_dir(model, tokenizer, target: Path, marker: str, marker_text: str,
+                   extra_files: dict[str, str] | None = None) -> None:
+    """Save weights, tokenizer and ``extra_files`` (name -> text) under ``target`` atomically: written
+    beside it, the ``marker`` file last (its presence means complete), readable by all, then renamed
+    into place."""
     import shutil
 
     tmp = target.with_name(target.name + ".tmp")
@@ -88,6 +90,8 @@ def save_model_dir(model, tokenizer, target: Path, marker: str, marker_text: str
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
     (tmp / marker).write_text(marker_text)
     readable_by_all(tmp)
     if target.exists():

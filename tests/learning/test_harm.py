@@ -115,3 +115,24 @@ def test_the_directed_judge_counts_a_listed_word_only_where_it_is_aimed_at_someo
     # "you" near a dual-use word makes it aimed, as the window says: the judge is a heuristic, not a parser
     assert directed.count(dual_use[4]) == 1
     assert directed.count("You are a worthless idiot.") == 2  # each aimed word counts, as insults counts them
+
+
+def test_the_safety_stages_rows_are_reported_apart_from_the_databases_labels():
+    from learning.harm_rows import HarmRow, as_labels
+
+    pool = labels(12, 300)
+    rows = [HarmRow(f"insult {i}", f"harmful row {i}", "flagged") for i in range(60)]
+    rows += [HarmRow(f"insult {i}", f"fine redirect {i}", "redirect") for i in range(60)]
+    pool.harm += as_labels(rows, lambda messages: messages[-1]["content"])
+    metrics = HarmModel(TextFeatures(), Budgets(harm_min_positive=8, heldout_fraction=0.3)).fit(pool)
+    assert metrics["harm/trained"] and metrics["harm/train_safety_rows"] > 0
+    assert metrics["harm/heldout_db_labels"] + metrics["harm/heldout_safety_rows_labels"] == metrics["harm/heldout_labels"]
+    assert metrics["harm/heldout_safety_rows_labels"] > 0 and metrics["harm/heldout_db_labels"] > 0
+    assert metrics["harm/heldout_safety_rows_recall"] >= 0.5  # the stand-in features separate them
+    assert metrics["harm/heldout_db_false_positive_rate"] <= 0.05
+
+
+def test_without_the_safety_stages_rows_the_heldout_figures_are_the_databases_alone():
+    metrics = HarmModel(TextFeatures(), Budgets(harm_min_positive=8, heldout_fraction=0.3)).fit(labels(12, 300))
+    assert "harm/heldout_db_labels" not in metrics and "harm/train_safety_rows" not in metrics
+    assert metrics["harm/heldout_labels"] > 0

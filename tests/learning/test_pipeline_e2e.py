@@ -17,7 +17,7 @@ from service import adapter_store
 from service.db import init_db, make_engine
 from service.models import AdapterStatus, AdapterVersion, RunStatus, TrainingResult, TrainingRun, TrainingSnapshot
 
-from learning.jobs import recover_interrupted_runs
+from learning.jobs import recover_interrupted_runs, update_run
 from learning.pipeline import run_training
 from learning.worker import claim_run, enqueue_run
 
@@ -150,3 +150,44 @@ def test_kill_minus_nine_mid_run_leaves_the_last_promoted_adapter_serving(model_
     # every directory in the store belongs to a row; nothing half-written is left to serve
     on_disk = {p.parent.name + "/" + p.name for p in model_settings.adapters_dir.glob("*/v*")}
     assert on_disk == {v.path for v in versions}
+
+
+def test_the_safety_stages_rows_reach_the_harm_head_when_asked(make_settings, tmp_path):
+    """ASSISTANT_HARM_SAFETY_ROWS: the served safe base's HARM_ROWS.jsonl joins the users' harm labels."""
+    from service.model_loading import EMBEDDED_DIRNAME, base_model_hash, resolve_model_path, safe_base_dir
+
+    from learning.harm_rows import HARM_ROWS, HarmRow, dumps
+    from learning.pipeline import run_shared_stage
+
+    settings = make_settings()
+    models = tmp_path / "own-models"  # a models folder of its own: the safe base is written into it
+    models.mkdir()
+    (models / EMBEDDED_DIRNAME).symlink_to((settings.models_dir / EMBEDDED_DIRNAME).resolve())
+    (settings.data_dir / "models").unlink()
+    (settings.data_dir / "models").symlink_to(models)
+    safe = safe_base_dir(settings, base_model_hash(settings.model_copy(update={"safety_stage": False})))
+    safe.mkdir(parents=True)
+    for f in (models / EMBEDDED_DIRNAME).iterdir():  # the plain weights stand in for the stage's
+        (safe / f.name).symlink_to(f.resolve())
+    rows = [HarmRow(f"Write an insult about person {i}", f"you idiot number {i}", "flagged") for i in range(12)]
+    rows += [HarmRow(f"Write an insult about person {i}", "Let's keep it kind instead.", "redirect") for i in range(12)]
+    (safe / HARM_ROWS).write_text(dumps(rows))
+    (safe / "SAFETY.json").write_text("{}")
+    assert resolve_model_path(settings) == str(safe)
+
+    engine = make_engine(settings)
+    init_db(engine)
+    seed_feedback(Seeder(engine), "alice", n_turns=2)
+    stats = {}
+    for on in (False, True):
+        run = enqueue_run(engine, trigger="manual")
+        assert claim_run(engine, run.id, "test-worker")
+        run_shared_stage(settings, engine, run.id, budgets=tiny_budgets(harm_safety_rows=on))
+        with Session(engine) as s:
+            stats[on] = s.exec(select(TrainingSnapshot).where(TrainingSnapshot.run_id == run.id)).one().stats["models"]
+        update_run(engine, run.id, status=RunStatus.succeeded)  # its jobs are not run here
+    engine.dispose()
+    assert "harm/train_safety_rows" not in stats[False]
+    assert stats[True]["harm/train_safety_rows"] + stats[True].get("harm/heldout_safety_rows_labels", 0) == len(rows)
+    assert stats[True]["harm/train_labels"] == stats[False]["harm/train_labels"] + stats[True]["harm/train_safety_rows"]
+    assert stats[True]["harm/trained"]  # 12 harmful rows pass harm_min_positive (8) where the user's one label does not

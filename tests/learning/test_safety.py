@@ -80,6 +80,13 @@ def test_the_safety_stage_trains_on_its_own_prompts_and_decides_on_its_dev_split
     assert result.dev_samples == 3 * 2 and result.steps > 0
     assert result.sft_loss_last < result.sft_loss_first  # it learned its data
     assert (safe_base_dir(settings, result.base_hash) / "SAFETY.json").exists() == result.accepted
+    if result.accepted:  # the harm head's rows are saved beside it, from training prompts only
+        from learning.harm_rows import HARM_ROWS, load
+
+        rows = load(safe_base_dir(settings, result.base_hash) / HARM_ROWS)
+        assert {r.prompt for r in rows if r.kind != "replay"} == set(SAFETY_TRAIN_PROMPTS[:4])
+        assert {r.prompt for r in rows if r.kind == "replay"} <= {p for p in replay if not is_dev_replay(p)}
+        assert safety_manifest(settings)["harm_rows"]["redirect"] == 4
     assert (resolve_model_path(settings) != resolve_model_path(settings.model_copy(update={"safety_stage": False}))) \
         == result.accepted
 
