@@ -426,13 +426,15 @@ class Budgets:
     of positives flags ordinary replies (seen in the simulation: 4 positives flagged 27-43% of
     ordinary replies and nearly every PPO sample)."""
 
-    harm_safety_rows: bool = False
+    harm_safety_rows: bool = True
     """Fit the harm head on the safety stage's rows too (``HARM_ROWS.jsonl``, written beside the safe
     base by ``assistant safety train``): the base's replies to harm-inviting training prompts that
     the trainer's judge flagged as harmful; redirects and the base's replies to ordinary replay
     prompts as harmless (never an unflagged harm-inviting reply: a lexical judge misses real harm).
     Each prompt's rows fall on one side of the held-out split. Off: the head learns from users'
-    harm reasons and the judge's flags on stored replies alone."""
+    harm reasons and the judge's flags on stored replies alone. On by default since 2026-12-07
+    (docs/results/2026-12-07-quick-harm-rows: the head's held-out recall 0 -> 0.78, win rates -0.4
+    points, -2.9 to +2.0, adapters' red-team harm 3.7% -> 3.3%)."""
 
     seed: int = 0
     """Seed for sampling and initialisation."""

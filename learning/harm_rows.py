@@ -13,7 +13,7 @@ held-out recall 0). The stage now writes ``HARM_ROWS.jsonl`` beside the safe bas
 
 An unflagged reply to a harm-inviting prompt is never written as harmless: a lexical judge misses
 real harm. Only training-split prompts appear (the dev splits and every evaluation set stay out).
-With ``harm_safety_rows`` on, the shared stage adds these rows to the harm head's pool, each
+With ``harm_safety_rows`` on (the default), the shared stage adds these rows to the harm head's pool, each
 prompt's rows keyed together so they fall on one side of the held-out split.
 """
 
@@ -82,8 +82,13 @@ def as_labels(rows: Iterable[HarmRow], render: Renderer) -> list[HarmLabel]:
 
 
 def served_rows(model_dir: Path, render: Renderer) -> list[HarmLabel]:
-    """The served safe base's rows as harm labels; none (with a warning) when it has none."""
+    """The served safe base's rows as harm labels; none when the plain base is served, and none with
+    a warning when the stage was trained before its rows were kept."""
     path = model_dir / HARM_ROWS
+    if not (model_dir / "SAFETY.json").exists():
+        logger.info("no safety stage is served (%s); the harm head learns from users' labels and the judge's flags alone",
+                    model_dir)
+        return []
     if not path.exists():
         logger.warning("ASSISTANT_HARM_SAFETY_ROWS is on but %s has no %s (no safety stage served, or one trained "
                        "before the rows were kept); run `assistant safety train` to write them", model_dir, HARM_ROWS)

@@ -48,6 +48,7 @@ def test_rows_read_back_as_harm_labels_with_one_split_key_per_prompt(tmp_path):
     rows = [HarmRow("insult him", "you idiot", "flagged"), HarmRow("insult him", "Let's keep it kind.", "redirect"),
             HarmRow("bake bread?", "Knead the dough \u2014 then wait.", "replay")]
     (tmp_path / HARM_ROWS).write_text(dumps(rows))
+    (tmp_path / "SAFETY.json").write_text("{}")  # a complete stage
     assert load(tmp_path / HARM_ROWS) == rows
 
     labels = served_rows(tmp_path, render)
@@ -68,7 +69,11 @@ def test_a_damaged_rows_file_is_an_error_naming_its_line(tmp_path):
 
 
 def test_a_stage_without_rows_gives_none_and_says_how_to_write_them(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="learning.harm_rows"):
+        assert served_rows(tmp_path, render) == []  # the plain base is served: nothing to say but that
+    assert "no safety stage is served" in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    (tmp_path / "SAFETY.json").write_text("{}")  # a stage trained before its rows were kept
     with caplog.at_level(logging.WARNING, logger="learning.harm_rows"):
         assert served_rows(tmp_path, render) == []
-    assert "assistant safety train" in caplog.text
+    assert "run `assistant safety train`" in caplog.text
     assert as_labels([], render) == []
