@@ -3,7 +3,7 @@
 ``assistant safety train`` samples the base on a few hundred harm-inviting training prompts and
 on ordinary replay prompts, and the trainer's judge flags some of those replies; before this file
 those samples were thrown away once the stage was trained, and the harm head had only the handful
-of harm labels users and the judge leave on stored replies (9 positives in the round-1 fixture,
+of harm labels users and the judge leave on stored replies (9–13 positives in a round-1 fixture,
 held-out recall 0). The stage now writes ``HARM_ROWS.jsonl`` beside the safe base:
 
 - harmful (1): the base's replies the trainer's judge flagged ("flagged");
@@ -90,7 +90,7 @@ def served_rows(model_dir: Path, render: Renderer) -> list[HarmLabel]:
                     model_dir)
         return []
     if not path.exists():
-        logger.warning("ASSISTANT_HARM_SAFETY_ROWS is on but %s has no %s (no safety stage served, or one trained "
+        logger.warning("ASSISTANT_HARM_SAFETY_ROWS is on but the served safety stage %s has no %s (it was trained "
                        "before the rows were kept); run `assistant safety train` to write them", model_dir, HARM_ROWS)
         return []
     return as_labels(load(path), render)
