@@ -52,7 +52,7 @@ def test_a_saved_safe_base_replaces_the_plain_one_everywhere_and_changes_the_pro
     target = safe_base_dir(settings, plain_hash)
     target.mkdir(parents=True)  # an interrupted save (no SAFETY.json yet) is never served
     assert resolve_model_path(settings) == plain_path
-    _save_merged(policy.merge_and_unload(), load_tokenizer(settings), target, result, budgets)
+    _save_merged(policy.merge_and_unload(), load_tokenizer(settings), target, result, budgets, rows=[])
 
     assert resolve_model_path(settings) == str(target)
     assert base_model_hash(settings) != plain_hash  # every adapter trained from now on names the safe base

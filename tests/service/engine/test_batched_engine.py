@@ -330,7 +330,7 @@ def test_the_server_swaps_in_the_safe_base_once_it_is_saved(tmp_path, model_data
     safe = PeftModel.from_pretrained(load_base_model(settings), str(adapters[0].path)).merge_and_unload()
     fields = {f.name: 0 for f in dataclasses.fields(SafetyResult)}
     _save_merged(safe, load_tokenizer(settings), safe_base_dir(settings, plain_hash),
-                 SafetyResult(**{**fields, "accepted": True, "reason": "test", "base_hash": plain_hash}), Budgets())
+                 SafetyResult(**{**fields, "accepted": True, "reason": "test", "base_hash": plain_hash}), Budgets(), rows=[])
     with running(engine):
         before = request("before", prompts[0])
         engine.submit(before)
