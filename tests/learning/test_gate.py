@@ -217,6 +217,24 @@ def test_not_worse_refuses_only_on_evidence_that_the_user_is_worse_off():
         Budgets(gate_worse_alpha=0.7)
 
 
+def test_a_degenerate_candidate_the_population_reward_likes_is_refused_by_the_kl_budget():
+    """docs/results/2026-12-07-gate-degenerate: "Wow!!! <reply> Amazing!!!" for every prompt scored, for the
+    bulleted user's reward, +0.79 above the base, and +1.05 under the population's reward (which the
+    helpfulness guard reads), at an estimated 0.73 nats/token from the base. Only the KL budget refuses it."""
+    budgets = Budgets()  # the defaults
+    base = PolicyEval(mean_reward=-0.24, harm_rate=0.02, kl_per_token=0.0, n=48, population_reward=-0.24, harm_n=112)
+    exclaim = PolicyEval(mean_reward=-0.24 + 0.79, harm_rate=0.02, kl_per_token=0.73, n=48,
+                         population_reward=-0.24 + 1.05, harm_n=112)
+    d = decide(exclaim, base, base, budgets, personal=True)
+    assert not d.promote and "exceeds the budget" in d.reason and "population reward" not in d.reason
+    # the guard that holds is the KL budget: at 0.8 the same candidate is promoted
+    assert decide(exclaim, base, base, replace(budgets, gate_max_kl=0.8), personal=True).promote
+    # a stub the concise user's reward prefers (+0.90) costs little KL (0.19); the population's reward (-0.85) refuses it
+    stub = replace(exclaim, mean_reward=-0.24 + 0.90, population_reward=-0.24 - 0.85, kl_per_token=0.19)
+    d = decide(stub, base, base, budgets, personal=True)
+    assert not d.promote and "population reward" in d.reason and "exceeds the budget" not in d.reason
+
+
 def test_the_default_not_worse_test_asks_for_a_95_percent_bound():
     # z = 1.644854, z^2 = 2.705543. 2 of 8 (25%): centre 0.25 + 2.705543/16 = 0.419096; half = 1.644854 *
     #   sqrt(0.1875/8 + 2.705543/256) = 0.303323; / (1 + 2.705543/8 = 1.338193): upper 0.5398, no evidence...
