@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from service.bench_common import pct
-from service.local_process import free_port, wait_for_http
+from service.local_process import free_port, stop, wait_for_http
 from service.settings import Settings
 
 BEST_OF_TEMPERATURE = 0.7  # the server's default temperature
@@ -161,11 +161,7 @@ def _serve(settings: Settings, tmp: Path, users: int, max_new_tokens: int, repea
         result["server_engine"] = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json().get("engine")
         result["metrics_text"] = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, timeout_s=30)
     return result
 
 

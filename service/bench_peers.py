@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from service.bench_common import pct
-from service.local_process import free_port, wait_for_http
+from service.local_process import free_port, stop, wait_for_http
 
 logger = logging.getLogger(__name__)
 
@@ -191,12 +191,7 @@ class LlamaServer:
             _post(self.url + "/lora-adapters", [{"id": i, "scale": 0.0} for i in range(self.n_loras)])
 
     def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, timeout_s=30)
         self._log.close()
 
     def complete(self, prompt: list[int], lora: int | None, max_new_tokens: int, *, ignore_eos: bool = True) -> dict:

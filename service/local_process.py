@@ -17,6 +17,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """End ``proc``: SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for_http(proc: subprocess.Popen, url: str, *, polls: int, interval_s: float) -> str | None:
     """Poll ``url`` until it answers 200 while ``proc`` runs; None once it does, else why not. Counts polls,
     not clock time: on a shared VM the clock can jump."""

@@ -38,6 +38,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -138,12 +139,33 @@ def _env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
             "ASSISTANT_COMPILE_DECODE": "0", **(extra or {})}
 
 
+def run_step(command: list[str], env: dict[str, str], log: Path) -> int:
+    """Run ``command`` to completion, output appended to ``log``; its exit code. Interrupted (Ctrl-C, or
+    SIGTERM under ``exit_on_sigterm``), it stops the child first: a training step left running on its own
+    once shared the CPU with the next experiment for 20 minutes, unseen (2026-12-07)."""
+    from service.local_process import stop
+
+    with log.open("ab") as out:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            return proc.wait()
+        finally:
+            stop(proc)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end this process as Ctrl-C does, through ``finally`` blocks, so ``run_step`` and the
+    fixture's server stop their children (by default SIGTERM ends Python at once and orphans them)."""
+    def _exit(signum, _frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def _run(argv: list[str], env: dict[str, str], log: Path) -> float:
     """Run ``assistant <argv>`` to completion, output appended to ``log``; return its wall time."""
     started = time.monotonic()
-    with log.open("ab") as out:
-        code = subprocess.call([sys.executable, "-m", "service.cli", *argv], cwd=REPO, env=env, stdout=out,
-                               stderr=subprocess.STDOUT)
+    code = run_step([sys.executable, "-m", "service.cli", *argv], env, log)
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise ProtocolError(f"`assistant {' '.join(argv[:2])}` exited with {code}; its log is {log}:\n{tail}")
@@ -151,22 +173,28 @@ def _run(argv: list[str], env: dict[str, str], log: Path) -> float:
 
 
 def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    from service.local_process import free_port, wait_for_http
+    from service.local_process import free_port, stop, wait_for_http
 
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--no-worker", "--host", "127.0.0.1",
                                  "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    why = wait_for_http(proc, f"{url}/healthz", polls=600, interval_s=0.5)
+    try:
+        why = wait_for_http(proc, f"{url}/healthz", polls=600, interval_s=0.5)
+    except BaseException:  # interrupted while it starts
+        stop(proc)
+        raise
     if why is None:
         return proc, url
-    proc.kill()
+    stop(proc, timeout_s=5)
     raise ProtocolError(f"the fixture's server did not start: {why}; its log is {log}")
 
 
 def _simulate(data_dir: Path, sets: tuple[ProfileSet, ...]) -> float:
     """Round 1 of ``sets`` into ``data_dir`` through a server of its own (no training, no evaluation)."""
+    from service.local_process import stop
+
     env = _env(data_dir)
     log = data_dir / "fixture.log"
     started = time.monotonic()
@@ -178,11 +206,7 @@ def _simulate(data_dir: Path, sets: tuple[ProfileSet, ...]) -> float:
                   "--no-train", "--no-evaluate", "--user-prefix", s.prefix, "--seed", str(s.seed),
                   "--admin-password", ADMIN_PASSWORD, "--out", str(data_dir / f"simulation-{s.prefix}.json")], env, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     return time.monotonic() - started
 
 

@@ -344,10 +344,8 @@ class VllmServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        from service.local_process import stop
+
+        if self.proc is not None:
+            stop(self.proc, timeout_s=30)
         self.proc = None

@@ -88,3 +88,44 @@ def test_the_evaluation_dtype_is_the_flag_then_the_environment_then_the_fixtures
     assert evaluation_dtype(tmp_path, None) == ("float32", "ASSISTANT_DTYPE")
     monkeypatch.setenv("ASSISTANT_DTYPE", "auto")
     assert evaluation_dtype(tmp_path, None)[0] == "bfloat16"
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stopped_protocol_stops_its_running_step(tmp_path, how):
+    """2026-12-07: a protocol killed with SIGTERM left its training step running on its own, which then shared
+    the CPU with the next experiment unseen. Interrupted either way, ``run_step`` ends its child first."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from learning.sim.protocol import exit_on_sigterm, run_step
+
+    pid_file = tmp_path / "pid"
+    child = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"]
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)
+
+    def interrupt(_signum, _frame) -> None:
+        if not pid_file.exists():  # the child has not started yet: try again shortly
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            return
+        if how == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            raise KeyboardInterrupt
+
+    try:
+        exit_on_sigterm()
+        signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt if how == "ctrl-c" else SystemExit):
+            run_step(child, dict(os.environ), tmp_path / "step.log")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGALRM, previous[1])
+    assert time.monotonic() - started < 60
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # ended and reaped
+        os.kill(pid, 0)
