@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.local_process import free_port, wait_for_http
+from service.local_process import free_port, stop, wait_for_http
 
 __all__ = ["REPO", "free_port", "start_server"]
 
@@ -31,10 +31,4 @@ def start_server(env: dict[str, str], port: int, log: Path, *, polls: int = 400)
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 30) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc, timeout_s=timeout)
