@@ -150,7 +150,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_protocol(args: argparse.Namespace) -> None:
-    from learning.sim.protocol import exit_on_sigterm, main_protocol
+    from learning.sim.protocol import main_protocol
+    from service.local_process import exit_on_sigterm
 
     reading_only = args.protocol in ("compare", "summary")  # results folders: no settings, no model
     exit_on_sigterm()  # `kill` of a protocol stops its training or evaluation step too

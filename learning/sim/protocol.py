@@ -38,7 +38,6 @@ import logging
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -139,33 +138,12 @@ def _env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
             "ASSISTANT_COMPILE_DECODE": "0", **(extra or {})}
 
 
-def run_step(command: list[str], env: dict[str, str], log: Path) -> int:
-    """Run ``command`` to completion, output appended to ``log``; its exit code. Interrupted (Ctrl-C, or
-    SIGTERM under ``exit_on_sigterm``), it stops the child first: a training step left running on its own
-    once shared the CPU with the next experiment for 20 minutes, unseen (2026-12-07)."""
-    from service.local_process import stop
-
-    with log.open("ab") as out:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            return proc.wait()
-        finally:
-            stop(proc)
-
-
-def exit_on_sigterm() -> None:
-    """Make SIGTERM end this process as Ctrl-C does, through ``finally`` blocks, so ``run_step`` and the
-    fixture's server stop their children (by default SIGTERM ends Python at once and orphans them)."""
-    def _exit(signum, _frame) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _exit)
-
-
 def _run(argv: list[str], env: dict[str, str], log: Path) -> float:
     """Run ``assistant <argv>`` to completion, output appended to ``log``; return its wall time."""
     started = time.monotonic()
-    code = run_step([sys.executable, "-m", "service.cli", *argv], env, log)
+    from service.local_process import run_step
+
+    code = run_step([sys.executable, "-m", "service.cli", *argv], env, log, cwd=REPO)
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise ProtocolError(f"`assistant {' '.join(argv[:2])}` exited with {code}; its log is {log}:\n{tail}")

@@ -99,7 +99,7 @@ def test_a_stopped_protocol_stops_its_running_step(tmp_path, how):
     import sys
     import time
 
-    from learning.sim.protocol import exit_on_sigterm, run_step
+    from service.local_process import exit_on_sigterm, run_step
 
     pid_file = tmp_path / "pid"
     child = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"]
