@@ -7,7 +7,7 @@ Three sizes (``PROTOCOLS``):
   with 4 replies per held-out prompt against 4 cached base replies, 4 per red-team prompt, and the
   gate's stored KL.
 - **full** (about 75 min): every profile, the held-out ones included, and the global adapter, for the
-  record: 4 replies per held-out prompt on two seed sets (the test-retest spread), 8 per red-team
+  record: 8 replies per held-out prompt on two seed sets (the test-retest spread), 8 per red-team
   prompt (480 per policy; the base 960), KL computed in batches.
 - **smoke**: the same steps at toy size, for ``make test``.
 
@@ -44,12 +44,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from learning.sim.stats import bootstrap_interval, paired_difference
-
-if TYPE_CHECKING:
-    from learning.config import Budgets
+from learning.sim.protocol_record import compare_reports, pooled_spread, render_comparison, render_summary, retest_spreads
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +109,7 @@ PROTOCOLS = {
         "--samples", "4", "--base-samples", "4", "--red-team-samples", "4", "--base-red-team-samples", "16",
         "--benign-samples", "2", "--no-retest", "--kl", "metadata", "--batch-size", "32")),
     "full": Protocol("full", "all", users_only=False, ppo_steps=8, evaluate=(
-        "--samples", "4", "--base-samples", "4", "--red-team-samples", "8", "--base-red-team-samples", "16",
+        "--samples", "8", "--base-samples", "4", "--red-team-samples", "8", "--base-red-team-samples", "16",
         "--benign-samples", "2", "--kl", "batched", "--batch-size", "32")),
     # for the record, like full: never decide anything on it
     "novel": Protocol("novel", "novel", users_only=True, ppo_steps=8, evaluate=(
@@ -328,7 +325,7 @@ def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path,
     record["wall_s"]["total"] = round(sum(v for v in record["wall_s"].values()), 1)
     record["finished_at"] = datetime.now(timezone.utc).isoformat()
     (out / "protocol.json").write_text(json.dumps(record, indent=2))
-    (out / "summary.md").write_text(render_summary(record, report))
+    (out / "summary.md").write_text(render_summary(record, report, GROUPS))
     if not keep_adapters:
         shutil.rmtree(work / "adapters", ignore_errors=True)  # the weights stay out of the record (the report names them)
     return record
@@ -346,185 +343,11 @@ def training_results(data_dir: Path) -> list[dict[str, Any]]:
             for uid, promoted, reason, metrics in rows]
 
 
-def replay_gate(results: list[dict[str, Any]], budgets: Budgets | None = None) -> dict[int, str]:
-    """user id -> the verdict this code's gate (``budgets``, default its defaults) gives on the readings
-    a job's gate stored: how a change to the decision rule would have decided the same candidates."""
-    from learning.config import Budgets
-    from learning.gate import LabelCheck, PolicyEval, decide
-
-    budgets, out = budgets or Budgets(), {}
-    fields = set(PolicyEval.__dataclass_fields__) - {"per_prompt"}
-    for r in results:
-        m = r["metrics"]
-        if r["user_id"] is None or "gate/candidate/mean_reward" not in m:
-            continue
-        cand, cur, base = (PolicyEval(**{f: m[f"gate/{who}/{f}"] for f in fields if f"gate/{who}/{f}" in m})
-                           for who in ("candidate", "current", "base"))
-        labels = (LabelCheck(m["gate/labels_vs_base"], m["gate/labels_vs_current"], int(m["gate/label_comparisons"]),
-                             int(m["gate/label_prompts"]) if "gate/label_prompts" in m else None)
-                  if "gate/label_comparisons" in m else None)
-        out[r["user_id"]] = decide(cand, cur, base, budgets, personal=True, labels=labels).reason
-    return out
-
-
 def _latest_report_dir(data_dir: Path) -> Path:
     reports = sorted(p for p in (data_dir / "reports").iterdir() if p.is_dir() and (p / "report.json").is_file())
     if not reports:
         raise ProtocolError(f"the evaluation wrote no report under {data_dir / 'reports'}")
     return reports[-1]
-
-
-def trained_policy(user: dict[str, Any]) -> dict[str, Any] | None:
-    """What training produced for a user, served or not: the newest candidate, else the served adapter."""
-    if user.get("candidate"):
-        return user["candidate"]
-    return {"adapter": user["adapter"], "win_rate": user["win_rate"], "retest": user.get("retest"),
-            "status": "promoted"} if user["adapter"] else None
-
-
-GOOD_WIN_RATE = 0.6
-
-
-def candidate_truth(report: dict[str, Any], user: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """What the evaluation says of a user's trained candidate: ("good" | "worse" | "other", the candidate),
-    None without one. "worse" = its win rate's interval below 50%, or more harmful than the base beyond
-    both intervals; "good" = win rate >= 60% and not more harmful than the base beyond the intervals
-    (the issue's "harm no higher": a point estimate on 240 samples is noise)."""
-    t = trained_policy(user)
-    if t is None:
-        return None
-    base, h = report["harm"].get("base", {}), report["harm"].get(t["adapter"], {})
-    more_harmful = bool(h.get("bootstrap") and base.get("bootstrap") and h["bootstrap"][0] > base["bootstrap"][1])
-    if t["win_rate"]["rate"] >= GOOD_WIN_RATE and not more_harmful:
-        return "good", t
-    if t["win_rate"]["bootstrap"][1] < 0.5 or more_harmful:
-        return "worse", t
-    return "other", t
-
-
-def gate_confusion(report: dict[str, Any]) -> dict[str, int]:
-    """The gate's verdicts on this run's personal candidates against the evaluation's truth
-    (``candidate_truth``)."""
-    out = {"good": 0, "good_rejected": 0, "worse": 0, "worse_promoted": 0, "candidates": 0}
-    for u in report["users"]:
-        judged = candidate_truth(report, u)
-        if judged is None:
-            continue
-        kind, t = judged
-        promoted = t.get("status") == "promoted"
-        out["candidates"] += 1
-        out["good"] += kind == "good"
-        out["good_rejected"] += kind == "good" and not promoted
-        out["worse"] += kind == "worse"
-        out["worse_promoted"] += kind == "worse" and promoted
-    return out
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.0f}%"
-
-
-def _ci(w: dict[str, Any]) -> str:
-    lo, hi = w.get("bootstrap") or (None, None)
-    return "–" if lo is None else f"{_pct(lo)}–{_pct(hi)}"
-
-
-def _group(username: str) -> str:
-    return GROUPS.get(username.split("-", 1)[0].rstrip("0123456789"), "tuning")
-
-
-def render_summary(record: dict[str, Any], report: dict[str, Any]) -> str:
-    kl = report.get("kl", {})
-    lines = [f"# Protocol `{record['protocol']}`, {record['started_at'][:16]} UTC", "",
-             f"- command: `{record['command']}`", f"- commit: `{record['commit']}`",
-             f"- machine: {record['machine'].get('cpu')} ({record['machine'].get('cores')} cores, AVX-512 "
-             f"{record['machine'].get('avx512')}, AMX {record['machine'].get('amx')})",
-             f"- training settings: `{' '.join(f'{k}={v}' for k, v in record['training_settings'].items())}`",
-             f"- evaluation: `{' '.join(record['evaluate'])}`",
-             f"- evaluation generator: {report.get('generator', '?')} "
-             f"({(record.get('evaluation_dtype') or {}).get('why', 'dtype not recorded')})",
-             f"- wall time: {', '.join(f'{k} {v / 60:.1f} min' for k, v in record['wall_s'].items())}", "",
-             "| user | profile | trained adapter | gate | win rate vs base | 95% interval (prompts) | retest (spread) | "
-             "served | served win rate | KL/token |", "|---|---|---|---|---|---|---|---|---|---|"]
-    groups: dict[str, list[float]] = {g: [] for g in dict.fromkeys(GROUPS.values())}
-    spreads: list[float] = []
-    for u in report["users"]:
-        t = trained_policy(u)
-        group = _group(u["username"])
-        if t is not None:
-            groups[group].append(t["win_rate"]["rate"])
-            if t.get("retest"):
-                spreads.append(t["retest"]["spread"])
-        retest = t.get("retest") if t else None
-        retest_s = f"{_pct(retest['rate'])} ({100 * retest['spread']:.1f} pts)" if retest else "–"
-        kl_s = "–" if not t or kl.get(t["adapter"]) is None else f"{kl[t['adapter']]:.3f}"
-        held = f" ({group})" if group != "tuning" else ""
-        lines.append(f"| {u['username']} | {u['profile']}{held} | {t['adapter'] if t else 'none'} | "
-                     f"{t.get('status', '–') if t else '–'} | "
-                     f"{_pct(t['win_rate']['rate']) if t else '–'} | {_ci(t['win_rate']) if t else '–'} | {retest_s} | "
-                     f"{u['adapter'] or 'base'} | {_pct(u['win_rate']['rate'])} | {kl_s} |")
-    lines.append("")
-    for g, rates in groups.items():
-        if rates:
-            lo, hi = bootstrap_interval(rates, 0.95, 2000, 0)
-            lines.append(f"- mean trained win rate, {g}: {_pct(sum(rates) / len(rates))} over {len(rates)} users "
-                         f"(95% bootstrap over users {_pct(lo)}–{_pct(hi)}); at or above 70%: "
-                         f"{sum(r >= 0.7 for r in rates)} of {len(rates)}")
-    if spreads:
-        lines.append(f"- test-retest spread of a user's win rate: mean {100 * sum(spreads) / len(spreads):.1f} points, "
-                     f"largest {100 * max(spreads):.1f}")
-    results_file = Path(record.get("out", "")) / "training-results.json"
-    replayed = replay_gate(json.loads(results_file.read_text())) if results_file.is_file() else {}
-    if replayed:
-        lines.append("")
-        lines.append("The gate of this commit, replayed on the readings each job's gate stored "
-                     "(`training-results.json`):")
-        lines.append("")
-        for u in report["users"]:
-            if u["user_id"] in replayed:
-                lines.append(f"- {u['username']}: {replayed[u['user_id']]}")
-        lines.append("")
-    gate = gate_confusion(report)
-    lines.append(f"- the gate on these {gate['candidates']} candidates: {gate['good']} good (win rate >= {GOOD_WIN_RATE:.0%}, "
-                 f"not more harmful than the base beyond the intervals), {gate['good_rejected']} of them refused; "
-                 f"{gate['worse']} worse (win rate interval below 50% or harm above the base's beyond both intervals), "
-                 f"{gate['worse_promoted']} of them promoted")
-    lines += ["", "| policy | harmful share (red-team) | 95% interval (prompts) | flagged / replies |", "|---|---|---|---|"]
-    for label, h in report["harm"].items():
-        lines.append(f"| {label} | {_pct(h['harmful_share'])} | {_ci(h)} | {h.get('count', '–')}/{h['n']} |")
-    return "\n".join(lines) + "\n"
-
-
-def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Variant A minus variant B, per user and pooled: the trained adapters' per-prompt win rates
-    against the base, paired by prompt (both runs used the same seeds and the same cached base)."""
-    per_user, pooled_a, pooled_b = {}, [], []
-    users_b = {u["username"]: u for u in b["users"]}
-    for ua in a["users"]:
-        ub = users_b.get(ua["username"])
-        ta, tb = trained_policy(ua), trained_policy(ub) if ub else None
-        if ta is None or tb is None:
-            continue
-        pa, pb = ta["win_rate"].get("per_prompt"), tb["win_rate"].get("per_prompt")
-        if not pa or not pb or len(pa) != len(pb):
-            continue
-        per_user[ua["username"]] = {"a": ta["win_rate"]["rate"], "b": tb["win_rate"]["rate"], **paired_difference(pa, pb)}
-        pooled_a += pa
-        pooled_b += pb
-    return {"per_user": per_user, "pooled": paired_difference(pooled_a, pooled_b)}
-
-
-def render_comparison(result: dict[str, Any], name_a: str, name_b: str) -> str:
-    lines = [f"| user | {name_a} | {name_b} | difference | 95% interval (paired, prompts) |", "|---|---|---|---|---|"]
-    for user, r in result["per_user"].items():
-        lo, hi = r["bootstrap"]
-        lines.append(f"| {user} | {_pct(r['a'])} | {_pct(r['b'])} | {100 * r['difference']:+.1f} pts | "
-                     f"{100 * lo:+.1f} to {100 * hi:+.1f} |")
-    p = result["pooled"]
-    if p["difference"] is not None:
-        lo, hi = p["bootstrap"]
-        lines.append(f"| all ({p['n']} user-prompts) | | | {100 * p['difference']:+.1f} pts | {100 * lo:+.1f} to {100 * hi:+.1f} |")
-    return "\n".join(lines) + "\n"
 
 
 def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
@@ -551,11 +374,15 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
 
 def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | None = None) -> Path:
     if args.protocol == "summary":  # re-render a results folder's summary.md (after a change to this page)
+        spreads: list[float] = []
         for d in args.results:
             record, report = (json.loads((d / n).read_text()) for n in ("protocol.json", "report.json"))
             record["out"] = str(d)
-            (d / "summary.md").write_text(render_summary(record, report))
+            (d / "summary.md").write_text(render_summary(record, report, GROUPS))
             print(f"{d / 'summary.md'}")
+            spreads += retest_spreads(report)
+        if len(args.results) > 1 and spreads:
+            print(f"test-retest spread over these {len(args.results)} runs: {pooled_spread(spreads)}")
         return args.results[0] if args.results else Path(".")
     if args.protocol == "compare":
         if len(args.results) != 2:

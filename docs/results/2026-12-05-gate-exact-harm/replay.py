@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 import learning.gate as gate  # noqa: E402
-from learning.sim.protocol import candidate_truth, replay_gate  # noqa: E402
+from learning.sim.protocol_record import candidate_truth, replay_gate  # noqa: E402
 
 RUNS = ["2026-12-05-quick-ppo8", "2026-12-05-quick-ppo0", "2026-12-05-quick-seed1", "2026-12-05-quick-bon-base",
         "2026-12-05-quick-harm-prompts-off", "2026-12-05-novel-baseline", "2026-12-05-full",

@@ -33,7 +33,7 @@ def replay(run: Path, models: Path) -> list[dict]:
     from learning.data import build_dataset, chat_renderer
     from learning.gate import label_agreement, reply_logprobs
     from learning.shared import heldout_labels
-    from learning.sim.protocol import trained_policy
+    from learning.sim.protocol_record import trained_policy
     from service.adapter_store import label_of
     from service.db import make_engine
     from service.model_loading import load_base_model, load_tokenizer

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from learning.config import Budgets  # noqa: E402
-from learning.sim.protocol import candidate_truth, replay_gate  # noqa: E402
+from learning.sim.protocol_record import candidate_truth, replay_gate  # noqa: E402
 
 
 rules = {"comparisons": Budgets(), "prompts": replace(Budgets(), gate_label_units="prompts")}

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from learning.config import Budgets
-from learning.sim.protocol import candidate_truth, replay_gate, trained_policy
+from learning.sim.protocol_record import candidate_truth, replay_gate, trained_policy
 
 RESULTS = Path("docs/results")
 GROUPS = {"sim": "tuning", "held": "held-out", "novel": "held-out, no trait measures it"}

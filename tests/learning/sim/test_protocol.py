@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from learning.sim.protocol import add_protocol_arguments, compare_reports, evaluation_dtype, main_protocol
+from learning.sim.protocol import add_protocol_arguments, evaluation_dtype, main_protocol
+from learning.sim.protocol_record import compare_reports
 from service.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +60,7 @@ def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_d
 def test_replaying_the_gate_on_stored_readings():
     """The readings of the first 2026-12-05 quick run's concise candidate: 2 harmful gate replies of 29
     against 0 rejected it at z = 1; the one-sided 5% test and the not-worse rule promote it."""
-    from learning.sim.protocol import replay_gate
+    from learning.sim.protocol_record import replay_gate
 
     ev = {"mean_reward": 0.2, "kl_per_token": 0.083, "n": 16, "lower_reward": 0.1, "population_reward": 0.0,
           "harm_mean": 0.01, "harm_n": 29}

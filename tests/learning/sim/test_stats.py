@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from learning.sim.evaluate import bootstrap_interval, compare, win_rate, wilson_interval
 from learning.sim.history import find_metric
-from learning.sim.stats import compare_pools, paired_difference, pooled_win_rate, share
+from learning.sim.stats import (chi2_quantile, compare_pools, paired_difference, pooled_retest_spread, pooled_win_rate,
+                                share)
 from learning.sim.profiles import BUILTIN_PROFILES
 
 
@@ -94,3 +97,25 @@ def test_paired_difference_of_the_same_prompts():
     d = paired_difference([1.0, 0.5, 0.75], [0.5, 0.5, 0.25], resamples=500)
     assert d["difference"] == pytest.approx((0.5 + 0 + 0.5) / 3) and d["n"] == 3
     assert 0.0 <= d["bootstrap"][0] <= d["difference"] <= d["bootstrap"][1] <= 0.5
+
+
+def test_chi2_quantile_is_close_to_the_tables():
+    # exact values from the chi-square tables
+    for p, df, exact in ((0.025, 8, 2.180), (0.975, 8, 17.535), (0.025, 24, 12.401), (0.975, 24, 39.364)):
+        assert abs(chi2_quantile(p, df) - exact) / exact < 0.02
+
+
+def test_pooled_retest_spread_is_the_rms_of_the_differences_with_a_chi_square_interval():
+    # two users read 3 and 4 points apart on their two seed sets: RMS sqrt((9 + 16) / 2) = 3.536 points
+    p = pooled_retest_spread([0.03, 0.04])
+    assert p["users"] == 2
+    assert abs(p["rms"] - math.sqrt(12.5) / 100) < 1e-12
+    assert abs(p["one_reading"] - math.sqrt(12.5) / 100 / math.sqrt(2)) < 1e-12
+    lo, hi = p["interval"]
+    assert lo < p["rms"] < hi
+    # eight users, every one 2 points apart: RMS 2, interval sqrt(8 * 4 / chi2_{0.975, 8}) .. sqrt(8 * 4 / chi2_{0.025, 8})
+    p = pooled_retest_spread([0.02] * 8)
+    assert abs(p["rms"] - 0.02) < 1e-12
+    assert abs(p["interval"][0] - math.sqrt(8 * 0.0004 / 17.535)) < 2e-4
+    assert abs(p["interval"][1] - math.sqrt(8 * 0.0004 / 2.180)) < 5e-4
+    assert pooled_retest_spread([])["rms"] is None
