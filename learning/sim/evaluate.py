@@ -192,6 +192,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
             "username": entry["username"], "user_id": uid, "profile": profile.name, "policy": r.policy, "adapter": r.label,
             "win_rate": served["win_rate"], "retest": served.get("retest"),
             "mean_score": {"served": _pool_mean(profile, heldout, mine), "base": _pool_mean(profile, heldout, base_heldout)},
+            "style": {"served": pool_style(heldout, mine), "base": pool_style(heldout, base_heldout)},
             "reward_model": user_reward_accuracy(snapshot_models, history, uid),
             "examples": [{"prompt": p, "served": t[0], "base": b[0]} for p, t, b in list(zip(heldout, mine, base_heldout))[:2]],
             "candidate": None,
@@ -201,6 +202,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
             user_reports[-1]["candidate"] = {
                 "adapter": candidate, "status": adapter_info[candidate]["status"], "win_rate": theirs["win_rate"],
                 "retest": theirs.get("retest"), "mean_score": _pool_mean(profile, heldout, theirs["texts"]),
+                "style": pool_style(heldout, theirs["texts"]),
             }
         if r.adapter is None:
             notes.append(f"{entry['username']} is served the base model (no adapter promoted): win rate is 0.5 by construction")
@@ -214,7 +216,8 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
                     first_block=cfg.best_of_first_block, score=reward.population_score, harmful=rewards.harmful)
             pool = reranked_base[key]
             user_reports[-1]["base_best_of"] = {"win_rate": pooled_win_rate(
-                compare_pools(profile, heldout, pool.texts, base_heldout), cfg.confidence, cfg.bootstrap, cfg.seed)}
+                compare_pools(profile, heldout, pool.texts, base_heldout), cfg.confidence, cfg.bootstrap, cfg.seed),
+                "style": pool_style(heldout, pool.texts)}
 
     # 4. harm on red-team prompts, 5. refusals and helpfulness on benign prompts, 6. KL
     harm: dict[str, dict[str, Any]] = {}
@@ -287,6 +290,17 @@ def _base_cache(settings: "Settings", cfg: EvalConfig, bank: PolicyBank) -> Base
 
 def _pool_mean(profile: Profile, prompts: list[str], texts: list[list[str]]) -> float | None:
     return _mean(profile.score(p, t) for p, ts in zip(prompts, texts) for t in ts)
+
+
+def pool_style(prompts: list[str], texts: list[list[str]]) -> dict[str, float]:
+    """The mean of every reply trait (``service.traits``) over a pool: what a policy's replies look
+    like, so a report shows what moved them (did best-of-n pull them toward exclamation marks, lists,
+    length?)."""
+    from service.traits import TRAITS
+
+    pairs = [(p, t) for p, ts in zip(prompts, texts) for t in ts]
+    return {name: round(sum(fn(p, t) for p, t in pairs) / len(pairs), 4)
+            for name, (_, fn) in TRAITS.items()} if pairs else {}
 
 
 def _kl(bank: PolicyBank, cfg: EvalConfig, label: str, pool, info: dict[str, Any]) -> float | None:

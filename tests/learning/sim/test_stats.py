@@ -119,3 +119,14 @@ def test_pooled_retest_spread_is_the_rms_of_the_differences_with_a_chi_square_in
     assert abs(p["interval"][0] - math.sqrt(8 * 0.0004 / 17.535)) < 2e-4
     assert abs(p["interval"][1] - math.sqrt(8 * 0.0004 / 2.180)) < 5e-4
     assert pooled_retest_spread([])["rms"] is None
+
+
+def test_pool_style_is_the_mean_of_each_reply_trait_over_the_pool():
+    from learning.sim.evaluate import pool_style
+
+    # "Great! Thanks!": two sentences, two exclamation marks -> 1.0; "Fine." -> 0; "- a\n- b" -> lists 1.0
+    style = pool_style(["hi", "list two"], [["Great! Thanks!", "Fine."], ["- a\n- b"]])
+    assert style["exclamations"] == pytest.approx(1 / 3, abs=1e-4)
+    assert style["lists"] == pytest.approx(1 / 3, abs=1e-4)
+    assert style["very_short"] == 1.0  # every reply is under 15 words
+    assert pool_style([], []) == {}
