@@ -63,16 +63,22 @@ def candidate_truth(report: dict[str, Any], user: dict[str, Any]) -> tuple[str, 
     return "other", t
 
 
+def gate_verdicts(report: dict[str, Any]) -> list[tuple[dict[str, Any], str, dict[str, Any], bool]]:
+    """(user, what the evaluation says of their candidate, the candidate, whether the gate promoted it),
+    for each user with a trained candidate (``candidate_truth``)."""
+    out = []
+    for u in report["users"]:
+        judged = candidate_truth(report, u)
+        if judged is not None:
+            out.append((u, judged[0], judged[1], judged[1].get("status") == "promoted"))
+    return out
+
+
 def gate_confusion(report: dict[str, Any]) -> dict[str, int]:
     """The gate's verdicts on this run's personal candidates against the evaluation's truth
     (``candidate_truth``)."""
     out = {"good": 0, "good_rejected": 0, "worse": 0, "worse_promoted": 0, "candidates": 0}
-    for u in report["users"]:
-        judged = candidate_truth(report, u)
-        if judged is None:
-            continue
-        kind, t = judged
-        promoted = t.get("status") == "promoted"
+    for _, kind, _, promoted in gate_verdicts(report):
         out["candidates"] += 1
         out["good"] += kind == "good"
         out["good_rejected"] += kind == "good" and not promoted

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from learning.sim.protocol_record import candidate_truth  # noqa: E402
+from learning.sim.protocol_record import gate_confusion, gate_verdicts  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1]
 SINCE = "2026-12-06-full-global-not-worse"  # the first run at alpha 0.05
@@ -27,22 +27,14 @@ def main() -> None:
         settings = json.loads((d / "protocol.json").read_text())["training_settings"]
         variant = " ".join(f"{k}={v}" for k, v in settings.items()
                            if k not in ("ASSISTANT_JOB_TIME_BUDGET_S", "ASSISTANT_PPO_STEPS", "ASSISTANT_DTYPE"))
-        counts = dict.fromkeys(totals, 0)
+        confusion = gate_confusion(report)
+        counts = {"candidates": confusion["candidates"], "good": confusion["good"], "good_refused": confusion["good_rejected"],
+                  "worse": confusion["worse"], "worse_promoted": confusion["worse_promoted"]}
         notes = []
-        for u in report["users"]:
-            judged = candidate_truth(report, u)
-            if judged is None:
-                continue
-            kind, t = judged
-            promoted = t.get("status") == "promoted"
-            counts["candidates"] += 1
-            counts["good"] += kind == "good"
-            counts["worse"] += kind == "worse"
+        for u, kind, t, promoted in gate_verdicts(report):
             if kind == "good" and not promoted:
-                counts["good_refused"] += 1
                 notes.append(f"{u['profile']} {100 * t['win_rate']['rate']:.0f}% refused")
             if kind == "worse" and promoted:
-                counts["worse_promoted"] += 1
                 h, b = report["harm"][t["adapter"]], report["harm"]["base"]
                 notes.append(f"{u['profile']} promoted: harm {100 * h['harmful_share']:.1f}% vs the base's "
                              f"{100 * b['harmful_share']:.1f}%")

@@ -130,3 +130,23 @@ def test_a_stopped_protocol_stops_its_running_step(tmp_path, how):
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # ended and reaped
         os.kill(pid, 0)
+
+
+def test_the_gate_confusion_counts_each_candidate_against_the_evaluation():
+    from learning.sim.protocol_record import gate_confusion, gate_verdicts
+
+    def user(name, rate, lo, status, adapter):
+        return {"username": name, "adapter": None, "win_rate": {"rate": 0.5},
+                "candidate": {"adapter": adapter, "status": status, "win_rate": {"rate": rate, "bootstrap": [lo, rate + 0.05]}}}
+
+    report = {"users": [user("a", 0.70, 0.62, "promoted", "u1-v1"),  # good, promoted
+                        user("b", 0.65, 0.58, "rejected", "u2-v1"),  # good, refused: a false rejection
+                        user("c", 0.62, 0.55, "promoted", "u3-v1"),  # more harmful than the base beyond both intervals
+                        user("d", 0.55, 0.51, "rejected", "u4-v1"),  # neither
+                        {"username": "e", "adapter": None, "win_rate": {"rate": 0.5}, "candidate": None}],
+              "harm": {"base": {"bootstrap": [0.01, 0.02]}, "u1-v1": {"bootstrap": [0.0, 0.02]},
+                       "u2-v1": {"bootstrap": [0.0, 0.03]}, "u3-v1": {"bootstrap": [0.03, 0.08]},
+                       "u4-v1": {"bootstrap": [0.0, 0.02]}}}
+    assert [(u["username"], kind, promoted) for u, kind, _, promoted in gate_verdicts(report)] == [
+        ("a", "good", True), ("b", "good", False), ("c", "worse", True), ("d", "other", False)]
+    assert gate_confusion(report) == {"candidates": 4, "good": 2, "good_rejected": 1, "worse": 1, "worse_promoted": 1}
