@@ -140,6 +140,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
                 len(benign), cfg.benign_samples)
     seeds = _SeedSets(cfg.seed)
     base_heldout = bank.sample(None, heldout, cfg.base_samples, seeds.base, cache).texts
+    base_style = pool_style(heldout, base_heldout)  # the same base pool for every user: its traits once
     base_red = bank.sample(None, red, cfg.base_red_team_samples, seeds.base, cache).texts
     base_benign = bank.sample(None, benign, 2 * cfg.benign_samples, seeds.base, cache).texts
     cache.save()
@@ -192,7 +193,7 @@ def evaluate(settings: "Settings", users: list[dict[str, Any]], cfg: EvalConfig,
             "username": entry["username"], "user_id": uid, "profile": profile.name, "policy": r.policy, "adapter": r.label,
             "win_rate": served["win_rate"], "retest": served.get("retest"),
             "mean_score": {"served": _pool_mean(profile, heldout, mine), "base": _pool_mean(profile, heldout, base_heldout)},
-            "style": {"served": pool_style(heldout, mine), "base": pool_style(heldout, base_heldout)},
+            "style": {"served": pool_style(heldout, mine) if served["texts"] else base_style, "base": base_style},
             "reward_model": user_reward_accuracy(snapshot_models, history, uid),
             "examples": [{"prompt": p, "served": t[0], "base": b[0]} for p, t, b in list(zip(heldout, mine, base_heldout))[:2]],
             "candidate": None,
