@@ -352,10 +352,11 @@ def _latest_report_dir(data_dir: Path) -> Path:
 
 def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``assistant protocol`` (service/cli.py adds them to its sub-parser)."""
-    p.add_argument("protocol", choices=[*PROTOCOLS, "compare", "summary"],
+    p.add_argument("protocol", choices=[*PROTOCOLS, "compare", "summary", "rounds"],
                    help="quick (tuning profiles, ~30 min), full (every profile, ~75 min), novel (the profiles no "
                         "trait measures, ~30 min, for the record), smoke (toy size), "
-                        "compare A B (two results folders, paired), or summary DIR... (re-render summary.md)")
+                        "compare A B (two results folders, paired), summary DIR... (re-render summary.md), or "
+                        "rounds --from DIR (more rounds of ratings and training on a run kept with --keep-adapters)")
     p.add_argument("results", nargs="*", type=Path, help="compare: the two results folders (A B); summary: folders")
     p.add_argument("--out", type=Path, default=None, help="results folder (default docs/results/<date>-<protocol>[-<name>])")
     p.add_argument("--name", default="", help="the variant's name, in the default results folder")
@@ -368,6 +369,11 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-dtype", choices=["auto", *DTYPES], default=None,
                    help="the evaluation's serving dtype (default: the one recorded by the first evaluation on --fixtures, "
                         "so cached base replies pair; auto: the dtype probe of the hour)")
+    p.add_argument("--from", dest="source", type=Path, default=None,
+                   help="rounds: the results folder of a run kept with --keep-adapters (its round 1)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds: rounds of ratings and training after round 1")
+    p.add_argument("--sets", default="sim",
+                   help="rounds: the kept run's profile sets to continue, by prefix (sim: tuning, held, novel), comma-separated")
     p.add_argument("--keep-adapters", action="store_true",
                    help="keep the trained adapters in <out>/work (to evaluate them again, e.g. with --best-of-n)")
 
@@ -409,10 +415,12 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
         resolve_model_path(settings)  # provisions the embedded model on first use
     except ModelNotFound as exc:
         sys.exit(f"assistant protocol: {exc}")
-    protocol = PROTOCOLS[args.protocol]
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    out = args.out or REPO / "docs" / "results" / "-".join(x for x in (day, args.protocol, args.name) if x)
     fixtures = args.fixtures or settings.data_dir / "fixtures"
+    if args.protocol == "rounds":
+        return _main_rounds(args, overrides, fixtures, day, argv)
+    protocol = PROTOCOLS[args.protocol]
+    out = args.out or REPO / "docs" / "results" / "-".join(x for x in (day, args.protocol, args.name) if x)
     try:
         run_protocol(protocol, fixtures=fixtures, out=out, models=settings.data_dir / "models", ppo_steps=args.ppo_steps,
                      settings=overrides, seed=args.seed, argv=argv, keep_adapters=args.keep_adapters,
@@ -420,4 +428,24 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
     except ProtocolError as exc:
         sys.exit(f"assistant protocol: {exc}")
     print(f"protocol {protocol.name}: {out / 'summary.md'}")
+    return out
+
+
+def _main_rounds(args: argparse.Namespace, overrides: dict[str, str], fixtures: Path, day: str,
+                 argv: list[str] | None) -> Path:
+    from learning.sim.rounds import run_rounds
+
+    if args.source is None or not (args.source / "protocol.json").is_file():
+        sys.exit("assistant protocol rounds: --from must name a protocol's results folder (kept with --keep-adapters)")
+    if args.rounds < 1:
+        sys.exit("assistant protocol rounds: --rounds must be 1 or more")
+    out = args.out or REPO / "docs" / "results" / "-".join(x for x in (day, "rounds", args.name) if x)
+    if args.ppo_steps is not None:
+        overrides["ASSISTANT_PPO_STEPS"] = str(args.ppo_steps)
+    try:
+        run_rounds(args.source, out, rounds=args.rounds, set_names=tuple(n for n in args.sets.split(",") if n),
+                   settings=overrides, fixtures=fixtures, seed=args.seed, argv=argv)
+    except ProtocolError as exc:
+        sys.exit(f"assistant protocol rounds: {exc}")
+    print(f"protocol rounds: {out / 'rounds.json'}")
     return out

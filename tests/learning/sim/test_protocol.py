@@ -41,7 +41,7 @@ def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_d
 
     # the ablation's shape: the same fixture, the warm start alone; the base comes from the cache
     second = main_protocol(_args(["smoke", "--out", str(tmp_path / "b"), "--fixtures", str(fixtures),
-                                  "--ppo-steps", "0"]), settings)
+                                  "--ppo-steps", "0", "--keep-adapters"]), settings)
     again = json.loads((second / "protocol.json").read_text())
     assert again["wall_s"]["fixture"] == 0.0 and again["training_settings"]["ASSISTANT_PPO_STEPS"] == "0"
     second_report = json.loads((second / "report.json").read_text())
@@ -55,6 +55,21 @@ def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_d
     assert all(r["difference"] == 0.0 for r in result["per_user"].values()) and result["per_user"]
     main_protocol(_args(["compare", str(first), str(second)]), settings)
     assert "difference" in capsys.readouterr().out
+
+    # a second round on the kept run: its users rate what they are served, train again, and are evaluated as served
+    rounds = main_protocol(_args(["rounds", "--from", str(second), "--out", str(tmp_path / "r"), "--fixtures",
+                                  str(fixtures), "--rounds", "1", "--sets", "smoke"]), settings)
+    kept = json.loads((rounds / "rounds.json").read_text())
+    assert [r["round"] for r in kept["rounds"]] == [2] and kept["training_settings"]["ASSISTANT_PPO_STEPS"] == "0"
+    rated = json.loads((rounds / "work" / "simulation-smoke-round2.json").read_text())
+    assert rated["config"]["seed"] == 2000 and rated["config"]["user_prefix"] == "smoke"
+    assert len(json.loads((rounds / "training-results.json").read_text())) > len(
+        json.loads((second / "training-results.json").read_text()))
+    round2 = json.loads((rounds / "round2" / "report.json").read_text())
+    assert round2["config"]["best_of_n"] == 2 and {u["username"] for u in round2["users"]} == {"smoke0-concise",
+                                                                                               "smoke1-detailed"}
+    with pytest.raises(SystemExit, match="no profile set held"):
+        main_protocol(_args(["rounds", "--from", str(second), "--out", str(tmp_path / "r2"), "--sets", "held"]), settings)
 
 
 def test_replaying_the_gate_on_stored_readings():
