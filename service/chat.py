@@ -18,6 +18,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from anyio import CapacityLimiter, to_thread
@@ -471,7 +472,8 @@ class ChatService:
         reply.choice = ReplyChoice(
             prompt=tok.decode(reply.prompt_ids), n=n, block=self.settings.best_of_n_block,
             first_block=self.settings.best_of_n_first_block,
-            max_new_tokens=reply.params.max_new_tokens, seed=seed, score=reward.score, harmful=self._rewards.harmful,
+            max_new_tokens=reply.params.max_new_tokens, seed=seed,
+            score=partial(reward.score, population_weight=self.settings.best_of_n_population_weight), harmful=self._rewards.harmful,
             decode=lambda ids: tok.decode(ids, skip_special_tokens=True))
         self.metrics.best_of.labels(n=str(n)).inc()
         return ChoiceRun(self.engine, request, reply.choice)

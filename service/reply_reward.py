@@ -84,12 +84,15 @@ class ReplyReward:
             return traits
         return torch.cat([traits, hashed_matrix(replies, self.text_mu.shape[0]) - self.text_mu], dim=1)
 
-    def score(self, prompt: str, replies: Sequence[str]) -> list[float]:
-        """Best-of-n's choice criterion per reply: the user's lower bound plus the population's mean."""
+    def score(self, prompt: str, replies: Sequence[str], population_weight: float = 1.0) -> list[float]:
+        """Best-of-n's choice criterion per reply: the user's lower bound plus ``population_weight`` times the
+        population's mean (the user's weights already shrink toward the population's, their prior: weight 0 counts
+        the population once, through that prior)."""
         if not replies:
             return []
         z = self.z(prompt, replies)
-        return (self.user.lower(z, self.k) + self.population.mean(z)).tolist()
+        lower = self.user.lower(z, self.k)
+        return (lower + population_weight * self.population.mean(z)).tolist() if population_weight else lower.tolist()
 
     def population_score(self, prompt: str, replies: Sequence[str]) -> list[float]:
         """The population's reward alone (reranking without personalisation, for the evaluation)."""

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
                                        "0 = the same as the block. Default 1: the first token comes about as soon as without "
                                        "best-of-n (1.45x instead of 13.9x at one user), at no measured cost in win rate "
                                        "(-0.9 points, -3.9 to +2.1; docs/results/2026-12-05-best-of-n).")
+    best_of_n_population_weight: float = Field(1.0, ge=0.0, le=4.0, description="Weight of the population's reward in "
+                                               "best-of-n's choice, beside the user's lower bound (whose weights already "
+                                               "shrink toward the population's): 1 = the sum (the default), 0 = the user's "
+                                               "reward alone.")
     best_of_n_judge: str = Field("insults", description="Harm judge that drops best-of-n candidates (service.judges' names); none = keep all.")
     device: str = Field("cpu", description="torch device for serving and training (cpu, cuda, cuda:0).")
 

@@ -125,6 +125,11 @@ def test_reward_is_the_users_lower_bound_plus_the_populations_mean(tmp_path):
     assert got[0] != got[1]
     assert reward.population_score("Tell me about cats.", replies) == pytest.approx(
         [T.trait_vector("Tell me about cats.", r)[T.NAMES.index("casual")] for r in replies])
+    # weight 0: the user's lower bound alone; weight 2: the population counted twice
+    assert reward.score("Tell me about cats.", replies, population_weight=0.0) == pytest.approx(
+        [v - c for v, c in zip(got, reward.population_score("Tell me about cats.", replies))])
+    assert reward.score("Tell me about cats.", replies, population_weight=2.0) == pytest.approx(
+        [v + c for v, c in zip(got, reward.population_score("Tell me about cats.", replies))])
     reward.save(tmp_path)
     again = ReplyReward.load(tmp_path)
     assert again.score("Tell me about cats.", replies) == pytest.approx(got)
