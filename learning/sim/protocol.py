@@ -370,7 +370,8 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
                    help="the evaluation's serving dtype (default: the one recorded by the first evaluation on --fixtures, "
                         "so cached base replies pair; auto: the dtype probe of the hour)")
     p.add_argument("--from", dest="source", type=Path, default=None,
-                   help="rounds: the results folder of a run kept with --keep-adapters (its round 1)")
+                   help="rounds: the results folder of a run kept with --keep-adapters (its round 1), or of an earlier "
+                        "rounds run (to go on from its last round)")
     p.add_argument("--rounds", type=int, default=2, help="rounds: rounds of ratings and training after round 1")
     p.add_argument("--sets", default="sim",
                    help="rounds: the kept run's profile sets to continue, by prefix (sim: tuning, held, novel), comma-separated")
@@ -435,8 +436,9 @@ def _main_rounds(args: argparse.Namespace, overrides: dict[str, str], fixtures: 
                  argv: list[str] | None) -> Path:
     from learning.sim.rounds import run_rounds
 
-    if args.source is None or not (args.source / "protocol.json").is_file():
-        sys.exit("assistant protocol rounds: --from must name a protocol's results folder (kept with --keep-adapters)")
+    if args.source is None:
+        sys.exit("assistant protocol rounds: --from must name a protocol's results folder (kept with --keep-adapters) "
+                 "or an earlier rounds run's")
     if args.rounds < 1:
         sys.exit("assistant protocol rounds: --rounds must be 1 or more")
     out = args.out or REPO / "docs" / "results" / "-".join(x for x in (day, "rounds", args.name) if x)

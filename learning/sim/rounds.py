@@ -1,7 +1,8 @@
 """``assistant protocol rounds``: more rounds of ratings and training on a kept run (issue 26: "≥ 80% after three rounds").
 
 Round 1 is a protocol run kept with ``--keep-adapters``: its ``work`` data dir holds the frozen round-1
-fixture and the adapters trained on it. ``run_rounds`` copies it and, for each further round:
+fixture and the adapters trained on it. ``run_rounds`` copies it (or an earlier rounds run's, to go on from
+its last round) and, for each further round:
 
 1. **Ratings of what is served**: ``assistant serve --no-worker`` on the copy serves every user what the
    gate chose (their adapter, with personal best-of-n as in production), and ``assistant simulate``
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from learning.sim.protocol import (ADMIN_PASSWORD, ProfileSet, ProtocolError, _commit, _copy, _env,
+from learning.sim.protocol import (ADMIN_PASSWORD, REPO, ProfileSet, ProtocolError, _commit, _copy, _env,
                                    _latest_report_dir, _run, _serve, machine, training_results)
 
 logger = logging.getLogger(__name__)
@@ -60,16 +61,33 @@ def evaluate_arguments(source_record: dict[str, Any], last: bool) -> list[str]:
     return [*SERVED_EVALUATE, *(WITH_HARM if last else PERSONAL_ONLY)]
 
 
+def kept_run(source: Path) -> tuple[dict[str, Any], dict[str, str], int]:
+    """What ``source`` continues: round 1's protocol record, the training settings of its last round and that round's
+    number. ``source`` is a protocol run kept with ``--keep-adapters`` (round 1) or a rounds run (its last round)."""
+    if (source / "rounds.json").is_file():
+        record = json.loads((source / "rounds.json").read_text())
+        if not record["rounds"]:
+            raise ProtocolError(f"{source} finished no round")
+        origin = Path(record["source"])
+        first, _, _ = kept_run(origin if origin.is_absolute() or origin.exists() else REPO / origin)
+        return first, record["training_settings"], record["rounds"][-1]["round"]
+    if not (source / "protocol.json").is_file():
+        raise ProtocolError(f"{source} is neither a protocol's results folder nor a rounds run")
+    first = json.loads((source / "protocol.json").read_text())
+    return first, first["training_settings"], 1
+
+
 def run_rounds(source: Path, out: Path, *, rounds: int, set_names: tuple[str, ...], settings: dict[str, str],
                fixtures: Path, seed: int = 0, argv: list[str] | None = None) -> dict[str, Any]:
-    """Rounds 2 .. ``rounds + 1`` on a copy of ``source/work`` with ``source``'s training settings (its protocol's,
-    its ``--set`` ones, its PPO step count) under ``settings``; the record is ``out/rounds.json``."""
+    """``rounds`` more rounds on a copy of ``source/work`` with the training settings of ``source``'s last round
+    (round 1's protocol's, its ``--set`` ones, its PPO step count) under ``settings``; the record is
+    ``out/rounds.json``. ``source`` is a protocol run kept with ``--keep-adapters`` or an earlier rounds run."""
     from service.local_process import stop
 
     src = source / "work"
     if not (src / "adapters").is_dir():
         raise ProtocolError(f"{src} holds no adapters: run the protocol with --keep-adapters first")
-    source_record = json.loads((source / "protocol.json").read_text())
+    source_record, source_settings, done = kept_run(source)
     sets = continued_sets(src, set_names)
     users = [f"{s.prefix}{i}-{p}" for s in sets for i, p in enumerate(s.profiles)]
     profiles = [p for s in sets for p in s.profiles]
@@ -77,15 +95,15 @@ def run_rounds(source: Path, out: Path, *, rounds: int, set_names: tuple[str, ..
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
     _copy(src, work)
-    train_env = {**source_record["training_settings"], **settings}
+    train_env = {**source_settings, **settings}
     pinned = (source_record.get("evaluation_dtype") or {}).get("pinned")
     env = {"ASSISTANT_DTYPE": pinned, **train_env} if pinned else train_env  # serve and evaluate as round 1 did
     record: dict[str, Any] = {
         "command": "assistant protocol rounds " + " ".join(argv or []), "commit": _commit(), "machine": machine(),
-        "source": str(source), "users": dict(zip(users, profiles)), "training_settings": train_env,
+        "source": str(source.resolve()), "users": dict(zip(users, profiles)), "training_settings": train_env,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": []}
     assign = [a for u, p in zip(users, profiles) for a in ("--assign", f"{u}={p}")]
-    for r in range(2, rounds + 2):
+    for r in range(done + 1, done + rounds + 1):
         row: dict[str, Any] = {"round": r}
         started = time.monotonic()
         proc, url = _serve(_env(work, env), out / f"serve-round{r}.log")
@@ -102,7 +120,7 @@ def run_rounds(source: Path, out: Path, *, rounds: int, set_names: tuple[str, ..
         logger.info("rounds: round %d rated in %.0f s; training %s", r, row["simulate_s"], ", ".join(users))
         row["training_s"] = round(_run(["train", "--now", "--users", ",".join(users)], _env(work, train_env),
                                        out / f"training-round{r}.log"), 1)
-        last = r == rounds + 1
+        last = r == done + rounds
         evaluate = ["evaluate", *evaluate_arguments(source_record, last), "--seed", str(seed),
                     "--base-cache", str(fixtures / "base-cache"), *assign]
         row["evaluation_s"] = round(_run(evaluate, _env(work, env), out / f"evaluation-round{r}.log"), 1)

@@ -68,6 +68,12 @@ def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_d
     round2 = json.loads((rounds / "round2" / "report.json").read_text())
     assert round2["config"]["best_of_n"] == 2 and {u["username"] for u in round2["users"]} == {"smoke0-concise",
                                                                                                "smoke1-detailed"}
+    # going on from the rounds run: round 3, with its settings, on a copy of its work dir
+    more = main_protocol(_args(["rounds", "--from", str(rounds), "--out", str(tmp_path / "r3"), "--fixtures",
+                                str(fixtures), "--rounds", "1", "--sets", "smoke"]), settings)
+    third = json.loads((more / "rounds.json").read_text())
+    assert [r["round"] for r in third["rounds"]] == [3] and third["training_settings"] == kept["training_settings"]
+    assert (more / "work" / "simulation-smoke-round2.json").is_file() and (more / "round3" / "report.json").is_file()
     with pytest.raises(SystemExit, match="no profile set held"):
         main_protocol(_args(["rounds", "--from", str(second), "--out", str(tmp_path / "r2"), "--sets", "held"]), settings)
 
