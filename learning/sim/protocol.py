@@ -41,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -189,34 +189,46 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("*.log", "serve-*"))
 
 
-def ensure_fixture(fixtures: Path, name: str, models: Path) -> tuple[Path, float]:
+def fixture_sets(name: str, reply_tokens: int | None = None) -> tuple[ProfileSet, ...]:
+    """The profile sets of fixture ``name``, their replies capped at ``reply_tokens`` when given (else 48 tokens)."""
+    sets = FIXTURES[name]
+    return sets if reply_tokens is None else tuple(replace(s, max_new_tokens=reply_tokens) for s in sets)
+
+
+def fixture_folder(name: str, reply_tokens: int | None = None) -> str:
+    """Where fixture ``name`` lives under ``--fixtures``: its name, with ``-<N>t`` for replies capped at N tokens."""
+    return name if reply_tokens is None else f"{name}-{reply_tokens}t"
+
+
+def ensure_fixture(fixtures: Path, name: str, models: Path, reply_tokens: int | None = None) -> tuple[Path, float]:
     """The fixture's data dir, made now if missing (``all`` from a copy of ``tuning``); its making time (0 if reused)."""
-    path = fixtures / name
+    path = fixtures / fixture_folder(name, reply_tokens)
     if (path / "fixture.json").is_file():
         return path, 0.0
     if path.exists():
         shutil.rmtree(path)  # an interrupted making: start over
-    sets = FIXTURES[name]
+    sets = fixture_sets(name, reply_tokens)
     made = 0.0
     if name == "all":
-        tuning, made = ensure_fixture(fixtures, "tuning", models)
-        tmp = fixtures / "all.partial"
+        tuning, made = ensure_fixture(fixtures, "tuning", models, reply_tokens)
+        tmp = fixtures / f"{path.name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         _copy(tuning, tmp)
         (tmp / "fixture.json").unlink()
         sets = sets[1:]
     else:
-        tmp = fixtures / f"{name}.partial"
+        tmp = fixtures / f"{path.name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if models.is_dir():  # the converted embedded model, shared (ASSISTANT_MODEL elsewhere needs none)
             (tmp / "models").symlink_to(models.resolve())
     made += _simulate(tmp, sets)
-    users = [f"{s.prefix}{i}-{p}" for s in FIXTURES[name] for i, p in enumerate(s.profiles)]
-    profiles = [p for s in FIXTURES[name] for p in s.profiles]
+    every = fixture_sets(name, reply_tokens)
+    users = [f"{s.prefix}{i}-{p}" for s in every for i, p in enumerate(s.profiles)]
+    profiles = [p for s in every for p in s.profiles]
     (tmp / "fixture.json").write_text(json.dumps({
         "name": name, "users": [{"username": u, "profile": p} for u, p in zip(users, profiles)],
-        "sets": [asdict(s) for s in FIXTURES[name]], "created_at": datetime.now(timezone.utc).isoformat(),
+        "sets": [asdict(s) for s in every], "created_at": datetime.now(timezone.utc).isoformat(),
         "commit": _commit(), "making_s": round(made, 1)}, indent=2))
     tmp.rename(path)
     return path, made
@@ -285,16 +297,23 @@ def _record_evaluation_dtype(fixtures: Path, report: dict[str, Any]) -> None:
                                 datetime.now(timezone.utc).isoformat(), "machine": machine().get("cpu")}, indent=1))
 
 
+def evaluate_arguments(protocol: Protocol, seed: int, reply_tokens: int | None = None) -> list[str]:
+    """``assistant evaluate``'s arguments besides the users and the base cache."""
+    return [*protocol.evaluate, *(["--max-new-tokens", str(reply_tokens)] if reply_tokens else []), "--seed", str(seed)]
+
+
 def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path, ppo_steps: int | None = None,
                  settings: dict[str, str] | None = None, seed: int = 0, argv: list[str] | None = None,
-                 keep_adapters: bool = False, eval_dtype: str | None = None) -> dict[str, Any]:
+                 keep_adapters: bool = False, eval_dtype: str | None = None,
+                 reply_tokens: int | None = None) -> dict[str, Any]:
     """Run ``protocol`` end to end; return the record also written to ``out/protocol.json``.
     ``keep_adapters``: leave the trained weights in ``out/work`` (ignored by git), so more evaluations
     (``assistant evaluate --best-of-n``, say) can run on them without training again. ``eval_dtype``:
-    as ``evaluation_dtype`` reads it."""
+    as ``evaluation_dtype`` reads it. ``reply_tokens``: the fixture's and the evaluation's reply cap (default 48 and
+    64 tokens), in a fixture of its own (``fixture_folder``)."""
     out.mkdir(parents=True, exist_ok=True)
     steps = protocol.ppo_steps if ppo_steps is None else ppo_steps
-    fixture, made_s = ensure_fixture(fixtures, protocol.fixture, models)
+    fixture, made_s = ensure_fixture(fixtures, protocol.fixture, models, reply_tokens)
     users = json.loads((fixture / "fixture.json").read_text())["users"]
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -303,7 +322,8 @@ def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path,
     record: dict[str, Any] = {
         "protocol": protocol.name, "command": "assistant protocol " + " ".join(argv or []), "commit": _commit(),
         "machine": machine(), "started_at": datetime.now(timezone.utc).isoformat(), "fixture": str(fixture),
-        "training_settings": train_env, "evaluate": list(protocol.evaluate) + ["--seed", str(seed)],
+        "training_settings": train_env, "evaluate": evaluate_arguments(protocol, seed, reply_tokens),
+        "reply_tokens": reply_tokens,
         "wall_s": {"fixture": round(made_s, 1)}, "out": str(out),
     }
     logger.info("protocol %s: training on a copy of %s (%d PPO steps)", protocol.name, fixture, steps)
@@ -312,7 +332,8 @@ def run_protocol(protocol: Protocol, *, fixtures: Path, out: Path, models: Path,
     (out / "training-results.json").write_text(json.dumps(training_results(work), indent=1))
     logger.info("protocol %s: evaluating", protocol.name)
     assign = [a for u in users for a in ("--assign", f"{u['username']}={u['profile']}")]
-    evaluate = ["evaluate", *protocol.evaluate, "--seed", str(seed), "--base-cache", str(fixtures / "base-cache"), *assign]
+    evaluate = ["evaluate", *evaluate_arguments(protocol, seed, reply_tokens), "--base-cache", str(fixtures / "base-cache"),
+                *assign]
     dtype, why = evaluation_dtype(fixtures, eval_dtype)
     eval_env = {"ASSISTANT_DTYPE": dtype} if dtype else {"ASSISTANT_DTYPE": "auto"}
     record["wall_s"]["evaluation"] = round(_run(evaluate, _env(work, eval_env), out / "evaluation.log"), 1)
@@ -375,6 +396,9 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=2, help="rounds: rounds of ratings and training after round 1")
     p.add_argument("--sets", default="sim",
                    help="rounds: the kept run's profile sets to continue, by prefix (sim: tuning, held, novel), comma-separated")
+    p.add_argument("--reply-tokens", type=int, default=None,
+                   help="cap of the fixture's replies (rated by the simulated users) and of the evaluation's, in a fixture "
+                        "of its own (<fixtures>/<name>-<N>t; default: 48 and 64 tokens)")
     p.add_argument("--keep-adapters", action="store_true",
                    help="keep the trained adapters in <out>/work (to evaluate them again, e.g. with --best-of-n)")
 
@@ -410,6 +434,8 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
         overrides[name] = value
     if args.ppo_steps is not None and args.ppo_steps < 0:
         sys.exit("assistant protocol: --ppo-steps must be >= 0")
+    if args.reply_tokens is not None and not 8 <= args.reply_tokens <= 1024:
+        sys.exit("assistant protocol: --reply-tokens must be between 8 and 1024")
     from service.model_loading import ModelNotFound, resolve_model_path
 
     try:
@@ -425,7 +451,7 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
     try:
         run_protocol(protocol, fixtures=fixtures, out=out, models=settings.data_dir / "models", ppo_steps=args.ppo_steps,
                      settings=overrides, seed=args.seed, argv=argv, keep_adapters=args.keep_adapters,
-                     eval_dtype=args.eval_dtype)
+                     eval_dtype=args.eval_dtype, reply_tokens=args.reply_tokens)
     except ProtocolError as exc:
         sys.exit(f"assistant protocol: {exc}")
     print(f"protocol {protocol.name}: {out / 'summary.md'}")

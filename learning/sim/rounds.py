@@ -58,7 +58,8 @@ def evaluate_arguments(source_record: dict[str, Any], last: bool) -> list[str]:
         if "--seed" in args:  # run_rounds passes its own
             del args[args.index("--seed"):args.index("--seed") + 2]
         return [*args, "--no-retest", "--best-of-n", "2"]
-    return [*SERVED_EVALUATE, *(WITH_HARM if last else PERSONAL_ONLY)]
+    tokens = source_record.get("reply_tokens")
+    return [*SERVED_EVALUATE, *(WITH_HARM if last else PERSONAL_ONLY), *(["--max-new-tokens", str(tokens)] if tokens else [])]
 
 
 def kept_run(source: Path) -> tuple[dict[str, Any], dict[str, str], int]:

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from learning.sim.protocol import add_protocol_arguments, evaluation_dtype, main_protocol
+from learning.sim.protocol import (PROTOCOLS, add_protocol_arguments, evaluate_arguments, evaluation_dtype, fixture_folder,
+                                   fixture_sets, main_protocol)
 from learning.sim.protocol_record import compare_reports
 from service.settings import Settings
 
@@ -171,3 +172,17 @@ def test_the_gate_confusion_counts_each_candidate_against_the_evaluation():
     assert [(u["username"], kind, promoted) for u, kind, _, promoted in gate_verdicts(report)] == [
         ("a", "good", True), ("b", "good", False), ("c", "worse", True), ("d", "other", False)]
     assert gate_confusion(report) == {"candidates": 4, "good": 2, "good_rejected": 1, "worse": 1, "worse_promoted": 1}
+
+
+def test_a_reply_cap_gets_a_fixture_of_its_own_and_caps_the_evaluation_too():
+    assert fixture_folder("all") == "all" and fixture_folder("all", 160) == "all-160t"
+    assert [s.max_new_tokens for s in fixture_sets("all")] == [48, 48]
+    longer = fixture_sets("all", 160)
+    assert [s.max_new_tokens for s in longer] == [160, 160] and [s.profiles for s in longer] == [
+        s.profiles for s in fixture_sets("all")]
+    quick = PROTOCOLS["quick"]
+    assert evaluate_arguments(quick, 3) == [*quick.evaluate, "--seed", "3"]
+    args = evaluate_arguments(quick, 0, 160)
+    assert args[-4:] == ["--max-new-tokens", "160", "--seed", "0"]  # after the protocol's own: argparse keeps the last
+    with pytest.raises(SystemExit, match="--reply-tokens must be between 8 and 1024"):
+        main_protocol(_args(["quick", "--reply-tokens", "4"]), Settings(dev_mode=True))
