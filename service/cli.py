@@ -155,6 +155,11 @@ def cmd_protocol(args: argparse.Namespace) -> None:
 
     reading_only = args.protocol in ("compare", "summary")  # results folders: no settings, no model
     exit_on_sigterm()  # `kill` of a protocol stops its training or evaluation step too
+    if args.protocol == "rounds":
+        from learning.sim.rounds import main_rounds
+
+        main_rounds(args, _settings(), argv=sys.argv[2:])
+        return
     main_protocol(args, None if reading_only else _settings(), argv=sys.argv[2:])
 
 

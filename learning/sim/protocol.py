@@ -403,6 +403,17 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the trained adapters in <out>/work (to evaluate them again, e.g. with --best-of-n)")
 
 
+def setting_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """``--set NAME=VALUE`` as a dict; exits on a malformed one."""
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("ASSISTANT_"):
+            sys.exit(f"assistant protocol: --set {item!r} must look like ASSISTANT_NAME=VALUE")
+        overrides[name] = value
+    return overrides
+
+
 def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | None = None) -> Path:
     if args.protocol == "summary":  # re-render a results folder's summary.md (after a change to this page)
         spreads: list[float] = []
@@ -426,12 +437,7 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
         from service.settings import get_settings
 
         settings = get_settings()
-    overrides = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith("ASSISTANT_"):
-            sys.exit(f"assistant protocol: --set {item!r} must look like ASSISTANT_NAME=VALUE")
-        overrides[name] = value
+    overrides = setting_overrides(args)
     if args.ppo_steps is not None and args.ppo_steps < 0:
         sys.exit("assistant protocol: --ppo-steps must be >= 0")
     if args.reply_tokens is not None and not 8 <= args.reply_tokens <= 1024:
@@ -442,11 +448,11 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
         resolve_model_path(settings)  # provisions the embedded model on first use
     except ModelNotFound as exc:
         sys.exit(f"assistant protocol: {exc}")
+    if args.protocol not in PROTOCOLS:  # rounds: learning.sim.rounds.main_rounds (service/cli.py sends it there)
+        sys.exit(f"assistant protocol: {args.protocol} is not run here")
+    protocol = PROTOCOLS[args.protocol]
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     fixtures = args.fixtures or settings.data_dir / "fixtures"
-    if args.protocol == "rounds":
-        return _main_rounds(args, overrides, fixtures, day, argv)
-    protocol = PROTOCOLS[args.protocol]
     out = args.out or REPO / "docs" / "results" / "-".join(x for x in (day, args.protocol, args.name) if x)
     try:
         run_protocol(protocol, fixtures=fixtures, out=out, models=settings.data_dir / "models", ppo_steps=args.ppo_steps,
@@ -457,23 +463,3 @@ def main_protocol(args: argparse.Namespace, settings=None, argv: list[str] | Non
     print(f"protocol {protocol.name}: {out / 'summary.md'}")
     return out
 
-
-def _main_rounds(args: argparse.Namespace, overrides: dict[str, str], fixtures: Path, day: str,
-                 argv: list[str] | None) -> Path:
-    from learning.sim.rounds import run_rounds
-
-    if args.source is None:
-        sys.exit("assistant protocol rounds: --from must name a protocol's results folder (kept with --keep-adapters) "
-                 "or an earlier rounds run's")
-    if args.rounds < 1:
-        sys.exit("assistant protocol rounds: --rounds must be 1 or more")
-    out = args.out or REPO / "docs" / "results" / "-".join(x for x in (day, "rounds", args.name) if x)
-    if args.ppo_steps is not None:
-        overrides["ASSISTANT_PPO_STEPS"] = str(args.ppo_steps)
-    try:
-        run_rounds(args.source, out, rounds=args.rounds, set_names=tuple(n for n in args.sets.split(",") if n),
-                   settings=overrides, fixtures=fixtures, seed=args.seed, argv=argv)
-    except ProtocolError as exc:
-        sys.exit(f"assistant protocol rounds: {exc}")
-    print(f"protocol rounds: {out / 'rounds.json'}")
-    return out

@@ -20,15 +20,18 @@ Nothing here is tuned on: it is a record of what the shipped product does over r
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from learning.sim.protocol import (ADMIN_PASSWORD, REPO, ProfileSet, ProtocolError, _commit, _copy, _env,
-                                   _latest_report_dir, _run, _serve, machine, training_results)
+                                   _latest_report_dir, _run, _serve, machine, setting_overrides, training_results)
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +138,24 @@ def run_rounds(source: Path, out: Path, *, rounds: int, set_names: tuple[str, ..
     record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     (out / "rounds.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def main_rounds(args: argparse.Namespace, settings, argv: list[str] | None = None) -> Path:
+    """``assistant protocol rounds --from DIR``: the options are ``assistant protocol``'s."""
+    if args.source is None:
+        sys.exit("assistant protocol rounds: --from must name a protocol's results folder (kept with --keep-adapters) "
+                 "or an earlier rounds run's")
+    if args.rounds < 1 or (args.ppo_steps is not None and args.ppo_steps < 0):
+        sys.exit("assistant protocol rounds: --rounds must be 1 or more and --ppo-steps 0 or more")
+    overrides = setting_overrides(args)
+    if args.ppo_steps is not None:
+        overrides["ASSISTANT_PPO_STEPS"] = str(args.ppo_steps)
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    out = args.out or REPO / "docs" / "results" / "-".join(x for x in (day, "rounds", args.name) if x)
+    try:
+        run_rounds(args.source, out, rounds=args.rounds, set_names=tuple(n for n in args.sets.split(",") if n),
+                   settings=overrides, fixtures=args.fixtures or settings.data_dir / "fixtures", seed=args.seed, argv=argv)
+    except ProtocolError as exc:
+        sys.exit(f"assistant protocol rounds: {exc}")
+    print(f"protocol rounds: {out / 'rounds.json'}")
+    return out

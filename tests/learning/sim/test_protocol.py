@@ -12,6 +12,7 @@ import pytest
 from learning.sim.protocol import (PROTOCOLS, add_protocol_arguments, evaluate_arguments, evaluation_dtype, fixture_folder,
                                    fixture_sets, main_protocol)
 from learning.sim.protocol_record import compare_reports
+from learning.sim.rounds import main_rounds
 from service.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +59,7 @@ def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_d
     assert "difference" in capsys.readouterr().out
 
     # a second round on the kept run: its users rate what they are served, train again, and are evaluated as served
-    rounds = main_protocol(_args(["rounds", "--from", str(second), "--out", str(tmp_path / "r"), "--fixtures",
+    rounds = main_rounds(_args(["rounds", "--from", str(second), "--out", str(tmp_path / "r"), "--fixtures",
                                   str(fixtures), "--rounds", "1", "--sets", "smoke"]), settings)
     kept = json.loads((rounds / "rounds.json").read_text())
     assert [r["round"] for r in kept["rounds"]] == [2] and kept["training_settings"]["ASSISTANT_PPO_STEPS"] == "0"
@@ -70,13 +71,13 @@ def test_smoke_protocol_twice_on_one_fixture_then_compare(tmp_path, model_data_d
     assert round2["config"]["best_of_n"] == 2 and {u["username"] for u in round2["users"]} == {"smoke0-concise",
                                                                                                "smoke1-detailed"}
     # going on from the rounds run: round 3, with its settings, on a copy of its work dir
-    more = main_protocol(_args(["rounds", "--from", str(rounds), "--out", str(tmp_path / "r3"), "--fixtures",
+    more = main_rounds(_args(["rounds", "--from", str(rounds), "--out", str(tmp_path / "r3"), "--fixtures",
                                 str(fixtures), "--rounds", "1", "--sets", "smoke"]), settings)
     third = json.loads((more / "rounds.json").read_text())
     assert [r["round"] for r in third["rounds"]] == [3] and third["training_settings"] == kept["training_settings"]
     assert (more / "work" / "simulation-smoke-round2.json").is_file() and (more / "round3" / "report.json").is_file()
     with pytest.raises(SystemExit, match="no profile set held"):
-        main_protocol(_args(["rounds", "--from", str(second), "--out", str(tmp_path / "r2"), "--sets", "held"]), settings)
+        main_rounds(_args(["rounds", "--from", str(second), "--out", str(tmp_path / "r2"), "--sets", "held"]), settings)
 
 
 def test_replaying_the_gate_on_stored_readings():
