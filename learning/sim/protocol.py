@@ -11,6 +11,9 @@ Three sizes (``PROTOCOLS``):
   prompt (480 per policy; the base 960), KL computed in batches.
 - **smoke**: the same steps at toy size, for ``make test``.
 
+More rounds of ratings and training on a kept run: ``assistant protocol rounds`` (``learning.sim.rounds``).
+Longer replies in the fixture and the evaluation: ``--reply-tokens`` (``fixture_sets``).
+
 The steps, each the product's own command in a process of its own:
 
 1. **The fixture**: round 1 of simulated feedback, written once under ``--fixtures`` and reused by
