@@ -63,8 +63,8 @@ class Settings(BaseSettings):
                                 "with insults it cut 7% of ordinary and 19% of edgy-but-benign replies (kill, murder, fat, pot; "
                                 "docs/results/2026-12-05-safety-stage-v4).")
     best_of_n: int = Field(4, ge=1, le=16, description="Personal best-of-n (service/best_of_n.py): candidates sampled per choice for a "
-                           "user served by an adapter with a stored reward, chosen by that reward (the user's lower bound plus the "
-                           "population's) after the harm judge drops flagged ones; used only while the engine has that many idle "
+                           "user served by an adapter with a stored reward, chosen by that reward (the user's lower bound, plus the "
+                           "population's times ASSISTANT_BEST_OF_N_POPULATION_WEIGHT) after the harm judge drops flagged ones; used only while the engine has that many idle "
                            "rows (one candidate under load, re-checked every block) and for single replies (not alternatives to rank). "
                            "1 = off (the first token then comes ~10x sooner at one user; docs/results/2026-12-05-best-of-n).")
     best_of_n_block: int = Field(16, ge=0, le=4096, description="Tokens per best-of-n choice: the reply streams one chosen block at a "
@@ -74,10 +74,11 @@ class Settings(BaseSettings):
                                        "0 = the same as the block. Default 1: the first token comes about as soon as without "
                                        "best-of-n (1.45x instead of 13.9x at one user), at no measured cost in win rate "
                                        "(-0.9 points, -3.9 to +2.1; docs/results/2026-12-05-best-of-n).")
-    best_of_n_population_weight: float = Field(1.0, ge=0.0, le=4.0, description="Weight of the population's reward in "
+    best_of_n_population_weight: float = Field(0.0, ge=0.0, le=4.0, description="Weight of the population's reward in "
                                                "best-of-n's choice, beside the user's lower bound (whose weights already "
-                                               "shrink toward the population's): 1 = the sum (the default), 0 = the user's "
-                                               "reward alone.")
+                                               "shrink toward the population's, their prior). 0 (the default) = the user's "
+                                               "reward alone: +4.5 points (+2.0 to +7.1) for the five tuning users over 1, "
+                                               "the sum served before 2026-12-07 (docs/results/2026-12-07-served-population-weight).")
     best_of_n_judge: str = Field("insults", description="Harm judge that drops best-of-n candidates (service.judges' names); none = keep all.")
     device: str = Field("cpu", description="torch device for serving and training (cpu, cuda, cuda:0).")
 

@@ -96,8 +96,9 @@ class EvalConfig:
     best_of_first_block: int = 0
     """Tokens of the first best-of-n choice (0: ``best_of_block``), as ``ASSISTANT_BEST_OF_N_FIRST_BLOCK``."""
 
-    best_of_population_weight: float = 1.0
-    """Weight of the population's reward in best-of-n's choice, as ``ASSISTANT_BEST_OF_N_POPULATION_WEIGHT``."""
+    best_of_population_weight: float = 0.0
+    """Weight of the population's reward in best-of-n's choice, as ``ASSISTANT_BEST_OF_N_POPULATION_WEIGHT``
+    (``assistant evaluate`` reads that setting unless ``--best-of-population-weight`` is given)."""
 
     best_of_base: bool = False
     """With best-of-n: also the base model's replies chosen by the population's reward alone (stored

@@ -365,12 +365,19 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best-of-block", type=int, default=16, help="tokens per best-of-n choice (0: whole replies)")
     p.add_argument("--best-of-first-block", type=int, default=0,
                    help="tokens of the first best-of-n choice (0: --best-of-block), as ASSISTANT_BEST_OF_N_FIRST_BLOCK")
-    p.add_argument("--best-of-population-weight", type=float, default=1.0,
-                   help="weight of the population's reward in best-of-n's choice, as ASSISTANT_BEST_OF_N_POPULATION_WEIGHT")
+    p.add_argument("--best-of-population-weight", type=float, default=None,
+                   help="weight of the population's reward in best-of-n's choice (default: ASSISTANT_BEST_OF_N_POPULATION_WEIGHT, "
+                        "as served)")
     p.add_argument("--best-of-base", action="store_true",
                    help="with --best-of-n: also the base chosen by the population's reward (reranking without personalisation)")
     p.add_argument("--engine", choices=["batched", "hf"], default="batched",
                    help="batched: the serving engine (what users get); hf: HF generate in float32")
+
+
+def best_of_population_weight(args: argparse.Namespace, settings) -> float:
+    """``--best-of-population-weight``, else the server's ``ASSISTANT_BEST_OF_N_POPULATION_WEIGHT`` (as served)."""
+    given = args.best_of_population_weight
+    return settings.best_of_n_population_weight if given is None else given
 
 
 def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
@@ -388,7 +395,8 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
         problems.append("--batch-size must be between 1 and 256")
     if not 1 <= args.best_of_n <= 16 or args.best_of_block < 0 or args.best_of_first_block < 0:
         problems.append("--best-of-n must be between 1 and 16 and --best-of-block and --best-of-first-block 0 or more")
-    if not 0.0 <= args.best_of_population_weight <= 4.0:
+    population_weight = best_of_population_weight(args, settings)
+    if not 0.0 <= population_weight <= 4.0:
         problems.append("--best-of-population-weight must be between 0 and 4")
     problems += [f"--{name.replace('_', '-')} must be between 1 and 64" for name in
                  ("samples", "base_samples", "red_team_samples", "base_red_team_samples", "benign_samples")
@@ -418,7 +426,7 @@ def main_evaluate(args: argparse.Namespace, settings=None) -> dict[str, Path]:
                          benign_samples=args.benign_samples, retest=not args.no_retest, kl=args.kl,
                          base_cache=str(args.base_cache) if args.base_cache else None, best_of_n=args.best_of_n,
                          best_of_block=args.best_of_block, best_of_first_block=args.best_of_first_block,
-                         best_of_population_weight=args.best_of_population_weight, best_of_base=args.best_of_base)
+                         best_of_population_weight=population_weight, best_of_base=args.best_of_base)
         paths = run_and_write(settings, simulation or {}, cfg, users=users, extra_profiles=extra)
     except (ProfileError, ValueError) as exc:
         sys.exit(f"assistant evaluate: {exc}")

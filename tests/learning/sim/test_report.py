@@ -62,3 +62,18 @@ def test_the_red_team_set_is_chosen_by_name_and_named_in_the_report(tmp_path):
     report = _report()
     report["config"] = asdict(EvalConfig(red_team_set="b"))
     assert "red-team (set B, x8)" in write_report(report, tmp_path, stamp="s")["markdown"].read_text()
+
+
+def test_the_evaluation_chooses_best_of_n_by_the_servers_population_weight_unless_told():
+    import argparse
+
+    from learning.sim.evaluate import add_evaluate_arguments, best_of_population_weight
+    from service.settings import Settings
+
+    p = argparse.ArgumentParser()
+    add_evaluate_arguments(p)
+    served = Settings(dev_mode=True, best_of_n_population_weight=0.5)
+    assert best_of_population_weight(p.parse_args([]), served) == 0.5
+    assert best_of_population_weight(p.parse_args(["--best-of-population-weight", "1"]), served) == 1.0
+    assert Settings(dev_mode=True).best_of_n_population_weight == 0.0
+    assert EvalConfig().best_of_population_weight == 0.0
