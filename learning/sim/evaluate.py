@@ -35,8 +35,8 @@ import json
 import logging
 import sys
 from dataclasses import asdict
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
