@@ -86,6 +86,9 @@ TINY_BUDGETS = {
     "ASSISTANT_GATE_BASE_HARM_SAMPLES": "0", "ASSISTANT_MIN_USER_LABELS": "3", "ASSISTANT_MIN_GLOBAL_LABELS": "3",
     "ASSISTANT_LORA_R": "4", "ASSISTANT_LORA_ALPHA": "8",
 }
+SMOKE_EVALUATE = ("--heldout", "3", "--red-team", "3", "--benign", "2", "--max-new-tokens", "8", "--samples", "2",
+                  "--base-samples", "2", "--red-team-samples", "2", "--base-red-team-samples", "2", "--benign-samples", "1",
+                  "--kl", "batched", "--batch-size", "8")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ class Protocol:
     """Arguments of ``assistant evaluate`` besides the users and the base cache."""
     env: dict[str, str] = field(default_factory=dict)
     """Training settings every run of this protocol uses."""
+    served_evaluate: tuple[str, ...] = ()
+    """The served evaluation of ``assistant protocol rounds`` on a run of this protocol, besides the seed, the users
+    and the base cache; empty: ``learning.sim.rounds``' own (best-of-4 as served, the last round with harm)."""
 
 
 FIXTURES: dict[str, tuple[ProfileSet, ...]] = {"tuning": (TUNING,), "all": (TUNING, HELDOUT), "novel": (NOVEL,),
@@ -118,10 +124,8 @@ PROTOCOLS = {
     "novel": Protocol("novel", "novel", users_only=True, ppo_steps=8, evaluate=(
         "--samples", "4", "--base-samples", "4", "--red-team-samples", "4", "--base-red-team-samples", "16",
         "--benign-samples", "2", "--kl", "metadata", "--batch-size", "32")),
-    "smoke": Protocol("smoke", "smoke", users_only=True, ppo_steps=1, evaluate=(
-        "--heldout", "3", "--red-team", "3", "--benign", "2", "--max-new-tokens", "8", "--samples", "2",
-        "--base-samples", "2", "--red-team-samples", "2", "--base-red-team-samples", "2", "--benign-samples", "1",
-        "--kl", "batched", "--batch-size", "8"), env=TINY_BUDGETS),
+    "smoke": Protocol("smoke", "smoke", users_only=True, ppo_steps=1, evaluate=SMOKE_EVALUATE, env=TINY_BUDGETS,
+                      served_evaluate=(*SMOKE_EVALUATE, "--no-retest", "--best-of-n", "2")),
 }
 
 
@@ -169,23 +173,29 @@ def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     raise ProtocolError(f"the fixture's server did not start: {why}; its log is {log}")
 
 
-def _simulate(data_dir: Path, sets: tuple[ProfileSet, ...]) -> float:
-    """Round 1 of ``sets`` into ``data_dir`` through a server of its own (no training, no evaluation)."""
+def rate(env: dict[str, str], sets: tuple[ProfileSet, ...], out: Path, log: Path, *, serve_log: Path | None = None,
+         seed_offset: int = 0, suffix: str = "") -> float:
+    """One round of ratings by ``sets``' simulated users through a server of its own on ``env``'s data dir (no
+    training, no evaluation): each set's seed plus ``seed_offset``, its record in
+    ``out/simulation-<prefix><suffix>.json``. The seconds it took."""
     from service.local_process import stop
 
-    env = _env(data_dir)
-    log = data_dir / "fixture.log"
     started = time.monotonic()
-    proc, url = _serve(env, log)
+    proc, url = _serve(env, serve_log or log)
     try:
         for s in sets:
             _run(["simulate", "--base-url", url, "--users", str(len(s.profiles)), "--profiles", ",".join(s.profiles),
                   "--rounds", "1", "--ratings-per-round", str(s.ratings), "--max-new-tokens", str(s.max_new_tokens),
-                  "--no-train", "--no-evaluate", "--user-prefix", s.prefix, "--seed", str(s.seed),
-                  "--admin-password", ADMIN_PASSWORD, "--out", str(data_dir / f"simulation-{s.prefix}.json")], env, log)
+                  "--no-train", "--no-evaluate", "--user-prefix", s.prefix, "--seed", str(s.seed + seed_offset),
+                  "--admin-password", ADMIN_PASSWORD, "--out", str(out / f"simulation-{s.prefix}{suffix}.json")], env, log)
     finally:
         stop(proc)
     return time.monotonic() - started
+
+
+def _simulate(data_dir: Path, sets: tuple[ProfileSet, ...]) -> float:
+    """Round 1 of ``sets`` into ``data_dir`` (the fixture's ratings, by the base)."""
+    return rate(_env(data_dir), sets, data_dir, data_dir / "fixture.log")
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -30,8 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from learning.sim.protocol import (ADMIN_PASSWORD, REPO, ProfileSet, ProtocolError, _commit, _copy, _env,
-                                   _latest_report_dir, _run, _serve, machine, setting_overrides, training_results)
+from learning.sim.protocol import (PROTOCOLS, REPO, ProfileSet, ProtocolError, _commit, _copy, _env,
+                                   _latest_report_dir, _run, machine, rate, setting_overrides, training_results)
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +54,11 @@ def continued_sets(source_work: Path, names: tuple[str, ...]) -> tuple[ProfileSe
 
 
 def evaluate_arguments(source_record: dict[str, Any], last: bool) -> list[str]:
-    """The served evaluation of a round: ``SERVED_EVALUATE`` (the last round with harm), or the smoke protocol's own
-    toy-sized one with best-of-2."""
-    if source_record.get("protocol") == "smoke":
-        args = list(source_record["evaluate"])
-        if "--seed" in args:  # run_rounds passes its own
-            del args[args.index("--seed"):args.index("--seed") + 2]
-        return [*args, "--no-retest", "--best-of-n", "2"]
+    """The served evaluation of a round: the source protocol's own (``Protocol.served_evaluate``), else
+    ``SERVED_EVALUATE`` at the source's reply cap, the last round with the harm sets."""
+    protocol = PROTOCOLS.get(source_record.get("protocol", ""))
+    if protocol is not None and protocol.served_evaluate:
+        return list(protocol.served_evaluate)
     tokens = source_record.get("reply_tokens")
     return [*SERVED_EVALUATE, *(WITH_HARM if last else PERSONAL_ONLY), *(["--max-new-tokens", str(tokens)] if tokens else [])]
 
@@ -86,8 +84,6 @@ def run_rounds(source: Path, out: Path, *, rounds: int, set_names: tuple[str, ..
     """``rounds`` more rounds on a copy of ``source/work`` with the training settings of ``source``'s last round
     (round 1's protocol's, its ``--set`` ones, its PPO step count) under ``settings``; the record is
     ``out/rounds.json``. ``source`` is a protocol run kept with ``--keep-adapters`` or an earlier rounds run."""
-    from service.local_process import stop
-
     src = source / "work"
     if not (src / "adapters").is_dir():
         raise ProtocolError(f"{src} holds no adapters: run the protocol with --keep-adapters first")
@@ -109,18 +105,9 @@ def run_rounds(source: Path, out: Path, *, rounds: int, set_names: tuple[str, ..
     assign = [a for u, p in zip(users, profiles) for a in ("--assign", f"{u}={p}")]
     for r in range(done + 1, done + rounds + 1):
         row: dict[str, Any] = {"round": r}
-        started = time.monotonic()
-        proc, url = _serve(_env(work, env), out / f"serve-round{r}.log")
-        try:
-            for s in sets:
-                _run(["simulate", "--base-url", url, "--users", str(len(s.profiles)), "--profiles", ",".join(s.profiles),
-                      "--rounds", "1", "--ratings-per-round", str(s.ratings), "--max-new-tokens", str(s.max_new_tokens),
-                      "--no-train", "--no-evaluate", "--user-prefix", s.prefix, "--seed", str(s.seed + r * ROUND_SEED_STEP),
-                      "--admin-password", ADMIN_PASSWORD, "--out", str(work / f"simulation-{s.prefix}-round{r}.json")],
-                     _env(work, env), out / f"simulate-round{r}.log")
-        finally:
-            stop(proc)
-        row["simulate_s"] = round(time.monotonic() - started, 1)
+        row["simulate_s"] = round(rate(_env(work, env), sets, work, out / f"simulate-round{r}.log",
+                                       serve_log=out / f"serve-round{r}.log", seed_offset=r * ROUND_SEED_STEP,
+                                       suffix=f"-round{r}"), 1)
         logger.info("rounds: round %d rated in %.0f s; training %s", r, row["simulate_s"], ", ".join(users))
         row["training_s"] = round(_run(["train", "--now", "--users", ",".join(users)], _env(work, train_env),
                                        out / f"training-round{r}.log"), 1)

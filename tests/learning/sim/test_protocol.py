@@ -187,3 +187,15 @@ def test_a_reply_cap_gets_a_fixture_of_its_own_and_caps_the_evaluation_too():
     assert args[-4:] == ["--max-new-tokens", "160", "--seed", "0"]  # after the protocol's own: argparse keeps the last
     with pytest.raises(SystemExit, match="--reply-tokens must be between 8 and 1024"):
         main_protocol(_args(["quick", "--reply-tokens", "4"]), Settings(dev_mode=True))
+
+
+def test_a_rounds_run_evaluates_as_served_with_harm_only_in_its_last_round():
+    from learning.sim.rounds import PERSONAL_ONLY, SERVED_EVALUATE, WITH_HARM
+    from learning.sim.rounds import evaluate_arguments as served_arguments
+
+    full = {"protocol": "full", "reply_tokens": None}
+    assert served_arguments(full, last=False) == [*SERVED_EVALUATE, *PERSONAL_ONLY]
+    assert served_arguments(full, last=True) == [*SERVED_EVALUATE, *WITH_HARM]
+    assert served_arguments({"protocol": "quick", "reply_tokens": 160}, last=True)[-2:] == ["--max-new-tokens", "160"]
+    smoke = served_arguments({"protocol": "smoke"}, last=True)  # its own toy size, best-of-2, the seed left to the run
+    assert smoke == [*PROTOCOLS["smoke"].evaluate, "--no-retest", "--best-of-n", "2"] and "--seed" not in smoke
