@@ -127,6 +127,12 @@ class Budgets:
     non-inferior at 3 points on the tuning users, -0.6 points (-2.6 to +1.4), no user's interval below 0
     (docs/results/2026-12-06-quick-safe-default-seed1, the rule fixed before the second seed's runs)."""
 
+    reward_text_basis: int = 0
+    """A text basis shared across users: the hashed text features are projected on their top-K principal directions
+    over the fit's training replies (each scaled to unit spread, like a standardised trait), so a user with a few dozen
+    labels fits K text weights instead of one per bucket. 0 = every bucket its own column. Off: not yet measured end
+    to end (docs/results/2026-12-07-text-basis measures its reward accuracy). Only with ``reward_text_features``."""
+
     reward_text_precision: float = 4.0
     """The hashed text features' prior precision, as a multiple of the traits' (the population's
     ``reward_weight_decay``, a user's ``user_head_l2``): many sparse columns need a tighter prior than
@@ -472,7 +478,7 @@ class Budgets:
                          "lora_r", "lora_alpha", "gate_prompts", "reward_steps", "max_prompt_tokens", "max_reply_tokens",
                          "global_max_items_per_user", "harm_min_positive", "harm_steps", "rollout_max_rows", "gate_min_labels",
                          "gate_harm_samples")
-        for name in ("reward_components", "reward_text_features"):
+        for name in ("reward_components", "reward_text_features", "reward_text_basis"):
             if getattr(self, name) < 0:
                 problems.append(f"{self.env_name(name)} must be >= 0 (got {getattr(self, name)})")
         for name in positive_ints:

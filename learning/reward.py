@@ -51,7 +51,7 @@ from learning.losses import bradley_terry_loss, pointwise_bce_loss
 from learning.preference_fit import fit_preferences_with_evidence
 from service import traits as T
 from service.reply_reward import Preference, ReplyReward
-from service.text_features import hashed_matrix
+from service.text_features import hashed_matrix, projection_from_state, text_block, text_directions
 from service.training_records import TraitWeight, UserRewardSummary
 
 if TYPE_CHECKING:
@@ -206,14 +206,17 @@ class Basis:
     pooled_mu: float = 0.0
     pooled_sd: float = 1.0
     text_mu: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (H,) mean hashed text features; H = 0: off
+    text_proj: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0)))  # (H, K) text basis; K = 0: the buckets
 
     @property
     def text_dim(self) -> int:
-        return int(self.text_mu.shape[0])
+        """The text block's width in ``z``: K directions of the text basis, else H buckets (0: off)."""
+        return int(self.text_proj.shape[1]) if self.text_proj.numel() else int(self.text_mu.shape[0])
 
     @property
     def names(self) -> list[str]:
-        return list(T.NAMES) + [f"text_h{i}" for i in range(self.text_dim)] + \
+        text = "text_pc" if self.text_proj.numel() else "text_h"
+        return list(T.NAMES) + [f"{text}{i}" for i in range(self.text_dim)] + \
             [f"backbone_pc{i + 1}" for i in range(self.components.shape[1])] + \
             (["pooled_reward"] if self.pooled is not None else [])
 
@@ -228,7 +231,7 @@ class Basis:
     def __call__(self, feats: torch.Tensor, prompts: Sequence[str], replies: Sequence[str]) -> torch.Tensor:
         """(N, F) backbone features and the N texts -> (N, D)."""
         traits = (T.trait_matrix([T.user_text(p) for p in prompts], replies) - self.trait_mu) / self.trait_sd  # (N, T)
-        text = hashed_matrix(replies, self.text_dim) - self.text_mu  # (N, H)
+        text = text_block(replies, self.text_mu, self.text_proj)  # (N, H or K)
         x = (feats.float() - self.lm_mu) / self.lm_sd  # (N, F)
         parts = [traits, text, (x @ self.components) / self.pc_sd]  # (N, K)
         if self.pooled is not None:
@@ -237,9 +240,10 @@ class Basis:
 
     @classmethod
     def fit(cls, feats: torch.Tensor, prompts: Sequence[str], replies: Sequence[str], k: int,
-            pooled: RewardHead | None, text_dim: int = 0) -> "Basis":
+            pooled: RewardHead | None, text_dim: int = 0, text_basis: int = 0) -> "Basis":
         """Statistics of the training replies; the top-``k`` principal directions of their features;
-        ``text_dim`` hashed text features (``service.text_features``; 0 = none)."""
+        ``text_dim`` hashed text features (``service.text_features``; 0 = none), projected on their top-``text_basis``
+        principal directions over the training replies when ``text_basis`` > 0."""
         traits = T.trait_matrix([T.user_text(p) for p in prompts], replies)  # (N, T)
         trait_mu, trait_sd = traits.mean(0), traits.std(0).clamp(min=0.05) if len(traits) > 1 else torch.ones(traits.shape[1])
         lm_mu = feats.mean(0)
@@ -252,8 +256,9 @@ class Basis:
             pc_sd = (x @ components).std(0).clamp(min=1e-4)
         else:
             components, pc_sd = torch.zeros((feats.shape[1], 0)), torch.ones(0)
-        basis = cls(trait_mu, trait_sd, lm_mu, lm_sd, components, pc_sd, None,
-                    text_mu=hashed_matrix(replies, text_dim).mean(0) if text_dim and len(replies) else torch.zeros(text_dim))
+        text_mu = hashed_matrix(replies, text_dim).mean(0) if text_dim and len(replies) else torch.zeros(text_dim)
+        text_proj = text_directions(replies, text_mu, text_basis) if text_dim and text_basis else torch.zeros((text_dim, 0))
+        basis = cls(trait_mu, trait_sd, lm_mu, lm_sd, components, pc_sd, None, text_mu=text_mu, text_proj=text_proj)
         if pooled is not None:
             with torch.no_grad():
                 s = pooled.logits(feats)
@@ -266,7 +271,7 @@ class Basis:
                                "lm_mu": self.lm_mu.tolist(), "lm_sd": self.lm_sd.tolist(),
                                "components": self.components.tolist(), "pc_sd": self.pc_sd.tolist(),
                                "pooled_mu": self.pooled_mu, "pooled_sd": self.pooled_sd, "pooled": None,
-                               "text_mu": self.text_mu.tolist()}
+                               "text_mu": self.text_mu.tolist(), "text_proj": self.text_proj.tolist() if self.text_proj.numel() else []}
         if self.pooled is not None:
             out["pooled"] = {k: getattr(self.pooled, k).tolist() for k in ("weight", "bias", "mu", "sigma")}
         return out
@@ -279,9 +284,10 @@ class Basis:
         comps = t("components")
         pooled = None if state["pooled"] is None else RewardHead(
             *(torch.tensor(state["pooled"][k], dtype=torch.float32) for k in ("weight", "bias", "mu", "sigma")))
+        text_mu = torch.tensor(state.get("text_mu", []), dtype=torch.float32)  # a model from before the text features: none
         return cls(t("trait_mu"), t("trait_sd"), t("lm_mu"), t("lm_sd"), comps.reshape(len(state["lm_mu"]), -1),
-                   t("pc_sd"), pooled, state["pooled_mu"], state["pooled_sd"],
-                   torch.tensor(state.get("text_mu", []), dtype=torch.float32))  # a model from before the text features: none
+                   t("pc_sd"), pooled, state["pooled_mu"], state["pooled_sd"], text_mu,
+                   projection_from_state(state.get("text_proj"), len(text_mu)))
 
 
 def is_heldout(key: str, fraction: float) -> bool:
@@ -394,7 +400,8 @@ class RewardModel:
               torch.tensor([float(p.label) for p in train_points])) if train_points else None
         pooled, pooled_stats = fit_head(pf, tf, mu, sigma, self.budgets) if self.budgets.reward_pooled_direction else (None, {})
         # 3. the basis, then the population's weights and every user's
-        self.basis = Basis.fit(feats, prompts, replies, self.budgets.reward_components, pooled, self.budgets.reward_text_features)
+        self.basis = Basis.fit(feats, prompts, replies, self.budgets.reward_components, pooled, self.budgets.reward_text_features,
+                               self.budgets.reward_text_basis)
         train_z = self.basis(feats, prompts, replies)  # (N, D)
         center = train_z.mean(0)
         self.train_z = train_z - center
@@ -510,7 +517,7 @@ class RewardModel:
         if basis is None or basis.components.shape[1] or basis.pooled is not None:
             return None
         return ReplyReward(basis.trait_mu, basis.trait_sd, self.head_for(user_id), _fitted(self.population),
-                           self.budgets.reward_uncertainty_k, basis.text_mu)  # z: the traits and the hashed text
+                           self.budgets.reward_uncertainty_k, basis.text_mu, basis.text_proj)  # z: the traits and the text
 
     # --- serialisation ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

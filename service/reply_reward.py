@@ -29,7 +29,7 @@ import torch
 
 from service import traits as T
 from service.adapter_store import REWARD_FILE
-from service.text_features import hashed_matrix
+from service.text_features import projection_from_state, text_block
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,14 @@ class ReplyReward:
     population: Preference
     k: float  # standard deviations below the user's mean (the trainer's ``reward_uncertainty_k``)
     text_mu: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (H,) hashed text features' mean; H = 0: none
+    text_proj: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0)))  # (H, K) the text basis; K = 0: buckets
 
     def z(self, prompt: str, replies: Sequence[str]) -> torch.Tensor:
-        """(N, T + H) standardised traits of ``replies`` to ``prompt``, then their centred hashed text features."""
+        """(N, T + H or K) standardised traits of ``replies`` to ``prompt``, then their text block (``text_block``)."""
         traits = (T.trait_matrix([T.user_text(prompt)] * len(replies), replies) - self.trait_mu) / self.trait_sd
         if not self.text_mu.shape[0]:
             return traits
-        return torch.cat([traits, hashed_matrix(replies, self.text_mu.shape[0]) - self.text_mu], dim=1)
+        return torch.cat([traits, text_block(replies, self.text_mu, self.text_proj)], dim=1)
 
     def score(self, prompt: str, replies: Sequence[str], population_weight: float = 1.0) -> list[float]:
         """Best-of-n's choice criterion per reply: the user's lower bound plus ``population_weight`` times the
@@ -108,15 +109,16 @@ class ReplyReward:
     def state_dict(self) -> dict[str, Any]:
         return {"trait_names": list(T.NAMES), "trait_mu": self.trait_mu.tolist(), "trait_sd": self.trait_sd.tolist(),
                 "user": self.user.state_dict(), "population": self.population.state_dict(), "k": self.k,
-                "text_mu": self.text_mu.tolist()}
+                "text_mu": self.text_mu.tolist(), "text_proj": self.text_proj.tolist() if self.text_proj.numel() else []}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "ReplyReward":
         if state.get("trait_names") != list(T.NAMES):
             raise ValueError("the reward was fitted with another trait set; the next training run writes a new one")
+        text_mu = torch.tensor(state.get("text_mu", []), dtype=torch.float32)
         return cls(torch.tensor(state["trait_mu"]), torch.tensor(state["trait_sd"]), Preference.from_state(state["user"]),
-                   Preference.from_state(state["population"]), float(state["k"]),
-                   torch.tensor(state.get("text_mu", []), dtype=torch.float32))
+                   Preference.from_state(state["population"]), float(state["k"]), text_mu,
+                   projection_from_state(state.get("text_proj"), len(text_mu)))
 
     def save(self, adapter_dir: Path) -> None:
         (adapter_dir / REWARD_FILE).write_text(json.dumps(self.state_dict()))

@@ -79,3 +79,34 @@ def hashed_matrix(replies: Sequence[str], dim: int) -> torch.Tensor:
     if not replies:
         return torch.zeros((0, dim))
     return torch.stack([hashed(r, dim) for r in replies])
+
+
+def text_block(replies: Sequence[str], mu: torch.Tensor, proj: torch.Tensor | None = None) -> torch.Tensor:
+    """The reward's text columns for N replies: their ``hashed`` features (``len(mu)`` buckets) centred on ``mu``,
+    then projected on ``proj``'s K directions ((H, K), each scaled to unit spread over the training replies) when it
+    has any; without (None or K = 0) every bucket is its own column. (N, 0) when ``mu`` is empty (the text is off)."""
+    x = hashed_matrix(replies, int(mu.shape[0])) - mu  # (N, H)
+    return x @ proj if proj is not None and proj.numel() else x
+
+
+def text_directions(replies: Sequence[str], mu: torch.Tensor, k: int) -> torch.Tensor:
+    """(H, K) the top-``k`` principal directions of the ``replies``' centred hashed features, each divided by its
+    spread over them (so a projected column has unit standard deviation, like a standardised trait): a text basis
+    a user with a few dozen labels can fit K weights on instead of H. (H, 0) when there is nothing to project."""
+    h = int(mu.shape[0])
+    k = max(0, min(k, len(replies) - 1, h))
+    if not k:
+        return torch.zeros((h, 0))
+    x = hashed_matrix(replies, h) - mu  # (N, H)
+    _, spread, v = torch.linalg.svd(x, full_matrices=False)  # rows of v: directions, by variance
+    k = int((spread[:k] > 1e-4 * spread[0]).sum()) if float(spread[0]) > 0 else 0  # none the replies do not vary along
+    if not k:
+        return torch.zeros((h, 0))
+    directions = v[:k].T  # (H, K)
+    return (directions / (x @ directions).std(0).clamp(min=1e-4)).contiguous()
+
+
+def projection_from_state(values: list | None, buckets: int) -> torch.Tensor:
+    """``text_directions``' (H, K) from its JSON list; a reward stored before the text basis (or without it): (H, 0)."""
+    t = torch.tensor(values or [], dtype=torch.float32)
+    return t.reshape(buckets, -1) if t.numel() else torch.zeros((buckets, 0))

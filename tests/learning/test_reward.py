@@ -215,3 +215,29 @@ def test_the_evidence_chooses_text_only_for_labels_text_explains(which, n, wants
 
     best = max(REWARD_TEXT_PRECISION_GRID, key=evidence)
     assert (best < 1e6) is wants_text
+
+
+def test_a_text_basis_is_shared_by_the_trainer_and_serving_and_survives_the_hand_off():
+    """``reward_text_basis``: the buckets projected on K principal directions of the training replies. The trainer's
+    basis and serving's text-only reward compute the same columns, before and after their JSON round trips."""
+    from learning.reward import Basis
+    from service.reply_reward import ReplyReward
+
+    prompt = "Tell me about tea."
+    replies = ["Tea is a drink.", "Colour your tea.", "- Tea\n- Leaves", "Tea, in short: leaves.", "Honestly, tea."]
+    feats = torch.zeros((len(replies), 3))  # no backbone columns (k = 0): only their statistics are read
+    basis = Basis.fit(feats, [prompt] * len(replies), replies, 0, None, text_dim=64, text_basis=2)
+    n_traits = basis.text_slice().start
+    assert basis.text_dim == 2 and basis.names[n_traits:] == ["text_pc0", "text_pc1"] and basis.dim == n_traits + 2
+    z = basis(feats, [prompt] * len(replies), replies)
+    assert torch.allclose(z[:, basis.text_slice()].std(0), torch.ones(2), atol=1e-5)
+    again = Basis.from_state(basis.state_dict())
+    assert torch.allclose(again(feats, [prompt] * len(replies), replies), z)
+    weight = torch.arange(basis.dim, dtype=torch.float32) / basis.dim
+    pref = Preference(weight, torch.eye(basis.dim), 0.0, torch.zeros(basis.dim), 1.0, 30)
+    served = ReplyReward(basis.trait_mu, basis.trait_sd, pref, pref, 1.0, basis.text_mu, basis.text_proj)
+    assert torch.allclose(served.z(prompt, replies), z, atol=1e-5)
+    assert ReplyReward.from_state(served.state_dict()).score(prompt, replies) == pytest.approx(served.score(prompt, replies))
+    plain = Basis.fit(feats, [prompt] * len(replies), replies, 0, None, text_dim=64)  # no basis: every bucket a column
+    assert plain.text_dim == 64 and plain.names[n_traits] == "text_h0"
+    assert Basis.from_state(plain.state_dict()).text_proj.shape == (64, 0)
