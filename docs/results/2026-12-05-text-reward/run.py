@@ -46,6 +46,7 @@ VARIANTS = {"traits only": {}, "text 256, precision 1": dict(reward_text_feature
             "text 256, precision 4": dict(reward_text_features=256, reward_text_precision=4.0),
             "text 256, precision 16": dict(reward_text_features=256, reward_text_precision=16.0),
             "text 1024, precision 4": dict(reward_text_features=1024, reward_text_precision=4.0)}
+RECORD_ALSO: tuple[str, ...] = ()  # variants recorded beside traits only and the chosen one (scripts that import this)
 SIZES = (24, 72)  # pairs per user: round 1 (about 24 ranked pairs and 70 thumbs), round 3
 SMOKE = os.environ.get("SMOKE") == "1"  # a tiny run that checks this script, numbers meaningless
 RATERS, MAX_REPLIES = (4, 60) if SMOKE else (60, 2000)
@@ -72,7 +73,7 @@ def main(fixture: Path, out: Path) -> None:
     chosen = choose(reports)
     print("chosen:", chosen, flush=True)
     record = {}
-    for name in dict.fromkeys(["traits only", chosen]):
+    for name in dict.fromkeys(["traits only", *RECORD_ALSO, chosen]):
         budgets = dataclasses.replace(Budgets(), **VARIANTS[name])
         record[name] = curve(settings, [BUILTIN_PROFILES[p] for p in RECORD], SIZES, test_pairs=400, seed=0,
                              thumbs_per_pair=2.9, siblings=True, budgets=budgets, cache=cache, max_replies=MAX_REPLIES)
