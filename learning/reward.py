@@ -51,7 +51,7 @@ from learning.losses import bradley_terry_loss, pointwise_bce_loss
 from learning.preference_fit import fit_preferences_with_evidence
 from service import traits as T
 from service.reply_reward import Preference, ReplyReward
-from service.text_features import hashed_matrix, projection_from_state, text_block, text_directions
+from service.text_features import hashed_matrix, projection_from_state, projection_to_state, text_block, text_directions
 from service.training_records import TraitWeight, UserRewardSummary
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ class Basis:
                                "lm_mu": self.lm_mu.tolist(), "lm_sd": self.lm_sd.tolist(),
                                "components": self.components.tolist(), "pc_sd": self.pc_sd.tolist(),
                                "pooled_mu": self.pooled_mu, "pooled_sd": self.pooled_sd, "pooled": None,
-                               "text_mu": self.text_mu.tolist(), "text_proj": self.text_proj.tolist() if self.text_proj.numel() else []}
+                               "text_mu": self.text_mu.tolist(), "text_proj": projection_to_state(self.text_proj)}
         if self.pooled is not None:
             out["pooled"] = {k: getattr(self.pooled, k).tolist() for k in ("weight", "bias", "mu", "sigma")}
         return out

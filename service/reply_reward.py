@@ -29,7 +29,7 @@ import torch
 
 from service import traits as T
 from service.adapter_store import REWARD_FILE
-from service.text_features import projection_from_state, text_block
+from service.text_features import projection_from_state, projection_to_state, text_block
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class ReplyReward:
     def state_dict(self) -> dict[str, Any]:
         return {"trait_names": list(T.NAMES), "trait_mu": self.trait_mu.tolist(), "trait_sd": self.trait_sd.tolist(),
                 "user": self.user.state_dict(), "population": self.population.state_dict(), "k": self.k,
-                "text_mu": self.text_mu.tolist(), "text_proj": self.text_proj.tolist() if self.text_proj.numel() else []}
+                "text_mu": self.text_mu.tolist(), "text_proj": projection_to_state(self.text_proj)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "ReplyReward":

@@ -106,6 +106,11 @@ def text_directions(replies: Sequence[str], mu: torch.Tensor, k: int) -> torch.T
     return (directions / (x @ directions).std(0).clamp(min=1e-4)).contiguous()
 
 
+def projection_to_state(proj: torch.Tensor) -> list:
+    """``text_directions``' (H, K) as JSON: [] when there is no projection (K = 0)."""
+    return proj.tolist() if proj.numel() else []
+
+
 def projection_from_state(values: list | None, buckets: int) -> torch.Tensor:
     """``text_directions``' (H, K) from its JSON list; a reward stored before the text basis (or without it): (H, 0)."""
     t = torch.tensor(values or [], dtype=torch.float32)
